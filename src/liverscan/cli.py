@@ -1,0 +1,196 @@
+"""The ``liverscan`` command line: a thin dispatcher over the library.
+
+Only Typer, Rich and the configuration schema are imported at start-up;
+every command imports what it needs (TensorFlow included) when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from liverscan import __version__
+from liverscan.config import Config, load_config, set_value
+from liverscan.errors import LiverscanError
+
+app = typer.Typer(
+    name="liverscan",
+    help="Classify liver B-mode ultrasound images into normal / fatty liver / tumor.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a configuration value, e.g. --set train.epochs=30 (repeatable)."),
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print a one-line error and exit."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"liverscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """liverscan: reproducible liver ultrasound classification (research use only, not a medical device)."""
+
+
+def build_config(config: Optional[Path], overrides: Optional[list[str]], **flags: object) -> Config:
+    """Defaults <- YAML file <- --set overrides <- explicit flags (those not None)."""
+    cfg = load_config(config, overrides or [])
+    for dotted, value in flags.items():
+        if value is not None:
+            cfg = set_value(cfg, dotted.replace("__", "."), value)
+    return cfg
+
+
+@app.command("config")
+def config_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the effective configuration (the defaults unless --config/--set are given) as YAML.
+
+    Example: [bold]liverscan config > my.yaml[/]
+    """
+    try:
+        cfg = build_config(config, set_)
+    except LiverscanError as exc:
+        fail(str(exc))
+    sys.stdout.write(cfg.to_yaml())
+
+
+@app.command("prepare")
+def prepare_cmd(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Data sources as [NAME=]PATH: a folder with one sub-folder per category, "
+            "a glob with a {label} placeholder, or a CSV with path/label[/group] columns.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the prepared dataset.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    map_: Annotated[
+        Optional[list[str]], typer.Option("--map", help="Map a source category onto a class: CATEGORY=CLASS (repeatable).")
+    ] = None,
+    class_map: Annotated[
+        Optional[Path], typer.Option("--class-map", help="YAML file of 'category: class' lines (replaces the default map).")
+    ] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Class order, comma-separated, e.g. normal,fatty,tumor.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Train/val/test ratios, e.g. 70/15/15.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split.")] = None,
+    group_regex: Annotated[
+        Optional[str], typer.Option(help="Regex on the file path whose first group names the patient/group.")
+    ] = None,
+    path_column: Annotated[Optional[str], typer.Option(help="CSV sources: column holding the file path.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="CSV sources: column holding the label.")] = None,
+    group_column: Annotated[Optional[str], typer.Option(help="CSV sources: column holding the group (patient id).")] = None,
+    near_duplicate_distance: Annotated[
+        Optional[int], typer.Option(help="Max perceptual-hash distance (of 64 bits) for near-duplicates; -1 disables.")
+    ] = None,
+    keep_conflicts: Annotated[
+        bool, typer.Option("--keep-conflicts", help="Keep images that appear under two labels.")
+    ] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not store decoded arrays (images.npy).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing prepared dataset.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")] = False,
+) -> None:
+    """Validate, de-duplicate, audit and split images into a manifest.
+
+    Example: [bold]liverscan prepare xu=data/xu-liver --out prepared/xu[/]
+    or [bold]liverscan prepare "data/xu-liver/{label}/image/*.jpg" --map benign=tumor -o prepared/xu[/]
+    """
+    from liverscan.classmap import load_class_map, parse_map_options
+    from liverscan.config import SourceSpec
+    from liverscan.prepare import prepare_dataset
+    from liverscan.report_terminal import print_prepare_summary
+    from liverscan.sources import parse_source_arg
+
+    try:
+        cfg = build_config(config, set_, data__seed=seed, data__group_regex=group_regex,
+                           data__near_duplicate_distance=near_duplicate_distance)
+        if split is not None:
+            parts = [p for p in split.replace(",", "/").split("/") if p.strip()]
+            if len(parts) != 3:
+                fail(f"--split {split!r} must give three ratios like 70/15/15")
+            try:
+                ratios = [float(p) for p in parts]
+            except ValueError:
+                fail(f"--split {split!r} must give three numbers like 70/15/15")
+            cfg = set_value(cfg, "data.train_ratio", ratios[0])
+            cfg = set_value(cfg, "data.val_ratio", ratios[1])
+            cfg = set_value(cfg, "data.test_ratio", ratios[2])
+        if class_map is not None:
+            cfg.data.class_map = load_class_map(class_map)
+        if map_:
+            cfg.data.class_map.update(parse_map_options(map_))
+        if classes:
+            cfg.data.classes = [c.strip() for c in classes.split(",") if c.strip()]
+        if keep_conflicts:
+            cfg.data.keep_conflicts = True
+        if no_cache:
+            cfg.data.cache_arrays = False
+        specs: list[SourceSpec] = []
+        for arg in sources:
+            spec = parse_source_arg(arg)
+            spec.path_column = path_column or ""
+            spec.label_column = label_column or ""
+            spec.group_column = group_column or ""
+            specs.append(spec)
+        cfg.data.sources = specs
+        result = _with_progress(lambda cb: prepare_dataset(cfg, out, overwrite=overwrite, progress=cb),
+                                "Decoding", quiet)
+    except LiverscanError as exc:
+        fail(str(exc))
+    print_prepare_summary(result.summary, out, console=console if not quiet else None, err=err_console)
+
+
+def _with_progress(fn, label: str, quiet: bool):
+    """Run fn(progress_callback) under a Rich progress bar (none when quiet)."""
+    if quiet or not console.is_terminal:
+        return fn(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def cb(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return fn(cb)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
