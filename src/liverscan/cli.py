@@ -87,7 +87,7 @@ def prepare_cmd(
         list[str],
         typer.Argument(
             help="Data sources as [NAME=]PATH: a folder with one sub-folder per category, "
-            "a glob with a {label} placeholder, or a CSV with path/label[/group] columns.",
+            "a glob with a {label} placeholder, or a CSV with path, label and optional group columns.",
             show_default=False,
         ),
     ],

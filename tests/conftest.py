@@ -1,0 +1,117 @@
+"""Shared fixtures: small datasets the tests make themselves."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def noise_image(seed: int, size: int = 64, mode: str = "RGB") -> Image.Image:
+    """A random-texture image; different seeds give perceptually different images."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(8, 8), dtype=np.uint8)
+    img = Image.fromarray(base, mode="L").resize((size, size), Image.Resampling.BICUBIC)
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-10, 10, size=(size, size))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    return img.convert(mode)
+
+
+def class_image(cls_index: int, seed: int, size: int = 48) -> Image.Image:
+    """A separable synthetic 'ultrasound': class 0 dark + horizontal bands, 1 bright + vertical, 2 checker."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    if cls_index == 0:
+        pattern = 60 + 40 * (np.sin(y / 2.0) > 0)
+    elif cls_index == 1:
+        pattern = 170 + 50 * (np.sin(x / 2.0) > 0)
+    else:
+        pattern = 110 + 80 * (((x // 6) + (y // 6)) % 2)
+    arr = pattern + rng.normal(0, 12, size=(size, size))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def near_duplicate(img: Image.Image, seed: int) -> Image.Image:
+    """Same image with slight noise and brightness change (a neighbouring frame)."""
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(img).astype(np.int16) + 3 + rng.integers(-2, 3, size=np.asarray(img).shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode=img.mode)
+
+
+def write_corrupt_files(folder: Path) -> dict[str, str]:
+    """Corrupt / truncated / empty / non-image files; returns name -> expected reason fragment."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "_tmp.jpg"
+    noise_image(999, 96).save(good, quality=90)
+    data = good.read_bytes()
+    good.unlink()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not an image\n")
+    (folder / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    return {"truncated.jpg": "", "empty.png": "empty", "notes.jpg": "not a recognised image", "garbage.png": ""}
+
+
+@pytest.fixture
+def two_source_dataset(tmp_path: Path) -> dict:
+    """Two sources, five categories, corrupt files, duplicates and a label conflict.
+
+    Source A (folder): Normal, Steatosis, Benign, Malignant
+    Source B (CSV with patient column): normal, fatty, hcc
+    """
+    root = tmp_path / "data"
+    a = root / "siteA"
+    cats_a = {"Normal": 0, "Steatosis": 100, "Benign": 200, "Malignant": 300}
+    for cat, base in cats_a.items():
+        (a / cat).mkdir(parents=True)
+        for k in range(12):
+            noise_image(base + k).save(a / cat / f"img{k:02d}.png")
+    # near-duplicates of Normal/img00 (frames of one scan)
+    ref = Image.open(a / "Normal" / "img00.png").convert("RGB")
+    near_duplicate(ref, 1).save(a / "Normal" / "img00_frame2.png")
+    near_duplicate(ref, 2).save(a / "Normal" / "img00_frame3.png")
+    # exact duplicate inside the same class
+    shutil.copy(a / "Benign" / "img01.png", a / "Benign" / "copy_of_img01.png")
+    # same image under two labels -> conflict
+    shutil.copy(a / "Malignant" / "img02.png", a / "Normal" / "mislabelled.png")
+    # corrupt files in a category folder
+    corrupt = write_corrupt_files(a / "Steatosis")
+    # a non-image file that must be ignored, not rejected
+    (a / "Benign" / "annotation.json").write_text("{}")
+
+    b = root / "siteB"
+    (b / "imgs").mkdir(parents=True)
+    rows = []
+    cats_b = {"normal": 400, "fatty": 500, "hcc": 600}
+    for cat, base in cats_b.items():
+        for k in range(10):
+            name = f"imgs/{cat}_{k:02d}.png"
+            noise_image(base + k).save(b / name)
+            rows.append({"file": name, "patient": f"p{cat}{k // 2}", "label": cat})
+    # exact duplicate across sources (same class: fatty vs Steatosis)
+    shutil.copy(a / "Steatosis" / "img03.png", b / "imgs" / "dup_from_a.png")
+    rows.append({"file": "imgs/dup_from_a.png", "patient": "pdup", "label": "fatty"})
+    with open(b / "labels.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["file", "patient", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    return {"root": root, "a": a, "b": b, "csv": b / "labels.csv", "corrupt": corrupt}
+
+
+@pytest.fixture
+def separable_dataset(tmp_path: Path) -> Path:
+    """Three classes of easily separable synthetic images, one folder per class."""
+    root = tmp_path / "sep"
+    for ci, cat in enumerate(["normal", "fatty", "tumor"]):
+        (root / cat).mkdir(parents=True)
+        for k in range(24):
+            class_image(ci, seed=1000 * ci + k).save(root / cat / f"{cat}_{k:02d}.png")
+    return root

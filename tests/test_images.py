@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from liverscan.errors import ImageDecodeError
+from liverscan.images import decode, load_image
+from conftest import noise_image, write_corrupt_files
+
+
+def save(img: Image.Image, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_rgb_png_resized_bilinear(tmp_path):
+    img = noise_image(1, 100)
+    p = save(img, tmp_path / "a.png")
+    arr = load_image(p, size=160)
+    assert arr.shape == (160, 160, 3) and arr.dtype == np.uint8
+    expected = np.asarray(img.resize((160, 160), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(arr, expected)
+
+
+def test_grayscale_replicated_to_three_channels(tmp_path):
+    p = save(noise_image(2, 64, "L"), tmp_path / "g.png")
+    arr = load_image(p, size=32)
+    assert arr.shape == (32, 32, 3)
+    np.testing.assert_array_equal(arr[..., 0], arr[..., 1])
+    np.testing.assert_array_equal(arr[..., 0], arr[..., 2])
+
+
+def test_16bit_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    p = tmp_path / "sixteen.png"
+    Image.fromarray(ramp).save(p)
+    arr = decode(p, size=64).array[..., 0]
+    # full range preserved: darkest ~0, brightest ~255, monotone, not saturated at 255
+    assert arr.min() <= 1 and arr.max() >= 254
+    assert (arr == 255).mean() < 0.05
+    expected = np.round(ramp / 257.0)
+    assert np.abs(arr.astype(int) - expected).max() <= 1
+
+
+def test_rgba_alpha_dropped(tmp_path):
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 1] = 100
+    rgba[..., 2] = 50
+    rgba[..., 3] = 0  # fully transparent: colours must survive
+    p = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(p)
+    arr = load_image(p, size=20)
+    assert tuple(arr[5, 5]) == (200, 100, 50)
+
+
+def test_palette_and_cmyk(tmp_path):
+    pal = noise_image(3, 40).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    p1 = save(pal, tmp_path / "p.png")
+    np.testing.assert_array_equal(load_image(p1, size=40), np.asarray(pal.convert("RGB")))
+    cmyk = Image.new("CMYK", (30, 30), (0, 255, 255, 0))  # pure red
+    p2 = save(cmyk, tmp_path / "c.jpg", quality=95)
+    arr = load_image(p2, size=30)
+    assert arr[15, 15, 0] > 200 and arr[15, 15, 1] < 60 and arr[15, 15, 2] < 60
+
+
+def test_exif_orientation_applied(tmp_path):
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, :40] = 255  # left half white, landscape 80x40
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    p = tmp_path / "rot.jpg"
+    img.save(p, exif=exif.tobytes(), quality=95)
+    d = decode(p, size=40)
+    assert (d.width, d.height) == (40, 80)  # portrait after orientation
+    top, bottom = d.array[:10].mean(), d.array[-10:].mean()
+    assert top > 200 and bottom < 50  # white half ends up on top
+
+
+def test_bmp_and_tiff_supported(tmp_path):
+    img = noise_image(4, 32)
+    for name in ("x.bmp", "x.tif"):
+        np.testing.assert_array_equal(load_image(save(img, tmp_path / name), size=32), np.asarray(img))
+
+
+def test_bytes_input_matches_file(tmp_path):
+    p = save(noise_image(5, 50), tmp_path / "a.jpg", quality=90)
+    np.testing.assert_array_equal(decode(p.read_bytes()).array, load_image(p))
+
+
+@pytest.mark.parametrize("name", ["truncated.jpg", "empty.png", "notes.jpg", "garbage.png"])
+def test_broken_files_raise_one_error_type_with_path(tmp_path, name):
+    expected = write_corrupt_files(tmp_path)
+    with pytest.raises(ImageDecodeError) as info:
+        load_image(tmp_path / name)
+    assert info.value.path.endswith(name)
+    assert expected[name] in info.value.reason
+    assert str(info.value).startswith(str(tmp_path / name))
+
+
+def test_unsupported_format(tmp_path):
+    p = tmp_path / "a.gif"
+    noise_image(6, 20).save(p)
+    with pytest.raises(ImageDecodeError, match="unsupported image format GIF"):
+        load_image(p)
+
+
+def test_decompression_bomb_guard(tmp_path):
+    p = save(Image.new("L", (300, 300)), tmp_path / "big.png")
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode(p, max_pixels=10_000)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageDecodeError, match="file not found"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_large_jpeg_draft_keeps_quality(tmp_path):
+    img = noise_image(7, 1024)
+    p = save(img, tmp_path / "big.jpg", quality=95)
+    fast = load_image(p, size=160)
+    full = np.asarray(img.resize((160, 160), Image.Resampling.BILINEAR))
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
+    assert decode(p).width == 1024

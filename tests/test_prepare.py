@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liverscan.config import Config, SourceSpec
+from liverscan.errors import DataError, RunDirError
+from liverscan.fileio import read_csv
+from liverscan.images import load_image
+from liverscan.prepare import prepare_dataset
+from conftest import noise_image
+
+
+def _cfg(*sources: SourceSpec, **data) -> Config:
+    cfg = Config()
+    cfg.data.sources = list(sources)
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.fixture
+def prepared(two_source_dataset, tmp_path):
+    ds = two_source_dataset
+    before = _snapshot(ds["root"])
+    cfg = _cfg(SourceSpec(str(ds["a"]), name="A"), SourceSpec(str(ds["csv"]), name="B"))
+    res = prepare_dataset(cfg, tmp_path / "out")
+    assert _snapshot(ds["root"]) == before, "prepare must not touch its inputs"
+    return res, ds
+
+
+def test_counts_rejections_and_duplicates(prepared):
+    res, ds = prepared
+    s = res.summary
+    rows = read_csv(res.out_dir / "manifest.csv")
+    assert s["n_images"] == len(rows) == 79
+    assert Counter(r["class"] for r in rows) == {"normal": 24, "fatty": 22, "tumor": 33}
+    assert s["classes"] == ["normal", "fatty", "tumor"]
+    rejects = {Path(r["path"]).name: r["reason"] for r in read_csv(res.out_dir / "rejects.csv")}
+    for name, fragment in ds["corrupt"].items():
+        assert name in rejects and fragment in rejects[name]
+    assert "truncated" in rejects["truncated.jpg"] or "corrupt" in rejects["truncated.jpg"]
+    assert rejects["mislabelled.png"].startswith("label conflict") and rejects["img02.png"].startswith("label conflict")
+    assert s["n_rejected"] == 6
+    assert len(s["exact_duplicates_removed"]) == 2
+    assert s["n_ignored_non_image_files"] == 1
+    conflict = s["audit"]["label_conflicts"][0]
+    assert conflict["classes"] == ["normal", "tumor"] and not conflict["kept"]
+    assert set(rows[0]) == {"path", "content_hash", "source", "source_label", "class", "split", "group", "width", "height"}
+    assert {r["source"] for r in rows} == {"A", "B"}
+
+
+def test_groups_stay_in_one_split(prepared):
+    res, _ = prepared
+    rows = read_csv(res.out_dir / "manifest.csv")
+    splits_of = {}
+    for r in rows:
+        splits_of.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(v) == 1 for v in splits_of.values())
+    frames = [r for r in rows if Path(r["path"]).name.startswith("img00") and r["source_label"] == "Normal"]
+    assert len(frames) == 3 and len({r["group"] for r in frames}) == 1
+    patients = Counter(r["group"] for r in rows if r["source"] == "B")
+    assert patients["B/pnormal0"] == 2
+    assert res.summary["audit"]["near_duplicates"]["largest"] >= 3
+    assert res.summary["audit"]["groups_split_across"] == 0
+
+
+def test_split_ratios_and_weights(prepared):
+    res, _ = prepared
+    counts = res.summary["counts"]
+    for cls, row in counts.items():
+        n = sum(row.values())
+        assert abs(row["train"] - 0.7 * n) <= 2.5  # within one group of the target
+    train = {c: row["train"] for c, row in counts.items()}
+    n = sum(train.values())
+    for c, w in res.summary["class_weights"].items():
+        assert w == pytest.approx(n / (3 * train[c]), abs=1e-3)
+
+
+def test_deterministic_byte_identical(two_source_dataset, tmp_path):
+    ds = two_source_dataset
+    specs = (SourceSpec(str(ds["a"]), name="A"), SourceSpec(str(ds["csv"]), name="B"))
+    r1 = prepare_dataset(_cfg(*specs, workers=1), tmp_path / "o1")
+    r2 = prepare_dataset(_cfg(*specs, workers=3), tmp_path / "o2")
+    for name in ("manifest.csv", "rejects.csv", "images.npy"):
+        assert (r1.out_dir / name).read_bytes() == (r2.out_dir / name).read_bytes()
+    assert r1.summary["manifest_hash"] == r2.summary["manifest_hash"]
+    r3 = prepare_dataset(_cfg(*specs, seed=7), tmp_path / "o3")
+    assert r3.summary["manifest_hash"] != r1.summary["manifest_hash"]
+
+
+def test_cache_matches_decoding_path(prepared):
+    res, _ = prepared
+    rows = read_csv(res.out_dir / "manifest.csv")
+    arr = np.load(res.out_dir / "images.npy", mmap_mode="r")
+    assert arr.shape == (len(rows), 160, 160, 3)
+    for i in (0, 17, len(rows) - 1):
+        np.testing.assert_array_equal(arr[i], load_image(rows[i]["path"]))
+
+
+def test_outputs_and_overwrite_guard(prepared):
+    res, _ = prepared
+    out = res.out_dir
+    for name in ("manifest.csv", "rejects.csv", "summary.json", "config.yaml", "images.npy"):
+        assert (out / name).is_file()
+    assert not list(out.glob(".*tmp*"))
+    json.loads((out / "summary.json").read_text())
+    with pytest.raises(RunDirError, match="--overwrite"):
+        prepare_dataset(_cfg(SourceSpec(str(res.out_dir))), out)
+
+
+def test_unmapped_categories_listed(tmp_path):
+    root = tmp_path / "d"
+    for cat in ("Normal", "Weird", "Odd"):
+        (root / cat).mkdir(parents=True)
+        noise_image(hash(cat) % 1000).save(root / cat / "a.png")
+    with pytest.raises(DataError) as info:
+        prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out")
+    msg = str(info.value)
+    assert "'Odd'" in msg and "'Weird'" in msg and "--map" in msg
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_five_classes_and_glob_source(two_source_dataset, tmp_path):
+    ds = two_source_dataset
+    five = {"normal": "normal", "steatosis": "fatty", "benign": "benign", "malignant": "malignant", "hcc": "hcc",
+            "fatty": "fatty"}
+    cfg = _cfg(SourceSpec(str(ds["a"]) + "/{label}/*.png", name="A"), SourceSpec(str(ds["csv"]), name="B"),
+               class_map=five)
+    res = prepare_dataset(cfg, tmp_path / "five")
+    assert res.summary["classes"] == ["normal", "fatty", "benign", "hcc", "malignant"]
+    rows = read_csv(res.out_dir / "manifest.csv")
+    assert {r["source_label"] for r in rows if r["source"] == "A"} == {"Normal", "Steatosis", "Benign", "Malignant"}
+    assert res.summary["audit"]["single_source_classes"] == {"benign": "A", "hcc": "B", "malignant": "A"}
+
+
+def test_keep_conflicts(two_source_dataset, tmp_path):
+    cfg = _cfg(SourceSpec(str(two_source_dataset["a"])), keep_conflicts=True)
+    res = prepare_dataset(cfg, tmp_path / "k")
+    rows = read_csv(res.out_dir / "manifest.csv")
+    (bad,) = [r for r in rows if Path(r["path"]).name == "mislabelled.png"]
+    pair = [r for r in rows if r["content_hash"] == bad["content_hash"]]
+    assert len(pair) == 2 and pair[0]["group"] == pair[1]["group"] and pair[0]["split"] == pair[1]["split"]
+    assert res.summary["audit"]["label_conflicts"][0]["kept"] is True
+
+
+def test_geometry_shortcut_detected(tmp_path):
+    root = tmp_path / "geo"
+    for cat, size in (("normal", (64, 48)), ("tumor", (120, 90))):
+        (root / cat).mkdir(parents=True)
+        for k in range(20):
+            noise_image(k + (0 if cat == "normal" else 500), 64).resize(size).save(root / cat / f"{k}.png")
+    res = prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out")
+    sc = res.summary["audit"]["shortcut"]
+    assert sc["warning"] and sc["balanced_accuracy"] > 0.9 and sc["baseline_balanced_accuracy"] == pytest.approx(0.5)
+    assert any("shortcut" in w for w in res.warnings)
+
+
+def test_no_shortcut_when_geometry_is_uninformative(tmp_path):
+    root = tmp_path / "flat"
+    rng = np.random.default_rng(0)
+    for cat in ("normal", "tumor"):
+        (root / cat).mkdir(parents=True)
+        for k in range(20):
+            noise_image(int(rng.integers(1e6)), 64).save(root / cat / f"{k}.png")
+    res = prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out")
+    assert not res.summary["audit"]["shortcut"]["warning"]
