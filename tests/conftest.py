@@ -26,16 +26,16 @@ def noise_image(seed: int, size: int = 64, mode: str = "RGB") -> Image.Image:
 
 
 def class_image(cls_index: int, seed: int, size: int = 48) -> Image.Image:
-    """A separable synthetic 'ultrasound': class 0 dark + horizontal bands, 1 bright + vertical, 2 checker."""
+    """A separable synthetic 'ultrasound': class 0 dark, 1 bright, 2 mid-grey with coarse checkers."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]
     if cls_index == 0:
-        pattern = 60 + 40 * (np.sin(y / 2.0) > 0)
+        pattern = 35 + 20 * (np.sin(y / 3.0) > 0)
     elif cls_index == 1:
-        pattern = 170 + 50 * (np.sin(x / 2.0) > 0)
+        pattern = 200 + 30 * (np.sin(x / 3.0) > 0)
     else:
-        pattern = 110 + 80 * (((x // 6) + (y // 6)) % 2)
-    arr = pattern + rng.normal(0, 12, size=(size, size))
+        pattern = 70 + 110 * (((x // 12) + (y // 12)) % 2)
+    arr = pattern + rng.normal(0, 8, size=(size, size))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L").convert("RGB")
 
 

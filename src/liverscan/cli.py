@@ -169,6 +169,71 @@ def prepare_cmd(
     print_prepare_summary(result.summary, out, console=console if not quiet else None, err=err_console)
 
 
+@app.command("train")
+def train_cmd(
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Prepared dataset directory (from 'prepare').")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Continue the interrupted run in this directory.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epoch limit (early stopping usually ends sooner).")] = None,
+    weights: Annotated[
+        Optional[str], typer.Option(help="Backbone weights: imagenet, none, or a path to a MobileNetV2 no-top .h5 file.")
+    ] = None,
+    mode: Annotated[
+        Optional[str], typer.Option(help="cached (backbone features computed once; fast) or fit (augment every epoch).")
+    ] = None,
+    views: Annotated[Optional[int], typer.Option(help="Augmented views per training image in cached mode.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="weighted, unweighted or focal.")] = None,
+    fine_tune_blocks: Annotated[
+        Optional[int], typer.Option(help="Second stage: fine-tune the top N backbone blocks (0 = off).")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for augmentation, initialisation and batching.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; print only the result line.")] = False,
+) -> None:
+    """Train the MobileNetV2 transfer-learning model on a prepared dataset.
+
+    Example: [bold]liverscan train --data prepared/xu --out runs/xu[/]
+    (offline: add [bold]--weights path/to/mobilenet_v2_1.0_160_no_top.h5[/]); resume with
+    [bold]liverscan train --resume runs/xu[/]
+    """
+    from liverscan.train import train_run
+
+    if resume is None and (data is None or out is None):
+        fail("give --data PREPARED_DIR and --out RUN_DIR (or --resume RUN_DIR)")
+    try:
+        if resume is not None:
+            cfg = Config()
+            target = resume
+        else:
+            base = config if config is not None else (data / "config.yaml" if (data / "config.yaml").is_file() else None)
+            cfg = build_config(base, set_, train__epochs=epochs, model__weights=weights, train__mode=mode,
+                               train__views=views, train__loss=loss, train__fine_tune_blocks=fine_tune_blocks,
+                               train__seed=seed)
+            target = out
+        if quiet or not console.is_terminal:
+            result = train_run(cfg, data, target, overwrite=overwrite, resume=resume is not None)
+        else:
+            from liverscan.progress import RichReporter
+
+            with RichReporter(console) as reporter:
+                result = train_run(cfg, data, target, overwrite=overwrite, resume=resume is not None, reporter=reporter)
+    except LiverscanError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"interrupted; the last finished epoch is checkpointed: liverscan train --resume {resume or out}", 130)
+    card = result.card
+    t, v = card["training"], card["validation"]
+    console.print(
+        f"Trained {t['epochs_run']} epochs in {t['seconds']:.1f} s; best epoch {t['best']['epoch']} "
+        f"val accuracy {v['accuracy']:.4f} (balanced {v['balanced_accuracy']:.4f}) -> {result.run_dir}",
+        highlight=False,
+    )
+
+
 def _with_progress(fn, label: str, quiet: bool):
     """Run fn(progress_callback) under a Rich progress bar (none when quiet)."""
     if quiet or not console.is_terminal:
