@@ -117,7 +117,7 @@ class TrainConfig:
     early_stopping_patience: int = 20
     lr_factor: float = 0.5
     lr_patience: int = 10
-    views: int = 8  # augmented views per training image in cached mode
+    views: int = 4  # augmented views per training image in cached mode
     fine_tune_blocks: int = 0  # >0: second stage unfreezing the top N inverted-residual blocks
     fine_tune_learning_rate: float = 1e-5
     fine_tune_epochs: int = 10

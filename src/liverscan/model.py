@@ -32,8 +32,13 @@ class WeightsUnavailable(LiverscanError):
 
 
 def imagenet_weights_file(alpha: float = 1.0, image_size: int = 160) -> Path:
-    """Where Keras caches the no-top MobileNetV2 ImageNet weights."""
-    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    """Where Keras caches the no-top MobileNetV2 ImageNet weights (``$KERAS_HOME/models``)."""
+    try:
+        from keras.src.backend.config import keras_home
+
+        home = Path(os.path.expanduser(keras_home()))
+    except ImportError:  # pragma: no cover - keras internals moved
+        home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     return home / "models" / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{image_size}_no_top.h5"
 
 

@@ -144,7 +144,7 @@ class AugmentedImages:
 # ----------------------------------------------------------------------------- features
 
 
-def compute_features(model, images: np.ndarray, augmenter=None, views: int = 1, batch_size: int = 64,
+def compute_features(model, images: np.ndarray, augmenter=None, views: int = 1, batch_size: int = 128,
                      reporter: Reporter | None = None) -> np.ndarray:
     """Pooled backbone features, shape (views, N, F) with augmentation or (N, F) without."""
     from liverscan.augment import augment_batch
@@ -200,19 +200,21 @@ def _epoch_loop(model, stage: str, max_epochs: int, epoch_data: Callable[[int], 
     for epoch in range(state["next_epoch"], max_epochs):
         t0 = time.perf_counter()
         data = epoch_data(epoch)
+        vb = max(batch_size, 64)
         if isinstance(data, tuple):
             x, y, sw = data
-            hist = model.fit(x, y, sample_weight=sw, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+            hist = model.fit(x, y, sample_weight=sw, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
+                             validation_data=(xv, yv), validation_batch_size=vb)
         else:
-            hist = model.fit(data, epochs=1, verbose=0)
-        ev = model.evaluate(xv, yv, batch_size=max(batch_size, 64), verbose=0, return_dict=True)
+            hist = model.fit(data, epochs=1, verbose=0, validation_data=(xv, yv), validation_batch_size=vb)
+        h = hist.history
         row = {
             "epoch": len(state["history"]) + 1,
             "stage": stage,
-            "loss": float(hist.history["loss"][-1]),
-            "accuracy": float(hist.history["accuracy"][-1]),
-            "val_loss": float(ev["loss"]),
-            "val_accuracy": float(ev["accuracy"]),
+            "loss": float(h["loss"][-1]),
+            "accuracy": float(h["accuracy"][-1]),
+            "val_loss": float(h["val_loss"][-1]),
+            "val_accuracy": float(h["val_accuracy"][-1]),
             "learning_rate": float(state["learning_rate"]),
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -410,16 +412,24 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
 
     # ---- outputs
     reporter.phase("Writing model and card", None)
-    final = build_model(n_classes, size, "none", cfg.model.alpha, cfg.model.dropout, cfg.model.dense_units)
-    trained = ckpt_root / "final.weights.h5"
-    model.save_weights(trained)
-    final.load_weights(trained)  # a clean, uncompiled copy with a frozen backbone
+    if getattr(model, "optimizer", None) is None:
+        final = model  # cached head training never compiles the full model
+    else:
+        final = build_model(n_classes, size, "none", cfg.model.alpha, cfg.model.dropout, cfg.model.dense_units)
+        trained = ckpt_root / "final.weights.h5"
+        model.save_weights(trained)
+        final.load_weights(trained)  # a clean, uncompiled copy with a frozen backbone
+    unfreeze_top_blocks(final, 0)
     _save_keras_atomic(final, run / MODEL_FILE)
     write_csv_atomic(run / HISTORY_FILE, HISTORY_COLUMNS, [[r[c] for c in HISTORY_COLUMNS] for r in history])
     from liverscan.plots import training_curves
 
     training_curves(history, run / CURVES_FILE)
-    val_metrics = _val_metrics(final, val, classes)
+    if final is model and cfg.train.mode == "cached":
+        val_probs = np.asarray(head_of(model).predict(feats[1], batch_size=256, verbose=0))
+    else:
+        val_probs = np.asarray(final.predict(val.x.astype(np.float32), batch_size=64, verbose=0))
+    val_metrics = _val_metrics(val_probs, val, classes)
     elapsed = time.perf_counter() - t_start
     card = _model_card(cfg, data, run, params, cw, best, history, val_metrics, elapsed, state)
     write_json_atomic(run / CARD_FILE, card)
@@ -478,10 +488,9 @@ def _cached_features(model, train: Split, val: Split, augmenter, cfg: Config, fo
     return ftrain, fval
 
 
-def _val_metrics(model, val: Split, classes: list[str]) -> dict:
+def _val_metrics(probs: np.ndarray, val: Split, classes: list[str]) -> dict:
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score
 
-    probs = np.asarray(model.predict(val.x.astype(np.float32), batch_size=64, verbose=0))
     pred = probs.argmax(1)
     labels = list(range(len(classes)))
     recalls = recall_score(val.y, pred, labels=labels, average=None, zero_division=0)

@@ -1,0 +1,110 @@
+"""Training speed: the straightforward per-epoch fit vs liverscan's cached-feature training.
+
+Both run the same protocol on the same prepared data in this one process:
+MobileNetV2 (frozen) + head, class-weighted loss, Adam 1e-3, early stopping on
+validation accuracy (patience 20, best weights restored).
+
+Prints seconds per epoch-equivalent (median), projected wall time for the
+paper's 69 epochs, the speed ratio, and validation / test accuracy each reaches.
+
+    python benchmarks/train_speed.py                       # xu-liver beside the repo
+    python benchmarks/train_speed.py --fit-epochs 5        # shorter baseline (speed only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+from liverscan.config import Config, SourceSpec
+from liverscan.dataset import PreparedData
+from liverscan.prepare import prepare_dataset
+from liverscan.train import train_run
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "xu-liver"
+DEFAULT_WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_1.0_160_no_top.h5"
+PAPER_EPOCHS = 69
+
+
+def test_accuracy(run_dir: Path, prepared: Path) -> float:
+    from sklearn.metrics import accuracy_score
+
+    from liverscan.model import load_model
+
+    data = PreparedData(prepared)
+    test = data.split("test", 160)
+    model = load_model(run_dir / "model.keras")
+    probs = np.asarray(model.predict(test.x.astype(np.float32), batch_size=64, verbose=0))
+    return float(accuracy_score(test.y, probs.argmax(1)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "imagenet")
+    ap.add_argument("--fit-epochs", type=int, default=100, help="epoch limit of the baseline (100 = full protocol)")
+    ap.add_argument("--views", type=int, default=Config().train.views)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--work", type=Path, default=None, help="working directory (default: a temporary one)")
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"skipped: data folder {args.data} not found", file=sys.stderr)
+        return 0
+    work = args.work or Path(tempfile.mkdtemp(prefix="liverscan-bench-"))
+    prepared = work / "prepared"
+    cfg = Config()
+    cfg.data.sources = [SourceSpec(str(args.data), name=args.data.name)]
+    t0 = time.perf_counter()
+    prepare_dataset(cfg, prepared, overwrite=True)
+    t_prep = time.perf_counter() - t0
+    cfg.model.weights = args.weights
+    cfg.train.seed = args.seed
+
+    results = {}
+    for name, mode, epochs in (("fit (baseline)", "fit", args.fit_epochs), ("cached (liverscan)", "cached", 100)):
+        c = Config(**{k: getattr(cfg, k) for k in ("data", "preprocess", "model", "augment", "eval")},
+                   train=type(cfg.train)(**{**vars(cfg.train), "mode": mode, "epochs": epochs, "views": args.views}))
+        t0 = time.perf_counter()
+        res = train_run(c, prepared, work / mode, overwrite=True)
+        wall = time.perf_counter() - t0
+        epoch_secs = [r["seconds"] for r in res.history]
+        med = statistics.median(epoch_secs)
+        fixed = wall - sum(epoch_secs)  # model build, feature computation, writing outputs
+        results[name] = {
+            "epochs": len(res.history),
+            "wall": wall,
+            "median_epoch": med,
+            "fixed": fixed,
+            "per_epoch_equiv": wall / len(res.history),
+            "projected_69": fixed + PAPER_EPOCHS * med,
+            "val": res.card["validation"]["accuracy"],
+            "test": test_accuracy(work / mode, prepared),
+        }
+    base, ours = results["fit (baseline)"], results["cached (liverscan)"]
+    print(f"data: {args.data} (prepare {t_prep:.1f} s); weights: {args.weights}; cpus: {os.cpu_count()}")
+    print(f"{'':20s} {'epochs':>6s} {'wall s':>8s} {'s/epoch med':>11s} {'s/epoch-eq':>10s} {'69-epoch s':>10s} "
+          f"{'val acc':>8s} {'test acc':>8s}")
+    for name, r in results.items():
+        print(f"{name:20s} {r['epochs']:6d} {r['wall']:8.1f} {r['median_epoch']:11.3f} {r['per_epoch_equiv']:10.3f} "
+              f"{r['projected_69']:10.1f} {r['val']:8.4f} {r['test']:8.4f}")
+    print(f"speed-up, projected 69 epochs: {base['projected_69'] / ours['projected_69']:.1f}x; "
+          f"per epoch-equivalent (median epoch of the baseline vs wall/epochs of ours): "
+          f"{base['median_epoch'] / ours['per_epoch_equiv']:.1f}x")
+    print(f"full protocol wall time (liverscan, to early stop, features included): {ours['wall']:.1f} s")
+    print(f"accuracy difference (liverscan - baseline): val {100 * (ours['val'] - base['val']):+.2f} points, "
+          f"test {100 * (ours['test'] - base['test']):+.2f} points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liverscan.errors import LiverscanError
+from liverscan.model import (
+    WeightsUnavailable,
+    build_model,
+    calibrate_batchnorm,
+    count_params,
+    feature_extractor,
+    imagenet_weights_file,
+    load_model,
+    unfreeze_top_blocks,
+)
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2_1.0_160_no_top.h5"
+
+
+def test_parameter_counts_match_the_paper():
+    model = build_model(3, 160, weights="none")
+    p = count_params(model)
+    assert p["total"] == 2_422_339  # 2.42M
+    assert p["trainable"] == 164_355  # ~165K: 1280*128+128 + 128*3+3
+    assert model.output_shape == (None, 3)
+    assert [l.name for l in model.layers][-3:] == ["backbone", "pool", "head"]
+
+
+def test_offline_imagenet_message_names_the_cache_file(monkeypatch, tmp_path):
+    from keras.src.applications import mobilenet_v2
+
+    from keras.src.backend import config as keras_config
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "kh"))
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(mobilenet_v2.file_utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailable) as info:
+        build_model(3, 160, weights="imagenet")
+    msg = str(info.value)
+    expected = tmp_path / "kh" / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
+    assert str(expected) in msg and "--weights PATH" in msg
+    assert imagenet_weights_file(1.0, 160) == expected
+
+
+def test_missing_weights_path(tmp_path):
+    with pytest.raises(WeightsUnavailable, match="weights file not found"):
+        build_model(2, 160, weights=str(tmp_path / "nope.h5"))
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="offline backbone weights not available")
+def test_imagenet_loads_from_keras_cache(monkeypatch, tmp_path):
+    import shutil
+
+    target = tmp_path / "kh" / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
+    target.parent.mkdir(parents=True)
+    shutil.copy(SHARED_WEIGHTS, target)
+    from keras.src.backend import config as keras_config
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "kh"))
+    a = build_model(2, 160, weights="imagenet")
+    b = build_model(2, 160, weights=str(SHARED_WEIGHTS))
+    wa = a.get_layer("backbone").get_weights()
+    wb = b.get_layer("backbone").get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+def test_unfreeze_keeps_batchnorm_frozen():
+    model = build_model(3, 32, weights="none")
+    before = count_params(model)["trainable"]
+    names = unfreeze_top_blocks(model, 2)
+    assert names and all(n.startswith(("block_15", "block_16", "Conv_1")) for n in names)
+    backbone = model.get_layer("backbone")
+    assert all(not l.trainable for l in backbone.layers if l.__class__.__name__ == "BatchNormalization")
+    assert count_params(model)["trainable"] > before
+    unfreeze_top_blocks(model, 0)
+    assert count_params(model)["trainable"] == before
+
+
+def test_batchnorm_calibration_makes_random_features_usable():
+    model = build_model(2, 32, weights="none")
+    x = np.random.default_rng(0).integers(0, 255, size=(16, 32, 32, 3)).astype(np.float32)
+    before = np.asarray(feature_extractor(model).predict(x, verbose=0))
+    calibrate_batchnorm(model, x)
+    after = np.asarray(feature_extractor(model).predict(x, verbose=0))
+    assert np.abs(before).max() < 1e-6 < after.std()
+
+
+def test_load_model_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(LiverscanError) as info:
+        load_model(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(LiverscanError, match="not found"):
+        load_model(tmp_path / "missing.keras")
