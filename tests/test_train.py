@@ -12,7 +12,7 @@ from liverscan.config import Config, SourceSpec, load_config
 from liverscan.errors import RunDirError
 from liverscan.fileio import read_csv
 from liverscan.prepare import prepare_dataset
-from liverscan.train import _compile, _epoch_loop, _initial_state, _one_hot, _Silent, train_run
+from liverscan.train import _compile, _epoch_loop, _initial_state, _one_hot, _Silent, epoch_dataset, train_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -44,6 +44,16 @@ def _blobs(n: int, seed: int, dim: int = 1280, classes: int = 3):
     return x, y
 
 
+def _ds(fn, n: int, bs: int = 32):
+    """Epoch dataset from fn(epoch) -> (x, y_onehot, None)."""
+
+    def make_epoch(e):
+        x, y, _ = fn(e)
+        return lambda i: (x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs])
+
+    return epoch_dataset(n, bs, make_epoch)
+
+
 def _head_loop(epochs: int, **train):
     from liverscan.keras_env import seed_everything
     from liverscan.model import build_head
@@ -61,7 +71,7 @@ def _head_loop(epochs: int, **train):
 
 def test_head_learns_separable_features(tmp_path):
     head, cfg, train, val = _head_loop(10)
-    state = _epoch_loop(head, "head", 10, lambda e: train, val, cfg, tmp_path / "ck", _initial_state(1e-3), _Silent(), 32)
+    state = _epoch_loop(head, "head", 10, _ds(lambda e: train, 240), val, cfg, tmp_path / "ck", _initial_state(1e-3), _Silent(), 32)
     acc = head.evaluate(*val, verbose=0, return_dict=True)["accuracy"]
     assert acc > 0.9 and state["history"][-1]["accuracy"] > 0.9
 
@@ -73,7 +83,7 @@ def test_best_weights_restored_when_epoch_limit_ends_run(tmp_path):
     rng = np.random.default_rng(0)
     noisy = (xt, yt[rng.permutation(len(yt))], None)
     data = lambda e: train if e < 2 else noisy  # noqa: E731
-    state = _epoch_loop(head, "head", 8, data, val, cfg, tmp_path / "ck", _initial_state(1e-2), _Silent(), 32)
+    state = _epoch_loop(head, "head", 8, _ds(data, 240), val, cfg, tmp_path / "ck", _initial_state(1e-2), _Silent(), 32)
     hist = state["history"]
     assert len(hist) == 8 and not state["stopped_early"] and state["complete"]
     best = max(r["val_accuracy"] for r in hist)
@@ -84,13 +94,13 @@ def test_best_weights_restored_when_epoch_limit_ends_run(tmp_path):
 
 
 def test_early_stopping_and_lr_schedule(tmp_path):
-    head, cfg, train, val = _head_loop(30, early_stopping_patience=3, lr_patience=2, lr_factor=0.5)
+    head, cfg, train, val = _head_loop(30, early_stopping_patience=6, lr_patience=1, lr_factor=0.5)
     xt, yt, _ = train
     rng = np.random.default_rng(1)
     data = lambda e: (xt, yt[rng.permutation(len(yt))], None)  # noqa: E731 - nothing to learn
-    state = _epoch_loop(head, "head", 30, data, val, cfg, tmp_path / "ck", _initial_state(1e-3), _Silent(), 32)
+    state = _epoch_loop(head, "head", 30, _ds(data, 240), val, cfg, tmp_path / "ck", _initial_state(1e-3), _Silent(), 32)
     hist = state["history"]
-    assert state["stopped_early"] and len(hist) == state["best_epoch"] + 3
+    assert state["stopped_early"] and len(hist) == state["best_epoch"] + 6
     lrs = [r["learning_rate"] for r in hist]
     assert lrs[0] == 1e-3 and min(lrs) < 1e-3 and all(b <= a for a, b in zip(lrs, lrs[1:]))
 

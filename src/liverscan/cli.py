@@ -234,6 +234,43 @@ def train_cmd(
     )
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory from 'liverscan train' (or its model.keras).")],
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", "-d", help="Prepared dataset dir (default: the run's own), or labelled folders / "
+                     "a {label} glob / a CSV."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of a prepared dataset to evaluate.")] = "test",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default RUN/eval-SPLIT).")] = None,
+    operating_point: Annotated[
+        Optional[str],
+        typer.Option("--operating-point", "-p", help="Fit on the validation split and store in the model card: "
+                     "'balanced' or 'CLASS>=SENSITIVITY' (e.g. 'tumor>=0.95')."),
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only where the results went.")] = False,
+) -> None:
+    """Metrics with 95% CIs, calibration, figures; argmax and tuned operating point side by side.
+
+    Example: [bold]liverscan evaluate runs/xu --operating-point "tumor>=0.95"[/]
+    """
+    from liverscan.evaluate import evaluate
+    from liverscan.report_terminal import print_evaluation
+
+    try:
+        res = evaluate(run, data, split, out, operating_point, bootstrap=bootstrap, seed=seed)
+    except LiverscanError as exc:
+        fail(str(exc))
+    if not quiet:
+        print_evaluation(res.metrics, console)
+    for path, reason in ((s["path"], s["reason"]) for s in res.metrics["skipped"]):
+        err_console.print(f"[yellow]skipped:[/] {path}: {reason}", highlight=False, soft_wrap=True)
+    console.print(f"Wrote predictions, metrics and figures to {res.out_dir}", highlight=False)
+
+
 def _with_progress(fn, label: str, quiet: bool):
     """Run fn(progress_callback) under a Rich progress bar (none when quiet)."""
     if quiet or not console.is_terminal:

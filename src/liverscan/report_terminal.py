@@ -54,3 +54,69 @@ def print_prepare_summary(summary: dict, out: Path, console: Console | None, err
         console.print(f"Manifest hash {summary['manifest_hash'][:16]}…  written to {out}")
     for w in summary["warnings"]:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+
+
+def _ci(m: dict, key: str) -> str:
+    iv = m.get("bootstrap", {}).get("intervals", {}).get(key)
+    return f" [{iv[0]:.3f}–{iv[1]:.3f}]" if iv else ""
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def overall_table(metrics: dict) -> Table:
+    """Overall metrics with 95% CIs; argmax and (when present) tuned side by side."""
+    variants = [("argmax", metrics["argmax"])] + ([("operating point", metrics["tuned"])] if "tuned" in metrics else [])
+    table = Table(title=f"Overall ({metrics['split']}, n={metrics['n']}; 95% bootstrap CI)")
+    table.add_column("metric")
+    for name, _ in variants:
+        table.add_column(name, justify="right")
+    rows = [
+        ("accuracy", lambda m: _fmt(m["accuracy"]) + _ci(m, "accuracy")),
+        ("balanced accuracy", lambda m: _fmt(m["balanced_accuracy"]) + _ci(m, "balanced_accuracy")),
+        ("macro ROC-AUC", lambda m: _fmt(m["macro"]["roc_auc"]) + _ci(m, "macro_roc_auc")),
+        ("weighted precision", lambda m: _fmt(m["weighted"]["precision"])),
+        ("weighted recall", lambda m: _fmt(m["weighted"]["recall"])),
+        ("weighted F1", lambda m: _fmt(m["weighted"]["f1"])),
+        ("macro F1", lambda m: _fmt(m["macro"]["f1"])),
+        ("ECE (15 bins)", lambda m: _fmt(m["calibration"]["ece"])),
+        ("Brier score", lambda m: _fmt(m["calibration"]["brier"])),
+    ]
+    for label, fn in rows:
+        table.add_row(label, *[fn(m) for _, m in variants])
+    return table
+
+
+def per_class_table(m: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("class", "precision", "recall (sensitivity)", "specificity", "F1", "ROC-AUC", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, v in m["per_class"].items():
+        table.add_row(
+            c, _fmt(v["precision"]) + _ci(m, f"{c}.precision"), _fmt(v["recall"]) + _ci(m, f"{c}.recall"),
+            _fmt(v["specificity"]), _fmt(v["f1"]), _fmt(v["roc_auc"]) + _ci(m, f"{c}.roc_auc"), str(v["support"]),
+        )
+    return table
+
+
+def confusion_table(m: dict, classes: list[str], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("true \\ predicted")
+    for c in classes:
+        table.add_column(c, justify="right")
+    for c, counts, pct in zip(classes, m["confusion_matrix"], m["confusion_matrix_normalized"]):
+        table.add_row(c, *[f"{n} ({100 * p:.0f}%)" for n, p in zip(counts, pct)])
+    return table
+
+
+def print_evaluation(metrics: dict, console: Console) -> None:
+    console.print(overall_table(metrics))
+    classes = metrics["classes"]
+    console.print(per_class_table(metrics["argmax"], "Per class (argmax)"))
+    console.print(confusion_table(metrics["argmax"], classes, "Confusion matrix (argmax)"))
+    if "tuned" in metrics:
+        op = metrics["operating_point"]
+        console.print(f"Operating point {op['spec']!r}: {op['description']}; temperature {op['temperature']:.3f}")
+        console.print(per_class_table(metrics["tuned"], "Per class (operating point)"))
+        console.print(confusion_table(metrics["tuned"], classes, "Confusion matrix (operating point)"))

@@ -114,31 +114,30 @@ def _save_weights_atomic(model, path: Path) -> None:
     tmp.replace(path)
 
 
-class AugmentedImages:
-    """Keras PyDataset of augmented image batches for one epoch (the ``fit`` path)."""
+def epoch_dataset(n_items: int, batch_size: int, make_epoch: Callable[[int], Callable[[int], tuple]]):
+    """A Keras PyDataset whose batches depend on the epoch.
 
-    def __new__(cls, *args, **kwargs):  # built lazily so keras is imported only when used
-        keras = import_keras()
+    ``make_epoch(epoch)`` returns ``get(batch_index) -> (x, y[, sample_weight])``;
+    the training controller sets ``.epoch`` at the start of every epoch, so the
+    content of an epoch is a pure function of (seed, epoch) and survives resuming.
+    """
+    keras = import_keras()
 
-        class _Impl(keras.utils.PyDataset):
-            def __init__(self, x, y_onehot, sw, augmenter, batch_size, order):
-                super().__init__()
-                self.x, self.y, self.sw = x, y_onehot, sw
-                self.augmenter, self.batch_size, self.order = augmenter, batch_size, order
+    class _EpochBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self._made: tuple[int, Callable[[int], tuple]] | None = None
 
-            def __len__(self):
-                return math.ceil(len(self.order) / self.batch_size)
+        def __len__(self):
+            return math.ceil(n_items / batch_size)
 
-            def __getitem__(self, i):
-                from liverscan.augment import augment_batch
+        def __getitem__(self, i):
+            if self._made is None or self._made[0] != self.epoch:
+                self._made = (self.epoch, make_epoch(self.epoch))
+            return self._made[1](i)
 
-                idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-                xb = augment_batch(self.augmenter, self.x[idx])
-                if self.sw is None:
-                    return xb, self.y[idx]
-                return xb, self.y[idx], self.sw[idx]
-
-        return _Impl(*args, **kwargs)
+    return _EpochBatches()
 
 
 # ----------------------------------------------------------------------------- features
@@ -189,63 +188,70 @@ def _initial_state(lr: float) -> dict:
     }
 
 
-def _epoch_loop(model, stage: str, max_epochs: int, epoch_data: Callable[[int], tuple], val: tuple,
-                cfg: Config, ckpt: Path, state: dict, reporter: Reporter, batch_size: int) -> dict:
-    """Run epochs from ``state['next_epoch']``; checkpoint after each; restore the best weights."""
+def _controller(stage: str, state: dict, cfg: Config, ckpt: Path, reporter: Reporter, max_epochs: int, dataset):
+    """Keras callback: history, early stopping, LR schedule and checkpoint after every epoch."""
+    keras = import_keras()
     t = cfg.train
-    ckpt.mkdir(parents=True, exist_ok=True)
     best_path = ckpt / "best.weights.h5"
+
+    class _Controller(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            dataset.epoch = epoch
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            model = self.model
+            row = {
+                "epoch": len(state["history"]) + 1,
+                "stage": stage,
+                "loss": float(logs["loss"]),
+                "accuracy": float(logs["accuracy"]),
+                "val_loss": float(logs["val_loss"]),
+                "val_accuracy": float(logs["val_accuracy"]),
+                "learning_rate": float(state["learning_rate"]),
+                "seconds": round(time.perf_counter() - self.t0, 3),
+            }
+            state["history"].append(row)
+            state["next_epoch"] = epoch + 1
+            if row["val_accuracy"] > state["best_val_accuracy"]:
+                state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch + 1, es_wait=0)
+                _save_weights_atomic(model, best_path)
+            else:
+                state["es_wait"] += 1
+            if row["val_loss"] < state["best_val_loss"]:
+                state.update(best_val_loss=row["val_loss"], lr_wait=0)
+            else:
+                state["lr_wait"] += 1
+                if state["lr_wait"] >= t.lr_patience:
+                    state["learning_rate"] = float(state["learning_rate"] * t.lr_factor)
+                    model.optimizer.learning_rate = state["learning_rate"]
+                    state["lr_wait"] = 0
+            stop = state["es_wait"] >= t.early_stopping_patience
+            state["stopped_early"] = bool(stop)
+            state["complete"] = bool(stop or epoch + 1 >= max_epochs)
+            _save_keras_atomic(model, ckpt / "current.keras")
+            write_json_atomic(ckpt / "state.json", state)
+            reporter.epoch(row, state, max_epochs)
+            if stop:
+                model.stop_training = True
+
+    return _Controller()
+
+
+def _epoch_loop(model, stage: str, max_epochs: int, dataset, val: tuple, cfg: Config, ckpt: Path, state: dict,
+                reporter: Reporter, batch_size: int) -> dict:
+    """Fit from ``state['next_epoch']`` to ``max_epochs`` (or early stop); restore the best weights."""
+    ckpt.mkdir(parents=True, exist_ok=True)
     model.optimizer.learning_rate = state["learning_rate"]
-    xv, yv = val
-    for epoch in range(state["next_epoch"], max_epochs):
-        t0 = time.perf_counter()
-        data = epoch_data(epoch)
-        vb = max(batch_size, 64)
-        if isinstance(data, tuple):
-            x, y, sw = data
-            hist = model.fit(x, y, sample_weight=sw, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
-                             validation_data=(xv, yv), validation_batch_size=vb)
-        else:
-            hist = model.fit(data, epochs=1, verbose=0, validation_data=(xv, yv), validation_batch_size=vb)
-        h = hist.history
-        row = {
-            "epoch": len(state["history"]) + 1,
-            "stage": stage,
-            "loss": float(h["loss"][-1]),
-            "accuracy": float(h["accuracy"][-1]),
-            "val_loss": float(h["val_loss"][-1]),
-            "val_accuracy": float(h["val_accuracy"][-1]),
-            "learning_rate": float(state["learning_rate"]),
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        state["history"].append(row)
-        state["next_epoch"] = epoch + 1
-        if row["val_accuracy"] > state["best_val_accuracy"]:
-            state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch + 1, es_wait=0)
-            _save_weights_atomic(model, best_path)
-        else:
-            state["es_wait"] += 1
-        if row["val_loss"] < state["best_val_loss"]:
-            state.update(best_val_loss=row["val_loss"], lr_wait=0)
-        else:
-            state["lr_wait"] += 1
-            if state["lr_wait"] >= t.lr_patience:
-                state["learning_rate"] = float(state["learning_rate"] * t.lr_factor)
-                model.optimizer.learning_rate = state["learning_rate"]
-                state["lr_wait"] = 0
-        stop = state["es_wait"] >= t.early_stopping_patience
-        state["stopped_early"] = bool(stop)
-        state["complete"] = bool(stop or epoch + 1 >= max_epochs)
-        _save_keras_atomic(model, ckpt / "current.keras")
-        write_json_atomic(ckpt / "state.json", state)
-        reporter.epoch(row, state, max_epochs)
-        if stop:
-            break
-    if not state["history"] or state["next_epoch"] >= max_epochs:
-        state["complete"] = True
-        write_json_atomic(ckpt / "state.json", state)
-    if best_path.is_file():
-        model.load_weights(best_path)
+    if state["next_epoch"] < max_epochs:
+        controller = _controller(stage, state, cfg, ckpt, reporter, max_epochs, dataset)
+        model.fit(dataset, epochs=max_epochs, initial_epoch=state["next_epoch"], validation_data=val,
+                  validation_batch_size=max(batch_size, 64), callbacks=[controller], verbose=0)
+    state["complete"] = True
+    write_json_atomic(ckpt / "state.json", state)
+    if (ckpt / "best.weights.h5").is_file():
+        model.load_weights(ckpt / "best.weights.h5")
     return state
 
 
@@ -349,17 +355,22 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
         ftrain, fval = feats
         views = ftrain.shape[0]
 
-        def epoch_data(epoch: int):
+        def make_epoch(epoch: int):
             rng = np.random.default_rng([seed, epoch])
             order = rng.permutation(len(train.y))
             pick = rng.integers(0, views, size=len(order))
-            x = ftrain[pick, order]
-            y = train.y[order]
-            return x, _one_hot(y, n_classes), _sample_weights(y, weight_vec)
+            x, y = ftrain[pick, order], train.y[order]
+            y1, sw = _one_hot(y, n_classes), _sample_weights(y, weight_vec)
+
+            def get(i: int):
+                sl = slice(i * bs, (i + 1) * bs)
+                return (x[sl], y1[sl]) if sw is None else (x[sl], y1[sl], sw[sl])
+
+            return get
 
         if not state["complete"]:
             reporter.phase("Training head on cached features", cfg.train.epochs)
-            state = _epoch_loop(head, "head", cfg.train.epochs, epoch_data, (fval, yv1), cfg,
+            state = _epoch_loop(head, "head", cfg.train.epochs, epoch_dataset(len(train.y), bs, make_epoch), (fval, yv1), cfg,
                                 ckpt_root / "head", state, reporter, bs)
         else:
             head.load_weights(ckpt_root / "head" / "best.weights.h5")
@@ -456,14 +467,23 @@ def _validate(cfg: Config) -> None:
 
 
 def _fit_epoch_data(train: Split, n_classes: int, weight_vec, augmenter, bs: int, seed: int):
+    """Dataset of freshly augmented image batches every epoch (the plain ``fit`` path)."""
+    from liverscan.augment import augment_batch
+
     y1 = _one_hot(train.y, n_classes)
     sw = _sample_weights(train.y, weight_vec)
 
-    def epoch_data(epoch: int):
+    def make_epoch(epoch: int):
         order = np.random.default_rng([seed, epoch]).permutation(len(train.y))
-        return AugmentedImages(train.x, y1, sw, augmenter, bs, order)
 
-    return epoch_data
+        def get(i: int):
+            idx = order[i * bs : (i + 1) * bs]
+            xb = augment_batch(augmenter, train.x[idx])
+            return (xb, y1[idx]) if sw is None else (xb, y1[idx], sw[idx])
+
+        return get
+
+    return epoch_dataset(len(train.y), bs, make_epoch)
 
 
 def _cached_features(model, train: Split, val: Split, augmenter, cfg: Config, folder: Path, reporter: Reporter):
