@@ -60,6 +60,9 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"skipped: data folder {args.data} not found", file=sys.stderr)
         return 0
+    from liverscan.keras_env import import_keras
+
+    import_keras()  # import TensorFlow/Keras before timing: neither side pays for it
     work = args.work or Path(tempfile.mkdtemp(prefix="liverscan-bench-"))
     prepared = work / "prepared"
     cfg = Config()

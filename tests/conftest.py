@@ -115,3 +115,28 @@ def separable_dataset(tmp_path: Path) -> Path:
         for k in range(24):
             class_image(ci, seed=1000 * ci + k).save(root / cat / f"{cat}_{k:02d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """A real (tiny) trained run: 32x32 inputs, random backbone, 3 epochs, shared by evaluate/report tests."""
+    from liverscan.config import Config, SourceSpec
+    from liverscan.prepare import prepare_dataset
+    from liverscan.train import train_run
+
+    base = tmp_path_factory.mktemp("tinyrun")
+    data = base / "data"
+    for ci, cat in enumerate(["normal", "fatty", "tumor"]):
+        (data / cat).mkdir(parents=True)
+        for k in range(20):
+            class_image(ci, seed=1000 * ci + k).save(data / cat / f"{cat}_{k:02d}.png")
+    cfg = Config()
+    cfg.data.sources = [SourceSpec(str(data))]
+    cfg.data.near_duplicate_distance = -1
+    cfg.preprocess.image_size = 32
+    cfg.model.weights = "none"
+    cfg.train.views = 2
+    cfg.train.epochs = 3
+    prepare_dataset(cfg, base / "prep")
+    train_run(cfg, base / "prep", base / "run")
+    return {"data": data, "prep": base / "prep", "run": base / "run", "base": base}

@@ -150,7 +150,8 @@ class _KillAfter(_Silent):
 def test_killed_run_resumes_from_checkpoint(tiny_prepared, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train_run(_cfg(tiny_prepared, epochs=6, early_stopping_patience=50), tiny_prepared, run, reporter=_KillAfter(3))
+        train_run(_cfg(tiny_prepared, epochs=6, early_stopping_patience=50, checkpoint_seconds=0),
+                  tiny_prepared, run, reporter=_KillAfter(3))
     assert json.loads((run / "run.json").read_text())["status"] == "running"
     assert not (run / "model.keras").exists()
     state = json.loads((run / "checkpoint" / "head" / "state.json").read_text())

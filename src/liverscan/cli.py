@@ -271,6 +271,52 @@ def evaluate_cmd(
     console.print(f"Wrote predictions, metrics and figures to {res.out_dir}", highlight=False)
 
 
+@app.command("report")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directory (several with --compare).", show_default=False)],
+    compare: Annotated[bool, typer.Option("--compare", help="Compare the given runs side by side.")] = False,
+    eval_dir: Annotated[
+        Optional[Path], typer.Option("--eval", help="Evaluation directory to report (default RUN/eval-test).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where --compare writes compare.md/.csv.")] = None,
+) -> None:
+    """Render a run into report.html (self-contained) and report.md, or compare runs.
+
+    Example: [bold]liverscan report runs/xu[/]; [bold]liverscan report --compare runs/a runs/b -o comparison[/]
+    """
+    from rich.table import Table
+
+    from liverscan.report import COMPARE_COLUMNS, write_compare, write_report
+
+    try:
+        if compare:
+            rows = write_compare(runs, out or Path("liverscan-compare"))
+            table = Table(title="Runs side by side")
+            for c in COMPARE_COLUMNS:
+                table.add_column(c)
+            for r in rows:
+                table.add_row(*[str(x) for x in r])
+            console.print(table)
+            console.print(f"Wrote compare.md and compare.csv to {out or Path('liverscan-compare')}", highlight=False)
+            return
+        if len(runs) != 1:
+            fail("give one run directory (or --compare with several)")
+        html_path, md_path, sections = write_report(runs[0], eval_dir)
+    except LiverscanError as exc:
+        fail(str(exc))
+    for s in sections:
+        tables = [b for b in s.blocks if b[0] == "table"]
+        if s.title.startswith("Results") and tables:
+            header, rows = tables[0][1], tables[0][2]
+            t = Table(title=s.title)
+            for h in header:
+                t.add_column(str(h))
+            for r in rows:
+                t.add_row(*[str(c) for c in r])
+            console.print(t)
+    console.print(f"Wrote {html_path} and {md_path}", highlight=False)
+
+
 def _with_progress(fn, label: str, quiet: bool):
     """Run fn(progress_callback) under a Rich progress bar (none when quiet)."""
     if quiet or not console.is_terminal:

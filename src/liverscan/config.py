@@ -121,6 +121,7 @@ class TrainConfig:
     fine_tune_blocks: int = 0  # >0: second stage unfreezing the top N inverted-residual blocks
     fine_tune_learning_rate: float = 1e-5
     fine_tune_epochs: int = 10
+    checkpoint_seconds: float = 2.0  # write a resumable checkpoint at most this often (and at the end)
     seed: int = 42
 
 

@@ -68,10 +68,14 @@ def load_run(path: str | Path) -> LoadedRun:
 
 
 def predict_probs(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities in fixed-shape batches, renormalised to sum to one."""
+    from liverscan.train import pad_batch
+
     out = []
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
-        out.append(np.asarray(model.predict_on_batch(batch), dtype=np.float64))
+        probs = model.predict_on_batch(pad_batch(batch, batch_size))
+        out.append(np.asarray(probs, dtype=np.float64)[: len(batch)])
     if not out:
         return np.zeros((0, 0))
     probs = np.concatenate(out)

@@ -74,6 +74,7 @@ def classification_metrics(y_true, probs, classes: list[str], y_pred=None, ece_b
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UserWarning)  # single-label subsets: labels= is passed
         p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
         mcm = multilabel_confusion_matrix(y, pred, labels=labels)
         cm = confusion_matrix(y, pred, labels=labels)

@@ -143,29 +143,35 @@ def epoch_dataset(n_items: int, batch_size: int, make_epoch: Callable[[int], Cal
 # ----------------------------------------------------------------------------- features
 
 
-def compute_features(model, images: np.ndarray, augmenter=None, views: int = 1, batch_size: int = 128,
-                     reporter: Reporter | None = None) -> np.ndarray:
-    """Pooled backbone features, shape (views, N, F) with augmentation or (N, F) without."""
-    from liverscan.augment import augment_batch
-    from liverscan.model import feature_extractor
+def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad a short final batch so every call has one shape (no re-tracing of the graph)."""
+    if len(x) >= size:
+        return x
+    return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
 
-    extractor = feature_extractor(model)
+
+def compute_features(extractor, images: np.ndarray, augmenter=None, views: int = 1, batch_size: int = 128,
+                     reporter: Reporter | None = None) -> np.ndarray:
+    """Pooled backbone features, shape (views, N, F) with augmentation or (N, F) without.
+
+    ``extractor`` maps pixels to features (see :func:`liverscan.model.feature_extractor`);
+    batches keep one shape so the backbone graph is traced once.
+    """
+    from liverscan.augment import augment_batch
+
     n = len(images)
     n_views = views if augmenter is not None else 1
+    jobs = [(v, start) for v in range(n_views) for start in range(0, n, batch_size)]
     out = None
-    total = n_views * math.ceil(n / batch_size)
-    step = 0
-    for v in range(n_views):
-        for start in range(0, n, batch_size):
-            batch = images[start : start + batch_size]
-            xb = augment_batch(augmenter, batch) if augmenter is not None else np.asarray(batch, np.float32)
-            feats = np.asarray(extractor.predict_on_batch(xb), dtype=np.float32)
-            if out is None:
-                out = np.zeros((n_views, n, feats.shape[-1]), np.float32)
-            out[v, start : start + len(batch)] = feats
-            step += 1
-            if reporter:
-                reporter.advance(step, total)
+    for k, (v, start) in enumerate(jobs):
+        batch = images[start : start + batch_size]
+        xb = augment_batch(augmenter, batch) if augmenter is not None else np.asarray(batch, np.float32)
+        feats = np.asarray(extractor.predict_on_batch(pad_batch(xb, batch_size)), dtype=np.float32)[: len(batch)]
+        if out is None:
+            out = np.zeros((n_views, n, feats.shape[-1]), np.float32)
+        out[v, start : start + len(batch)] = feats
+        if reporter:
+            reporter.advance(k + 1, len(jobs))
     assert out is not None
     return out if augmenter is not None else out[0]
 
@@ -188,13 +194,32 @@ def _initial_state(lr: float) -> dict:
     }
 
 
+def _save_best(weights: list[np.ndarray], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, *weights)
+    tmp.replace(path)
+
+
+def _load_best(path: Path) -> list[np.ndarray]:
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
 def _controller(stage: str, state: dict, cfg: Config, ckpt: Path, reporter: Reporter, max_epochs: int, dataset):
-    """Keras callback: history, early stopping, LR schedule and checkpoint after every epoch."""
+    """Keras callback: history, early stopping, LR schedule, checkpoints.
+
+    The best weights are kept in memory; a checkpoint (model with optimizer
+    state, best weights, loop state) is written when ``train.checkpoint_seconds``
+    have passed since the last one, and at the end, so a killed run loses at most
+    that much work while fast epochs do not pay for a save each.
+    """
     keras = import_keras()
     t = cfg.train
-    best_path = ckpt / "best.weights.h5"
 
     class _Controller(keras.callbacks.Callback):
+        best_weights: list | None = None
+        last_save = time.perf_counter()
+
         def on_epoch_begin(self, epoch, logs=None):
             dataset.epoch = epoch
             self.t0 = time.perf_counter()
@@ -216,7 +241,7 @@ def _controller(stage: str, state: dict, cfg: Config, ckpt: Path, reporter: Repo
             state["next_epoch"] = epoch + 1
             if row["val_accuracy"] > state["best_val_accuracy"]:
                 state.update(best_val_accuracy=row["val_accuracy"], best_epoch=epoch + 1, es_wait=0)
-                _save_weights_atomic(model, best_path)
+                self.best_weights = model.get_weights()
             else:
                 state["es_wait"] += 1
             if row["val_loss"] < state["best_val_loss"]:
@@ -230,11 +255,18 @@ def _controller(stage: str, state: dict, cfg: Config, ckpt: Path, reporter: Repo
             stop = state["es_wait"] >= t.early_stopping_patience
             state["stopped_early"] = bool(stop)
             state["complete"] = bool(stop or epoch + 1 >= max_epochs)
-            _save_keras_atomic(model, ckpt / "current.keras")
-            write_json_atomic(ckpt / "state.json", state)
+            if stop or state["complete"] or time.perf_counter() - self.last_save >= t.checkpoint_seconds:
+                self.save()
             reporter.epoch(row, state, max_epochs)
             if stop:
                 model.stop_training = True
+
+        def save(self):
+            if self.best_weights is not None:
+                _save_best(self.best_weights, ckpt / "best.weights.npz")
+            _save_keras_atomic(self.model, ckpt / "current.keras")
+            write_json_atomic(ckpt / "state.json", state)
+            self.last_save = time.perf_counter()
 
     return _Controller()
 
@@ -244,14 +276,17 @@ def _epoch_loop(model, stage: str, max_epochs: int, dataset, val: tuple, cfg: Co
     """Fit from ``state['next_epoch']`` to ``max_epochs`` (or early stop); restore the best weights."""
     ckpt.mkdir(parents=True, exist_ok=True)
     model.optimizer.learning_rate = state["learning_rate"]
-    if state["next_epoch"] < max_epochs:
+    controller = None
+    if state["next_epoch"] < max_epochs and not state["complete"]:
         controller = _controller(stage, state, cfg, ckpt, reporter, max_epochs, dataset)
         model.fit(dataset, epochs=max_epochs, initial_epoch=state["next_epoch"], validation_data=val,
                   validation_batch_size=max(batch_size, 64), callbacks=[controller], verbose=0)
     state["complete"] = True
     write_json_atomic(ckpt / "state.json", state)
-    if (ckpt / "best.weights.h5").is_file():
-        model.load_weights(ckpt / "best.weights.h5")
+    if controller is not None and controller.best_weights is not None:
+        model.set_weights(controller.best_weights)
+    elif (ckpt / "best.weights.npz").is_file():
+        model.set_weights(_load_best(ckpt / "best.weights.npz"))
     return state
 
 
@@ -373,7 +408,7 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
             state = _epoch_loop(head, "head", cfg.train.epochs, epoch_dataset(len(train.y), bs, make_epoch), (fval, yv1), cfg,
                                 ckpt_root / "head", state, reporter, bs)
         else:
-            head.load_weights(ckpt_root / "head" / "best.weights.h5")
+            head.set_weights(_load_best(ckpt_root / "head" / "best.weights.npz"))
         head_of(model).set_weights(head.get_weights())
     elif cfg.train.mode == "fit":
         loaded, state = _load_stage(ckpt_root / "head")
@@ -388,7 +423,7 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
                                 augmenter, bs, seed), (val.x.astype(np.float32), yv1), cfg,
                                 ckpt_root / "head", state, reporter, bs)
         else:
-            model.load_weights(ckpt_root / "head" / "best.weights.h5")
+            model.set_weights(_load_best(ckpt_root / "head" / "best.weights.npz"))
     else:
         raise LiverscanError(f"unknown train.mode {cfg.train.mode!r} (cached, fit)")
     history = list(state["history"])
@@ -407,14 +442,14 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
             # the head's best validation accuracy is the bar fine-tuning must beat
             ft_state["best_val_accuracy"] = state["best_val_accuracy"]
             ft_ckpt.mkdir(parents=True, exist_ok=True)
-            _save_weights_atomic(model, ft_ckpt / "best.weights.h5")
+            _save_best(model.get_weights(), ft_ckpt / "best.weights.npz")
         if not ft_state["complete"]:
             reporter.phase(f"Fine-tuning top {cfg.train.fine_tune_blocks} blocks", cfg.train.fine_tune_epochs)
             ft_state = _epoch_loop(model, "fine_tune", cfg.train.fine_tune_epochs,
                                    _fit_epoch_data(train, n_classes, weight_vec, augmenter, bs, seed + 7919),
                                    (val.x.astype(np.float32), yv1), cfg, ft_ckpt, ft_state, reporter, bs)
         else:
-            model.load_weights(ft_ckpt / "best.weights.h5")
+            model.set_weights(_load_best(ft_ckpt / "best.weights.npz"))
         for row in ft_state["history"]:
             history.append({**row, "epoch": len(history) + 1})
         if ft_state["best_epoch"]:
@@ -496,10 +531,13 @@ def _cached_features(model, train: Split, val: Split, augmenter, cfg: Config, fo
     meta = folder / "features.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:
         return np.load(folder / "train.npy"), np.load(folder / "val.npy")
+    from liverscan.model import feature_extractor
+
+    extractor = feature_extractor(model)
     reporter.phase(f"Backbone features: {cfg.train.views} augmented views of {len(train.y)} training images", None)
-    ftrain = compute_features(model, train.x, augmenter, cfg.train.views, reporter=reporter)
+    ftrain = compute_features(extractor, train.x, augmenter, cfg.train.views, reporter=reporter)
     reporter.phase(f"Backbone features: {len(val.y)} validation images", None)
-    fval = compute_features(model, val.x, None, reporter=reporter)
+    fval = compute_features(extractor, val.x, None, reporter=reporter)
     for name, arr in (("train.npy", ftrain), ("val.npy", fval)):
         tmp = folder / f".{name}.tmp.npy"
         np.save(tmp, arr)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from liverscan.metrics import bootstrap_intervals, classification_metrics, expected_calibration_error
+
+CLASSES = ["normal", "fatty", "tumor"]
+# 8 images; argmax predictions: [0, 1, 0, 1, 2, 2, 2, 1]
+Y = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+P = np.array([
+    [0.7, 0.2, 0.1],
+    [0.3, 0.6, 0.1],
+    [0.5, 0.4, 0.1],
+    [0.1, 0.8, 0.1],
+    [0.1, 0.1, 0.8],
+    [0.2, 0.2, 0.6],
+    [0.3, 0.1, 0.6],
+    [0.1, 0.5, 0.4],
+])
+
+
+def test_hand_computed_case():
+    m = classification_metrics(Y, P, CLASSES)
+    # confusion (rows true): normal [1,1,0], fatty [1,1,0], tumor [0,1,3]
+    assert m["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 1, 3]]
+    assert m["accuracy"] == pytest.approx(5 / 8)
+    recalls = {"normal": 1 / 2, "fatty": 1 / 2, "tumor": 3 / 4}
+    precisions = {"normal": 1 / 2, "fatty": 1 / 3, "tumor": 1.0}
+    specificity = {"normal": 5 / 6, "fatty": 4 / 6, "tumor": 4 / 4}
+    for c in CLASSES:
+        pc = m["per_class"][c]
+        assert pc["recall"] == pytest.approx(recalls[c])
+        assert pc["precision"] == pytest.approx(precisions[c])
+        assert pc["specificity"] == pytest.approx(specificity[c])
+        f1 = 2 * recalls[c] * precisions[c] / (recalls[c] + precisions[c])
+        assert pc["f1"] == pytest.approx(f1)
+    assert m["balanced_accuracy"] == pytest.approx(np.mean(list(recalls.values())))
+    assert m["macro"]["recall"] == pytest.approx(np.mean(list(recalls.values())))
+    support = {"normal": 2, "fatty": 2, "tumor": 4}
+    wp = sum(precisions[c] * support[c] for c in CLASSES) / 8
+    assert m["weighted"]["precision"] == pytest.approx(wp)
+    # normal vs rest AUC by hand: positives p=[.7,.3], negatives [.5,.1,.1,.2,.3,.1]
+    # pairs won: .7 beats all 6; .3 beats .1,.1,.2,.1 (4) and ties .3 (0.5) -> (6 + 4.5) / 12
+    assert m["per_class"]["normal"]["roc_auc"] == pytest.approx(10.5 / 12)
+    assert m["confusion_matrix_normalized"][2] == pytest.approx([0, 0.25, 0.75])
+
+
+def test_binary_auc_and_missing_class():
+    y = np.array([0, 0, 1, 1])
+    p1 = np.array([0.1, 0.4, 0.35, 0.8])
+    m = classification_metrics(y, np.column_stack([1 - p1, p1]), ["normal", "tumor"])
+    assert m["macro"]["roc_auc"] == pytest.approx(0.75)
+    m = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1], [0.6, 0.4]]), ["normal", "tumor"])
+    assert m["per_class"]["tumor"]["roc_auc"] is None and m["macro"]["roc_auc"] is None
+
+
+def test_ece_by_hand():
+    probs = np.array([[0.9, 0.1]] * 4)
+    y = np.array([0, 0, 1, 1])  # confidence 0.9, accuracy 0.5
+    assert expected_calibration_error(y, probs, 15) == pytest.approx(0.4)
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    y = np.array([0, 0, 1, 0])  # bin .9: acc 1 -> gap .1; bin .6: acc .5 -> gap .1
+    assert expected_calibration_error(y, probs, 10) == pytest.approx(0.1)
+
+
+def test_bootstrap_deterministic_and_contains_point():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    probs = rng.dirichlet([1, 1, 1], 120)
+    probs[np.arange(120), y] += 0.8
+    probs /= probs.sum(1, keepdims=True)
+    a = bootstrap_intervals(y, probs, CLASSES, n_resamples=300, seed=1)
+    b = bootstrap_intervals(y, probs, CLASSES, n_resamples=300, seed=1)
+    c = bootstrap_intervals(y, probs, CLASSES, n_resamples=300, seed=2)
+    assert a == b and a != c
+    m = classification_metrics(y, probs, CLASSES)
+    lo, hi = a["intervals"]["accuracy"]
+    assert lo <= m["accuracy"] <= hi and hi - lo > 0.02
+    lo, hi = a["intervals"]["macro_roc_auc"]
+    assert lo <= m["macro"]["roc_auc"] <= hi
+    for c_ in CLASSES:
+        lo, hi = a["intervals"][f"{c_}.recall"]
+        assert lo <= m["per_class"][c_]["recall"] <= hi
