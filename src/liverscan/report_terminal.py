@@ -58,7 +58,7 @@ def print_prepare_summary(summary: dict, out: Path, console: Console | None, err
 
 def _ci(m: dict, key: str) -> str:
     iv = m.get("bootstrap", {}).get("intervals", {}).get(key)
-    return f" [{iv[0]:.3f}–{iv[1]:.3f}]" if iv else ""
+    return f" [{iv[0]:.2f}–{iv[1]:.2f}]" if iv else ""
 
 
 def _fmt(v) -> str:
@@ -90,7 +90,7 @@ def overall_table(metrics: dict) -> Table:
 
 def per_class_table(m: dict, title: str) -> Table:
     table = Table(title=title)
-    for col in ("class", "precision", "recall (sensitivity)", "specificity", "F1", "ROC-AUC", "support"):
+    for col in ("class", "precision", "recall", "specificity", "F1", "ROC-AUC", "n"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, v in m["per_class"].items():
         table.add_row(
