@@ -317,6 +317,110 @@ def report_cmd(
     console.print(f"Wrote {html_path} and {md_path}", highlight=False)
 
 
+@app.command("predict")
+def predict_cmd(
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders (recursive), globs, or - to read paths from standard input.",
+                       show_default=False),
+    ],
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Run directory or model file (default: the shipped model).")
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write records to .csv, .json or .jsonl.")] = None,
+    format_: Annotated[
+        Optional[str], typer.Option("--format", "-f", help="Print records to standard output as csv, json or jsonl.")
+    ] = None,
+    explain: Annotated[
+        Optional[Path], typer.Option("--explain", help="Write a Grad-CAM overlay PNG per image into this folder.")
+    ] = None,
+    operating_point: Annotated[
+        bool, typer.Option("--operating-point", help="Use the operating point stored in the model card.")
+    ] = False,
+    review_below: Annotated[
+        float, typer.Option(help="Flag needs_review when the confidence is below this.")
+    ] = 0.6,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
+    workers: Annotated[int, typer.Option(help="Decoding threads.")] = 2,
+    dicom_tags: Annotated[
+        Optional[str], typer.Option(help="DICOM tags to copy into records, comma-separated (none by default).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar.")] = False,
+) -> None:
+    """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error.
+
+    Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain heatmaps/[/]
+    or [bold]find /archive -name '*.png' | liverscan predict - --format jsonl[/]
+    """
+    from liverscan.outputs import FORMATS, RecordWriter, format_for
+    from liverscan.predict import Classifier, expand_inputs
+
+    if format_ is not None and format_ not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}")
+    tags = tuple(t.strip() for t in dicom_tags.split(",") if t.strip()) if dicom_tags else ()
+    try:
+        fmt_file = format_for(output) if output else None
+        clf = Classifier.load(model, use_operating_point=operating_point, review_confidence=review_below,
+                              include_dicom_tags=tags)
+    except LiverscanError as exc:
+        fail(str(exc))
+    err_console.print(f"Model: {clf.source} (classes: {', '.join(clf.classes)}; decision: {clf.decision_rule})",
+                      highlight=False)
+    show_table = not quiet and format_ is None
+    n_total = n_failed = 0
+    shown: list = []
+    counts: dict[str, int] = {}
+    try:
+        import contextlib
+
+        with contextlib.ExitStack() as stack:
+            writers = []
+            if output:
+                writers.append(stack.enter_context(RecordWriter(fmt_file, clf.classes, path=output, dicom_tags=tags)))
+            if format_:
+                writers.append(stack.enter_context(RecordWriter(format_, clf.classes, stream=sys.stdout, dicom_tags=tags)))
+            progress = None
+            if not quiet and format_ is None and err_console.is_terminal:
+                from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+                progress = stack.enter_context(Progress(SpinnerColumn(), TextColumn("{task.completed} images"),
+                                                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                                        console=err_console, transient=True))
+                task = progress.add_task("predict", total=None, rate="")
+            import time as _time
+
+            t0 = _time.perf_counter()
+            for rec in clf.iter_predict(expand_inputs(paths), batch_size=batch_size, workers=workers,
+                                        explain_dir=explain):
+                n_total += 1
+                if rec.error:
+                    n_failed += 1
+                    err_console.print(f"[yellow]skipped:[/] {rec.path}: {rec.error}", highlight=False, soft_wrap=True)
+                else:
+                    counts[rec.predicted_class] = counts.get(rec.predicted_class, 0) + 1
+                for w in writers:
+                    w.write(rec)
+                if show_table and len(shown) < 200:
+                    shown.append(rec)
+                if progress is not None:
+                    rate = n_total / max(_time.perf_counter() - t0, 1e-9)
+                    progress.update(task, completed=n_total, rate=f"{rate:.1f} images/s")
+    except LiverscanError as exc:
+        fail(str(exc))
+    if n_total == 0:
+        fail("no input images found")
+    if show_table:
+        from liverscan.report_terminal import predictions_table
+
+        console.print(predictions_table(shown, clf.classes, n_total))
+    summary = ", ".join(f"{c}: {n}" for c, n in sorted(counts.items()))
+    err_console.print(f"{n_total - n_failed} of {n_total} images predicted ({summary or 'none'})"
+                      + (f"; {n_failed} failed" if n_failed else "") + (f"; wrote {output}" if output else ""),
+                      highlight=False)
+    if n_failed:
+        raise typer.Exit(2)
+
+
 def _with_progress(fn, label: str, quiet: bool):
     """Run fn(progress_callback) under a Rich progress bar (none when quiet)."""
     if quiet or not console.is_terminal:

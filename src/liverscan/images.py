@@ -152,5 +152,44 @@ def load_image(path: str | Path, size: int = 160, max_pixels: int = DEFAULT_MAX_
     return decode(path, size=size, max_pixels=max_pixels).array
 
 
+def display_image(path: str | Path, max_side: int = 512, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The image as RGB uint8 with its own aspect ratio, longest side <= ``max_side`` (for overlays)."""
+    im = _open(path, max_pixels)
+    try:
+        im.draft("RGB", (max_side, max_side))
+        im.load()
+        im = _to_uint8_rgb(ImageOps.exif_transpose(im))
+        im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(str(path), f"corrupt image: {exc}") from None
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_array(array: np.ndarray, size: int = 160, label: str = "<array>") -> np.ndarray:
+    """An in-memory image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> model input by the same rules.
+
+    uint8 is taken as is; uint16 is mapped 0..65535 -> 0..255; other dtypes are
+    min-max scaled.
+    """
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ImageDecodeError(label, f"unsupported array shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        arr8 = arr
+    elif arr.dtype == np.uint16:
+        arr8 = np.round(arr.astype(np.float32) / 257.0).astype(np.uint8)
+    else:
+        a = arr.astype(np.float64)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        arr8 = np.zeros(a.shape, np.uint8) if hi <= lo else np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if arr8.ndim == 3 and arr8.shape[-1] == 4:
+        arr8 = arr8[..., :3]  # alpha dropped
+    im = Image.fromarray(np.ascontiguousarray(arr8))
+    out = np.asarray(_to_uint8_rgb(im).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return np.ascontiguousarray(out)
+
+
 def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES

@@ -120,3 +120,23 @@ def print_evaluation(metrics: dict, console: Console) -> None:
         console.print(f"Operating point {op['spec']!r}: {op['description']}; temperature {op['temperature']:.3f}")
         console.print(per_class_table(metrics["tuned"], "Per class (operating point)"))
         console.print(confusion_table(metrics["tuned"], classes, "Confusion matrix (operating point)"))
+
+
+def predictions_table(records: list, classes: list[str], total: int) -> Table:
+    """File, class, confidence, per-class probabilities and review flag (first rows only for big runs)."""
+    title = "Predictions" + (f" (first {len(records)} of {total})" if total > len(records) else "")
+    table = Table(title=title)
+    table.add_column("file", overflow="fold")
+    table.add_column("class")
+    table.add_column("confidence", justify="right")
+    for c in classes:
+        table.add_column(f"p({c})", justify="right")
+    table.add_column("review")
+    for r in records:
+        name = r.path + (f" [frame {r.frame}]" if r.frame else "")
+        if r.error:
+            table.add_row(name, "[red]error[/]", "", *[""] * len(classes), r.error)
+            continue
+        table.add_row(name, r.predicted_class, f"{r.confidence:.3f}",
+                      *[f"{r.probabilities[c]:.3f}" for c in classes], "[yellow]yes[/]" if r.needs_review else "")
+    return table

@@ -1,0 +1,325 @@
+"""Batch prediction: the ``Classifier`` API and the streaming pipeline behind ``liverscan predict``.
+
+Files are decoded by a small thread pool while the model runs on the previous
+batch; only a bounded window of images is in memory at any time, so a folder
+of 100,000 images streams through.  A file that cannot be read becomes a record
+with ``error`` set and the run goes on.  Records come out in input order.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from liverscan.errors import ImageDecodeError, LiverscanError, RunDirError
+from liverscan.images import IMAGE_SUFFIXES, decode_array, load_image
+
+DEFAULT_REVIEW_CONFIDENCE = 0.6
+
+
+@dataclass
+class Prediction:
+    """One prediction record (one image, or one DICOM frame)."""
+
+    path: str
+    predicted_class: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    decision_rule: str = "argmax"
+    needs_review: bool = False
+    error: str | None = None
+    frame: int | None = None
+    sop_instance_uid: str | None = None
+    dicom_tags: dict[str, str] | None = None
+    explanation: str | None = None  # path of the Grad-CAM overlay, when written
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["dicom_tags"] is None:
+            d.pop("dicom_tags")
+        return d
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package (``liverscan/models/default``)."""
+    return Path(__file__).resolve().parent / "models" / "default"
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    if model is not None:
+        return Path(model)
+    d = default_model_dir()
+    if (d / "model.keras").is_file():
+        return d
+    raise RunDirError(
+        "no --model given and no default model is installed; train one "
+        "(liverscan prepare ... && liverscan train --data PREPARED --out RUN) and pass --model RUN"
+    )
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def expand_inputs(items: Iterable[str], stdin=None) -> Iterator[str]:
+    """Files, folders (recursive), globs, or '-' for newline-separated paths on standard input.
+
+    Yields paths lazily (a huge folder is walked, not listed up front); a path
+    that does not exist is yielded as is and becomes an error record.
+    """
+    from liverscan.dicom import DICOM_SUFFIXES
+
+    wanted = IMAGE_SUFFIXES | DICOM_SUFFIXES
+    for item in items:
+        if item == "-":
+            for line in stdin or sys.stdin:
+                line = line.strip()
+                if line:
+                    yield from expand_inputs([line])
+            continue
+        p = Path(item)
+        if p.is_dir():
+            for sub in sorted(p.rglob("*")):
+                if sub.is_file() and sub.suffix.lower() in wanted and not sub.name.startswith("."):
+                    yield str(sub)
+        elif p.exists():
+            yield str(p)
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(globlib.glob(item, recursive=True))
+            files = [m for m in matches if Path(m).is_file()]
+            if not files:
+                yield item  # reported as 'no file matches'
+            yield from files
+        else:
+            yield item
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+class Classifier:
+    """A trained liverscan model ready for prediction.
+
+    >>> clf = Classifier.load("runs/xu")            # doctest: +SKIP
+    >>> clf.predict(["scan1.png", "scan2.jpg"])     # doctest: +SKIP
+    """
+
+    def __init__(self, model, card: dict, source: Path, use_operating_point: bool = False,
+                 review_confidence: float = DEFAULT_REVIEW_CONFIDENCE, include_dicom_tags: tuple[str, ...] = ()):
+        self.model = model
+        self.card = card
+        self.source = source
+        self.classes: list[str] = list(card["classes"])
+        self.image_size = int(card["input"]["size"][0])
+        self.review_confidence = review_confidence
+        self.include_dicom_tags = tuple(include_dicom_tags)
+        self.operating_point = card.get("operating_point") if use_operating_point else None
+        if use_operating_point and not self.operating_point:
+            raise LiverscanError(
+                f"{source}: the model card has no operating point; fit one with "
+                f"liverscan evaluate {source} --operating-point \"tumor>=0.95\""
+            )
+        self._gradcam = None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, use_operating_point: bool = False,
+             review_confidence: float = DEFAULT_REVIEW_CONFIDENCE, include_dicom_tags: tuple[str, ...] = ()):
+        """Load a run directory or model file (None: the default model), in Keras safe mode."""
+        from liverscan.evaluate import load_run
+        from liverscan.model import load_model
+
+        run = load_run(resolve_model(path))
+        model = load_model(run.model_path)
+        shape = tuple(model.input_shape[1:])
+        if shape != (run.image_size, run.image_size, 3) or model.output_shape[-1] != len(run.classes):
+            raise LiverscanError(f"{run.model_path}: model shape {shape} -> {model.output_shape[-1]} classes does not "
+                                 f"match its model card ({run.image_size}px, {len(run.classes)} classes)")
+        return cls(model, run.card, run.run_dir or run.model_path, use_operating_point, review_confidence,
+                   include_dicom_tags)
+
+    @property
+    def decision_rule(self) -> str:
+        return f"operating point {self.operating_point['spec']}" if self.operating_point else "argmax"
+
+    # -- core -----------------------------------------------------------------
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Raw model probabilities for (N, S, S, 3) 0..255 arrays."""
+        from liverscan.evaluate import predict_probs
+
+        return predict_probs(self.model, images, batch_size)
+
+    def _decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices, reported probabilities) under the decision rule."""
+        if not self.operating_point:
+            return probs.argmax(1), probs
+        from liverscan.calibration import apply_temperature, predict_with_rule
+
+        cal = apply_temperature(probs, self.operating_point["temperature"])
+        return predict_with_rule(cal, self.operating_point["rule"]), cal
+
+    def _records(self, metas: list[Prediction], images: np.ndarray, batch_size: int) -> None:
+        probs = self.probabilities(images, batch_size)
+        idx, shown = self._decide(probs)
+        for rec, k, p in zip(metas, idx, shown):
+            rec.predicted_class = self.classes[int(k)]
+            rec.confidence = float(p[int(k)])
+            rec.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+            rec.decision_rule = self.decision_rule
+            rec.needs_review = rec.confidence < self.review_confidence
+
+    def _load(self, path: str) -> list[tuple[Prediction, np.ndarray | None]]:
+        from liverscan.dicom import is_dicom_path, read_dicom
+
+        try:
+            p = Path(path)
+            if not p.exists():
+                reason = "no file matches this pattern" if any(ch in path for ch in "*?[") else "file not found"
+                raise ImageDecodeError(path, reason)
+            if p.is_dir():
+                raise ImageDecodeError(path, "is a directory")
+            if is_dicom_path(p):
+                frames = read_dicom(p, self.image_size, self.include_dicom_tags)
+                return [(Prediction(path, frame=f.frame, sop_instance_uid=f.sop_instance_uid,
+                                    dicom_tags=f.tags or None), f.array) for f in frames]
+            return [(Prediction(path), load_image(p, self.image_size))]
+        except ImageDecodeError as exc:
+            return [(Prediction(path, error=exc.reason), None)]
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
+            return [(Prediction(path, error=f"unexpected error: {exc.__class__.__name__}: {exc}"), None)]
+
+    def iter_predict(self, paths: Iterable[str], batch_size: int = 32, workers: int = 2,
+                     explain_dir: str | Path | None = None) -> Iterator[Prediction]:
+        """Stream predictions for paths (in input order); decoding overlaps inference."""
+        for _, rec in self._iter_indexed(paths, batch_size, workers, explain_dir):
+            yield rec
+
+    def _iter_indexed(self, paths: Iterable[str], batch_size: int, workers: int, explain_dir):
+        """(input index, record) pairs in input order; a DICOM file gives one record per frame."""
+        window = max(4 * batch_size, 16)
+        pending: deque[tuple[int, Future]] = deque()
+        ready: list[tuple[int, Prediction, np.ndarray | None]] = []
+        n_images = 0
+        paths = enumerate(paths)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+            def refill() -> None:
+                while len(pending) < window:
+                    try:
+                        k, path = next(paths)
+                    except StopIteration:
+                        return
+                    pending.append((k, pool.submit(self._load, path)))
+
+            refill()
+            while pending or ready:
+                while pending and n_images < batch_size:
+                    k, fut = pending.popleft()
+                    items = fut.result()
+                    ready.extend((k, rec, arr) for rec, arr in items)
+                    n_images += sum(a is not None for _, a in items)
+                    refill()
+                if ready:
+                    yield from self._flush(ready, batch_size, explain_dir)
+                    ready, n_images = [], 0
+
+    def _flush(self, items, batch_size: int, explain_dir):
+        good = [(rec, arr) for _, rec, arr in items if arr is not None]
+        if good:
+            images = np.stack([a for _, a in good])
+            self._records([r for r, _ in good], images, batch_size)
+            if explain_dir is not None:
+                self._write_explanations(good, images, Path(explain_dir))
+        for k, rec, _ in items:
+            yield k, rec
+
+    def predict(self, inputs: Iterable[str | Path | np.ndarray] | str | Path | np.ndarray,
+                batch_size: int = 32) -> list[Prediction]:
+        """Predict paths and/or in-memory images ((H, W[, C]) arrays); returns typed records."""
+        if isinstance(inputs, (str, Path, np.ndarray)):
+            inputs = [inputs]
+        inputs = list(inputs)
+        out: list[Prediction | None] = [None] * len(inputs)
+        arrays = [(i, x) for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
+        paths = [(i, str(x)) for i, x in enumerate(inputs) if not isinstance(x, np.ndarray)]
+        if arrays:
+            metas, imgs = [], []
+            for i, x in arrays:
+                rec = Prediction(f"<array {i}>")
+                try:
+                    imgs.append(decode_array(x, self.image_size, rec.path))
+                    metas.append(rec)
+                except ImageDecodeError as exc:
+                    rec.error = exc.reason
+                out[i] = rec
+            if imgs:
+                self._records(metas, np.stack(imgs), batch_size)
+        if paths:
+            slots = [i for i, _ in paths]
+            by_slot: dict[int, list[Prediction]] = {}
+            for k, rec in self._iter_indexed([p for _, p in paths], batch_size, 2, None):
+                by_slot.setdefault(slots[k], []).append(rec)
+            result: list[Prediction] = []
+            for i, rec in enumerate(out):
+                result.extend([rec] if rec is not None else by_slot.get(i, []))
+            return result
+        return [r for r in out if r is not None]
+
+    # -- explanations ------------------------------------------------------------
+
+    def explain(self, inputs, class_name: str | None = None) -> list[tuple[Prediction, np.ndarray]]:
+        """Predictions with Grad-CAM heatmaps (S x S, 0..1) of the predicted (or given) class."""
+        records = self.predict(inputs)
+        arrays = []
+        for rec, x in zip(records, inputs if isinstance(inputs, list) else [inputs]):
+            if rec.error:
+                arrays.append(None)
+            elif isinstance(x, np.ndarray):
+                arrays.append(decode_array(x, self.image_size))
+            else:
+                arrays.append(load_image(x, self.image_size))
+        out = []
+        for rec, arr in zip(records, arrays):
+            if arr is None:
+                out.append((rec, np.zeros((self.image_size, self.image_size))))
+                continue
+            cls = self.classes.index(class_name) if class_name else self.classes.index(rec.predicted_class)
+            out.append((rec, self.heatmaps(arr[None], [cls])[0]))
+        return out
+
+    def heatmaps(self, images: np.ndarray, class_indices) -> np.ndarray:
+        from liverscan.explain import GradCam
+
+        if self._gradcam is None:
+            self._gradcam = GradCam(self.model)
+        return self._gradcam(images, class_indices)
+
+    def _write_explanations(self, good, images: np.ndarray, folder: Path) -> None:
+        from liverscan.explain import save_overlay
+        from liverscan.images import display_image
+
+        folder.mkdir(parents=True, exist_ok=True)
+        cls = [self.classes.index(r.predicted_class) for r, _ in good]
+        maps = self.heatmaps(images, cls)
+        for (rec, arr), heat in zip(good, maps):
+            stem = Path(rec.path).stem + (f"-frame{rec.frame}" if rec.frame else "")
+            digest = hashlib.sha1(f"{Path(rec.path).resolve()}#{rec.frame}".encode()).hexdigest()[:8]
+            name = f"{stem}-{digest}.png"
+            try:
+                base = display_image(rec.path) if rec.frame is None else np.repeat(np.repeat(arr, 2, 0), 2, 1)
+            except ImageDecodeError:
+                base = arr
+            target = folder / name
+            save_overlay(base, heat, target, f"{rec.predicted_class} {rec.confidence:.2f} (Grad-CAM)")
+            rec.explanation = str(target)
