@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from liverscan.cli import app
+from liverscan.errors import LiverscanError
+from liverscan.predict import Classifier, Prediction, expand_inputs
+from conftest import class_image, write_corrupt_files
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_run):
+    return Classifier.load(tiny_run["run"])
+
+
+@pytest.fixture
+def mixed_folder(tiny_run, tmp_path):
+    """Good images in sub-folders plus corrupt files, a non-image and a huge image."""
+    folder = tmp_path / "in"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b" / "c").mkdir(parents=True)
+    for i, p in enumerate(sorted((tiny_run["data"] / "tumor").glob("*.png"))[:5]):
+        shutil.copy(p, folder / ("a" if i % 2 else "b/c") / p.name)
+    write_corrupt_files(folder / "bad")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    return folder
+
+
+def test_python_api_paths_and_arrays(clf, tiny_run):
+    paths = sorted(str(p) for p in (tiny_run["data"] / "fatty").glob("*.png"))[:3]
+    arr = np.asarray(class_image(2, seed=5))
+    recs = clf.predict(paths + [arr, np.zeros((5,), np.uint8)])
+    assert [r.path for r in recs[:3]] == paths and recs[3].path == "<array 3>"
+    for r in recs[:4]:
+        assert isinstance(r, Prediction) and r.ok and r.predicted_class in clf.classes
+        assert sum(r.probabilities.values()) == pytest.approx(1, abs=1e-5)
+        assert r.confidence == max(r.probabilities.values())
+        assert r.decision_rule == "argmax"
+    assert recs[4].error and "unsupported array shape" in recs[4].error
+    # the API agrees with the model run directly
+    from PIL import Image
+
+    direct = clf.probabilities(np.stack([np.asarray(class_image(2, seed=5).resize((32, 32), Image.Resampling.BILINEAR))]))
+    assert recs[3].probabilities["tumor"] == pytest.approx(float(direct[0, 2]), abs=1e-4)
+
+
+def test_streaming_keeps_order_and_reports_bad_files(clf, mixed_folder):
+    paths = list(expand_inputs([str(mixed_folder)]))
+    assert not any(p.endswith(".txt") for p in paths)
+    recs = list(clf.iter_predict(paths + [str(mixed_folder / "missing.png")], batch_size=2, workers=3))
+    assert [r.path for r in recs] == paths + [str(mixed_folder / "missing.png")]
+    bad = {r.path.rsplit("/", 1)[-1]: r.error for r in recs if r.error}
+    assert set(bad) == {"truncated.jpg", "empty.png", "notes.jpg", "garbage.png", "missing.png"}
+    assert bad["missing.png"] == "file not found" and "empty" in bad["empty.png"]
+    assert sum(r.ok for r in recs) == 5
+
+
+def test_operating_point_and_review_flag(tiny_run, tmp_path):
+    from liverscan.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    with pytest.raises(LiverscanError, match="no operating point"):
+        Classifier.load(run, use_operating_point=True)
+    evaluate(run, operating_point="tumor>=0.9", bootstrap=20)
+    tuned = Classifier.load(run, use_operating_point=True, review_confidence=1.01)
+    rec = tuned.predict(str(next((tiny_run["data"] / "tumor").glob("*.png"))))[0]
+    assert rec.decision_rule == "operating point tumor>=0.9" and rec.needs_review
+
+
+def test_expand_inputs_globs_and_stdin(tiny_run):
+    pattern = str(tiny_run["data"] / "normal" / "normal_0*.png")
+    assert len(list(expand_inputs([pattern]))) == 10
+    stdin = io.StringIO(f"{tiny_run['data'] / 'fatty' / 'fatty_00.png'}\n\n{tiny_run['data'] / 'normal'}\n")
+    got = list(expand_inputs(["-"], stdin=stdin))
+    assert len(got) == 21 and got[0].endswith("fatty_00.png")
+    assert list(expand_inputs(["/no/such/*.png"])) == ["/no/such/*.png"]
+
+
+def test_cli_outputs_parse_back_and_exit_codes(tiny_run, mixed_folder, tmp_path):
+    run = str(tiny_run["run"])
+    for ext in ("csv", "json", "jsonl"):
+        out = tmp_path / f"r.{ext}"
+        r = runner.invoke(app, ["predict", str(mixed_folder), "--model", run, "--output", str(out), "-q"])
+        assert r.exit_code == 2, r.output  # some files failed
+        text = out.read_text()
+        if ext == "csv":
+            rows = list(csv.DictReader(io.StringIO(text)))
+        elif ext == "json":
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines()]
+        assert len(rows) == 9
+        assert sum(1 for row in rows if row["error"]) == 4
+        assert {"path", "predicted_class", "decision_rule", "needs_review", "error"} <= set(rows[0])
+    good = sorted(str(p) for p in (tiny_run["data"] / "normal").glob("*.png"))[:3]
+    r = runner.invoke(app, ["predict", *good, "--model", run, "--format", "jsonl"])
+    assert r.exit_code == 0
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["path"] for x in lines] == good
+    r = runner.invoke(app, ["predict", *good, "--model", run])
+    assert r.exit_code == 0 and "Predictions" in r.stdout and "Model:" in r.stderr
+    r = runner.invoke(app, ["predict", good[0], "--model", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "no such run directory" in r.stderr
+    r = runner.invoke(app, ["predict", good[0], "--model", run, "--output", str(tmp_path / "x.txt")])
+    assert r.exit_code == 1 and ".csv, .json or .jsonl" in r.stderr
+
+
+def test_corrupt_model_file_is_one_line_error(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    (run / "model.keras").write_bytes(b"PK\x03\x04garbage")
+    r = runner.invoke(app, ["predict", str(next((tiny_run["data"] / "tumor").glob("*.png"))), "--model", str(run)])
+    assert r.exit_code == 1 and "cannot load model" in r.stderr and len(r.stderr.strip().splitlines()) <= 3
+
+
+def test_explain_writes_overlays_and_returns_heatmaps(clf, tiny_run, tmp_path):
+    paths = sorted(str(p) for p in (tiny_run["data"] / "tumor").glob("*.png"))[:2]
+    out = tmp_path / "cams"
+    recs = list(clf.iter_predict(paths, explain_dir=out))
+    for r in recs:
+        assert r.explanation and (out / r.explanation.rsplit("/", 1)[-1]).stat().st_size > 500
+    (rec, heat), = clf.explain([paths[0]])
+    assert heat.shape == (32, 32) and 0 <= heat.min() and heat.max() == pytest.approx(1.0)
