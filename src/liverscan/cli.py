@@ -342,6 +342,9 @@ def predict_cmd(
     ] = 0.6,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
     workers: Annotated[int, typer.Option(help="Decoding threads.")] = 2,
+    runtime: Annotated[
+        str, typer.Option(help="auto (exported model.tflite when present), keras or tflite.")
+    ] = "auto",
     dicom_tags: Annotated[
         Optional[str], typer.Option(help="DICOM tags to copy into records, comma-separated (none by default).")
     ] = None,
@@ -361,10 +364,11 @@ def predict_cmd(
     try:
         fmt_file = format_for(output) if output else None
         clf = Classifier.load(model, use_operating_point=operating_point, review_confidence=review_below,
-                              include_dicom_tags=tags)
+                              include_dicom_tags=tags, runtime=runtime, batch_size=batch_size)
     except LiverscanError as exc:
         fail(str(exc))
-    err_console.print(f"Model: {clf.source} (classes: {', '.join(clf.classes)}; decision: {clf.decision_rule})",
+    err_console.print(f"Model: {clf.source} (classes: {', '.join(clf.classes)}; decision: {clf.decision_rule}; "
+                      f"runtime: {clf.runtime})",
                       highlight=False)
     show_table = not quiet and format_ is None
     n_total = n_failed = 0
@@ -419,6 +423,25 @@ def predict_cmd(
                       highlight=False)
     if n_failed:
         raise typer.Exit(2)
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory from 'liverscan train'.")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="Export format: tflite.")] = "tflite",
+) -> None:
+    """Export the model for fast CPU inference; checks it agrees with Keras (max abs difference <= 1e-4).
+
+    Example: [bold]liverscan export runs/xu --format tflite[/] (then 'liverscan predict' uses it automatically)
+    """
+    from liverscan.export import export_model
+
+    try:
+        info = export_model(run, format_)
+    except LiverscanError as exc:
+        fail(str(exc))
+    console.print(f"Wrote {run / info['file']} ({info['bytes'] / 1e6:.1f} MB); max abs difference vs Keras "
+                  f"{info['max_abs_difference_vs_keras']:.1e} on {info['checked_images']} images", highlight=False)
 
 
 def _with_progress(fn, label: str, quiet: bool):

@@ -115,11 +115,15 @@ class Classifier:
     >>> clf.predict(["scan1.png", "scan2.jpg"])     # doctest: +SKIP
     """
 
-    def __init__(self, model, card: dict, source: Path, use_operating_point: bool = False,
-                 review_confidence: float = DEFAULT_REVIEW_CONFIDENCE, include_dicom_tags: tuple[str, ...] = ()):
-        self.model = model
+    def __init__(self, card: dict, source: Path, model_path: Path, model=None, runner=None,
+                 use_operating_point: bool = False, review_confidence: float = DEFAULT_REVIEW_CONFIDENCE,
+                 include_dicom_tags: tuple[str, ...] = ()):
         self.card = card
         self.source = source
+        self.model_path = model_path
+        self._model = model
+        self.runner = runner
+        self.runtime = "tflite" if runner is not None else "keras"
         self.classes: list[str] = list(card["classes"])
         self.image_size = int(card["input"]["size"][0])
         self.review_confidence = review_confidence
@@ -134,19 +138,53 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path | None = None, use_operating_point: bool = False,
-             review_confidence: float = DEFAULT_REVIEW_CONFIDENCE, include_dicom_tags: tuple[str, ...] = ()):
-        """Load a run directory or model file (None: the default model), in Keras safe mode."""
+             review_confidence: float = DEFAULT_REVIEW_CONFIDENCE, include_dicom_tags: tuple[str, ...] = (),
+             runtime: str = "auto", batch_size: int = 32):
+        """Load a run directory or model file (None: the default model).
+
+        ``runtime``: ``auto`` uses an exported ``model.tflite`` when present and a
+        LiteRT interpreter is installed (no TensorFlow import, faster on CPU), else
+        the Keras model, which is always loaded in safe mode (no embedded code runs).
+        """
+        from liverscan import runtime as rt
         from liverscan.evaluate import load_run
+
+        if runtime not in ("auto", "keras", "tflite"):
+            raise LiverscanError(f"unknown runtime {runtime!r} (auto, keras, tflite)")
+        run = load_run(resolve_model(path))
+        source = run.run_dir or run.model_path
+        tflite = run.model_path.with_name("model.tflite")
+        kw = dict(use_operating_point=use_operating_point, review_confidence=review_confidence,
+                  include_dicom_tags=include_dicom_tags)
+        if runtime == "tflite" or (runtime == "auto" and tflite.is_file() and rt.available()):
+            if not tflite.is_file():
+                raise LiverscanError(f"{source}: no model.tflite; run liverscan export {source} --format tflite")
+            runner = rt.TFLiteRunner(tflite, batch_size=batch_size)
+            if runner.input_shape != (run.image_size, run.image_size, 3):
+                raise LiverscanError(f"{tflite}: input {runner.input_shape} does not match the model card")
+            return cls(run.card, source, run.model_path, runner=runner, **kw)
+        model = cls._load_keras(run.model_path, run)
+        return cls(run.card, source, run.model_path, model=model, **kw)
+
+    @staticmethod
+    def _load_keras(model_path: Path, run):
         from liverscan.model import load_model
 
-        run = load_run(resolve_model(path))
-        model = load_model(run.model_path)
+        model = load_model(model_path)
         shape = tuple(model.input_shape[1:])
         if shape != (run.image_size, run.image_size, 3) or model.output_shape[-1] != len(run.classes):
-            raise LiverscanError(f"{run.model_path}: model shape {shape} -> {model.output_shape[-1]} classes does not "
+            raise LiverscanError(f"{model_path}: model shape {shape} -> {model.output_shape[-1]} classes does not "
                                  f"match its model card ({run.image_size}px, {len(run.classes)} classes)")
-        return cls(model, run.card, run.run_dir or run.model_path, use_operating_point, review_confidence,
-                   include_dicom_tags)
+        return model
+
+    @property
+    def model(self):
+        """The Keras model (loaded on first use when predictions run on TFLite)."""
+        if self._model is None:
+            from liverscan.model import load_model
+
+            self._model = load_model(self.model_path)
+        return self._model
 
     @property
     def decision_rule(self) -> str:
@@ -156,6 +194,8 @@ class Classifier:
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Raw model probabilities for (N, S, S, 3) 0..255 arrays."""
+        if self.runner is not None:
+            return self.runner(images)
         from liverscan.evaluate import predict_probs
 
         return predict_probs(self.model, images, batch_size)
