@@ -55,7 +55,9 @@ def liverscan_cli(model: str, paths: list[str], workdir: Path) -> tuple[float, f
         "import sys, time, resource; from liverscan.cli import main; sys.argv = ['liverscan', 'predict', '-', "
         f"'--model', {model!r}, '--output', {str(out)!r}, '-q']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')] if sys.platform == 'linux' else []\n"
+        "peak = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print('PEAK_RSS_KB', peak, file=sys.stderr)\n"
     )
     t0 = time.perf_counter()
     with open(listing) as stdin:
@@ -63,7 +65,8 @@ def liverscan_cli(model: str, paths: list[str], workdir: Path) -> tuple[float, f
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 2):
         raise SystemExit(f"liverscan predict failed: {proc.stderr[-2000:]}")
-    # measured inside the child: RUSAGE_CHILDREN would count the parent's pages copied at fork
+    # measured inside the child (VmHWM of its own address space): ru_maxrss would carry over
+    # the parent's pages from before exec
     rss = int(proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024
     n_rows = sum(1 for _ in open(out)) - 1
     assert n_rows == len(paths), (n_rows, len(paths))

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from liverscan.cli import app
+from liverscan.predict import Classifier
+from liverscan import runtime
+
+pytestmark = pytest.mark.skipif(not runtime.available(), reason="no TFLite runtime installed")
+
+
+def test_export_tflite_agrees_with_keras(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
+    assert r.exit_code == 0, r.output
+    card = json.loads((run / "model_card.json").read_text())
+    info = card["exports"]["tflite"]
+    assert (run / "model.tflite").stat().st_size == info["bytes"]
+    assert info["max_abs_difference_vs_keras"] <= 1e-4
+    paths = sorted(str(p) for p in (tiny_run["data"] / "tumor").glob("*.png"))[:7]
+    fast = Classifier.load(run)  # auto picks the exported model
+    slow = Classifier.load(run, runtime="keras")
+    assert fast.runtime == "tflite" and slow.runtime == "keras"
+    a = np.array([list(p.probabilities.values()) for p in fast.predict(paths)])
+    b = np.array([list(p.probabilities.values()) for p in slow.predict(paths)])
+    assert np.abs(a - b).max() <= 1e-4
+    # Grad-CAM still works: the Keras model is loaded on demand
+    (_, heat), = fast.explain([paths[0]])
+    assert heat.shape == (32, 32)
+
+
+def test_unknown_format_and_missing_tflite(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "onnx"])
+    assert r.exit_code == 1 and "unknown export format" in r.stderr
+    r = CliRunner().invoke(app, ["predict", str(tiny_run["data"] / "tumor"), "--model", str(run), "--runtime", "tflite"])
+    assert r.exit_code == 1 and "liverscan export" in r.stderr
