@@ -57,6 +57,8 @@ def load_run(path: str | Path) -> LoadedRun:
     p = Path(path)
     if p.is_dir():
         model_path = p / "model.keras"
+        if not model_path.is_file() and (p / "weights.npz").is_file():
+            model_path = p / "weights.npz"  # a packed (shipped) model
         if not model_path.is_file():
             raise RunDirError(f"{p}: no model.keras (is this a finished 'liverscan train' run?)")
         return LoadedRun(model_path, p, read_card(p))

@@ -173,12 +173,36 @@ def count_params(model) -> dict[str, int]:
     return {"total": trainable + frozen, "trainable": trainable, "non_trainable": frozen}
 
 
+def load_packed(path: Path):
+    """A model shipped as float16 weights (``weights.npz``) + ``model_card.json`` with a ``build`` entry."""
+    import json
+
+    import numpy as np
+
+    card_path = path.parent / "model_card.json"
+    try:
+        build = json.loads(card_path.read_text())["build"]
+        with np.load(path, allow_pickle=False) as data:
+            weights = [data[f"arr_{i}"].astype("float32") for i in range(len(data.files))]
+    except (OSError, KeyError, ValueError) as exc:
+        raise LiverscanError(f"{path}: cannot load packed weights ({exc.__class__.__name__}: {exc})") from None
+    model = build_model(build["n_classes"], build["image_size"], "none", build["alpha"], build["dropout"],
+                        build["dense_units"])
+    try:
+        model.set_weights(weights)
+    except ValueError as exc:
+        raise LiverscanError(f"{path}: weights do not fit the architecture in {card_path.name} ({exc})") from None
+    return model
+
+
 def load_model(path: str | Path):
-    """Load a saved ``.keras`` model in safe mode (no code embedded in the file runs)."""
+    """Load a saved ``.keras`` model in safe mode (no code embedded in the file runs), or packed weights."""
     keras = import_keras()
     path = Path(path)
     if not path.is_file():
         raise LiverscanError(f"{path}: model file not found")
+    if path.suffix == ".npz":
+        return load_packed(path)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001

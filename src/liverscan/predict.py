@@ -61,7 +61,7 @@ def resolve_model(model: str | Path | None) -> Path:
     if model is not None:
         return Path(model)
     d = default_model_dir()
-    if (d / "model.keras").is_file():
+    if (d / "model_card.json").is_file():
         return d
     raise RunDirError(
         "no --model given and no default model is installed; train one "

@@ -582,6 +582,8 @@ def _model_card(cfg, data: PreparedData, run: Path, params, cw, best, history, v
             "parameters": params,
         },
         "backbone_weights": _weights_source(cfg.model.weights, cfg),
+        "build": {"n_classes": len(data.classes), "image_size": cfg.preprocess.image_size, "alpha": cfg.model.alpha,
+                  "dropout": cfg.model.dropout, "dense_units": cfg.model.dense_units},
         "data": {
             "prepared_dir": str(data.dir.resolve()),
             "manifest_hash": data.manifest_hash,

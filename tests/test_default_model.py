@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from liverscan import Classifier
+from liverscan.cli import app
+from liverscan.predict import default_model_dir
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+
+
+def test_shipped_model_card_is_complete():
+    card = json.loads((default_model_dir() / "model_card.json").read_text())
+    assert card["classes"] == ["normal", "tumor"]
+    assert "not a medical device" in card["intended_use"]
+    assert "CC BY 4.0" in card["training_data_licence"]
+    assert card["test"]["n"] > 50 and 0 <= card["test"]["accuracy_ci"][0] <= card["test"]["accuracy"]
+    text = json.dumps(card)
+    assert "/work/" not in text and "/tmp/" not in text and "/home/" not in text
+    sizes = card["packed"]["bytes"]
+    assert sizes["weights.npz"] < 6_000_000  # float16 weights
+
+
+def test_default_model_predicts_the_examples():
+    clf = Classifier.load()
+    assert clf.source == default_model_dir()
+    recs = clf.predict(sorted(str(p) for p in EXAMPLES.rglob("*.jpg")))
+    assert len(recs) == 9 and all(r.ok for r in recs)
+    malignant = [r for r in recs if "/Malignant/" in r.path]
+    assert all(r.predicted_class == "tumor" for r in malignant)
+
+
+def test_packed_keras_and_tflite_agree():
+    from liverscan import runtime
+
+    if not runtime.available():
+        pytest.skip("no TFLite runtime")
+    paths = sorted(str(p) for p in EXAMPLES.rglob("*.jpg"))
+    a = np.array([list(r.probabilities.values()) for r in Classifier.load(runtime="tflite").predict(paths)])
+    b = np.array([list(r.probabilities.values()) for r in Classifier.load(runtime="keras").predict(paths)])
+    assert np.abs(a - b).max() <= 1e-4
+
+
+def test_cli_predict_without_model_says_which_model():
+    r = CliRunner().invoke(app, ["predict", str(EXAMPLES), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "Model:" in r.stderr and "models/default" in r.stderr and "normal, tumor" in r.stderr

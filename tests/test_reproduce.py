@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "reproduce.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_skipped_with_message_without_shared_data(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--shared", str(tmp_path), "--check"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    assert "reproduction skipped" in out.stdout and "not found" in out.stdout
+
+
+def test_floors_are_below_measured_values_and_check_catches_regressions():
+    mod = _module()
+    floors = json.loads(mod.FLOORS.read_text())
+    for name, metrics in floors["experiments"].items():
+        assert name in mod.EXPERIMENTS
+        for key, floor in metrics.items():
+            assert floor < floors["measured"][name][key]
+    good = {name: dict(values) for name, values in floors["measured"].items()}
+    assert mod.check(good) == []
+    bad = {name: dict(values) for name, values in floors["measured"].items()}
+    bad["xu-tumor-vs-normal"]["accuracy"] = 0.5
+    failures = mod.check(bad)
+    assert len(failures) == 1 and "xu-tumor-vs-normal: accuracy" in failures[0]
