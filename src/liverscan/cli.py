@@ -444,6 +444,42 @@ def export_cmd(
                   f"{info['max_abs_difference_vs_keras']:.1e} on {info['checked_images']} images", highlight=False)
 
 
+@app.command("app")
+def app_cmd(
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Run directory or model file (default: the shipped model).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port to serve on (localhost).")] = 8501,
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "localhost",
+) -> None:
+    """Start the Streamlit web app (needs the extra: pip install "liverscan[app]").
+
+    Example: [bold]liverscan app --model runs/xu --port 8501[/], then open http://localhost:8501
+    """
+    import importlib.util
+    import os
+    import subprocess
+
+    if importlib.util.find_spec("streamlit") is None:
+        fail('the app needs Streamlit: pip install "liverscan[app]"')
+    from liverscan.evaluate import load_run
+    from liverscan.predict import resolve_model
+
+    try:
+        target = load_run(resolve_model(model)).run_dir or resolve_model(model)
+    except LiverscanError as exc:
+        fail(str(exc))
+    script = Path(__file__).resolve().parent / "app.py"
+    env = {**os.environ, "LIVERSCAN_APP_MODEL": str(Path(target).resolve())}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address",
+           address, "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    err_console.print(f"liverscan app on http://{address}:{port} (model {target}); Ctrl+C to stop", highlight=False)
+    try:
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
 def _with_progress(fn, label: str, quiet: bool):
     """Run fn(progress_callback) under a Rich progress bar (none when quiet)."""
     if quiet or not console.is_terminal:

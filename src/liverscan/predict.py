@@ -209,7 +209,7 @@ class Classifier:
         cal = apply_temperature(probs, self.operating_point["temperature"])
         return predict_with_rule(cal, self.operating_point["rule"]), cal
 
-    def _records(self, metas: list[Prediction], images: np.ndarray, batch_size: int) -> None:
+    def fill_records(self, metas: list[Prediction], images: np.ndarray, batch_size: int) -> None:
         probs = self.probabilities(images, batch_size)
         idx, shown = self._decide(probs)
         for rec, k, p in zip(metas, idx, shown):
@@ -278,7 +278,7 @@ class Classifier:
         good = [(rec, arr) for _, rec, arr in items if arr is not None]
         if good:
             images = np.stack([a for _, a in good])
-            self._records([r for r, _ in good], images, batch_size)
+            self.fill_records([r for r, _ in good], images, batch_size)
             if explain_dir is not None:
                 self._write_explanations(good, images, Path(explain_dir))
         for k, rec, _ in items:
@@ -304,7 +304,7 @@ class Classifier:
                     rec.error = exc.reason
                 out[i] = rec
             if imgs:
-                self._records(metas, np.stack(imgs), batch_size)
+                self.fill_records(metas, np.stack(imgs), batch_size)
         if paths:
             slots = [i for i, _ in paths]
             by_slot: dict[int, list[Prediction]] = {}

@@ -47,30 +47,43 @@ class TFLiteRunner:
         if cls is None:
             raise LiverscanError("no TensorFlow Lite runtime: pip install ai-edge-litert (or use the Keras model)")
         self.path = Path(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                self.interp = cls(model_path=str(self.path), num_threads=threads or os.cpu_count() or 1)
-            except Exception as exc:  # noqa: BLE001
-                raise LiverscanError(f"{self.path}: cannot load TFLite model ({exc.__class__.__name__})") from None
-        detail = self.interp.get_input_details()[0]
-        self._in = detail["index"]
-        self._out = self.interp.get_output_details()[0]["index"]
-        self.input_shape = tuple(int(v) for v in detail["shape"][1:])
+        self._cls = cls
+        self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
-        self.interp.resize_tensor_input(self._in, [batch_size, *self.input_shape])
-        self.interp.allocate_tensors()
+        self._interps: dict[int, tuple] = {}
+        interp, _, _ = self._interpreter(batch_size)
+        self.input_shape = tuple(int(v) for v in interp.get_input_details()[0]["shape"][1:])
+
+    def _interpreter(self, batch: int):
+        """An interpreter allocated for ``batch`` images (one per size in use: single images stay cheap)."""
+        if batch not in self._interps:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    interp = self._cls(model_path=str(self.path), num_threads=self.threads)
+                except Exception as exc:  # noqa: BLE001
+                    raise LiverscanError(f"{self.path}: cannot load TFLite model ({exc.__class__.__name__})") from None
+            detail = interp.get_input_details()[0]
+            interp.resize_tensor_input(detail["index"], [batch, *[int(v) for v in detail["shape"][1:]]])
+            interp.allocate_tensors()
+            self._interps[batch] = (interp, detail["index"], interp.get_output_details()[0]["index"])
+        return self._interps[batch]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for any number of images (padded to the fixed batch internally)."""
+        """Probabilities for any number of images: full batches, then the rest one image at a time."""
+        images = np.asarray(images, dtype=np.float32)
         out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = np.asarray(images[start : start + self.batch_size], dtype=np.float32)
+        start = 0
+        while start < len(images):
+            size = self.batch_size if len(images) - start >= self.batch_size // 2 else 1
+            interp, inp, outp = self._interpreter(size)
+            batch = images[start : start + size]
             n = len(batch)
-            if n < self.batch_size:
-                batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), np.float32)])
-            self.interp.set_tensor(self._in, batch)
-            self.interp.invoke()
-            out.append(np.array(self.interp.get_tensor(self._out)[:n], dtype=np.float64))
+            if n < size:
+                batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), np.float32)])
+            interp.set_tensor(inp, batch)
+            interp.invoke()
+            out.append(np.array(interp.get_tensor(outp)[:n], dtype=np.float64))
+            start += n
         probs = np.concatenate(out) if out else np.zeros((0, 0))
         return probs / probs.sum(1, keepdims=True) if len(probs) else probs

@@ -1,0 +1,137 @@
+"""The Streamlit app: AppTest for behaviour, and a real headless browser end to end."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from liverscan.cli import app as cli_app  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "src" / "liverscan" / "app.py"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+ARTIFACTS = Path(os.environ.get("LIVERSCAN_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+
+
+def _app(monkeypatch, model: str = "") -> AppTest:
+    monkeypatch.setenv("LIVERSCAN_APP_MODEL", model)
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _upload(at: AppTest, *paths: Path, extra: list[tuple] = ()) -> None:
+    files = [(p.name, p.read_bytes(), "image/jpeg") for p in paths] + list(extra)
+    at.file_uploader[0].set_value(files if len(files) > 1 else files[0])
+    at.run()
+    assert not at.exception, at.exception
+
+
+def test_upload_shows_prediction_and_model_card(monkeypatch):
+    at = _app(monkeypatch)
+    sidebar = " ".join(m.value for m in at.sidebar.markdown)
+    assert "normal, tumor" in sidebar and "Operating point" in sidebar
+    assert any("not a medical device" in w.value for w in at.sidebar.warning)
+    img = EXAMPLES / "Malignant" / "xu-347.jpg"
+    _upload(at, img)
+    shown = " ".join(m.value for m in at.markdown)
+    assert "Prediction: **tumor**" in shown
+    at.toggle[0].set_value(True).run()  # Grad-CAM overlay
+    assert not at.exception
+
+
+def test_corrupt_upload_gets_a_message_and_app_keeps_working(monkeypatch):
+    at = _app(monkeypatch)
+    good = EXAMPLES / "Normal" / "xu-92.jpg"
+    _upload(at, good, extra=[("broken.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")])
+    errors = " ".join(e.value for e in at.error)
+    assert "broken.png" in errors
+    assert "Prediction: **" in " ".join(m.value for m in at.markdown)
+
+
+def test_batch_table_and_csv_match_cli(monkeypatch, tmp_path):
+    at = _app(monkeypatch)
+    paths = sorted(EXAMPLES.rglob("*.jpg"))[:3]
+    _upload(at, *paths)
+    assert len(at.dataframe) == 1
+    app_csv = at.session_state["results_csv"]
+    # the CLI on the same files, named the same way, gives the same CSV content
+    work = tmp_path / "w"
+    work.mkdir()
+    for p in paths:
+        shutil.copy(p, work / p.name)
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        r = CliRunner().invoke(cli_app, ["predict", *[p.name for p in paths], "--output", "x.csv", "-q"])
+        assert r.exit_code == 0, r.output
+        cli_rows = list(csv.DictReader(open("x.csv")))
+    finally:
+        os.chdir(cwd)
+    app_rows = list(csv.DictReader(io.StringIO(app_csv)))
+    key = lambda rows: sorted(rows, key=lambda row: row["path"])  # noqa: E731
+    assert key(app_rows) == key(cli_rows)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_end_to_end_in_a_real_browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "liverscan", "app", "--port", str(port), "--address", "127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not start")
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            page.wait_for_selector("input[type=file]", state="attached", timeout=90_000)
+            page.set_input_files("input[type=file]", str(EXAMPLES / "Malignant" / "xu-347.jpg"))
+            page.get_by_text("Prediction:").wait_for(timeout=90_000)
+            assert "tumor" in page.get_by_text("Prediction:").inner_text()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "app-upload.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
