@@ -18,15 +18,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture
-def tiny_prepared(separable_dataset, tmp_path) -> Path:
-    cfg = Config()
-    cfg.data.sources = [SourceSpec(str(separable_dataset))]
-    cfg.data.near_duplicate_distance = -1
-    cfg.preprocess.image_size = 32
-    cfg.model.weights = "none"
-    cfg.train.views = 2
-    prepare_dataset(cfg, tmp_path / "prep")
-    return tmp_path / "prep"
+def tiny_prepared(tiny_run) -> Path:
+    """The shared tiny prepared dataset (32x32 images, random backbone, 2 views); read-only here."""
+    return tiny_run["prep"]
 
 
 def _cfg(prep: Path, **train) -> Config:

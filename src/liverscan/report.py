@@ -57,6 +57,31 @@ def _ci(m: dict, key: str) -> str:
     return f" ({iv[0]:.3f}–{iv[1]:.3f})" if iv else ""
 
 
+#: Overall metrics shown in reports and terminal tables: (label, value getter, bootstrap CI key).
+OVERALL_METRICS = [
+    ("accuracy", lambda m: m["accuracy"], "accuracy"),
+    ("balanced accuracy", lambda m: m["balanced_accuracy"], "balanced_accuracy"),
+    ("macro ROC-AUC", lambda m: m["macro"]["roc_auc"], "macro_roc_auc"),
+    ("weighted precision", lambda m: m["weighted"]["precision"], None),
+    ("weighted recall", lambda m: m["weighted"]["recall"], None),
+    ("weighted F1", lambda m: m["weighted"]["f1"], None),
+    ("macro F1", lambda m: m["macro"]["f1"], None),
+    ("ECE (15 bins)", lambda m: m["calibration"]["ece"], None),
+    ("Brier score", lambda m: m["calibration"]["brier"], None),
+]
+
+
+def overall_cells(m: dict, digits: int = 3) -> list[str]:
+    """One formatted cell per OVERALL_METRICS row: value, with its 95% CI where there is one."""
+    cells = []
+    for _, get, ci_key in OVERALL_METRICS:
+        v = get(m)
+        iv = (m.get("bootstrap") or {}).get("intervals", {}).get(ci_key) if ci_key else None
+        text = "n/a" if v is None else f"{v:.3f}"
+        cells.append(text + (f" ({iv[0]:.{digits}f}–{iv[1]:.{digits}f})" if iv else ""))
+    return cells
+
+
 def find_eval_dir(run: Path, eval_dir: Path | None = None) -> Path | None:
     if eval_dir is not None:
         return eval_dir if (eval_dir / "metrics.json").is_file() else None
@@ -135,18 +160,8 @@ def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]
     res.p(f"Data: {m['data']}. Intervals are 95% bootstrap CIs "
           f"({(am.get('bootstrap') or {}).get('n_resamples', 0)} resamples).")
     variants = [("argmax", am)] + ([("operating point", m["tuned"])] if "tuned" in m else [])
-    rows = []
-    for label, fn in (
-        ("accuracy", lambda x: _f(x["accuracy"]) + _ci(x, "accuracy")),
-        ("balanced accuracy", lambda x: _f(x["balanced_accuracy"]) + _ci(x, "balanced_accuracy")),
-        ("macro ROC-AUC", lambda x: _f(x["macro"]["roc_auc"]) + _ci(x, "macro_roc_auc")),
-        ("weighted precision", lambda x: _f(x["weighted"]["precision"])),
-        ("weighted recall", lambda x: _f(x["weighted"]["recall"])),
-        ("weighted F1", lambda x: _f(x["weighted"]["f1"])),
-        ("ECE (15 bins)", lambda x: _f(x["calibration"]["ece"])),
-        ("Brier score", lambda x: _f(x["calibration"]["brier"])),
-    ):
-        rows.append([label] + [fn(x) for _, x in variants])
+    rows = [[label] + [cells[i] for cells in (overall_cells(x, 3) for _, x in variants)]
+            for i, label in enumerate(label for label, _, _ in OVERALL_METRICS)]
     res.table(["metric"] + [v for v, _ in variants], rows)
     for name, mm in variants:
         res.p(f"Per class ({name}):")

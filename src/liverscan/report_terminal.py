@@ -68,23 +68,15 @@ def _fmt(v) -> str:
 def overall_table(metrics: dict) -> Table:
     """Overall metrics with 95% CIs; argmax and (when present) tuned side by side."""
     variants = [("argmax", metrics["argmax"])] + ([("operating point", metrics["tuned"])] if "tuned" in metrics else [])
+    from liverscan.report import OVERALL_METRICS, overall_cells
+
     table = Table(title=f"Overall ({metrics['split']}, n={metrics['n']}; 95% bootstrap CI)")
     table.add_column("metric")
     for name, _ in variants:
         table.add_column(name, justify="right")
-    rows = [
-        ("accuracy", lambda m: _fmt(m["accuracy"]) + _ci(m, "accuracy")),
-        ("balanced accuracy", lambda m: _fmt(m["balanced_accuracy"]) + _ci(m, "balanced_accuracy")),
-        ("macro ROC-AUC", lambda m: _fmt(m["macro"]["roc_auc"]) + _ci(m, "macro_roc_auc")),
-        ("weighted precision", lambda m: _fmt(m["weighted"]["precision"])),
-        ("weighted recall", lambda m: _fmt(m["weighted"]["recall"])),
-        ("weighted F1", lambda m: _fmt(m["weighted"]["f1"])),
-        ("macro F1", lambda m: _fmt(m["macro"]["f1"])),
-        ("ECE (15 bins)", lambda m: _fmt(m["calibration"]["ece"])),
-        ("Brier score", lambda m: _fmt(m["calibration"]["brier"])),
-    ]
-    for label, fn in rows:
-        table.add_row(label, *[fn(m) for _, m in variants])
+    columns = [overall_cells(m, 2) for _, m in variants]
+    for i, (label, _, _) in enumerate(OVERALL_METRICS):
+        table.add_row(label, *[col[i] for col in columns])
     return table
 
 
