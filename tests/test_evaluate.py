@@ -41,6 +41,10 @@ def test_evaluate_writes_predictions_metrics_figures(run_copy, tiny_run):
     assert am["accuracy"] == pytest.approx(acc)
     for name in ("confusion.png", "roc.png", "reliability.png"):
         assert (out / name).stat().st_size > 1000
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["eval"]["bootstrap"] == 200 and saved["eval"]["split"] == "test"
 
 
 def test_operating_point_stored_and_applied(run_copy):

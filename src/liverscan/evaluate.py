@@ -261,6 +261,7 @@ def evaluate(run_path: str | Path, data: str | Path | None = None, split: str = 
         rows.append(row)
     write_csv_atomic(out_dir / PRED_FILE, header, rows)
     write_json_atomic(out_dir / METRICS_FILE, result)
+    _effective_config(run, split, bootstrap, ece_bins).save(out_dir / "config.yaml")
     if figures:
         from liverscan.plots import confusion_figure, reliability_figure, roc_figure
 
@@ -276,6 +277,16 @@ def evaluate(run_path: str | Path, data: str | Path | None = None, split: str = 
             curves[f"temperature {op['temperature']:.2f}"] = (cal, result["tuned"]["calibration"]["ece"])
         reliability_figure(ds.y, curves, out_dir / "reliability.png", n_bins=ece_bins)
     return EvalResult(out_dir, result)
+
+
+def _effective_config(run: LoadedRun, split: str, bootstrap: int, ece_bins: int):
+    """The run's configuration with this evaluation's settings, as written beside the metrics."""
+    from liverscan.config import Config, load_config
+
+    cfg_path = run.run_dir / "config.yaml" if run.run_dir else None
+    cfg = load_config(cfg_path) if cfg_path and cfg_path.is_file() else Config()
+    cfg.eval.split, cfg.eval.bootstrap, cfg.eval.ece_bins = split, bootstrap, ece_bins
+    return cfg
 
 
 def read_metrics(eval_dir: str | Path) -> dict:
