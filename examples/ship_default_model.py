@@ -39,7 +39,6 @@ def main() -> int:
     args = ap.parse_args()
 
     from liverscan.evaluate import evaluate
-    from liverscan.export import export_model
     from liverscan.model import load_model
     from liverscan.modelcard import read_card
 

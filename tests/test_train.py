@@ -100,7 +100,7 @@ def test_early_stopping_and_lr_schedule(tmp_path):
 
 def test_train_run_outputs_and_card(tiny_prepared, tmp_path):
     run = tmp_path / "run"
-    res = train_run(_cfg(tiny_prepared, epochs=3), tiny_prepared, run)
+    train_run(_cfg(tiny_prepared, epochs=3), tiny_prepared, run)
     for name in ("model.keras", "model_card.json", "model_card.md", "history.csv", "config.yaml",
                  "training-curves.png", "run.json"):
         assert (run / name).is_file(), name

@@ -27,7 +27,7 @@ from liverscan.classmap import map_labels, ordered_classes
 from liverscan.config import Config
 from liverscan.dedup import link_groups, near_duplicate_pairs, perceptual_hash
 from liverscan.errors import DataError, ImageDecodeError, RunDirError
-from liverscan.fileio import csv_text, sha256_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
+from liverscan.fileio import csv_text, sha256_bytes, write_json_atomic, write_text_atomic
 from liverscan.images import decode
 from liverscan.runinfo import utc_now, versions
 from liverscan.sources import Candidate, scan_sources

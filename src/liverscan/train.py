@@ -108,12 +108,6 @@ def _save_keras_atomic(model, path: Path) -> None:
     tmp.replace(path)
 
 
-def _save_weights_atomic(model, path: Path) -> None:
-    tmp = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
-    model.save_weights(tmp)
-    tmp.replace(path)
-
-
 def epoch_dataset(n_items: int, batch_size: int, make_epoch: Callable[[int], Callable[[int], tuple]]):
     """A Keras PyDataset whose batches depend on the epoch.
 
