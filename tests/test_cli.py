@@ -100,3 +100,14 @@ def test_prepare_cli_csv_columns(tmp_path):
     r = runner.invoke(app, ["prepare", str(tmp_path / "t.csv"), "-o", str(tmp_path / "o"), "--path-column", "img",
                             "--label-column", "dx", "--group-column", "pid", "-q"])
     assert r.exit_code == 0, r.output
+
+
+def test_every_command_help_has_an_example():
+    from liverscan.cli import app as cli_app
+
+    names = [c.name for c in cli_app.registered_commands]
+    assert {"config", "prepare", "train", "evaluate", "report", "predict", "export", "app"} <= set(names)
+    for name in names:
+        r = runner.invoke(cli_app, [name, "--help"])
+        assert r.exit_code == 0, (name, r.output)
+        assert "Example" in r.stdout, name

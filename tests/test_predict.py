@@ -131,3 +131,13 @@ def test_explain_writes_overlays_and_returns_heatmaps(clf, tiny_run, tmp_path):
         assert r.explanation and (out / r.explanation.rsplit("/", 1)[-1]).stat().st_size > 500
     (rec, heat), = clf.explain([paths[0]])
     assert heat.shape == (32, 32) and 0 <= heat.min() and heat.max() == pytest.approx(1.0)
+
+
+def test_cli_reads_paths_from_stdin(tiny_run):
+    good = sorted(str(p) for p in (tiny_run["data"] / "fatty").glob("*.png"))[:4]
+    r = runner.invoke(app, ["predict", "-", "--model", str(tiny_run["run"]), "--format", "csv"],
+                      input="\n".join(good + ["/no/such/file.png"]) + "\n")
+    assert r.exit_code == 2
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [row["path"] for row in rows] == good + ["/no/such/file.png"]
+    assert rows[-1]["error"] == "file not found" and all(not row["error"] for row in rows[:4])
