@@ -50,7 +50,7 @@ def _ds(fn, n: int, bs: int = 32):
 
 def _head_loop(epochs: int, **train):
     from liverscan.keras_env import seed_everything
-    from liverscan.model import build_head
+    from liverscan.model import build_head, logits_view
 
     seed_everything(0)
     cfg = Config()
@@ -58,7 +58,7 @@ def _head_loop(epochs: int, **train):
         setattr(cfg.train, k, v)
     xt, yt = _blobs(240, 1)
     xv, yv = _blobs(60, 2)
-    head = build_head(3)
+    head = logits_view(build_head(3))
     _compile(head, cfg, cfg.train.learning_rate)
     return head, cfg, (xt, _one_hot(yt, 3), None), (xv, _one_hot(yv, 3))
 

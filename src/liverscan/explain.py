@@ -29,7 +29,7 @@ def feature_map_model(model):
 def _head_weights(model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     head = model.get_layer("head")
     w1, b1 = (np.asarray(v, dtype=np.float64) for v in head.get_layer("dense").get_weights())
-    w2, b2 = (np.asarray(v, dtype=np.float64) for v in head.get_layer("probabilities").get_weights())
+    w2, b2 = (np.asarray(v, dtype=np.float64) for v in head.get_layer("logits").get_weights())
     return w1, b1, w2, b2
 
 

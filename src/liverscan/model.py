@@ -73,7 +73,8 @@ def build_head(n_classes: int, dropout: float = 0.5, dense_units: int = 128, n_f
     inp = keras.Input((n_features,), name="features")
     x = keras.layers.Dropout(dropout, name="dropout")(inp)
     x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
-    out = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    logits = keras.layers.Dense(n_classes, name="logits")(x)
+    out = keras.layers.Activation("softmax", name="probabilities")(logits)
     return keras.Model(inp, out, name=HEAD_NAME)
 
 
@@ -107,6 +108,39 @@ def feature_extractor(model):
 
 def head_of(model):
     return model.get_layer(HEAD_NAME)
+
+
+def logits_view(model):
+    """A model sharing every layer of ``model`` (full model or head) that outputs the logits.
+
+    Training uses it with ``from_logits=True`` losses: a cross-entropy computed from
+    clipped softmax outputs has zero gradient once the softmax saturates on some
+    backends (JAX, torch), while from logits it is exact on all of them.
+    """
+    keras = import_keras()
+    if model.name == HEAD_NAME:
+        return keras.Model(model.inputs, model.get_layer("logits").output, name="head_logits")
+    head_logits = logits_view(head_of(model))
+    return keras.Model(model.inputs, head_logits(model.get_layer("pool").output), name="train_view")
+
+
+def _find_layer(model, name: str):
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if hasattr(layer, "layers"):
+            found = _find_layer(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
+def copy_trained_weights(src, dst) -> None:
+    """Copy backbone / dense / logits weights from a (possibly reloaded) training view into ``dst``."""
+    for name in (BACKBONE_NAME, "dense", "logits"):
+        s, d = _find_layer(src, name), _find_layer(dst, name)
+        if s is not None and d is not None and s is not d:
+            d.set_weights(s.get_weights())
 
 
 def backbone_of(model):

@@ -86,9 +86,9 @@ def _one_hot(y: np.ndarray, n: int) -> np.ndarray:
 def _loss(cfg: Config):
     keras = import_keras()
     if cfg.train.loss == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(gamma=cfg.train.focal_gamma)
+        return keras.losses.CategoricalFocalCrossentropy(gamma=cfg.train.focal_gamma, from_logits=True)
     if cfg.train.loss in ("weighted", "unweighted"):
-        return keras.losses.CategoricalCrossentropy()
+        return keras.losses.CategoricalCrossentropy(from_logits=True)
     raise LiverscanError(f"unknown loss {cfg.train.loss!r} (weighted, unweighted, focal)")
 
 
@@ -97,6 +97,7 @@ def _sample_weights(y: np.ndarray, weights: np.ndarray | None) -> np.ndarray | N
 
 
 def _compile(model, cfg: Config, learning_rate: float) -> None:
+    """Compile a logits-output training view (see :func:`liverscan.model.logits_view`)."""
     keras = import_keras()
     opt = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2)
     model.compile(optimizer=opt, loss=_loss(cfg), metrics=["accuracy"])
@@ -326,7 +327,15 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
               resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
     """Train a model on a prepared dataset into ``run_dir`` (or resume one)."""
     from liverscan.augment import build_augmenter
-    from liverscan.model import build_model, calibrate_batchnorm, count_params, head_of, unfreeze_top_blocks
+    from liverscan.model import (
+        build_model,
+        calibrate_batchnorm,
+        copy_trained_weights,
+        count_params,
+        head_of,
+        logits_view,
+        unfreeze_top_blocks,
+    )
 
     reporter = reporter or _Silent()
     run = Path(run_dir)
@@ -373,13 +382,13 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
     augmenter = build_augmenter(cfg.augment, seed)
     ckpt_root = run / "checkpoint"
 
-    # ---- stage 1: head on frozen backbone
+    # ---- stage 1: head on frozen backbone (trained through logits-output views sharing its layers)
     if cfg.train.mode == "cached":
         feats = _cached_features(model, train, val, augmenter, cfg, run / "features", reporter)
-        head, state = _load_stage(ckpt_root / "head")
-        if head is None:
-            head = head_of(model)
-            _compile(head, cfg, cfg.train.learning_rate)
+        trainer, state = _load_stage(ckpt_root / "head")
+        if trainer is None:
+            trainer = logits_view(head_of(model))
+            _compile(trainer, cfg, cfg.train.learning_rate)
             state = _initial_state(cfg.train.learning_rate)
         ftrain, fval = feats
         views = ftrain.shape[0]
@@ -399,51 +408,50 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
 
         if not state["complete"]:
             reporter.phase("Training head on cached features", cfg.train.epochs)
-            state = _epoch_loop(head, "head", cfg.train.epochs, epoch_dataset(len(train.y), bs, make_epoch), (fval, yv1), cfg,
-                                ckpt_root / "head", state, reporter, bs)
+            state = _epoch_loop(trainer, "head", cfg.train.epochs, epoch_dataset(len(train.y), bs, make_epoch),
+                                (fval, yv1), cfg, ckpt_root / "head", state, reporter, bs)
         else:
-            head.set_weights(_load_best(ckpt_root / "head" / "best.weights.npz"))
-        head_of(model).set_weights(head.get_weights())
+            trainer.set_weights(_load_best(ckpt_root / "head" / "best.weights.npz"))
     elif cfg.train.mode == "fit":
-        loaded, state = _load_stage(ckpt_root / "head")
-        if loaded is not None:
-            model = loaded
-        else:
-            _compile(model, cfg, cfg.train.learning_rate)
+        trainer, state = _load_stage(ckpt_root / "head")
+        if trainer is None:
+            trainer = logits_view(model)
+            _compile(trainer, cfg, cfg.train.learning_rate)
             state = _initial_state(cfg.train.learning_rate)
         if not state["complete"]:
             reporter.phase("Training (augmenting every epoch)", cfg.train.epochs)
-            state = _epoch_loop(model, "head", cfg.train.epochs, _fit_epoch_data(train, n_classes, weight_vec,
+            state = _epoch_loop(trainer, "head", cfg.train.epochs, _fit_epoch_data(train, n_classes, weight_vec,
                                 augmenter, bs, seed), (val.x.astype(np.float32), yv1), cfg,
                                 ckpt_root / "head", state, reporter, bs)
         else:
-            model.set_weights(_load_best(ckpt_root / "head" / "best.weights.npz"))
+            trainer.set_weights(_load_best(ckpt_root / "head" / "best.weights.npz"))
     else:
         raise LiverscanError(f"unknown train.mode {cfg.train.mode!r} (cached, fit)")
+    copy_trained_weights(trainer, model)  # a no-op unless the trainer was reloaded from a checkpoint
     history = list(state["history"])
     best = {"stage": "head", "epoch": state["best_epoch"], "val_accuracy": state["best_val_accuracy"]}
 
     # ---- stage 2: optional fine-tuning of the top blocks
     if cfg.train.fine_tune_blocks > 0 and cfg.train.fine_tune_epochs > 0:
         ft_ckpt = ckpt_root / "fine_tune"
-        loaded, ft_state = _load_stage(ft_ckpt)
-        if loaded is not None:
-            model = loaded
-        else:
+        trainer, ft_state = _load_stage(ft_ckpt)
+        if trainer is None:
             unfreeze_top_blocks(model, cfg.train.fine_tune_blocks)
-            _compile(model, cfg, cfg.train.fine_tune_learning_rate)
+            trainer = logits_view(model)
+            _compile(trainer, cfg, cfg.train.fine_tune_learning_rate)
             ft_state = _initial_state(cfg.train.fine_tune_learning_rate)
             # the head's best validation accuracy is the bar fine-tuning must beat
             ft_state["best_val_accuracy"] = state["best_val_accuracy"]
             ft_ckpt.mkdir(parents=True, exist_ok=True)
-            _save_best(model.get_weights(), ft_ckpt / "best.weights.npz")
+            _save_best(trainer.get_weights(), ft_ckpt / "best.weights.npz")
         if not ft_state["complete"]:
             reporter.phase(f"Fine-tuning top {cfg.train.fine_tune_blocks} blocks", cfg.train.fine_tune_epochs)
-            ft_state = _epoch_loop(model, "fine_tune", cfg.train.fine_tune_epochs,
+            ft_state = _epoch_loop(trainer, "fine_tune", cfg.train.fine_tune_epochs,
                                    _fit_epoch_data(train, n_classes, weight_vec, augmenter, bs, seed + 7919),
                                    (val.x.astype(np.float32), yv1), cfg, ft_ckpt, ft_state, reporter, bs)
         else:
-            model.set_weights(_load_best(ft_ckpt / "best.weights.npz"))
+            trainer.set_weights(_load_best(ft_ckpt / "best.weights.npz"))
+        copy_trained_weights(trainer, model)
         for row in ft_state["history"]:
             history.append({**row, "epoch": len(history) + 1})
         if ft_state["best_epoch"]:
@@ -452,20 +460,14 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
 
     # ---- outputs
     reporter.phase("Writing model and card", None)
-    if getattr(model, "optimizer", None) is None:
-        final = model  # cached head training never compiles the full model
-    else:
-        final = build_model(n_classes, size, "none", cfg.model.alpha, cfg.model.dropout, cfg.model.dense_units)
-        trained = ckpt_root / "final.weights.h5"
-        model.save_weights(trained)
-        final.load_weights(trained)  # a clean, uncompiled copy with a frozen backbone
+    final = model  # the probability-output model; training only ever compiled views of it
     unfreeze_top_blocks(final, 0)
     _save_keras_atomic(final, run / MODEL_FILE)
     write_csv_atomic(run / HISTORY_FILE, HISTORY_COLUMNS, [[r[c] for c in HISTORY_COLUMNS] for r in history])
     from liverscan.plots import training_curves
 
     training_curves(history, run / CURVES_FILE)
-    if final is model and cfg.train.mode == "cached":
+    if cfg.train.mode == "cached" and not (cfg.train.fine_tune_blocks > 0 and cfg.train.fine_tune_epochs > 0):
         val_probs = np.asarray(head_of(model).predict(feats[1], batch_size=256, verbose=0))
     else:
         val_probs = np.asarray(final.predict(val.x.astype(np.float32), batch_size=64, verbose=0))
