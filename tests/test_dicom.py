@@ -100,3 +100,16 @@ def test_dicom_through_classifier(tiny_run, tmp_path):
     recs = Classifier.load(tiny_run["run"]).predict([str(tmp_path / "cine.dcm")])
     assert [(r.frame, r.sop_instance_uid) for r in recs] == [(1, uid), (2, uid)]
     assert all(r.ok for r in recs)
+
+
+def test_explain_keeps_frames_and_errors_aligned(tiny_run, tmp_path):
+    from liverscan.predict import Classifier
+
+    frames = np.random.default_rng(1).integers(0, 255, size=(3, 32, 32), dtype=np.uint8)
+    write_dicom(tmp_path / "cine.dcm", frames, "MONOCHROME2", frames=3)
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    out = Classifier.load(tiny_run["run"]).explain([str(tmp_path / "bad.png"), str(tmp_path / "cine.dcm")])
+    assert [(r.path.rsplit("/", 1)[-1], r.frame) for r, _ in out] == [("bad.png", None), ("cine.dcm", 1),
+                                                                       ("cine.dcm", 2), ("cine.dcm", 3)]
+    assert out[0][0].error and out[0][1].max() == 0
+    assert all(h.shape == (32, 32) and h.max() <= 1 for _, h in out[1:])

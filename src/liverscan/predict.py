@@ -242,11 +242,11 @@ class Classifier:
     def iter_predict(self, paths: Iterable[str], batch_size: int = 32, workers: int = 2,
                      explain_dir: str | Path | None = None) -> Iterator[Prediction]:
         """Stream predictions for paths (in input order); decoding overlaps inference."""
-        for _, rec in self._iter_indexed(paths, batch_size, workers, explain_dir):
+        for _, rec, _ in self._iter_indexed(paths, batch_size, workers, explain_dir):
             yield rec
 
     def _iter_indexed(self, paths: Iterable[str], batch_size: int, workers: int, explain_dir):
-        """(input index, record) pairs in input order; a DICOM file gives one record per frame."""
+        """(input index, record, model input or None) in input order; a DICOM file gives one per frame."""
         window = max(4 * batch_size, 16)
         pending: deque[tuple[int, Future]] = deque()
         ready: list[tuple[int, Prediction, np.ndarray | None]] = []
@@ -281,61 +281,54 @@ class Classifier:
             self.fill_records([r for r, _ in good], images, batch_size)
             if explain_dir is not None:
                 self._write_explanations(good, images, Path(explain_dir))
-        for k, rec, _ in items:
-            yield k, rec
+        for k, rec, arr in items:
+            yield k, rec, arr
 
     def predict(self, inputs: Iterable[str | Path | np.ndarray] | str | Path | np.ndarray,
                 batch_size: int = 32) -> list[Prediction]:
         """Predict paths and/or in-memory images ((H, W[, C]) arrays); returns typed records."""
+        return [rec for rec, _ in self._predict_pairs(inputs, batch_size)]
+
+    def _predict_pairs(self, inputs, batch_size: int) -> list[tuple[Prediction, np.ndarray | None]]:
+        """(record, model input or None) for every input, in order (DICOM: one per frame)."""
         if isinstance(inputs, (str, Path, np.ndarray)):
             inputs = [inputs]
         inputs = list(inputs)
-        out: list[Prediction | None] = [None] * len(inputs)
+        slots: list[list[tuple[Prediction, np.ndarray | None]]] = [[] for _ in inputs]
         arrays = [(i, x) for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
         paths = [(i, str(x)) for i, x in enumerate(inputs) if not isinstance(x, np.ndarray)]
-        if arrays:
-            metas, imgs = [], []
-            for i, x in arrays:
-                rec = Prediction(f"<array {i}>")
-                try:
-                    imgs.append(decode_array(x, self.image_size, rec.path))
-                    metas.append(rec)
-                except ImageDecodeError as exc:
-                    rec.error = exc.reason
-                out[i] = rec
-            if imgs:
-                self.fill_records(metas, np.stack(imgs), batch_size)
+        good: list[tuple[Prediction, np.ndarray]] = []
+        for i, x in arrays:
+            rec = Prediction(f"<array {i}>")
+            try:
+                arr = decode_array(x, self.image_size, rec.path)
+                good.append((rec, arr))
+                slots[i].append((rec, arr))
+            except ImageDecodeError as exc:
+                rec.error = exc.reason
+                slots[i].append((rec, None))
+        if good:
+            self.fill_records([r for r, _ in good], np.stack([a for _, a in good]), batch_size)
         if paths:
-            slots = [i for i, _ in paths]
-            by_slot: dict[int, list[Prediction]] = {}
-            for k, rec in self._iter_indexed([p for _, p in paths], batch_size, 2, None):
-                by_slot.setdefault(slots[k], []).append(rec)
-            result: list[Prediction] = []
-            for i, rec in enumerate(out):
-                result.extend([rec] if rec is not None else by_slot.get(i, []))
-            return result
-        return [r for r in out if r is not None]
+            for k, rec, arr in self._iter_indexed([p for _, p in paths], batch_size, 2, None):
+                slots[paths[k][0]].append((rec, arr))
+        return [pair for slot in slots for pair in slot]
 
     # -- explanations ------------------------------------------------------------
 
     def explain(self, inputs, class_name: str | None = None) -> list[tuple[Prediction, np.ndarray]]:
-        """Predictions with Grad-CAM heatmaps (S x S, 0..1) of the predicted (or given) class."""
-        records = self.predict(inputs)
-        arrays = []
-        for rec, x in zip(records, inputs if isinstance(inputs, list) else [inputs]):
-            if rec.error:
-                arrays.append(None)
-            elif isinstance(x, np.ndarray):
-                arrays.append(decode_array(x, self.image_size))
-            else:
-                arrays.append(load_image(x, self.image_size))
-        out = []
-        for rec, arr in zip(records, arrays):
-            if arr is None:
-                out.append((rec, np.zeros((self.image_size, self.image_size))))
-                continue
-            cls = self.classes.index(class_name) if class_name else self.classes.index(rec.predicted_class)
-            out.append((rec, self.heatmaps(arr[None], [cls])[0]))
+        """Predictions with Grad-CAM heatmaps (S x S, 0..1) of the predicted (or given) class.
+
+        Unreadable inputs get their error record and an all-zero heatmap.
+        """
+        pairs = self._predict_pairs(inputs, 32)
+        out = [(rec, np.zeros((self.image_size, self.image_size))) for rec, _ in pairs]
+        ok = [k for k, (_, arr) in enumerate(pairs) if arr is not None]
+        if ok:
+            cls = [self.classes.index(class_name or pairs[k][0].predicted_class) for k in ok]
+            maps = self.heatmaps(np.stack([pairs[k][1] for k in ok]), cls)
+            for k, heat in zip(ok, maps):
+                out[k] = (pairs[k][0], heat)
         return out
 
     def heatmaps(self, images: np.ndarray, class_indices) -> np.ndarray:
