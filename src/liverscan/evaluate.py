@@ -10,7 +10,6 @@ Output directory (default ``RUN/eval-<split>``): ``predictions.csv``,
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,7 +286,3 @@ def _effective_config(run: LoadedRun, split: str, bootstrap: int, ece_bins: int)
     cfg = load_config(cfg_path) if cfg_path and cfg_path.is_file() else Config()
     cfg.eval.split, cfg.eval.bootstrap, cfg.eval.ece_bins = split, bootstrap, ece_bins
     return cfg
-
-
-def read_metrics(eval_dir: str | Path) -> dict:
-    return json.loads((Path(eval_dir) / METRICS_FILE).read_text())

@@ -346,20 +346,18 @@ def train_run(cfg: Config, data_dir: str | Path | None, run_dir: str | Path, *, 
         if info.get("status") == "complete":
             raise RunDirError(f"{run}: training already complete")
         cfg = load_config(run / "config.yaml")
-        data_dir = info["data_dir"]
+        data = PreparedData(info["data_dir"])
     else:
         if data_dir is None:
             raise RunDirError("--data PREPARED_DIR is required")
         _validate(cfg)
-        data_check = PreparedData(data_dir)  # fail before touching the run dir
-        del data_check
+        data = PreparedData(data_dir)  # fails before the run directory is touched
         _start_run_dir(run, overwrite)
         info = {"data_dir": str(Path(data_dir).resolve()), "status": "running", "created": utc_now()}
         cfg.save(run / "config.yaml")
         write_json_atomic(run / RUN_FILE, info)
 
     t_start = time.perf_counter()
-    data = PreparedData(data_dir)
     classes = data.classes
     n_classes = len(classes)
     size = cfg.preprocess.image_size
