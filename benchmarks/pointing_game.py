@@ -22,9 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 from matplotlib.path import Path as Polygon
 
-from liverscan.fileio import read_csv
-from liverscan.images import load_image
-from liverscan.predict import Classifier
+from liverscan.core.fileio import read_csv
+from liverscan.core.images import load_image
+from liverscan.serving.predict import Classifier
 
 
 def polygon(path: Path) -> Polygon | None:
@@ -47,8 +47,9 @@ def main() -> int:
         print("the model has no 'tumor' class", file=sys.stderr)
         return 1
     prepared = Path(clf.card["data"]["prepared_dir"])
-    rows = [r for r in read_csv(prepared / "manifest.csv")
-            if r["split"] in args.splits.split(",") and r["class"] == "tumor"]
+    rows = [
+        r for r in read_csv(prepared / "manifest.csv") if r["split"] in args.splits.split(",") and r["class"] == "tumor"
+    ]
     rng = np.random.default_rng(0)
     hits, rand_image, rand_fan, centre, n = 0, [], [], 0, 0
     size = clf.image_size

@@ -39,8 +39,10 @@ def image_list(data: Path, n: int) -> list[str]:
 def plain_loop(model, paths: list[str]) -> float:
     t0 = time.perf_counter()
     for start in range(0, len(paths), 32):
-        batch = [np.asarray(Image.open(p).convert("RGB").resize((160, 160), Image.Resampling.BILINEAR), np.float32)
-                 for p in paths[start : start + 32]]
+        batch = [
+            np.asarray(Image.open(p).convert("RGB").resize((160, 160), Image.Resampling.BILINEAR), np.float32)
+            for p in paths[start : start + 32]
+        ]
         model.predict(np.stack(batch), batch_size=32, verbose=0)
     return len(paths) / (time.perf_counter() - t0)
 
@@ -51,7 +53,7 @@ def liverscan_cli(model: str, paths: list[str], workdir: Path) -> tuple[float, f
     listing.write_text("\n".join(paths) + "\n")
     out = workdir / "out.csv"
     code = (
-        "import sys, time, resource; from liverscan.cli import main; sys.argv = ['liverscan', 'predict', '-', "
+        "import sys, time, resource; from liverscan.faces.cli import main; sys.argv = ['liverscan', 'predict', '-', "
         f"'--model', {model!r}, '--output', {str(out)!r}, '-q']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')] if sys.platform == 'linux' else []\n"
@@ -82,8 +84,8 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"skipped: data folder {args.data} not found", file=sys.stderr)
         return 0
-    from liverscan.evaluate import load_run
-    from liverscan.model import load_model
+    from liverscan.core.artifacts import load_run
+    from liverscan.core.model import load_model
 
     model = load_model(load_run(args.model).model_path)
     paths = image_list(args.data, args.images)

@@ -25,10 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from liverscan.config import Config, SourceSpec
-from liverscan.dataset import PreparedData
-from liverscan.prepare import prepare_dataset
-from liverscan.train import train_run
+from liverscan.core.config import Config, SourceSpec
+from liverscan.core.dataset import PreparedData
+from liverscan.preparation.prepare import prepare_dataset
+from liverscan.training.train import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "xu-liver"
@@ -39,7 +39,7 @@ PAPER_EPOCHS = 69
 def test_accuracy(run_dir: Path, prepared: Path) -> float:
     from sklearn.metrics import accuracy_score
 
-    from liverscan.model import load_model
+    from liverscan.core.model import load_model
 
     data = PreparedData(prepared)
     test = data.split("test", 160)
@@ -60,7 +60,7 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"skipped: data folder {args.data} not found", file=sys.stderr)
         return 0
-    from liverscan.keras_env import import_keras
+    from liverscan.core.keras_env import import_keras
 
     import_keras()  # import TensorFlow/Keras before timing: neither side pays for it
     work = args.work or Path(tempfile.mkdtemp(prefix="liverscan-bench-"))
@@ -75,8 +75,10 @@ def main() -> int:
 
     results = {}
     for name, mode, epochs in (("fit (baseline)", "fit", args.fit_epochs), ("cached (liverscan)", "cached", 100)):
-        c = Config(**{k: getattr(cfg, k) for k in ("data", "preprocess", "model", "augment", "eval")},
-                   train=type(cfg.train)(**{**vars(cfg.train), "mode": mode, "epochs": epochs, "views": args.views}))
+        c = Config(
+            **{k: getattr(cfg, k) for k in ("data", "preprocess", "model", "augment", "eval")},
+            train=type(cfg.train)(**{**vars(cfg.train), "mode": mode, "epochs": epochs, "views": args.views}),
+        )
         t0 = time.perf_counter()
         res = train_run(c, prepared, work / mode, overwrite=True)
         wall = time.perf_counter() - t0
@@ -95,17 +97,25 @@ def main() -> int:
         }
     base, ours = results["fit (baseline)"], results["cached (liverscan)"]
     print(f"data: {args.data} (prepare {t_prep:.1f} s); weights: {args.weights}; cpus: {os.cpu_count()}")
-    print(f"{'':20s} {'epochs':>6s} {'wall s':>8s} {'s/epoch med':>11s} {'s/epoch-eq':>10s} {'69-epoch s':>10s} "
-          f"{'val acc':>8s} {'test acc':>8s}")
+    print(
+        f"{'':20s} {'epochs':>6s} {'wall s':>8s} {'s/epoch med':>11s} {'s/epoch-eq':>10s} {'69-epoch s':>10s} "
+        f"{'val acc':>8s} {'test acc':>8s}"
+    )
     for name, r in results.items():
-        print(f"{name:20s} {r['epochs']:6d} {r['wall']:8.1f} {r['median_epoch']:11.3f} {r['per_epoch_equiv']:10.3f} "
-              f"{r['projected_69']:10.1f} {r['val']:8.4f} {r['test']:8.4f}")
-    print(f"speed-up, projected 69 epochs: {base['projected_69'] / ours['projected_69']:.1f}x; "
-          f"per epoch-equivalent (median epoch of the baseline vs wall/epochs of ours): "
-          f"{base['median_epoch'] / ours['per_epoch_equiv']:.1f}x")
+        print(
+            f"{name:20s} {r['epochs']:6d} {r['wall']:8.1f} {r['median_epoch']:11.3f} {r['per_epoch_equiv']:10.3f} "
+            f"{r['projected_69']:10.1f} {r['val']:8.4f} {r['test']:8.4f}"
+        )
+    print(
+        f"speed-up, projected 69 epochs: {base['projected_69'] / ours['projected_69']:.1f}x; "
+        f"per epoch-equivalent (median epoch of the baseline vs wall/epochs of ours): "
+        f"{base['median_epoch'] / ours['per_epoch_equiv']:.1f}x"
+    )
     print(f"full protocol wall time (liverscan, to early stop, features included): {ours['wall']:.1f} s")
-    print(f"accuracy difference (liverscan - baseline): val {100 * (ours['val'] - base['val']):+.2f} points, "
-          f"test {100 * (ours['test'] - base['test']):+.2f} points")
+    print(
+        f"accuracy difference (liverscan - baseline): val {100 * (ours['val'] - base['val']):+.2f} points, "
+        f"test {100 * (ours['test'] - base['test']):+.2f} points"
+    )
     return 0
 
 

@@ -56,11 +56,11 @@ EXPERIMENTS = {
 
 
 def run_experiment(name: str, spec: dict, shared: Path, out: Path, weights: str, bootstrap: int) -> dict:
-    from liverscan.config import Config, SourceSpec
-    from liverscan.evaluate import evaluate
-    from liverscan.prepare import prepare_dataset
-    from liverscan.report import write_report
-    from liverscan.train import train_run
+    from liverscan.core.config import Config, SourceSpec
+    from liverscan.evaluation.evaluate import evaluate
+    from liverscan.evaluation.report import write_report
+    from liverscan.preparation.prepare import prepare_dataset
+    from liverscan.training.train import train_run
 
     t0 = time.perf_counter()
     cfg = Config()
@@ -150,12 +150,16 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="fail when a metric is below its documented floor")
     args = ap.parse_args()
     weights = args.shared / "weights" / "mobilenet_v2_1.0_160_no_top.h5"
-    missing = [p for p in (args.shared / "data" / "xu-liver", args.shared / "data" / "byra-rois", weights) if not p.exists()]
+    missing = [
+        p for p in (args.shared / "data" / "xu-liver", args.shared / "data" / "byra-rois", weights) if not p.exists()
+    ]
     if missing:
-        print(f"reproduction skipped: {', '.join(map(str, missing))} not found (data and offline weights live in "
-              "../shared; see README, 'Results').")
+        print(
+            f"reproduction skipped: {', '.join(map(str, missing))} not found (data and offline weights live in "
+            "../shared; see README, 'Results')."
+        )
         return 0
-    from liverscan.keras_env import import_keras
+    from liverscan.core.keras_env import import_keras
 
     import_keras()
     results = {}
@@ -163,8 +167,11 @@ def main() -> int:
         print(f"== {name}", flush=True)
         results[name] = run_experiment(name, EXPERIMENTS[name], args.shared, args.out, str(weights), args.bootstrap)
         r = results[name]
-        print(f"   accuracy {r['accuracy']:.3f}, balanced accuracy {r['balanced_accuracy']:.3f}, "
-              f"macro AUC {r['macro_roc_auc']:.3f} ({r['seconds']} s)", flush=True)
+        print(
+            f"   accuracy {r['accuracy']:.3f}, balanced accuracy {r['balanced_accuracy']:.3f}, "
+            f"macro AUC {r['macro_roc_auc']:.3f} ({r['seconds']} s)",
+            flush=True,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = results_table(results)

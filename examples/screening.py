@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from liverscan import Classifier
-from liverscan.predict import expand_inputs
+from liverscan.serving import expand_inputs
 
 
 def main() -> None:
@@ -35,7 +35,9 @@ def main() -> None:
             continue
         counts[p.predicted_class] += 1
         if p.predicted_class == "tumor" or p.needs_review:
-            flagged.append((p.path, p.predicted_class, f"{p.confidence:.3f}", "low confidence" if p.needs_review else ""))
+            flagged.append(
+                (p.path, p.predicted_class, f"{p.confidence:.3f}", "low confidence" if p.needs_review else "")
+            )
     with open(args.out, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "predicted_class", "confidence", "note"])

@@ -38,11 +38,11 @@ def main() -> int:
     ap.add_argument("--target", type=Path, default=TARGET)
     args = ap.parse_args()
 
-    from liverscan.evaluate import evaluate
-    from liverscan.model import load_model
-    from liverscan.modelcard import read_card
+    from liverscan.core.artifacts import read_card
+    from liverscan.core.model import load_model
+    from liverscan.evaluation.evaluate import evaluate
 
-    card = read_card(args.run)
+    card = read_card(args.run).to_dict()
     model = load_model(args.run / "model.keras")
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "default"
@@ -58,11 +58,11 @@ def main() -> int:
         # arithmetic on some CPUs and then differs by ~1e-2), checked on real images
         import tensorflow as tf
 
-        from liverscan.dataset import PreparedData
+        from liverscan.core.dataset import PreparedData
 
         packed = load_model(staged / "weights.npz")
         (staged / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(packed).convert())
-        from liverscan.runtime import TFLiteRunner
+        from liverscan.serving.runtime import TFLiteRunner
 
         x = PreparedData(card["data"]["prepared_dir"]).split("test", 160).x[:64].astype(np.float32)
         ref = np.asarray(packed.predict(x, verbose=0), dtype=np.float64)
@@ -75,8 +75,10 @@ def main() -> int:
         m = ev.metrics["argmax"]
         iv = m["bootstrap"]["intervals"]
         card["test"] = {
-            "data": ev.metrics["data"], "n": ev.metrics["n"],
-            "accuracy": round(m["accuracy"], 4), "accuracy_ci": [round(v, 4) for v in iv["accuracy"]],
+            "data": ev.metrics["data"],
+            "n": ev.metrics["n"],
+            "accuracy": round(m["accuracy"], 4),
+            "accuracy_ci": [round(v, 4) for v in iv["accuracy"]],
             "balanced_accuracy": round(m["balanced_accuracy"], 4),
             "balanced_accuracy_ci": [round(v, 4) for v in iv["balanced_accuracy"]],
             "macro_roc_auc": round(m["macro"]["roc_auc"], 4),
@@ -89,22 +91,28 @@ def main() -> int:
         card["backbone_weights"]["spec"] = Path(card["backbone_weights"]["spec"]).name
         card["test"]["data"] = "test split of that prepared dataset"
         card["packed"]["bytes"] = {f.name: f.stat().st_size for f in sorted(staged.iterdir())}
-        card["exports"] = {"tflite": {"file": "model.tflite", "max_abs_difference_vs_keras": diff,
-                                      "checked_images": int(len(x)), "weights": "float32 copy of the float16 weights"}}
+        card["exports"] = {
+            "tflite": {
+                "file": "model.tflite",
+                "max_abs_difference_vs_keras": diff,
+                "checked_images": int(len(x)),
+                "weights": "float32 copy of the float16 weights",
+            }
+        }
         (staged / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
         t = card["test"]
         (staged / "README.md").write_text(f"""# liverscan default model
 
 **Research use only — not a medical device.** Not for diagnosis or treatment decisions.
 
-- Predicts exactly two classes: **{' and '.join(card['classes'])}**. It cannot recognise fatty liver:
+- Predicts exactly two classes: **{" and ".join(card["classes"])}**. It cannot recognise fatty liver:
   no openly licensed whole-frame fatty-liver data was available to train it. To get a three-class
   model (normal / fatty / tumor), prepare and train on your own data (see the project README).
 - Architecture: MobileNetV2 (frozen) + Dropout 0.5 + Dense 128 + Dense softmax, 160x160 input; weights
   stored as float16 (`weights.npz`), plus a TensorFlow Lite twin `model.tflite` (float32 storage of the
   same values) for fast CPU prediction.
-- Test split of its own data (n={t['n']}): accuracy {t['accuracy']:.3f} (95% CI {t['accuracy_ci'][0]:.3f}–{t['accuracy_ci'][1]:.3f}),
-  balanced accuracy {t['balanced_accuracy']:.3f}, macro ROC-AUC {t['macro_roc_auc']:.3f}. These images come from one
+- Test split of its own data (n={t["n"]}): accuracy {t["accuracy"]:.3f} (95% CI {t["accuracy_ci"][0]:.3f}–{t["accuracy_ci"][1]:.3f}),
+  balanced accuracy {t["balanced_accuracy"]:.3f}, macro ROC-AUC {t["macro_roc_auc"]:.3f}. These images come from one
   public collection; expect lower accuracy on other scanners and sites.
 - Data and licence: {ATTRIBUTION}
 """)

@@ -120,9 +120,9 @@ def separable_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
     """A real (tiny) trained run: 32x32 inputs, random backbone, 3 epochs, shared by evaluate/report tests."""
-    from liverscan.config import Config, SourceSpec
-    from liverscan.prepare import prepare_dataset
-    from liverscan.train import train_run
+    from liverscan.core.config import Config, SourceSpec
+    from liverscan.preparation.prepare import prepare_dataset
+    from liverscan.training.train import train_run
 
     base = tmp_path_factory.mktemp("tinyrun")
     data = base / "data"

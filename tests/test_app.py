@@ -17,11 +17,11 @@ import pytest
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from liverscan.cli import app as cli_app  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "src" / "liverscan" / "app.py"
+from liverscan.faces.cli import app as cli_app  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "src" / "liverscan" / "faces" / "app.py"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 ARTIFACTS = Path(os.environ.get("LIVERSCAN_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
@@ -102,7 +102,8 @@ def test_end_to_end_in_a_real_browser():
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "liverscan", "app", "--port", str(port), "--address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.time() + 90
@@ -116,9 +117,17 @@ def test_end_to_end_in_a_real_browser():
             pytest.fail("the app did not start")
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
             )
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
-from liverscan.calibration import (
+from liverscan.evaluation.calibration import (
     apply_temperature,
     fit_balanced_weights,
     fit_sensitivity_threshold,
     fit_temperature,
     predict_with_rule,
 )
-from liverscan.metrics import expected_calibration_error
+from liverscan.evaluation.metrics import expected_calibration_error
 
 
 def _calibrated_sample(n: int, seed: int, k: int = 3):

@@ -7,15 +7,15 @@ import sys
 import yaml
 from typer.testing import CliRunner
 
-from liverscan.cli import app
-from liverscan.config import Config
+from liverscan.core.config import Config
+from liverscan.faces.cli import app
 
 runner = CliRunner()
 
 
 def test_help_does_not_import_tensorflow():
     code = (
-        "import sys; from typer.testing import CliRunner; from liverscan.cli import app; "
+        "import sys; from typer.testing import CliRunner; from liverscan.faces.cli import app; "
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
         "r = CliRunner().invoke(app, ['prepare', '--help']); assert r.exit_code == 0, r.output; "
         "heavy = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules]; print(heavy)"
@@ -97,13 +97,27 @@ def test_prepare_cli_csv_columns(tmp_path):
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
     r = runner.invoke(app, ["prepare", str(tmp_path / "t.csv"), "-o", str(tmp_path / "o")])
     assert r.exit_code == 1 and "path column" in r.stderr
-    r = runner.invoke(app, ["prepare", str(tmp_path / "t.csv"), "-o", str(tmp_path / "o"), "--path-column", "img",
-                            "--label-column", "dx", "--group-column", "pid", "-q"])
+    r = runner.invoke(
+        app,
+        [
+            "prepare",
+            str(tmp_path / "t.csv"),
+            "-o",
+            str(tmp_path / "o"),
+            "--path-column",
+            "img",
+            "--label-column",
+            "dx",
+            "--group-column",
+            "pid",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
 
 
 def test_every_command_help_has_an_example():
-    from liverscan.cli import app as cli_app
+    from liverscan.faces.cli import app as cli_app
 
     names = [c.name for c in cli_app.registered_commands]
     assert {"config", "prepare", "train", "evaluate", "report", "predict", "export", "app"} <= set(names)
@@ -111,3 +125,38 @@ def test_every_command_help_has_an_example():
         r = runner.invoke(cli_app, [name, "--help"])
         assert r.exit_code == 0, (name, r.output)
         assert "Example" in r.stdout, name
+
+
+def _one_line_error(r, fragment: str) -> None:
+    assert r.exit_code != 0
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    src = tmp_path / "src"
+    (src / "normal").mkdir(parents=True)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train:\n  epochs: [1, 2\n")
+    _one_line_error(
+        runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "p"), "--split", "0/0/0"]),
+        "data.train_ratio must be",
+    )
+    _one_line_error(
+        runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "p"), "--split", "a/b"]), "three numbers"
+    )
+    _one_line_error(runner.invoke(app, ["config", "--set", "train.learning_rate=-1"]), "train.learning_rate")
+    _one_line_error(runner.invoke(app, ["config", "--set", "train.epochs=many"]), "train.epochs")
+    _one_line_error(runner.invoke(app, ["config", "--set", "data.classes=[a, b"]), "not valid YAML")
+    _one_line_error(runner.invoke(app, ["config", "--config", str(bad_yaml)]), "not valid YAML at line")
+    _one_line_error(runner.invoke(app, ["config", "--config", str(tmp_path)]), "is a directory")
+    _one_line_error(
+        runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--set", "eval.bootstrap=-1"]), "eval.bootstrap"
+    )
+    assert not (tmp_path / "p").exists()
+
+
+def test_error_messages_show_brackets_literally(tmp_path):
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "case[i]01" / "[/sub]")])
+    _one_line_error(r, "case[i]01/[/sub]")

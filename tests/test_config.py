@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from liverscan.config import Config, load_config, apply_overrides
-from liverscan.errors import ConfigError
+from liverscan.core.config import Config, apply_overrides, load_config
+from liverscan.core.errors import ConfigError
 
 
 def test_defaults_are_the_papers():
@@ -53,3 +53,30 @@ def test_type_errors():
         apply_overrides(Config(), ["train.epochs=many"])
     with pytest.raises(ConfigError, match="data.keep_conflicts"):
         apply_overrides(Config(), ["data.keep_conflicts=maybe"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.learning_rate=.nan", "train.learning_rate"),
+        ("train.learning_rate=-0.1", "train.learning_rate"),
+        ("data.workers=-3", "data.workers"),
+        ("data.train_ratio=0", "data.train_ratio"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.backbone=resnet50", "model.backbone"),
+        ("preprocess.image_size=8", "preprocess.image_size"),
+        ("eval.review_confidence=2", "eval.review_confidence"),
+        ("train.mode=turbo", "train.mode"),
+        ("data.group_regex=(", "data.group_regex"),
+    ],
+)
+def test_values_are_validated_when_loaded(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_yaml_file_values_are_validated(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs must be >= 1"):
+        load_config(p)

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from liverscan import Classifier
-from liverscan.cli import app
-from liverscan.predict import default_model_dir
+from liverscan.faces.cli import app
+from liverscan.serving import default_model_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
@@ -36,7 +36,7 @@ def test_default_model_predicts_the_examples():
 
 
 def test_packed_keras_and_tflite_agree():
-    from liverscan import runtime
+    from liverscan.serving import runtime
 
     if not runtime.available():
         pytest.skip("no TFLite runtime")

@@ -8,8 +8,8 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from liverscan.dicom import is_dicom_path, read_dicom  # noqa: E402
-from liverscan.errors import ImageDecodeError  # noqa: E402
+from liverscan.core.errors import ImageDecodeError  # noqa: E402
+from liverscan.serving.dicom import is_dicom_path, read_dicom  # noqa: E402
 
 
 def write_dicom(path, pixels: np.ndarray, photometric: str, frames: int = 1, bits: int = 8, **extra):
@@ -23,7 +23,11 @@ def write_dicom(path, pixels: np.ndarray, photometric: str, frames: int = 1, bit
     ds.PatientName = "Doe^Jane"
     ds.PatientID = "SECRET-123"
     ds.Modality = "US"
-    ds.Rows, ds.Columns = pixels.shape[-3:-1] if pixels.ndim >= 3 and photometric != "MONOCHROME2" and photometric != "MONOCHROME1" else pixels.shape[-2:]
+    ds.Rows, ds.Columns = (
+        pixels.shape[-3:-1]
+        if pixels.ndim >= 3 and photometric != "MONOCHROME2" and photometric != "MONOCHROME1"
+        else pixels.shape[-2:]
+    )
     ds.PhotometricInterpretation = photometric
     ds.SamplesPerPixel = 3 if photometric in ("RGB", "YBR_FULL") else 1
     if ds.SamplesPerPixel == 3:
@@ -93,7 +97,7 @@ def test_broken_dicom(tmp_path):
 
 
 def test_dicom_through_classifier(tiny_run, tmp_path):
-    from liverscan.predict import Classifier
+    from liverscan.serving.predict import Classifier
 
     frames = np.random.default_rng(0).integers(0, 255, size=(2, 32, 32), dtype=np.uint8)
     uid = write_dicom(tmp_path / "cine.dcm", frames, "MONOCHROME2", frames=2)
@@ -103,13 +107,17 @@ def test_dicom_through_classifier(tiny_run, tmp_path):
 
 
 def test_explain_keeps_frames_and_errors_aligned(tiny_run, tmp_path):
-    from liverscan.predict import Classifier
+    from liverscan.serving.predict import Classifier
 
     frames = np.random.default_rng(1).integers(0, 255, size=(3, 32, 32), dtype=np.uint8)
     write_dicom(tmp_path / "cine.dcm", frames, "MONOCHROME2", frames=3)
     (tmp_path / "bad.png").write_bytes(b"nope")
     out = Classifier.load(tiny_run["run"]).explain([str(tmp_path / "bad.png"), str(tmp_path / "cine.dcm")])
-    assert [(r.path.rsplit("/", 1)[-1], r.frame) for r, _ in out] == [("bad.png", None), ("cine.dcm", 1),
-                                                                       ("cine.dcm", 2), ("cine.dcm", 3)]
+    assert [(r.path.rsplit("/", 1)[-1], r.frame) for r, _ in out] == [
+        ("bad.png", None),
+        ("cine.dcm", 1),
+        ("cine.dcm", 2),
+        ("cine.dcm", 3),
+    ]
     assert out[0][0].error and out[0][1].max() == 0
     assert all(h.shape == (32, 32) and h.max() <= 1 for _, h in out[1:])

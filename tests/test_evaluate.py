@@ -6,10 +6,10 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from liverscan.cli import app
-from liverscan.errors import LiverscanError
-from liverscan.evaluate import evaluate, parse_operating_point
-from liverscan.fileio import read_csv
+from liverscan.core.errors import LiverscanError
+from liverscan.core.fileio import read_csv
+from liverscan.evaluation.evaluate import evaluate, parse_operating_point
+from liverscan.faces.cli import app
 
 runner = CliRunner()
 
@@ -34,8 +34,17 @@ def test_evaluate_writes_predictions_metrics_figures(run_copy, tiny_run):
     manifest = read_csv(tiny_run["prep"] / "manifest.csv")
     assert m["n"] == len(rows) == sum(r["split"] == "test" for r in manifest)
     am = m["argmax"]
-    assert {"accuracy", "balanced_accuracy", "per_class", "macro", "weighted", "confusion_matrix",
-            "confusion_matrix_normalized", "calibration", "bootstrap"} <= set(am)
+    assert {
+        "accuracy",
+        "balanced_accuracy",
+        "per_class",
+        "macro",
+        "weighted",
+        "confusion_matrix",
+        "confusion_matrix_normalized",
+        "calibration",
+        "bootstrap",
+    } <= set(am)
     assert sum(map(sum, am["confusion_matrix"])) == m["n"]
     acc = sum(r["true_class"] == r["predicted_class"] for r in rows) / len(rows)
     assert am["accuracy"] == pytest.approx(acc)
@@ -47,6 +56,7 @@ def test_evaluate_writes_predictions_metrics_figures(run_copy, tiny_run):
     assert saved["eval"]["bootstrap"] == 200 and saved["eval"]["split"] == "test"
 
 
+@pytest.mark.slow
 def test_operating_point_stored_and_applied(run_copy):
     res = evaluate(run_copy, operating_point="tumor>=0.9", bootstrap=100)
     card = json.loads((run_copy / "model_card.json").read_text())

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from liverscan.explain import GradCam, _head_weights, feature_map_model, gradcam_from_maps, overlay
-from liverscan.model import build_model
+from liverscan.core.model import build_model
+from liverscan.serving.explain import GradCam, feature_map_model, gradcam_from_maps, head_weights, overlay
 
 
 def test_closed_form_matches_gradient_tape():
@@ -16,7 +16,7 @@ def test_closed_form_matches_gradient_tape():
     head.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in head.get_weights()])
     x = rng.integers(0, 255, size=(2, 64, 64, 3)).astype("float32")
     maps = np.asarray(feature_map_model(model).predict(x, verbose=0)) + rng.uniform(0, 1, size=(2, 2, 2, 1280))
-    w1, b1, w2, b2 = _head_weights(model)
+    w1, b1, w2, b2 = head_weights(model)
     nonzero = 0
     for c in range(3):
         a = tf.Variable(maps, dtype=tf.float64)

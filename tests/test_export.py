@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from liverscan.cli import app
-from liverscan.predict import Classifier
-from liverscan import runtime
+from liverscan.faces.cli import app
+from liverscan.serving import runtime
+from liverscan.serving.predict import Classifier
 
 pytestmark = pytest.mark.skipif(not runtime.available(), reason="no TFLite runtime installed")
 
 
+@pytest.mark.slow
 def test_export_tflite_agrees_with_keras(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run["run"], run)
@@ -31,7 +32,7 @@ def test_export_tflite_agrees_with_keras(tiny_run, tmp_path):
     b = np.array([list(p.probabilities.values()) for p in slow.predict(paths)])
     assert np.abs(a - b).max() <= 1e-4
     # Grad-CAM still works: the Keras model is loaded on demand
-    (_, heat), = fast.explain([paths[0]])
+    ((_, heat),) = fast.explain([paths[0]])
     assert heat.shape == (32, 32)
 
 
@@ -40,5 +41,7 @@ def test_unknown_format_and_missing_tflite(tiny_run, tmp_path):
     shutil.copytree(tiny_run["run"], run)
     r = CliRunner().invoke(app, ["export", str(run), "--format", "onnx"])
     assert r.exit_code == 1 and "unknown export format" in r.stderr
-    r = CliRunner().invoke(app, ["predict", str(tiny_run["data"] / "tumor"), "--model", str(run), "--runtime", "tflite"])
-    assert r.exit_code == 1 and "liverscan export" in r.stderr
+    r = CliRunner().invoke(
+        app, ["predict", str(tiny_run["data"] / "tumor"), "--model", str(run), "--runtime", "tflite"]
+    )
+    assert r.exit_code == 1 and "export the run to TFLite" in r.stderr

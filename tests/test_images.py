@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from liverscan.errors import ImageDecodeError
-from liverscan.images import decode, load_image
 from conftest import noise_image, write_corrupt_files
+from liverscan.core.errors import ImageDecodeError
+from liverscan.core.images import decode, load_image
 
 
 def save(img: Image.Image, path, **kw):

@@ -3,21 +3,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from liverscan.metrics import bootstrap_intervals, classification_metrics, expected_calibration_error
+from liverscan.evaluation.metrics import bootstrap_intervals, classification_metrics, expected_calibration_error
 
 CLASSES = ["normal", "fatty", "tumor"]
 # 8 images; argmax predictions: [0, 1, 0, 1, 2, 2, 2, 1]
 Y = np.array([0, 0, 1, 1, 2, 2, 2, 2])
-P = np.array([
-    [0.7, 0.2, 0.1],
-    [0.3, 0.6, 0.1],
-    [0.5, 0.4, 0.1],
-    [0.1, 0.8, 0.1],
-    [0.1, 0.1, 0.8],
-    [0.2, 0.2, 0.6],
-    [0.3, 0.1, 0.6],
-    [0.1, 0.5, 0.4],
-])
+P = np.array(
+    [
+        [0.7, 0.2, 0.1],
+        [0.3, 0.6, 0.1],
+        [0.5, 0.4, 0.1],
+        [0.1, 0.8, 0.1],
+        [0.1, 0.1, 0.8],
+        [0.2, 0.2, 0.6],
+        [0.3, 0.1, 0.6],
+        [0.1, 0.5, 0.4],
+    ]
+)
 
 
 def test_hand_computed_case():
@@ -64,6 +66,7 @@ def test_ece_by_hand():
     assert expected_calibration_error(y, probs, 10) == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_bootstrap_deterministic_and_contains_point():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 120)

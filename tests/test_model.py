@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liverscan.errors import LiverscanError
-from liverscan.model import (
+from liverscan.core.errors import LiverscanError
+from liverscan.core.model import (
     WeightsUnavailable,
     build_model,
     calibrate_batchnorm,
@@ -31,7 +31,6 @@ def test_parameter_counts_match_the_paper():
 
 def test_offline_imagenet_message_names_the_cache_file(monkeypatch, tmp_path):
     from keras.src.applications import mobilenet_v2
-
     from keras.src.backend import config as keras_config
 
     monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "kh"))

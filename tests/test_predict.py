@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from liverscan.cli import app
-from liverscan.errors import LiverscanError
-from liverscan.predict import Classifier, Prediction, expand_inputs
 from conftest import class_image, write_corrupt_files
+from liverscan.core.errors import LiverscanError
+from liverscan.faces.cli import app
+from liverscan.serving import Classifier, Prediction, expand_inputs
 
 runner = CliRunner()
 
@@ -49,7 +49,9 @@ def test_python_api_paths_and_arrays(clf, tiny_run):
     # the API agrees with the model run directly
     from PIL import Image
 
-    direct = clf.probabilities(np.stack([np.asarray(class_image(2, seed=5).resize((32, 32), Image.Resampling.BILINEAR))]))
+    direct = clf.probabilities(
+        np.stack([np.asarray(class_image(2, seed=5).resize((32, 32), Image.Resampling.BILINEAR))])
+    )
     assert recs[3].probabilities["tumor"] == pytest.approx(float(direct[0, 2]), abs=1e-4)
 
 
@@ -64,8 +66,9 @@ def test_streaming_keeps_order_and_reports_bad_files(clf, mixed_folder):
     assert sum(r.ok for r in recs) == 5
 
 
+@pytest.mark.slow
 def test_operating_point_and_review_flag(tiny_run, tmp_path):
-    from liverscan.evaluate import evaluate
+    from liverscan.evaluation.evaluate import evaluate
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run["run"], run)
@@ -86,6 +89,7 @@ def test_expand_inputs_globs_and_stdin(tiny_run):
     assert list(expand_inputs(["/no/such/*.png"])) == ["/no/such/*.png"]
 
 
+@pytest.mark.slow
 def test_cli_outputs_parse_back_and_exit_codes(tiny_run, mixed_folder, tmp_path):
     run = str(tiny_run["run"])
     for ext in ("csv", "json", "jsonl"):
@@ -129,14 +133,17 @@ def test_explain_writes_overlays_and_returns_heatmaps(clf, tiny_run, tmp_path):
     recs = list(clf.iter_predict(paths, explain_dir=out))
     for r in recs:
         assert r.explanation and (out / r.explanation.rsplit("/", 1)[-1]).stat().st_size > 500
-    (rec, heat), = clf.explain([paths[0]])
+    ((rec, heat),) = clf.explain([paths[0]])
     assert heat.shape == (32, 32) and 0 <= heat.min() and heat.max() == pytest.approx(1.0)
 
 
 def test_cli_reads_paths_from_stdin(tiny_run):
     good = sorted(str(p) for p in (tiny_run["data"] / "fatty").glob("*.png"))[:4]
-    r = runner.invoke(app, ["predict", "-", "--model", str(tiny_run["run"]), "--format", "csv"],
-                      input="\n".join(good + ["/no/such/file.png"]) + "\n")
+    r = runner.invoke(
+        app,
+        ["predict", "-", "--model", str(tiny_run["run"]), "--format", "csv"],
+        input="\n".join(good + ["/no/such/file.png"]) + "\n",
+    )
     assert r.exit_code == 2
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert [row["path"] for row in rows] == good + ["/no/such/file.png"]

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liverscan.config import Config, SourceSpec
-from liverscan.errors import DataError, RunDirError
-from liverscan.fileio import read_csv
-from liverscan.images import load_image
-from liverscan.prepare import prepare_dataset
 from conftest import noise_image
+from liverscan.core.config import Config, SourceSpec
+from liverscan.core.errors import DataError, RunDirError
+from liverscan.core.fileio import read_csv
+from liverscan.core.images import load_image
+from liverscan.preparation.prepare import prepare_dataset
 
 
 def _cfg(*sources: SourceSpec, **data) -> Config:
@@ -54,7 +54,17 @@ def test_counts_rejections_and_duplicates(prepared):
     assert s["n_ignored_non_image_files"] == 1
     conflict = s["audit"]["label_conflicts"][0]
     assert conflict["classes"] == ["normal", "tumor"] and not conflict["kept"]
-    assert set(rows[0]) == {"path", "content_hash", "source", "source_label", "class", "split", "group", "width", "height"}
+    assert set(rows[0]) == {
+        "path",
+        "content_hash",
+        "source",
+        "source_label",
+        "class",
+        "split",
+        "group",
+        "width",
+        "height",
+    }
     assert {r["source"] for r in rows} == {"A", "B"}
 
 
@@ -76,7 +86,7 @@ def test_groups_stay_in_one_split(prepared):
 def test_split_ratios_and_weights(prepared):
     res, _ = prepared
     counts = res.summary["counts"]
-    for cls, row in counts.items():
+    for _cls, row in counts.items():
         n = sum(row.values())
         assert abs(row["train"] - 0.7 * n) <= 2.5  # within one group of the target
     train = {c: row["train"] for c, row in counts.items()}
@@ -131,10 +141,17 @@ def test_unmapped_categories_listed(tmp_path):
 
 def test_five_classes_and_glob_source(two_source_dataset, tmp_path):
     ds = two_source_dataset
-    five = {"normal": "normal", "steatosis": "fatty", "benign": "benign", "malignant": "malignant", "hcc": "hcc",
-            "fatty": "fatty"}
-    cfg = _cfg(SourceSpec(str(ds["a"]) + "/{label}/*.png", name="A"), SourceSpec(str(ds["csv"]), name="B"),
-               class_map=five)
+    five = {
+        "normal": "normal",
+        "steatosis": "fatty",
+        "benign": "benign",
+        "malignant": "malignant",
+        "hcc": "hcc",
+        "fatty": "fatty",
+    }
+    cfg = _cfg(
+        SourceSpec(str(ds["a"]) + "/{label}/*.png", name="A"), SourceSpec(str(ds["csv"]), name="B"), class_map=five
+    )
     res = prepare_dataset(cfg, tmp_path / "five")
     assert res.summary["classes"] == ["normal", "fatty", "benign", "hcc", "malignant"]
     rows = read_csv(res.out_dir / "manifest.csv")

@@ -5,10 +5,10 @@ import shutil
 
 from typer.testing import CliRunner
 
-from liverscan.cli import app
-from liverscan.evaluate import evaluate
-from liverscan.fileio import read_csv
-from liverscan.report import write_report
+from liverscan.core.fileio import read_csv
+from liverscan.evaluation.evaluate import evaluate
+from liverscan.evaluation.report import write_report
+from liverscan.faces.cli import app
 
 runner = CliRunner()
 SECTIONS = ["Summary", "Dataset", "Training", "Results", "Calibration", "Operating point", "Published figures"]

@@ -17,8 +17,9 @@ def _module():
 
 
 def test_skipped_with_message_without_shared_data(tmp_path):
-    out = subprocess.run([sys.executable, str(SCRIPT), "--shared", str(tmp_path), "--check"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--shared", str(tmp_path), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0
     assert "reproduction skipped" in out.stdout and "not found" in out.stdout
 

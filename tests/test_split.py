@@ -4,7 +4,8 @@ from collections import Counter
 
 import pytest
 
-from liverscan.split import assign_splits, class_weights
+from liverscan.core.dataset import class_weights
+from liverscan.preparation.split import assign_splits
 
 
 def test_ratios_within_rounding_and_deterministic():

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from liverscan.cli import app
-from liverscan.config import Config, SourceSpec, load_config
-from liverscan.errors import RunDirError
-from liverscan.fileio import read_csv
-from liverscan.prepare import prepare_dataset
-from liverscan.train import _compile, _epoch_loop, _initial_state, _one_hot, _Silent, epoch_dataset, train_run
+from liverscan.core.config import Config, SourceSpec, load_config
+from liverscan.core.errors import LiverscanError, RunDirError
+from liverscan.core.fileio import read_csv
+from liverscan.faces.cli import app
+from liverscan.preparation.prepare import prepare_dataset
+from liverscan.training.checkpoints import CheckpointStore
+from liverscan.training.loop import SilentReporter, Stage, epoch_dataset, run_stage
+from liverscan.training.train import compile_trainer, train_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -49,8 +51,7 @@ def _ds(fn, n: int, bs: int = 32):
 
 
 def _head_loop(epochs: int, **train):
-    from liverscan.keras_env import seed_everything
-    from liverscan.model import build_head, logits_view
+    from liverscan.core.keras_env import seed_everything
 
     seed_everything(0)
     cfg = Config()
@@ -58,42 +59,55 @@ def _head_loop(epochs: int, **train):
         setattr(cfg.train, k, v)
     xt, yt = _blobs(240, 1)
     xv, yv = _blobs(60, 2)
-    head = logits_view(build_head(3))
-    _compile(head, cfg, cfg.train.learning_rate)
-    return head, cfg, (xt, _one_hot(yt, 3), None), (xv, _one_hot(yv, 3))
+    eye = np.eye(3, dtype=np.float32)
+    return cfg, (xt, eye[yt], None), (xv, eye[yv])
+
+
+def _run(cfg, data, val, epochs: int, lr: float, folder):
+    """Run one stage of a fresh head (3 classes) through the library's stage runner."""
+    from liverscan.core.model import build_head, logits_view
+
+    stage = Stage("head", epochs, lr, _ds(data, 240), val, "test")
+    return run_stage(
+        stage,
+        lambda rate: compile_trainer(logits_view(build_head(3)), cfg, rate),
+        cfg.train,
+        CheckpointStore(folder),
+        SilentReporter(),
+    )
 
 
 def test_head_learns_separable_features(tmp_path):
-    head, cfg, train, val = _head_loop(10)
-    state = _epoch_loop(head, "head", 10, _ds(lambda e: train, 240), val, cfg, tmp_path / "ck", _initial_state(1e-3), _Silent(), 32)
+    cfg, train, val = _head_loop(10)
+    head, state = _run(cfg, lambda e: train, val, 10, 1e-3, tmp_path / "ck")
     acc = head.evaluate(*val, verbose=0, return_dict=True)["accuracy"]
-    assert acc > 0.9 and state["history"][-1]["accuracy"] > 0.9
+    assert acc > 0.9 and state.history[-1]["accuracy"] > 0.9
 
 
 def test_best_weights_restored_when_epoch_limit_ends_run(tmp_path):
-    head, cfg, train, val = _head_loop(6, early_stopping_patience=20)
+    cfg, train, val = _head_loop(6, early_stopping_patience=20)
     # train on wrong labels (each class relabelled as the next) after epoch 2 so validation accuracy falls
     xt, yt, _ = train
     noisy = (xt, np.roll(yt, 1, axis=1), None)
     data = lambda e: train if e < 2 else noisy  # noqa: E731
-    state = _epoch_loop(head, "head", 8, _ds(data, 240), val, cfg, tmp_path / "ck", _initial_state(1e-2), _Silent(), 32)
-    hist = state["history"]
-    assert len(hist) == 8 and not state["stopped_early"] and state["complete"]
+    head, state = _run(cfg, data, val, 8, 1e-2, tmp_path / "ck")
+    hist = state.history
+    assert len(hist) == 8 and not state.stopped_early and state.complete
     best = max(r["val_accuracy"] for r in hist)
-    assert state["best_val_accuracy"] == best
+    assert state.best_val_accuracy == best
     assert hist[-1]["val_accuracy"] < best  # the last epoch was worse ...
     final = head.evaluate(*val, verbose=0, return_dict=True)["accuracy"]
     assert final == pytest.approx(best, abs=1e-6)  # ... but the best weights are back
 
 
 def test_early_stopping_and_lr_schedule(tmp_path):
-    head, cfg, train, val = _head_loop(30, early_stopping_patience=6, lr_patience=1, lr_factor=0.5)
+    cfg, train, val = _head_loop(30, early_stopping_patience=6, lr_patience=1, lr_factor=0.5)
     xt, yt, _ = train
     rng = np.random.default_rng(1)
     data = lambda e: (xt, yt[rng.permutation(len(yt))], None)  # noqa: E731 - nothing to learn
-    state = _epoch_loop(head, "head", 30, _ds(data, 240), val, cfg, tmp_path / "ck", _initial_state(1e-3), _Silent(), 32)
-    hist = state["history"]
-    assert state["stopped_early"] and len(hist) == state["best_epoch"] + 6
+    _, state = _run(cfg, data, val, 30, 1e-3, tmp_path / "ck")
+    hist = state.history
+    assert state.stopped_early and len(hist) == state.best_epoch + 6
     lrs = [r["learning_rate"] for r in hist]
     assert lrs[0] == 1e-3 and min(lrs) < 1e-3 and all(b <= a for a, b in zip(lrs, lrs[1:]))
 
@@ -101,8 +115,15 @@ def test_early_stopping_and_lr_schedule(tmp_path):
 def test_train_run_outputs_and_card(tiny_prepared, tmp_path):
     run = tmp_path / "run"
     train_run(_cfg(tiny_prepared, epochs=3), tiny_prepared, run)
-    for name in ("model.keras", "model_card.json", "model_card.md", "history.csv", "config.yaml",
-                 "training-curves.png", "run.json"):
+    for name in (
+        "model.keras",
+        "model_card.json",
+        "model_card.md",
+        "history.csv",
+        "config.yaml",
+        "training-curves.png",
+        "run.json",
+    ):
         assert (run / name).is_file(), name
     card = json.loads((run / "model_card.json").read_text())
     summary = json.loads((tiny_prepared / "summary.json").read_text())
@@ -115,14 +136,34 @@ def test_train_run_outputs_and_card(tiny_prepared, tmp_path):
     hist = read_csv(run / "history.csv")
     assert len(hist) == 3 and set(hist[0]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
-    from liverscan.model import load_model
+    from liverscan.core.model import load_model
 
     model = load_model(run / "model.keras")
     assert model.output_shape == (None, 3)
-    with pytest.raises(RunDirError, match="--overwrite"):
+    with pytest.raises(RunDirError, match="overwrite"):
         train_run(_cfg(tiny_prepared, epochs=1), tiny_prepared, run)
 
 
+def test_determinism_is_restored_after_training(tiny_prepared, tmp_path):
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()
+    train_run(_cfg(tiny_prepared, epochs=1), tiny_prepared, tmp_path / "run")
+    assert not tf_config.is_op_determinism_enabled()
+
+
+def test_failed_run_can_be_retried(tiny_prepared, tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_prepared, epochs=1)
+    cfg.model.weights = str(tmp_path / "missing.h5")
+    with pytest.raises(LiverscanError, match="weights file not found"):
+        train_run(cfg, tiny_prepared, run)
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    cfg.model.weights = "none"
+    assert train_run(cfg, tiny_prepared, run).card.training["epochs_run"] == 1  # same command, no --overwrite
+
+
+@pytest.mark.slow
 def test_same_seed_same_metrics(tiny_prepared, tmp_path):
     a = train_run(_cfg(tiny_prepared, epochs=3, seed=5), tiny_prepared, tmp_path / "a").history
     b = train_run(_cfg(tiny_prepared, epochs=3, seed=5), tiny_prepared, tmp_path / "b").history
@@ -131,21 +172,26 @@ def test_same_seed_same_metrics(tiny_prepared, tmp_path):
             assert round(ra[k], 3) == round(rb[k], 3)
 
 
-class _KillAfter(_Silent):
+class _KillAfter(SilentReporter):
     def __init__(self, n: int):
         self.n = n
 
     def epoch(self, row, state, max_epochs):
-        if state["next_epoch"] >= self.n:
+        if state.next_epoch >= self.n:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_checkpoint(tiny_prepared, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train_run(_cfg(tiny_prepared, epochs=6, early_stopping_patience=50, checkpoint_seconds=0),
-                  tiny_prepared, run, reporter=_KillAfter(3))
-    assert json.loads((run / "run.json").read_text())["status"] == "running"
+        train_run(
+            _cfg(tiny_prepared, epochs=6, early_stopping_patience=50, checkpoint_seconds=0),
+            tiny_prepared,
+            run,
+            reporter=_KillAfter(3),
+        )
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert not (run / "model.keras").exists()
     state = json.loads((run / "checkpoint" / "head" / "state.json").read_text())
     assert state["next_epoch"] == 3
@@ -158,22 +204,27 @@ def test_killed_run_resumes_from_checkpoint(tiny_prepared, tmp_path):
         train_run(Config(), None, run, resume=True)
 
 
+@pytest.mark.slow
 def test_fit_mode_and_fine_tune_stage(tiny_prepared, tmp_path):
     cfg = _cfg(tiny_prepared, epochs=2, mode="fit", fine_tune_blocks=1, fine_tune_epochs=1)
     res = train_run(cfg, tiny_prepared, tmp_path / "run")
     stages = [r["stage"] for r in res.history]
     assert stages == ["head", "head", "fine_tune"]
-    assert res.card["training"]["mode"] == "fit"
+    assert res.card.training["mode"] == "fit"
 
 
 def test_cli_train(tiny_prepared, tmp_path):
-    r = CliRunner().invoke(app, ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r"), "--epochs", "2", "-q"])
+    r = CliRunner().invoke(
+        app, ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r"), "--epochs", "2", "-q"]
+    )
     assert r.exit_code == 0, r.output
     assert "Trained 2 epochs" in r.stdout
     r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")])
     assert r.exit_code == 1 and "not a prepared dataset" in r.stderr
-    r = CliRunner().invoke(app, ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r3"), "--loss", "nope"])
-    assert r.exit_code == 1 and "unknown train.loss" in r.stderr
+    r = CliRunner().invoke(
+        app, ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r3"), "--loss", "nope"]
+    )
+    assert r.exit_code == 1 and "train.loss must be one of" in r.stderr
     assert not (tmp_path / "r3").exists()
 
 
@@ -188,4 +239,4 @@ def test_pretrained_backbone_learns_synthetic_task(separable_dataset, tmp_path):
     cfg.train.epochs = 10
     cfg.train.views = 2
     res = train_run(cfg, tmp_path / "prep", tmp_path / "run")
-    assert res.card["validation"]["accuracy"] >= 0.9
+    assert res.card.validation["accuracy"] >= 0.9

@@ -1,6 +1,6 @@
 """``python -m liverscan`` entry point."""
 
-from liverscan.cli import main
+from liverscan.faces.cli import main
 
 if __name__ == "__main__":  # pragma: no cover
     main()

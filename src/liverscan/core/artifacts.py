@@ -1,0 +1,253 @@
+"""The contract between commands: prepared-dataset and run-directory layouts, the model card, history.
+
+Every file name another command reads is defined here and nowhere else.  A run
+directory holds ``config.yaml``, ``run.json`` (status), ``model.keras`` (or a
+packed ``weights.npz``), ``model_card.json`` / ``.md``, ``history.csv`` and the
+training curves; evaluations go into ``eval-<split>/``.  A prepared dataset holds
+``manifest.csv``, ``summary.json``, ``rejects.csv`` and the ``images.npy`` cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from liverscan.core.errors import RunDirError
+from liverscan.core.fileio import read_csv, write_csv_atomic, write_json_atomic, write_text_atomic
+
+# ---- prepared dataset
+MANIFEST = "manifest.csv"
+SUMMARY = "summary.json"
+REJECTS = "rejects.csv"
+CACHE = "images.npy"
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ["path", "content_hash", "source", "source_label", "class", "split", "group", "width", "height"]
+REJECT_COLUMNS = ["path", "source", "source_label", "reason"]
+
+# ---- run directory
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+MODEL_FILE = "model.keras"
+PACKED_FILE = "weights.npz"
+TFLITE_FILE = "model.tflite"
+CARD_FILE = "model_card.json"
+CARD_MD_FILE = "model_card.md"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "training-curves.png"
+CHECKPOINT_DIR = "checkpoint"
+FEATURES_DIR = "features"
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+
+# ---- evaluation directory
+PREDICTIONS_FILE = "predictions.csv"
+METRICS_FILE = "metrics.json"
+
+HISTORY_COLUMNS = ["epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
+
+#: Version of the model card layout; cards written before it existed are version 0.
+CARD_SCHEMA_VERSION = 1
+
+
+def eval_dir_name(split: str) -> str:
+    return f"eval-{split}"
+
+
+@dataclass
+class ModelCard:
+    """What a trained model is, how it was made and how it must be fed (``model_card.json``).
+
+    The fields every command relies on are typed; the free-form records
+    (``training``, ``validation``, ``data``, ...) stay mappings. Keys this version
+    does not know are kept in ``extra`` and written back unchanged.
+    """
+
+    name: str
+    classes: list[str]
+    image_size: int
+    build: dict[str, Any]
+    schema_version: int = CARD_SCHEMA_VERSION
+    created: str = ""
+    intended_use: str = "Research use only - not a medical device. Not for diagnosis or treatment decisions."
+    task: str = "liver B-mode ultrasound image classification"
+    class_map: dict[str, str] = field(default_factory=dict)
+    input: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+    backbone_weights: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    operating_point: dict[str, Any] | None = None
+    exports: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def prepared_dir(self) -> str | None:
+        return self.data.get("prepared_dir") or None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "model card") -> ModelCard:
+        """Read any schema version (0: no version field, size stored in ``input.size`` and ``build``)."""
+        try:
+            d = dict(raw)
+            version = int(d.pop("schema_version", 0))
+            if version > CARD_SCHEMA_VERSION:
+                raise RunDirError(
+                    f"{where}: schema version {version} is newer than this liverscan "
+                    f"understands ({CARD_SCHEMA_VERSION}); upgrade liverscan"
+                )
+            build = dict(d.pop("build"))
+            size = int(d["input"]["size"][0])
+            build.pop("image_size", None)  # version 0 stored it twice
+            known = {f.name for f in fields(cls)} - {"extra", "schema_version", "image_size", "build"}
+            kwargs = {k: d.pop(k) for k in list(d) if k in known}
+            kwargs.setdefault("exports", {})
+            return cls(image_size=size, build=build, schema_version=CARD_SCHEMA_VERSION, extra=d, **kwargs)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RunDirError(f"{where}: malformed model card ({exc.__class__.__name__}: {exc})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.pop("image_size")  # stored once, as input.size
+        d["input"] = {**d["input"], "size": [self.image_size, self.image_size, 3]}
+        order = ["schema_version", "name", "created", "intended_use", "task", "classes", "class_map"]
+        out = {k: d.pop(k) for k in order}
+        out.update(d)
+        out.update(extra)
+        return out
+
+    def to_markdown(self) -> str:
+        t = self.training
+        v = self.validation or {}
+        arch = self.architecture
+        lines = [
+            f"# Model card: {self.name}",
+            "",
+            f"**{self.intended_use}**",
+            "",
+            f"- Task: {self.task}",
+            f"- Classes: {', '.join(self.classes)}",
+            f"- Class map: {', '.join(f'{k} -> {c}' for k, c in self.class_map.items())}",
+            f"- Input: {self.image_size}x{self.image_size} RGB; {self.input.get('scaling', '')}",
+            f"- Architecture: {arch.get('backbone')}; head {arch.get('head')}",
+        ]
+        if arch.get("parameters"):
+            p = arch["parameters"]
+            lines.append(f"- Parameters: {p['total']:,} total, {p['trainable']:,} trainable")
+        if self.backbone_weights:
+            bw = self.backbone_weights
+            lines.append(f"- Backbone weights: {bw.get('description')} ({bw.get('spec')})")
+        if self.data:
+            lines.append(
+                f"- Data: manifest {str(self.data.get('manifest_hash', ''))[:16]} from "
+                f"{', '.join(self.data.get('sources', []))}"
+            )
+        if t:
+            lines.append(
+                f"- Training: {t.get('mode')} mode, loss {t.get('loss')}, {t.get('optimizer')}, batch "
+                f"{t.get('batch_size')}, {t.get('epochs_run')} epochs (limit {t.get('epoch_limit')}), best epoch "
+                f"{(t.get('best') or {}).get('epoch')} ({(t.get('best') or {}).get('stage')}), seed {t.get('seed')}, "
+                f"{t.get('seconds')} s on {t.get('device')} ({t.get('backend')})"
+            )
+        if v:
+            lines.append(
+                f"- Validation (n={v.get('n')}): accuracy {v.get('accuracy')}, "
+                f"balanced accuracy {v.get('balanced_accuracy')}"
+            )
+        if self.operating_point:
+            lines.append(f"- Operating point: {self.operating_point.get('description', '')}")
+        lines.append("")
+        return "\n".join(lines)
+
+
+def read_card(run_dir: str | Path) -> ModelCard:
+    """The model card of a run directory (any schema version)."""
+    path = Path(run_dir) / CARD_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {CARD_FILE} (is this a finished training run?)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise RunDirError(f"{path}: not a model card (expected a JSON object)")
+    return ModelCard.from_dict(raw, str(path))
+
+
+def write_card(run_dir: str | Path, card: ModelCard) -> None:
+    """Write ``model_card.json`` and its Markdown rendering (both atomically)."""
+    run = Path(run_dir)
+    write_json_atomic(run / CARD_FILE, card.to_dict())
+    write_text_atomic(run / CARD_MD_FILE, card.to_markdown())
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with its card: a run directory, a shipped model folder or a model file."""
+
+    model_path: Path
+    run_dir: Path | None
+    card: ModelCard
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card.classes)
+
+    @property
+    def image_size(self) -> int:
+        return self.card.image_size
+
+    @property
+    def source(self) -> Path:
+        return self.run_dir or self.model_path
+
+    def save_card(self) -> None:
+        if self.run_dir is None:
+            raise RunDirError(f"{self.model_path}: the model card lives in a run directory; pass the directory")
+        write_card(self.run_dir, self.card)
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Resolve a run directory or model file; a model file next to a card uses that card."""
+    p = Path(path)
+    if p.is_dir():
+        model_path = p / MODEL_FILE
+        if not model_path.is_file() and (p / PACKED_FILE).is_file():
+            model_path = p / PACKED_FILE
+        if not model_path.is_file():
+            raise RunDirError(f"{p}: no {MODEL_FILE} (is this a finished training run?)")
+        return LoadedRun(model_path, p, read_card(p))
+    if p.is_file():
+        if (p.parent / CARD_FILE).is_file():
+            return LoadedRun(p, p.parent, read_card(p.parent))
+        raise RunDirError(f"{p}: no {CARD_FILE} beside the model file; pass the run directory")
+    raise RunDirError(f"{p}: no such run directory or model file")
+
+
+def write_history(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
+    write_csv_atomic(Path(run_dir) / HISTORY_FILE, HISTORY_COLUMNS, [[r[c] for c in HISTORY_COLUMNS] for r in history])
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """``history.csv`` as rows of floats (``stage`` stays text)."""
+    rows = read_csv(Path(run_dir) / HISTORY_FILE)
+    return [{k: (v if k == "stage" else float(v)) for k, v in r.items()} for r in rows]
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: nothing to resume (no {RUN_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_run_info(run_dir: str | Path, info: dict[str, Any]) -> None:
+    write_json_atomic(Path(run_dir) / RUN_FILE, info)

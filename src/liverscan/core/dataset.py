@@ -1,0 +1,80 @@
+"""Reading a prepared directory: manifest rows, classes and decoded arrays."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from liverscan.core.artifacts import CACHE, MANIFEST, SUMMARY
+from liverscan.core.errors import ImageDecodeError, RunDirError
+from liverscan.core.fileio import read_csv
+from liverscan.core.images import DEFAULT_MAX_PIXELS, load_image
+
+
+@dataclass
+class Split:
+    """Images of one split: uint8 arrays (N, S, S, 3), integer labels, paths."""
+
+    x: np.ndarray
+    y: np.ndarray
+    paths: list[str]
+
+
+class PreparedData:
+    """A ``prepare`` output directory."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        if not (self.dir / MANIFEST).is_file():
+            raise RunDirError(f"{self.dir}: not a prepared dataset (no {MANIFEST}); prepare it first")
+        self.rows = read_csv(self.dir / MANIFEST)
+        summary_path = self.dir / SUMMARY
+        self.summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        self.classes: list[str] = self.summary.get("classes") or sorted({r["class"] for r in self.rows})
+        self.manifest_hash: str = self.summary.get("manifest_hash", "")
+        self._cache: np.ndarray | None = None
+
+    def cache(self, size: int) -> np.ndarray | None:
+        """The decoded-array cache, if present and made at ``size``."""
+        path = self.dir / CACHE
+        if self._cache is None and path.is_file():
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape == (len(self.rows), size, size, 3):
+                self._cache = arr
+        return self._cache
+
+    def split(self, name: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Split:
+        """Load one split ('train', 'val', 'test') into memory at ``size``."""
+        idx = [i for i, r in enumerate(self.rows) if r["split"] == name]
+        cache = self.cache(size)
+        if cache is not None:
+            x = np.asarray(cache[idx])
+        else:
+            x = np.zeros((len(idx), size, size, 3), np.uint8)
+            for k, i in enumerate(idx):
+                try:
+                    x[k] = load_image(self.rows[i]["path"], size=size, max_pixels=max_pixels)
+                except ImageDecodeError as exc:
+                    raise RunDirError(f"prepared image no longer readable: {exc}") from None
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        y = np.array([lookup[self.rows[i]["class"]] for i in idx], dtype=np.int64)
+        return Split(x, y, [self.rows[i]["path"] for i in idx])
+
+
+def class_weights(labels: list[str], classes: list[str]) -> dict[str, float]:
+    """w_i = n_total / (n_classes * n_i) on the given labels (the paper's formula).
+
+    This is scikit-learn's "balanced" weighting; classes absent from ``labels``
+    get weight 0 and are left out of n_classes.
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = [c for c in classes if c in set(labels)]
+    if not present:
+        return {c: 0.0 for c in classes}
+    weights = compute_class_weight("balanced", classes=np.array(present), y=np.array(labels))
+    lookup = dict(zip(present, weights.tolist()))
+    return {c: float(lookup.get(c, 0.0)) for c in classes}

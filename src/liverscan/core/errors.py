@@ -1,0 +1,42 @@
+"""Exception types that carry enough context for a one-line message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LiverscanError(Exception):
+    """Base class for every error liverscan reports to a user."""
+
+
+class ImageDecodeError(LiverscanError):
+    """A file could not be turned into a model input image."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ConfigError(LiverscanError):
+    """Invalid configuration (unknown keys, wrong types, bad values)."""
+
+
+class DataError(LiverscanError):
+    """A dataset problem that stops a command (e.g. unmapped categories)."""
+
+
+class RunDirError(LiverscanError):
+    """A run or prepared directory is missing, incomplete or would be overwritten."""
+
+
+class ModelError(LiverscanError):
+    """A model file or its weights cannot be loaded, or does not match its card."""
+
+
+class ExportError(LiverscanError):
+    """An export format is unavailable, fails to convert, or disagrees with the Keras model."""
+
+
+class TrainingError(LiverscanError):
+    """Training cannot start or stopped on a fault (e.g. a non-finite loss)."""

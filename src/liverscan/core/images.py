@@ -1,0 +1,195 @@
+"""The single decoding path: any supported file -> ``uint8`` array ``(S, S, 3)``.
+
+Every stage (prepare, train, evaluate, predict) goes through :func:`load_image`,
+so a model always sees pixels produced the same way.
+
+Rules:
+- formats: PNG, JPEG, BMP, TIFF (others raise :class:`ImageDecodeError`);
+- EXIF orientation is applied;
+- 16-bit greyscale is mapped linearly from 0..65535 to 0..255 (no clipping);
+  32-bit integer and float images are min-max scaled;
+- RGBA / LA drop their alpha channel, palette / CMYK / YCbCr convert to RGB;
+- greyscale is replicated to three channels;
+- bilinear resize to ``size x size``;
+- images over ``max_pixels`` are refused before decoding (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from liverscan.core.errors import ImageDecodeError
+
+SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "TIFF"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image at model resolution plus facts about the original."""
+
+    array: np.ndarray  # (S, S, 3) uint8
+    width: int  # original width after EXIF orientation
+    height: int
+    mode: str  # original Pillow mode
+    format: str
+
+
+def _open(source: str | Path | bytes, max_pixels: int) -> Image.Image:
+    label = "<bytes>" if isinstance(source, bytes) else str(source)
+    data = io.BytesIO(source) if isinstance(source, bytes) else source
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(data)
+        except FileNotFoundError:
+            raise ImageDecodeError(label, "file not found") from None
+        except IsADirectoryError:
+            raise ImageDecodeError(label, "is a directory, not an image") from None
+        except PermissionError:
+            raise ImageDecodeError(label, "permission denied") from None
+        except UnidentifiedImageError:
+            size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+            reason = "empty file (0 bytes)" if size == 0 else "not a recognised image file"
+            raise ImageDecodeError(label, reason) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageDecodeError(label, "image too large (decompression-bomb guard)") from None
+        except OSError as exc:
+            raise ImageDecodeError(label, f"cannot open image ({exc})") from None
+    if im.format not in SUPPORTED_FORMATS:
+        raise ImageDecodeError(label, f"unsupported image format {im.format} (supported: PNG, JPEG, BMP, TIFF)")
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(label, f"invalid image size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageDecodeError(label, f"image too large: {w}x{h} = {w * h} pixels exceeds limit of {max_pixels}")
+    return im
+
+
+def _to_uint8_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB following the module rules."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(im)
+        if mode.startswith("I;16"):
+            arr8 = (arr.astype(np.float32) / 257.0).round()
+        else:
+            arr = arr.astype(np.float64)
+            if mode == "I" and arr.min() >= 0 and arr.max() <= 65535:
+                # 16-bit data opened as 32-bit ints (common for 16-bit PNG)
+                arr8 = (arr / 257.0).round() if arr.max() > 255 else arr
+            else:
+                lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+                arr8 = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        gray = Image.fromarray(np.clip(arr8, 0, 255).astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return im.convert("RGB")  # alpha channel dropped, colours kept as stored
+    if mode in ("LA", "La"):
+        return im.getchannel(0).convert("RGB")
+    if mode == "P":
+        converted = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        return converted.convert("RGB")
+    if mode in ("L", "1"):
+        return im.convert("L").convert("RGB")
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+
+
+def decode(source: str | Path | bytes, size: int = 160, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode a file (or its bytes) into a ``(size, size, 3)`` uint8 array."""
+    label = "<bytes>" if isinstance(source, bytes) else str(source)
+    im = _open(source, max_pixels)
+    fmt = im.format or ""
+    orig_w, orig_h = _oriented_size(im)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt in ("JPEG", "MPO") and im.mode in ("RGB", "L"):
+                # Let libjpeg decode at reduced scale when the image is much larger
+                # than needed; keeps >= 2x the target resolution for quality.
+                im.draft(im.mode, (size * 2, size * 2))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            rgb = _to_uint8_rgb(im)
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(rgb, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        msg = str(exc) or exc.__class__.__name__
+        if "truncated" in msg.lower():
+            msg = "truncated image data"
+        raise ImageDecodeError(label, f"corrupt image: {msg}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-file error
+        raise ImageDecodeError(label, f"cannot decode image: {exc.__class__.__name__}: {exc}") from None
+    if arr.shape != (size, size, 3):
+        raise ImageDecodeError(label, f"unexpected decoded shape {arr.shape}")
+    return DecodedImage(array=np.ascontiguousarray(arr), width=orig_w, height=orig_h, mode=mode, format=fmt)
+
+
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    """Stored (width, height) with EXIF orientation applied, before any draft."""
+    w, h = im.size
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - broken EXIF is treated as no rotation
+        orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def load_image(path: str | Path, size: int = 160, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` into the model's input array ``(size, size, 3)`` uint8."""
+    return decode(path, size=size, max_pixels=max_pixels).array
+
+
+def display_image(path: str | Path, max_side: int = 512, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The image as RGB uint8 with its own aspect ratio, longest side <= ``max_side`` (for overlays)."""
+    im = _open(path, max_pixels)
+    try:
+        im.draft("RGB", (max_side, max_side))
+        im.load()
+        im = _to_uint8_rgb(ImageOps.exif_transpose(im))
+        im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(str(path), f"corrupt image: {exc}") from None
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode_array(array: np.ndarray, size: int = 160, label: str = "<array>") -> np.ndarray:
+    """An in-memory image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> model input by the same rules.
+
+    uint8 is taken as is; uint16 is mapped 0..65535 -> 0..255; other dtypes are
+    min-max scaled.
+    """
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ImageDecodeError(label, f"unsupported array shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        arr8 = arr
+    elif arr.dtype == np.uint16:
+        arr8 = np.round(arr.astype(np.float32) / 257.0).astype(np.uint8)
+    else:
+        a = arr.astype(np.float64)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        arr8 = np.zeros(a.shape, np.uint8) if hi <= lo else np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if arr8.ndim == 3 and arr8.shape[-1] == 4:
+        arr8 = arr8[..., :3]  # alpha dropped
+    im = Image.fromarray(np.ascontiguousarray(arr8))
+    out = np.asarray(_to_uint8_rgb(im).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return np.ascontiguousarray(out)
+
+
+def is_image_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES

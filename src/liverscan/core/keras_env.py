@@ -1,0 +1,70 @@
+"""Importing Keras quietly and seeding it; the only place that knows about backends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+def import_keras():
+    """Import keras with TensorFlow's start-up chatter silenced; returns the module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    return keras
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and the Keras backend (for tests and scripts; training uses :func:`seeded`)."""
+    import_keras().utils.set_random_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed everything and make TensorFlow ops deterministic inside the block; restore determinism after."""
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    switch = None
+    if keras.backend.backend() == "tensorflow":
+        try:  # the public API can only switch it on; the switch itself lives in tensorflow's config module
+            from tensorflow.python.framework import config as switch
+
+            if switch.is_op_determinism_enabled():
+                switch = None  # already on: the caller's setting, left as it is
+            else:
+                switch.enable_op_determinism()
+        except (ImportError, AttributeError):  # older TensorFlow: determinism best effort
+            switch = None
+    try:
+        yield
+    finally:
+        if switch is not None:
+            switch.disable_op_determinism()
+
+
+def backend_name() -> str:
+    return import_keras().backend.backend()
+
+
+def accelerator() -> str:
+    """'gpu' when the active backend sees a GPU, else 'cpu'."""
+    keras = import_keras()
+    name = keras.backend.backend()
+    try:
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+        if name == "jax":
+            import jax
+
+            return "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+        if name == "torch":
+            import torch
+
+            return "gpu" if torch.cuda.is_available() else "cpu"
+    except Exception:  # noqa: BLE001
+        pass
+    return "cpu"

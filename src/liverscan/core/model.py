@@ -1,0 +1,267 @@
+"""The published architecture, backend-agnostic Keras 3.
+
+``image (0..255) -> Rescaling to [-1, 1] -> MobileNetV2 (frozen, BatchNorm in
+inference mode) -> GlobalAveragePooling2D (1280) -> head``, where the head is
+``Dropout 0.5 -> Dense 128 ReLU -> Dense n_classes softmax``.
+
+The head is its own small model so that it can be trained on cached backbone
+features and then dropped, weights and all, into the full model.
+
+Preprocessing: the Keras MobileNetV2 ImageNet weights were trained on pixels
+scaled to [-1, 1] (``x / 127.5 - 1``, Keras' ``mobilenet_v2.preprocess_input``).
+The paper's text mentions [0, 1] scaling with ImageNet statistics, which does
+not match what these weights expect; liverscan uses the scaling the backbone was
+trained with, and it lives inside the saved model so no caller can get it wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from liverscan.core.errors import ModelError
+from liverscan.core.keras_env import import_keras
+
+FEATURES = 1280  # MobileNetV2 alpha 1.0 last-layer channels
+BACKBONE_NAME = "backbone"
+HEAD_NAME = "head"
+
+
+class WeightsUnavailable(ModelError):
+    """ImageNet weights cannot be downloaded (offline) and are not cached."""
+
+
+def imagenet_weights_file(alpha: float = 1.0, image_size: int = 160) -> Path:
+    """Where Keras caches the no-top MobileNetV2 ImageNet weights (``$KERAS_HOME/models``)."""
+    try:
+        from keras.src.backend.config import keras_home
+
+        home = Path(os.path.expanduser(keras_home()))
+    except ImportError:  # pragma: no cover - keras internals moved
+        home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return home / "models" / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{image_size}_no_top.h5"
+
+
+def _backbone(image_size: int, weights: str, alpha: float):
+    keras = import_keras()
+    shape = (image_size, image_size, 3)
+    spec = (weights or "none").strip()
+    if spec.lower() == "none":
+        return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=None)
+    if spec.lower() == "imagenet":
+        try:
+            return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights="imagenet")
+        except Exception as exc:  # noqa: BLE001 - download failures come in many types
+            target = imagenet_weights_file(alpha, image_size)
+            raise WeightsUnavailable(
+                f"cannot download the ImageNet MobileNetV2 weights ({exc.__class__.__name__}). "
+                f"Offline? Place the file at {target} (the Keras cache) or pass --weights PATH "
+                "to a MobileNetV2 no-top .h5 weights file"
+            ) from None
+    path = Path(spec)
+    if not path.is_file():
+        raise WeightsUnavailable(f"{path}: weights file not found (use imagenet, none, or a path to a .h5 file)")
+    try:
+        return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsUnavailable(
+            f"{path}: not MobileNetV2 no-top weights for {image_size}x{image_size} ({exc})"
+        ) from None
+
+
+def build_head(n_classes: int, dropout: float = 0.5, dense_units: int = 128, n_features: int = FEATURES):
+    """Dropout -> Dense(ReLU) -> Dense(softmax) on pooled backbone features."""
+    keras = import_keras()
+    inp = keras.Input((n_features,), name="features")
+    x = keras.layers.Dropout(dropout, name="dropout")(inp)
+    x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
+    logits = keras.layers.Dense(n_classes, name="logits")(x)
+    out = keras.layers.Activation("softmax", name="probabilities")(logits)
+    return keras.Model(inp, out, name=HEAD_NAME)
+
+
+def build_model(
+    n_classes: int,
+    image_size: int = 160,
+    weights: str = "imagenet",
+    alpha: float = 1.0,
+    dropout: float = 0.5,
+    dense_units: int = 128,
+):
+    """The full classifier: takes ``(N, S, S, 3)`` pixels in 0..255, returns class probabilities."""
+    keras = import_keras()
+    backbone = _backbone(image_size, weights, alpha)
+    backbone.name = BACKBONE_NAME
+    backbone.trainable = False
+    n_features = backbone.output_shape[-1]
+    inp = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(inp)
+    x = backbone(x, training=False)  # BatchNorm stays in inference mode, even when unfrozen
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    out = build_head(n_classes, dropout, dense_units, n_features)(x)
+    return keras.Model(inp, out, name="liverscan_mobilenet_v2")
+
+
+def feature_extractor(model):
+    """Model mapping pixels to pooled backbone features (shares weights with ``model``)."""
+    keras = import_keras()
+    return keras.Model(model.inputs, model.get_layer("pool").output, name="features")
+
+
+def head_of(model):
+    return model.get_layer(HEAD_NAME)
+
+
+def logits_view(model):
+    """A model sharing every layer of ``model`` (full model or head) that outputs the logits.
+
+    Training uses it with ``from_logits=True`` losses: a cross-entropy computed from
+    clipped softmax outputs has zero gradient once the softmax saturates on some
+    backends (JAX, torch), while from logits it is exact on all of them.
+    """
+    keras = import_keras()
+    if model.name == HEAD_NAME:
+        return keras.Model(model.inputs, model.get_layer("logits").output, name="head_logits")
+    head_logits = logits_view(head_of(model))
+    return keras.Model(model.inputs, head_logits(model.get_layer("pool").output), name="train_view")
+
+
+def _find_layer(model, name: str):
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if hasattr(layer, "layers"):
+            found = _find_layer(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
+def copy_trained_weights(src, dst) -> None:
+    """Copy backbone / dense / logits weights from a (possibly reloaded) training view into ``dst``."""
+    for name in (BACKBONE_NAME, "dense", "logits"):
+        s, d = _find_layer(src, name), _find_layer(dst, name)
+        if s is not None and d is not None and s is not d:
+            d.set_weights(s.get_weights())
+
+
+def backbone_of(model):
+    return model.get_layer(BACKBONE_NAME)
+
+
+def unfreeze_top_blocks(model, n_blocks: int) -> list[str]:
+    """Make the top ``n_blocks`` inverted-residual blocks (and Conv_1) trainable.
+
+    BatchNorm layers stay frozen; returns the names of layers made trainable.
+    """
+    backbone = backbone_of(model)
+    if n_blocks <= 0:
+        backbone.trainable = False
+        return []
+    backbone.trainable = True
+    first = 17 - n_blocks  # MobileNetV2 has blocks 1..16
+    names = []
+    for layer in backbone.layers:
+        name = layer.name
+        block = None
+        if name.startswith("block_"):
+            block = int(name.split("_")[1])
+        top = name.startswith("Conv_1") or (block is not None and block >= first)
+        is_bn = layer.__class__.__name__ == "BatchNormalization"
+        layer.trainable = bool(top and not is_bn and layer.weights)
+        if layer.trainable:
+            names.append(name)
+    return names
+
+
+def calibrate_batchnorm(model, images) -> None:
+    """Set the backbone's BatchNorm statistics from one batch of ``images`` (0..255).
+
+    Used only for a randomly initialised backbone (``weights=none``): without
+    it, activations shrink towards zero through the 17 blocks and the frozen
+    random features carry no information.  With it the random backbone is a
+    usable (if weak) fixed feature extractor; pretrained weights never need it.
+    """
+    import numpy as np
+
+    keras = import_keras()
+    backbone = backbone_of(model)
+    was_trainable = backbone.trainable
+    backbone.trainable = True
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in bns]
+    try:
+        for layer in bns:
+            layer.momentum = 0.0
+        x = np.asarray(images, dtype=np.float32) / 127.5 - 1.0
+        backbone(x, training=True)
+    finally:
+        for layer, m in zip(bns, momenta):
+            layer.momentum = m
+        backbone.trainable = was_trainable
+
+
+def count_params(model) -> dict[str, int]:
+    import numpy as np
+
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    frozen = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+    return {"total": trainable + frozen, "trainable": trainable, "non_trainable": frozen}
+
+
+def load_packed(path: Path):
+    """A model shipped as float16 weights (``weights.npz``) beside a model card that describes its build."""
+    import numpy as np
+
+    from liverscan.core.artifacts import read_card
+
+    card = read_card(path.parent)
+    b = card.build
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            weights = [data[f"arr_{i}"].astype("float32") for i in range(len(data.files))]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: cannot load packed weights ({exc.__class__.__name__}: {exc})") from None
+    model = build_model(card.n_classes, card.image_size, "none", b["alpha"], b["dropout"], b["dense_units"])
+    try:
+        model.set_weights(weights)
+    except ValueError as exc:
+        raise ModelError(f"{path}: weights do not fit the architecture in its model card ({exc})") from None
+    return model
+
+
+def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad a short final batch so every call has one shape (no re-tracing of the graph)."""
+    if len(x) >= size:
+        return x
+    return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
+
+
+def predict_probs(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities in fixed-shape batches, renormalised to sum to one."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
+        probs = model.predict_on_batch(pad_batch(batch, batch_size))
+        out.append(np.asarray(probs, dtype=np.float64)[: len(batch)])
+    if not out:
+        return np.zeros((0, 0))
+    probs = np.concatenate(out)
+    return probs / probs.sum(1, keepdims=True)  # float32 softmax sums drift by ~1e-7
+
+
+def load_model(path: str | Path):
+    """Load a saved ``.keras`` model in safe mode (no code embedded in the file runs), or packed weights."""
+    keras = import_keras()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if path.suffix == ".npz":
+        return load_packed(path)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: cannot load model ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None

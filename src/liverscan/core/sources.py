@@ -1,0 +1,206 @@
+"""Scanning input sources into candidate records.
+
+Three source kinds:
+- ``folder``: one sub-folder per source category, images anywhere below it;
+- ``glob``: a pattern with a ``{label}`` placeholder, e.g. ``data/xu/{label}/image/*.jpg``;
+- ``csv``: a table with a path column, a label column and optionally a group column.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from liverscan.core.config import SourceSpec
+from liverscan.core.errors import DataError
+from liverscan.core.fileio import read_csv
+from liverscan.core.images import is_image_path
+
+PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
+LABEL_COLUMNS = ("label", "class", "category", "diagnosis", "target")
+GROUP_COLUMNS = ("group", "patient", "patient_id", "subject", "subject_id", "study")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file claimed by a source, before validation."""
+
+    path: str
+    source: str
+    source_label: str
+    group: str = ""
+
+
+@dataclass
+class ScanResult:
+    candidates: list[Candidate]
+    ignored: list[str]  # files skipped because their suffix is not an image suffix
+
+
+def parse_source_arg(arg: str) -> SourceSpec:
+    """Parse ``[NAME=]PATH`` from the command line."""
+    name, path = "", arg
+    head, sep, tail = arg.partition("=")
+    if sep and head and "/" not in head and "{" not in head and not Path(arg).exists():
+        name, path = head, tail
+    return SourceSpec(path=path, name=name)
+
+
+def detect_kind(spec: SourceSpec) -> str:
+    if spec.kind != "auto":
+        if spec.kind not in ("folder", "glob", "csv"):
+            raise DataError(f"source {spec.path}: unknown kind {spec.kind!r} (folder, glob, csv)")
+        return spec.kind
+    if "{label}" in spec.path:
+        return "glob"
+    p = Path(spec.path)
+    if p.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
+    if p.is_dir():
+        return "folder"
+    raise DataError(f"source {spec.path}: not a folder, a CSV file or a pattern containing {{label}}")
+
+
+def default_name(spec: SourceSpec, kind: str) -> str:
+    if spec.name:
+        return spec.name
+    if kind == "glob":
+        prefix = spec.path.split("{label}", 1)[0].rstrip("/")
+        return Path(prefix).name or "source"
+    p = Path(spec.path).resolve()
+    return (p.parent.name if kind == "csv" else p.name) or "source"
+
+
+def scan_folder(root: Path, name: str) -> ScanResult:
+    if not root.is_dir():
+        raise DataError(f"source {root}: folder not found")
+    candidates, ignored = [], []
+    categories = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not categories:
+        raise DataError(f"source {root}: no category sub-folders (expected one folder per category)")
+    for cat in categories:
+        for f in sorted(cat.rglob("*")):
+            if not f.is_file() or any(part.startswith(".") for part in f.relative_to(root).parts):
+                continue
+            if is_image_path(f):
+                candidates.append(Candidate(str(f.resolve()), name, cat.name))
+            else:
+                ignored.append(str(f))
+    return ScanResult(candidates, ignored)
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Regex matching paths of ``pattern`` with the ``{label}`` part captured."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("{label}", i):
+            out.append("(?P<label>[^/]+)")
+            i += len("{label}")
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            j = pattern.find("]", i)
+            out.append(pattern[i : j + 1] if j > i else re.escape("["))
+            i = j + 1 if j > i else i + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("^" + "".join(out) + "$")
+
+
+def scan_glob(pattern: str, name: str) -> ScanResult:
+    if pattern.count("{label}") != 1:
+        raise DataError(f"source {pattern}: the pattern needs exactly one {{label}} placeholder")
+    regex = _glob_regex(pattern)
+    matches = sorted(globlib.glob(pattern.replace("{label}", "*"), recursive=True))
+    candidates = []
+    for m in matches:
+        if not Path(m).is_file():
+            continue
+        hit = regex.match(m)
+        if hit:
+            candidates.append(Candidate(str(Path(m).resolve()), name, hit.group("label")))
+    if not candidates:
+        raise DataError(f"source {pattern}: the pattern matches no files")
+    return ScanResult(candidates, [])
+
+
+def _pick(columns: list[str], wanted: str, choices: tuple[str, ...], what: str, path: Path) -> str:
+    if wanted:
+        if wanted not in columns:
+            raise DataError(f"source {path}: no column {wanted!r} (columns: {', '.join(columns)})")
+        return wanted
+    lower = {c.lower(): c for c in columns}
+    for c in choices:
+        if c in lower:
+            return lower[c]
+    if what == "group":
+        return ""
+    raise DataError(
+        f"source {path}: cannot find the {what} column among {', '.join(columns)}; name it with --{what}-column"
+    )
+
+
+def scan_csv(spec: SourceSpec, name: str) -> ScanResult:
+    path = Path(spec.path)
+    if not path.is_file():
+        raise DataError(f"source {path}: CSV file not found")
+    rows = read_csv(path)
+    if not rows:
+        raise DataError(f"source {path}: CSV file has no rows")
+    columns = list(rows[0].keys())
+    pcol = _pick(columns, spec.path_column, PATH_COLUMNS, "path", path)
+    lcol = _pick(columns, spec.label_column, LABEL_COLUMNS, "label", path)
+    gcol = _pick(columns, spec.group_column, GROUP_COLUMNS, "group", path)
+    base = path.resolve().parent
+    candidates = []
+    for row in rows:
+        raw = (row.get(pcol) or "").strip()
+        if not raw:
+            continue
+        f = Path(raw)
+        f = f if f.is_absolute() else base / f
+        group = (row.get(gcol) or "").strip() if gcol else ""
+        candidates.append(Candidate(str(f.resolve()), name, (row.get(lcol) or "").strip(), group))
+    return ScanResult(candidates, [])
+
+
+def scan_source(spec: SourceSpec) -> tuple[str, ScanResult]:
+    """Return (source name, scan result) for one source."""
+    kind = detect_kind(spec)
+    name = default_name(spec, kind)
+    if kind == "folder":
+        return name, scan_folder(Path(spec.path), name)
+    if kind == "glob":
+        return name, scan_glob(spec.path, name)
+    return name, scan_csv(spec, name)
+
+
+def scan_sources(specs: list[SourceSpec]) -> tuple[list[Candidate], list[str], list[str]]:
+    """Scan every source; names are made unique. Returns (candidates, ignored, names)."""
+    if not specs:
+        raise DataError("no data source given")
+    all_candidates: list[Candidate] = []
+    ignored: list[str] = []
+    names: list[str] = []
+    for spec in specs:
+        name, result = scan_source(spec)
+        unique, k = name, 2
+        while unique in names:
+            unique, k = f"{name}-{k}", k + 1
+        names.append(unique)
+        if unique != name:
+            result.candidates[:] = [Candidate(c.path, unique, c.source_label, c.group) for c in result.candidates]
+        all_candidates.extend(result.candidates)
+        ignored.extend(result.ignored)
+    return all_candidates, ignored, names

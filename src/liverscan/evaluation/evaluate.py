@@ -1,0 +1,287 @@
+"""``evaluate``: predictions, metrics with bootstrap CIs, calibration and operating points.
+
+Input: a run directory (or a model file) and either a prepared dataset split
+(default: the run's own prepared data, split ``test``) or labelled images
+(a folder with one sub-folder per category, a ``{label}`` glob, or a CSV).
+
+Output directory (default ``RUN/eval-<split>``): ``predictions.csv``,
+``metrics.json``, ``confusion.png``, ``roc.png``, ``reliability.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from liverscan.core.artifacts import (
+    CONFIG_FILE,
+    MANIFEST,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    LoadedRun,
+    eval_dir_name,
+    load_run,
+)
+from liverscan.core.config import Config
+from liverscan.core.decision import apply_temperature, predict_with_rule
+from liverscan.core.errors import ConfigError, DataError, ImageDecodeError, RunDirError
+from liverscan.core.fileio import write_csv_atomic, write_json_atomic
+from liverscan.core.images import DEFAULT_MAX_PIXELS
+from liverscan.core.model import predict_probs
+from liverscan.core.runinfo import utc_now, versions
+from liverscan.evaluation.calibration import (
+    fit_balanced_weights,
+    fit_sensitivity_threshold,
+    fit_temperature,
+)
+from liverscan.evaluation.metrics import bootstrap_intervals, classification_metrics
+
+
+@dataclass
+class LabelledImages:
+    x: np.ndarray
+    y: np.ndarray
+    paths: list[str]
+    source: str
+    skipped: list[tuple[str, str]]
+
+
+def load_labelled(
+    run: LoadedRun, data: str | Path | None, split: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> LabelledImages:
+    """Images + labels from a prepared split, or from labelled folders / a glob / a CSV."""
+    from liverscan.core.dataset import PreparedData
+
+    target = Path(data) if data is not None else Path(run.card.prepared_dir or "")
+    if is_prepared(target):
+        prepared = PreparedData(target)
+        missing = set(prepared.classes) - set(run.classes)
+        if missing:
+            raise DataError(f"{target}: classes {sorted(missing)} are not predicted by this model ({run.classes})")
+        s = prepared.split(split, run.image_size, max_pixels)
+        # map prepared class indices to model class indices
+        remap = np.array([run.classes.index(c) for c in prepared.classes])
+        if len(s.y) == 0:
+            raise DataError(f"{target}: split {split!r} is empty")
+        return LabelledImages(s.x, remap[s.y], s.paths, f"{target} ({split})", [])
+    if data is None:
+        raise RunDirError(f"{target}: the run's prepared dataset is gone; give the evaluation data explicitly")
+    return _load_sources(run, str(data), max_pixels)
+
+
+def is_prepared(path: Path) -> bool:
+    return path.is_dir() and (path / MANIFEST).is_file()
+
+
+def _load_sources(run: LoadedRun, spec: str, max_pixels: int) -> LabelledImages:
+    from liverscan.core.classmap import map_labels
+    from liverscan.core.config import SourceSpec
+    from liverscan.core.images import load_image
+    from liverscan.core.sources import scan_sources
+
+    candidates, _, _ = scan_sources([SourceSpec(spec)])
+    class_map = dict(run.card.class_map or {})
+    class_map.update({c: c for c in run.classes})
+    label_to_class = map_labels([c.source_label for c in candidates], class_map)
+    xs, ys, paths, skipped = [], [], [], []
+    for c in candidates:
+        cls = label_to_class[c.source_label]
+        if cls not in run.classes:
+            raise DataError(f"{c.path}: class {cls!r} is not predicted by this model ({run.classes})")
+        try:
+            xs.append(load_image(c.path, size=run.image_size, max_pixels=max_pixels))
+        except ImageDecodeError as exc:
+            skipped.append((c.path, exc.reason))
+            continue
+        ys.append(run.classes.index(cls))
+        paths.append(c.path)
+    if not xs:
+        raise DataError(f"{spec}: no readable labelled images")
+    return LabelledImages(np.stack(xs), np.array(ys), paths, spec, skipped)
+
+
+def parse_operating_point(spec: str, classes: list[str]) -> dict:
+    """'balanced' or 'CLASS>=SENSITIVITY' (e.g. 'tumor>=0.95')."""
+    spec = spec.strip()
+    if spec == "balanced":
+        return {"goal": "balanced"}
+    m = re.fullmatch(r"(\w[\w\- ]*)\s*>=\s*([0-9.]+)", spec)
+    if not m:
+        raise ConfigError(f"operating point {spec!r}: use 'balanced' or 'CLASS>=SENSITIVITY' like 'tumor>=0.95'")
+    cls, target = m.group(1).strip(), float(m.group(2))
+    if cls not in classes:
+        raise ConfigError(f"operating point {spec!r}: unknown class {cls!r} (classes: {', '.join(classes)})")
+    if not 0 < target <= 1:
+        raise ConfigError(f"operating point {spec!r}: sensitivity must be in (0, 1]")
+    return {"goal": "sensitivity", "class": cls, "target": target}
+
+
+def fit_operating_point(run: LoadedRun, model, spec: str, data: str | Path | None = None) -> dict:
+    """Fit temperature + decision rule on a prepared validation split; returns the operating point.
+
+    ``data`` is used only when it is a prepared dataset (its ``val`` split); labelled
+    folders are evaluation data, never fitting data, so the run's own prepared
+    validation split is used for them.
+    """
+    goal = parse_operating_point(spec, run.classes)
+    fit_data = data if data is not None and is_prepared(Path(data)) else None
+    val = load_labelled(run, fit_data, "val")
+    probs = predict_probs(model, val.x)
+    temperature = fit_temperature(val.y, probs)
+    cal = apply_temperature(probs, temperature)
+    if goal["goal"] == "balanced":
+        rule = {"type": "weights", "weights": fit_balanced_weights(val.y, cal)}
+        desc = "temperature-scaled probabilities x per-class weights maximising validation balanced accuracy"
+    else:
+        ci = run.classes.index(goal["class"])
+        t = fit_sensitivity_threshold(val.y, cal, ci, goal["target"])
+        rule = {"type": "threshold", "class_index": ci, "class": goal["class"], "threshold": t}
+        desc = (
+            f"predict {goal['class']} when its temperature-scaled probability >= {t:.4f} "
+            f"(validation sensitivity target {goal['target']})"
+        )
+    pred = predict_with_rule(cal, rule)
+    return {
+        "spec": spec,
+        "temperature": temperature,
+        "rule": rule,
+        "description": desc,
+        "fitted_on": {"data": val.source, "n": int(len(val.y)), "created": utc_now()},
+        "validation": {
+            "argmax": _brief(classification_metrics(val.y, probs, run.classes)),
+            "tuned": _brief(classification_metrics(val.y, cal, run.classes, y_pred=pred)),
+        },
+    }
+
+
+def _brief(m: dict) -> dict:
+    return {
+        "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "recall": {c: v["recall"] for c, v in m["per_class"].items()},
+        "precision": {c: v["precision"] for c, v in m["per_class"].items()},
+        "ece": m["calibration"]["ece"],
+    }
+
+
+def store_operating_point(run: LoadedRun, op: dict) -> None:
+    run.card.operating_point = op
+    run.save_card()
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    metrics: dict
+
+
+def evaluate(
+    run_path: str | Path,
+    data: str | Path | None = None,
+    split: str | None = None,
+    out: str | Path | None = None,
+    operating_point: str | None = None,
+    *,
+    config: Config | None = None,
+    bootstrap: int | None = None,
+    seed: int = 0,
+    ece_bins: int | None = None,
+    figures: bool = True,
+) -> EvalResult:
+    """Evaluate a trained model; optionally fit and store an operating point first.
+
+    ``config`` gives the split, bootstrap resamples and ECE bins (its ``eval``
+    section) and the decoding limits (``preprocess``); explicit arguments override it.
+    """
+    from liverscan.core.model import load_model
+
+    config = config or Config()
+    settings = config.eval
+    split = split or settings.split
+    bootstrap = settings.bootstrap if bootstrap is None else bootstrap
+    ece_bins = settings.ece_bins if ece_bins is None else ece_bins
+    run = load_run(run_path)
+    out_dir = Path(out) if out else (run.run_dir / eval_dir_name(split) if run.run_dir else Path(eval_dir_name(split)))
+    model = load_model(run.model_path)
+    if operating_point:
+        store_operating_point(run, fit_operating_point(run, model, operating_point, data))
+    op = run.card.operating_point
+    ds = load_labelled(run, data, split, max_pixels=config.preprocess.max_pixels)
+    probs = predict_probs(model, ds.x)
+    classes = run.classes
+    result = {
+        "created": utc_now(),
+        "model": str(run.model_path.resolve()),
+        "data": ds.source,
+        "split": split,
+        "n": int(len(ds.y)),
+        "skipped": [{"path": p, "reason": r} for p, r in ds.skipped],
+        "classes": classes,
+        "argmax": classification_metrics(ds.y, probs, classes, ece_bins=ece_bins),
+        "versions": versions(),
+    }
+    result["argmax"]["bootstrap"] = bootstrap_intervals(ds.y, probs, classes, n_resamples=bootstrap, seed=seed)
+    tuned_pred = None
+    cal = None
+    if op:
+        cal = apply_temperature(probs, op["temperature"])
+        tuned_pred = predict_with_rule(cal, op["rule"])
+        tuned = classification_metrics(ds.y, cal, classes, y_pred=tuned_pred, ece_bins=ece_bins)
+        tuned["bootstrap"] = bootstrap_intervals(
+            ds.y, cal, classes, y_pred=tuned_pred, n_resamples=bootstrap, seed=seed
+        )
+        result["tuned"] = tuned
+        result["operating_point"] = {k: op[k] for k in ("spec", "temperature", "rule", "description")}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = ["path", "true_class", "predicted_class"] + (["tuned_class"] if op else []) + [f"p_{c}" for c in classes]
+    rows = []
+    for i, path in enumerate(ds.paths):
+        row = [path, classes[ds.y[i]], classes[int(probs[i].argmax())]]
+        if op:
+            row.append(classes[int(tuned_pred[i])])
+        row += [f"{p:.6f}" for p in probs[i]]
+        rows.append(row)
+    write_csv_atomic(out_dir / PREDICTIONS_FILE, header, rows)
+    write_json_atomic(out_dir / METRICS_FILE, result)
+    _effective_config(run, split, bootstrap, ece_bins).save(out_dir / CONFIG_FILE)
+    if figures:
+        from liverscan.core.plots import confusion_figure, reliability_figure, roc_figure
+
+        am = result["argmax"]
+        confusion_figure(
+            am["confusion_matrix"], classes, out_dir / "confusion.png", f"Confusion matrix ({split}, argmax)"
+        )
+        if op:
+            confusion_figure(
+                result["tuned"]["confusion_matrix"],
+                classes,
+                out_dir / "confusion-tuned.png",
+                f"Confusion matrix ({split}, operating point {op['spec']})",
+            )
+        roc_figure(
+            ds.y,
+            probs,
+            classes,
+            {c: v["roc_auc"] for c, v in am["per_class"].items()},
+            am["macro"]["roc_auc"],
+            out_dir / "roc.png",
+        )
+        curves = {"model": (probs, am["calibration"]["ece"])}
+        if op:
+            curves[f"temperature {op['temperature']:.2f}"] = (cal, result["tuned"]["calibration"]["ece"])
+        reliability_figure(ds.y, curves, out_dir / "reliability.png", n_bins=ece_bins)
+    return EvalResult(out_dir, result)
+
+
+def _effective_config(run: LoadedRun, split: str, bootstrap: int, ece_bins: int):
+    """The run's configuration with this evaluation's settings, as written beside the metrics."""
+    from liverscan.core.config import load_config
+
+    cfg_path = run.run_dir / CONFIG_FILE if run.run_dir else None
+    cfg = load_config(cfg_path) if cfg_path and cfg_path.is_file() else Config()
+    cfg.eval.split, cfg.eval.bootstrap, cfg.eval.ece_bins = split, bootstrap, ece_bins
+    return cfg

@@ -1,0 +1,167 @@
+"""Classification metrics, bootstrap confidence intervals and calibration error.
+
+Every metric scikit-learn has comes from scikit-learn.  Two are derived here
+because it has none: specificity (from ``multilabel_confusion_matrix``) and the
+expected calibration error (equal-width confidence bins).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE: sum over equal-width confidence bins of |accuracy - confidence| x bin share."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == np.asarray(y_true)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(ece)
+
+
+def _auc_per_class(y: np.ndarray, probs: np.ndarray, k: int) -> list[float | None]:
+    out: list[float | None] = []
+    for c in range(k):
+        pos = y == c
+        if pos.all() or not pos.any():
+            out.append(None)  # undefined with one class only
+        else:
+            out.append(float(roc_auc_score(pos.astype(int), probs[:, c])))
+    return out
+
+
+def _macro_auc(y: np.ndarray, probs: np.ndarray, k: int) -> float | None:
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    if k == 2:
+        return float(roc_auc_score(y, probs[:, 1]))
+    if len(present) < k:
+        aucs = [a for a in _auc_per_class(y, probs, k) if a is not None]
+        return float(np.mean(aucs)) if aucs else None
+    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+
+
+def classification_metrics(y_true, probs, classes: list[str], y_pred=None, ece_bins: int = 15) -> dict:
+    """All point metrics for one set of predictions (``y_pred`` defaults to argmax)."""
+    y = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(classes)
+    pred = probs.argmax(1) if y_pred is None else np.asarray(y_pred, dtype=int)
+    labels = list(range(k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UserWarning)  # single-label subsets: labels= is passed
+        p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+        mcm = multilabel_confusion_matrix(y, pred, labels=labels)
+        cm = confusion_matrix(y, pred, labels=labels)
+        aucs = _auc_per_class(y, probs, k)
+        per_class = {}
+        for i, c in enumerate(classes):
+            tn, fp = mcm[i][0, 0], mcm[i][0, 1]
+            per_class[c] = {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "specificity": float(tn / (tn + fp)) if (tn + fp) else None,
+                "f1": float(f[i]),
+                "support": int(s[i]),
+                "roc_auc": aucs[i],
+            }
+        row_sums = cm.sum(1, keepdims=True)
+        out = {
+            "n": int(len(y)),
+            "accuracy": float(accuracy_score(y, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "macro": {
+                "precision": float(precision_score(y, pred, labels=labels, average="macro", zero_division=0)),
+                "recall": float(recall_score(y, pred, labels=labels, average="macro", zero_division=0)),
+                "f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+                "roc_auc": _macro_auc(y, probs, k),
+            },
+            "weighted": {
+                "precision": float(precision_score(y, pred, labels=labels, average="weighted", zero_division=0)),
+                "recall": float(recall_score(y, pred, labels=labels, average="weighted", zero_division=0)),
+                "f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
+            },
+            "per_class": per_class,
+            "confusion_matrix": cm.tolist(),
+            "confusion_matrix_normalized": np.divide(cm, row_sums, out=np.zeros(cm.shape), where=row_sums > 0)
+            .round(4)
+            .tolist(),
+            "calibration": {
+                "ece": expected_calibration_error(y, probs, ece_bins),
+                "ece_bins": ece_bins,
+                "brier": float(brier_score_loss(y, probs, labels=labels)),  # sum over classes, mean over images
+                "log_loss": float(log_loss(y, np.clip(probs, 1e-12, 1), labels=labels)),
+            },
+        }
+    return out
+
+
+def bootstrap_intervals(
+    y_true, probs, classes: list[str], y_pred=None, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """Percentile bootstrap CIs (resampling images) for accuracy, balanced accuracy,
+    per-class recall / precision / ROC-AUC and macro ROC-AUC."""
+    y = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(1) if y_pred is None else np.asarray(y_pred, dtype=int)
+    k = len(classes)
+    labels = list(range(k))
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "macro_roc_auc": []}
+    for c in classes:
+        for m in ("recall", "precision", "roc_auc"):
+            samples[f"{c}.{m}"] = []
+    n = len(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n_resamples):
+            idx = rng.integers(0, n, size=n)
+            yb, pb, prb = y[idx], pred[idx], probs[idx]
+            samples["accuracy"].append(accuracy_score(yb, pb))
+            samples["balanced_accuracy"].append(balanced_accuracy_score(yb, pb))
+            rec = recall_score(yb, pb, labels=labels, average=None, zero_division=np.nan)
+            prec = precision_score(yb, pb, labels=labels, average=None, zero_division=np.nan)
+            aucs = _auc_per_class(yb, prb, k)
+            macro = _macro_auc(yb, prb, k)
+            samples["macro_roc_auc"].append(np.nan if macro is None else macro)
+            for i, c in enumerate(classes):
+                present = (yb == i).any()
+                samples[f"{c}.recall"].append(rec[i] if present else np.nan)
+                samples[f"{c}.precision"].append(prec[i])
+                samples[f"{c}.roc_auc"].append(np.nan if aucs[i] is None else aucs[i])
+    alpha = (1 - level) / 2
+    out = {"n_resamples": n_resamples, "seed": seed, "level": level, "intervals": {}}
+    for key, vals in samples.items():
+        arr = np.asarray(vals, dtype=np.float64)
+        arr = arr[~np.isnan(arr)]
+        if len(arr) < max(10, n_resamples // 10):
+            out["intervals"][key] = None
+            continue
+        lo, hi = np.quantile(arr, [alpha, 1 - alpha])
+        out["intervals"][key] = [float(lo), float(hi)]
+    return out

@@ -1,0 +1,1 @@
+"""Faces: the command line and the Streamlit app, on top of the stages' public functions."""

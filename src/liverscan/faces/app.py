@@ -1,0 +1,178 @@
+"""The liverscan Streamlit app (``liverscan app``; optional extra ``liverscan[app]``).
+
+Upload one or many ultrasound images (and DICOM files when ``liverscan[dicom]``
+is installed): each gets its image, predicted class, probability bars, the
+needs-review flag and a Grad-CAM overlay that can be toggled; several give a
+results table and a CSV download identical in content to
+``liverscan predict --output x.csv``.  The side panel shows the model card.
+
+Run with ``liverscan app [--model RUN] [--port N]``; the model is chosen by the
+``LIVERSCAN_APP_MODEL`` environment variable (empty: the shipped default model).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import streamlit as st
+
+from liverscan.core.errors import LiverscanError
+
+NOTICE = "Research use only — not a medical device. Not for diagnosis or treatment decisions."
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
+MAX_UPLOAD_MB = 50
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def load_classifier(model: str):
+    """Loaded once per process and shared by every session."""
+    from liverscan.serving import Classifier
+
+    return Classifier.load(model or None)
+
+
+def model_card_panel(clf) -> None:
+    card = clf.card
+    st.sidebar.header("Model card")
+    st.sidebar.warning(NOTICE)
+    st.sidebar.markdown(f"**Predicts:** {', '.join(clf.classes)}")
+    if "fatty" not in clf.classes:
+        st.sidebar.caption("This model cannot recognise fatty liver: train a three-class model on your own data.")
+    st.sidebar.markdown(f"**Source:** `{clf.source.name}` · runtime {clf.runtime}")
+    data = card.data
+    st.sidebar.markdown(
+        f"**Trained on:** {', '.join(data.get('sources', [])) or 'unknown'} ({data.get('prepared_dir', '')})"
+    )
+    if card.extra.get("training_data_licence"):
+        st.sidebar.caption(card.extra["training_data_licence"])
+    metrics = card.extra.get("test") or card.validation or {}
+    if metrics:
+        which = "Test" if card.extra.get("test") else "Validation"
+        st.sidebar.markdown(
+            f"**{which} metrics** (n={metrics.get('n')}): accuracy {metrics.get('accuracy'):.3f}"
+            + (
+                f", balanced accuracy {metrics['balanced_accuracy']:.3f}"
+                if metrics.get("balanced_accuracy") is not None
+                else ""
+            )
+            + (f", macro ROC-AUC {metrics['macro_roc_auc']:.3f}" if metrics.get("macro_roc_auc") else "")
+        )
+    op = card.operating_point
+    st.sidebar.markdown(f"**Operating point:** {op['description'] if op else 'none (argmax)'}")
+    st.sidebar.markdown(f"**Decision rule in use:** {clf.decision_rule}")
+
+
+def predict_upload(clf, name: str, data: bytes):
+    """[(Prediction, model-input array or None)] for one uploaded file."""
+    from liverscan.serving import Prediction
+
+    if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
+        return [(Prediction(name, error=f"file too large ({len(data) / 1e6:.0f} MB > {MAX_UPLOAD_MB} MB)"), None)]
+    return clf.predict_bytes(name, data)
+
+
+def results_csv(clf, records) -> str:
+    from liverscan.core.fileio import csv_text
+    from liverscan.serving import csv_header, csv_row
+
+    return csv_text(csv_header(clf.classes), [csv_row(r, clf.classes) for r in records])
+
+
+def show_record(clf, rec, arr, show_cam: bool, data: bytes) -> None:
+    title = rec.path + (f" — frame {rec.frame}" if rec.frame else "")
+    st.subheader(title)
+    if rec.error:
+        st.error(f"{rec.path}: {rec.error}")
+        return
+    left, right = st.columns(2)
+    with left:
+        image = arr
+        if rec.frame is None:
+            try:
+                from PIL import Image, ImageOps
+
+                image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+            except Exception:  # noqa: BLE001 - fall back to the model input
+                image = arr
+        if show_cam:
+            from liverscan.serving import overlay
+
+            heat = clf.heatmaps(arr[None], [clf.classes.index(rec.predicted_class)])[0]
+            import numpy as np
+
+            st.image(overlay(np.asarray(image), heat), caption="Grad-CAM of the predicted class", width="stretch")
+        else:
+            st.image(image, width="stretch")
+    with right:
+        st.markdown(f"### Prediction: **{rec.predicted_class}**")
+        st.markdown(f"confidence {rec.confidence:.3f} · {rec.decision_rule}")
+        if rec.needs_review:
+            st.warning(f"Needs review: confidence below {clf.review_confidence:.2f}")
+        for c in clf.classes:
+            p = rec.probabilities[c]
+            st.progress(min(max(p, 0.0), 1.0), text=f"{c}: {p:.3f}")
+
+
+def main() -> None:
+    st.set_page_config(page_title="liverscan", layout="wide")
+    st.title("liverscan — liver ultrasound classification")
+    st.caption(NOTICE)
+    try:
+        clf = load_classifier(os.environ.get("LIVERSCAN_APP_MODEL", ""))
+    except LiverscanError as exc:
+        st.error(f"Cannot load the model: {exc}")
+        st.stop()
+    model_card_panel(clf)
+    files = st.file_uploader(
+        "Upload ultrasound images (PNG, JPEG, BMP, TIFF" + (", DICOM" if _has_pydicom() else "") + ")",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+    )
+    show_cam = st.toggle("Show Grad-CAM overlay", value=False)
+    if not files:
+        st.info("Upload one or more images to classify them.")
+        return
+    records = []
+    for f in files:
+        data = f.getvalue()
+        try:
+            items = predict_upload(clf, f.name, data)
+        except Exception as exc:  # noqa: BLE001 - the app must keep working
+            from liverscan.serving import Prediction
+
+            items = [(Prediction(f.name, error=f"unexpected error: {exc.__class__.__name__}"), None)]
+        for rec, arr in items:
+            show_record(clf, rec, arr, show_cam, data)
+            records.append(rec)
+    if len(records) > 1:
+        st.header("Results")
+        rows = [
+            {
+                "file": r.path,
+                "frame": r.frame or "",
+                "class": r.predicted_class or "error",
+                "confidence": None if r.confidence is None else round(r.confidence, 4),
+                **{f"p({c})": round(r.probabilities[c], 4) if r.probabilities else None for c in clf.classes},
+                "needs review": r.needs_review,
+                "error": r.error or "",
+            }
+            for r in records
+        ]
+        st.dataframe(rows, width="stretch")
+    text = results_csv(clf, records)
+    st.session_state["results_csv"] = text
+    st.download_button("Download results (CSV)", text, file_name="liverscan-results.csv", mime="text/csv")
+
+
+def _has_pydicom() -> bool:
+    try:
+        import pydicom  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":  # Streamlit runs this file as __main__; importing it does nothing
+    main()

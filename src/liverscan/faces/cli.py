@@ -1,0 +1,595 @@
+"""The ``liverscan`` command line: a thin dispatcher over the library.
+
+Only Typer, Rich and the configuration schema are imported at start-up;
+every command imports what it needs (TensorFlow included) when it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from liverscan import __version__
+from liverscan.core.config import Config, apply_overrides, load_config, set_value
+from liverscan.core.errors import LiverscanError
+
+app = typer.Typer(
+    name="liverscan",
+    help="Classify liver B-mode ultrasound images into normal / fatty liver / tumor.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a configuration value, e.g. --set train.epochs=30 (repeatable)."),
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print a one-line error (markup in it is shown literally) and exit."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _os_message(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+def command(name: str):
+    """Register a command whose library errors become one-line messages (the CLI's one error handler)."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except LiverscanError as exc:
+                fail(str(exc))
+            except OSError as exc:  # unwritable or full output directory, unreadable input
+                fail(_os_message(exc))
+
+        return app.command(name)(guarded)
+
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"liverscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """liverscan: reproducible liver ultrasound classification (research use only, not a medical device)."""
+
+
+def build_config(config: Optional[Path], overrides: Optional[list[str]], **flags: object) -> Config:
+    """Defaults <- YAML file <- --set overrides <- explicit flags (those not None)."""
+    cfg = load_config(config, overrides or [])
+    for dotted, value in flags.items():
+        if value is not None:
+            cfg = set_value(cfg, dotted.replace("__", "."), value)
+    return cfg
+
+
+@command("config")
+def config_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the effective configuration (the defaults unless --config/--set are given) as YAML.
+
+    Example: [bold]liverscan config > my.yaml[/]
+    """
+    sys.stdout.write(build_config(config, set_).to_yaml())
+
+
+@command("prepare")
+def prepare_cmd(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Data sources as [NAME=]PATH: a folder with one sub-folder per category, "
+            "a glob with a {label} placeholder, or a CSV with path, label and optional group columns.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the prepared dataset.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    map_: Annotated[
+        Optional[list[str]],
+        typer.Option("--map", help="Map a source category onto a class: CATEGORY=CLASS (repeatable)."),
+    ] = None,
+    class_map: Annotated[
+        Optional[Path],
+        typer.Option("--class-map", help="YAML file of 'category: class' lines (replaces the default map)."),
+    ] = None,
+    classes: Annotated[
+        Optional[str], typer.Option(help="Class order, comma-separated, e.g. normal,fatty,tumor.")
+    ] = None,
+    split: Annotated[Optional[str], typer.Option(help="Train/val/test ratios, e.g. 70/15/15.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split.")] = None,
+    group_regex: Annotated[
+        Optional[str], typer.Option(help="Regex on the file path whose first group names the patient/group.")
+    ] = None,
+    path_column: Annotated[Optional[str], typer.Option(help="CSV sources: column holding the file path.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="CSV sources: column holding the label.")] = None,
+    group_column: Annotated[
+        Optional[str], typer.Option(help="CSV sources: column holding the group (patient id).")
+    ] = None,
+    near_duplicate_distance: Annotated[
+        Optional[int], typer.Option(help="Max perceptual-hash distance (of 64 bits) for near-duplicates; -1 disables.")
+    ] = None,
+    keep_conflicts: Annotated[
+        bool, typer.Option("--keep-conflicts", help="Keep images that appear under two labels.")
+    ] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not store decoded arrays (images.npy).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing prepared dataset.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")] = False,
+) -> None:
+    """Validate, de-duplicate, audit and split images into a manifest.
+
+    Example: [bold]liverscan prepare xu=data/xu-liver --out prepared/xu[/]
+    or [bold]liverscan prepare "data/xu-liver/{label}/image/*.jpg" --map benign=tumor -o prepared/xu[/]
+    """
+    from liverscan.core.classmap import load_class_map, parse_map_options
+    from liverscan.core.config import SourceSpec
+    from liverscan.core.sources import parse_source_arg
+    from liverscan.faces.terminal import print_prepare_summary
+    from liverscan.preparation import prepare_dataset
+
+    cfg = build_config(
+        config,
+        set_,
+        data__seed=seed,
+        data__group_regex=group_regex,
+        data__near_duplicate_distance=near_duplicate_distance,
+        data__classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+        data__keep_conflicts=True if keep_conflicts else None,
+        data__cache_arrays=False if no_cache else None,
+    )
+    if split is not None:
+        parts = [p for p in split.replace(",", "/").split("/") if p.strip()]
+        try:
+            ratios = [float(p) for p in parts]
+        except ValueError:
+            ratios = []
+        if len(ratios) != 3:
+            fail(f"--split {split!r} must give three numbers like 70/15/15")
+        cfg = apply_overrides(cfg, [f"data.{k}_ratio={v!r}" for k, v in zip(("train", "val", "test"), ratios)])
+    if class_map is not None:
+        cfg.data.class_map = load_class_map(class_map)
+    if map_:
+        cfg.data.class_map.update(parse_map_options(map_))
+    specs: list[SourceSpec] = []
+    for arg in sources:
+        spec = parse_source_arg(arg)
+        spec.path_column = path_column or ""
+        spec.label_column = label_column or ""
+        spec.group_column = group_column or ""
+        specs.append(spec)
+    cfg.data.sources = specs
+    result = _with_progress(lambda cb: prepare_dataset(cfg, out, overwrite=overwrite, progress=cb), "Decoding", quiet)
+    print_prepare_summary(result.summary, out, console=console if not quiet else None, err=err_console)
+
+
+@command("train")
+def train_cmd(
+    data: Annotated[
+        Optional[Path], typer.Option("--data", "-d", help="Prepared dataset directory (from 'prepare').")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Continue the interrupted run in this directory.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epoch limit (early stopping usually ends sooner).")] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(help="Backbone weights: imagenet, none, or a path to a MobileNetV2 no-top .h5 file."),
+    ] = None,
+    mode: Annotated[
+        Optional[str], typer.Option(help="cached (backbone features computed once; fast) or fit (augment every epoch).")
+    ] = None,
+    views: Annotated[Optional[int], typer.Option(help="Augmented views per training image in cached mode.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="weighted, unweighted or focal.")] = None,
+    fine_tune_blocks: Annotated[
+        Optional[int], typer.Option(help="Second stage: fine-tune the top N backbone blocks (0 = off).")
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for augmentation, initialisation and batching.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display; print only the result line.")
+    ] = False,
+) -> None:
+    """Train the MobileNetV2 transfer-learning model on a prepared dataset.
+
+    Example: [bold]liverscan train --data prepared/xu --out runs/xu[/]
+    (offline: add [bold]--weights path/to/mobilenet_v2_1.0_160_no_top.h5[/]); resume with
+    [bold]liverscan train --resume runs/xu[/]
+    """
+    from liverscan.training import train_run
+
+    if resume is None and (data is None or out is None):
+        fail("give --data PREPARED_DIR and --out RUN_DIR (or --resume RUN_DIR)")
+    if resume is not None:
+        cfg, target = Config(), resume
+    else:
+        base = config if config is not None else (data / "config.yaml" if (data / "config.yaml").is_file() else None)
+        cfg = build_config(
+            base,
+            set_,
+            train__epochs=epochs,
+            model__weights=weights,
+            train__mode=mode,
+            train__views=views,
+            train__loss=loss,
+            train__fine_tune_blocks=fine_tune_blocks,
+            train__seed=seed,
+        )
+        target = out
+    try:
+        if quiet or not console.is_terminal:
+            result = train_run(cfg, data, target, overwrite=overwrite, resume=resume is not None)
+        else:
+            from liverscan.faces.progress import RichReporter
+
+            with RichReporter(console) as reporter:
+                result = train_run(cfg, data, target, overwrite=overwrite, resume=resume is not None, reporter=reporter)
+    except KeyboardInterrupt:
+        saved = any(Path(target).glob("checkpoint/*/state.json"))
+        fail(
+            "interrupted; "
+            + (
+                f"resume from the last checkpoint with: liverscan train --resume {target}"
+                if saved
+                else "no epoch had finished, so nothing was checkpointed"
+            ),
+            130,
+        )
+    t, v = result.card.training, result.card.validation
+    console.print(
+        f"Trained {t['epochs_run']} epochs in {t['seconds']:.1f} s; best epoch {t['best']['epoch']} "
+        f"val accuracy {v['accuracy']:.4f} (balanced {v['balanced_accuracy']:.4f}) -> {escape(str(result.run_dir))}",
+        highlight=False,
+    )
+
+
+@command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory from 'liverscan train' (or its model.keras).")],
+    data: Annotated[
+        Optional[str],
+        typer.Option(
+            "--data",
+            "-d",
+            help="Prepared dataset dir (default: the run's own), or labelled folders / a {label} glob / a CSV.",
+        ),
+    ] = None,
+    split: Annotated[
+        Optional[str], typer.Option(help="Split of a prepared dataset to evaluate (default test).")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Output directory (default RUN/eval-SPLIT).")
+    ] = None,
+    operating_point: Annotated[
+        Optional[str],
+        typer.Option(
+            "--operating-point",
+            "-p",
+            help="Fit on the validation split and store in the model card: "
+            "'balanced' or 'CLASS>=SENSITIVITY' (e.g. 'tumor>=0.95').",
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        Optional[int], typer.Option(help="Bootstrap resamples for the 95% CIs (default 1000).", min=0)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only where the results went.")] = False,
+) -> None:
+    """Metrics with 95% CIs, calibration, figures; argmax and tuned operating point side by side.
+
+    Example: [bold]liverscan evaluate runs/xu --operating-point "tumor>=0.95"[/]
+    """
+    from liverscan.evaluation import evaluate
+    from liverscan.faces.terminal import print_evaluation
+
+    cfg = build_config(config, set_, eval__split=split, eval__bootstrap=bootstrap)
+    res = evaluate(run, data, out=out, operating_point=operating_point, config=cfg, seed=seed)
+    if not quiet:
+        print_evaluation(res.metrics, console)
+    for path, reason in ((s["path"], s["reason"]) for s in res.metrics["skipped"]):
+        err_console.print(f"[yellow]skipped:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    console.print(f"Wrote predictions, metrics and figures to {escape(str(res.out_dir))}", highlight=False)
+
+
+@command("report")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directory (several with --compare).", show_default=False)],
+    compare: Annotated[bool, typer.Option("--compare", help="Compare the given runs side by side.")] = False,
+    eval_dir: Annotated[
+        Optional[Path], typer.Option("--eval", help="Evaluation directory to report (default RUN/eval-test).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where --compare writes compare.md/.csv.")] = None,
+) -> None:
+    """Render a run into report.html (self-contained) and report.md, or compare runs.
+
+    Example: [bold]liverscan report runs/xu[/]; [bold]liverscan report --compare runs/a runs/b -o comparison[/]
+    """
+    from rich.table import Table
+
+    from liverscan.evaluation import COMPARE_COLUMNS, write_compare, write_report
+
+    if compare:
+        rows = write_compare(runs, out or Path("liverscan-compare"))
+        table = Table(title="Runs side by side")
+        for c in COMPARE_COLUMNS:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*[escape(str(x)) for x in r])
+        console.print(table)
+        console.print(
+            f"Wrote compare.md and compare.csv to {escape(str(out or Path('liverscan-compare')))}", highlight=False
+        )
+        return
+    if len(runs) != 1:
+        fail("give one run directory (or --compare with several)")
+    html_path, md_path, sections = write_report(runs[0], eval_dir)
+    for s in sections:
+        tables = [b for b in s.blocks if b[0] == "table"]
+        if s.title.startswith("Results") and tables:
+            header, rows = tables[0][1], tables[0][2]
+            t = Table(title=s.title)
+            for h in header:
+                t.add_column(str(h))
+            for r in rows:
+                t.add_row(*[escape(str(c)) for c in r])
+            console.print(t)
+    console.print(f"Wrote {escape(str(html_path))} and {escape(str(md_path))}", highlight=False)
+
+
+@command("predict")
+def predict_cmd(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders (recursive), globs, or - to read paths from standard input.", show_default=False
+        ),
+    ],
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Run directory or model file (default: the shipped model).")
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write records to .csv, .json or .jsonl.")
+    ] = None,
+    format_: Annotated[
+        Optional[str], typer.Option("--format", "-f", help="Print records to standard output as csv, json or jsonl.")
+    ] = None,
+    explain: Annotated[
+        Optional[Path], typer.Option("--explain", help="Write a Grad-CAM overlay PNG per image into this folder.")
+    ] = None,
+    operating_point: Annotated[
+        bool, typer.Option("--operating-point", help="Use the operating point stored in the model card.")
+    ] = False,
+    review_below: Annotated[
+        Optional[float],
+        typer.Option(help="Flag needs_review when the confidence is below this (default 0.6).", min=0.0, max=1.0),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.", min=1, max=4096)] = 32,
+    workers: Annotated[int, typer.Option(help="Decoding threads.", min=1, max=256)] = 2,
+    runtime: Annotated[str, typer.Option(help="auto (exported model.tflite when present), keras or tflite.")] = "auto",
+    dicom_tags: Annotated[
+        Optional[str], typer.Option(help="DICOM tags to copy into records, comma-separated (none by default).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar.")] = False,
+) -> None:
+    """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error.
+
+    Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain heatmaps/[/]
+    or [bold]find /archive -name '*.png' | liverscan predict - --format jsonl[/]
+    """
+    from liverscan.serving import FORMATS, Classifier, RecordWriter, expand_inputs, format_for
+
+    if format_ is not None and format_ not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}")
+    tags = tuple(t.strip() for t in dicom_tags.split(",") if t.strip()) if dicom_tags else ()
+    cfg = build_config(config, set_, eval__review_confidence=review_below)
+    fmt_file = format_for(output) if output else None
+    clf = Classifier.load(
+        model,
+        use_operating_point=operating_point,
+        review_confidence=cfg.eval.review_confidence,
+        include_dicom_tags=tags,
+        runtime=runtime,
+        batch_size=batch_size,
+        max_pixels=cfg.preprocess.max_pixels,
+    )
+    err_console.print(
+        f"Model: {escape(str(clf.source))} (classes: {', '.join(clf.classes)}; decision: {clf.decision_rule}; "
+        f"runtime: {clf.runtime})",
+        highlight=False,
+    )
+    show_table = not quiet and format_ is None
+    n_total = n_failed = 0
+    shown: list = []
+    counts: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        writers = []
+        if output:
+            writers.append(stack.enter_context(RecordWriter(fmt_file, clf.classes, path=output, dicom_tags=tags)))
+        if format_:
+            writers.append(stack.enter_context(RecordWriter(format_, clf.classes, stream=sys.stdout, dicom_tags=tags)))
+        progress = None
+        if not quiet and format_ is None and err_console.is_terminal:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            progress = stack.enter_context(
+                Progress(
+                    SpinnerColumn(),
+                    TextColumn("{task.completed} images"),
+                    TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(),
+                    console=err_console,
+                    transient=True,
+                )
+            )
+            task = progress.add_task("predict", total=None, rate="")
+        import time as _time
+
+        t0 = _time.perf_counter()
+        for rec in clf.iter_predict(expand_inputs(paths), batch_size=batch_size, workers=workers, explain_dir=explain):
+            n_total += 1
+            if rec.error:
+                n_failed += 1
+                err_console.print(
+                    f"[yellow]skipped:[/] {escape(rec.path)}: {escape(rec.error)}", highlight=False, soft_wrap=True
+                )
+            else:
+                counts[rec.predicted_class] = counts.get(rec.predicted_class, 0) + 1
+            for w in writers:
+                w.write(rec)
+            if show_table and len(shown) < 200:
+                shown.append(rec)
+            if progress is not None:
+                rate = n_total / max(_time.perf_counter() - t0, 1e-9)
+                progress.update(task, completed=n_total, rate=f"{rate:.1f} images/s")
+    if n_total == 0:
+        fail("no input images found")
+    if show_table:
+        from liverscan.faces.terminal import predictions_table
+
+        console.print(predictions_table(shown, clf.classes, n_total))
+    summary = ", ".join(f"{c}: {n}" for c, n in sorted(counts.items()))
+    err_console.print(
+        f"{n_total - n_failed} of {n_total} images predicted ({summary or 'none'})"
+        + (f"; {n_failed} failed" if n_failed else "")
+        + (f"; wrote {escape(str(output))}" if output else ""),
+        highlight=False,
+    )
+    if n_failed:
+        raise typer.Exit(2)
+
+
+@command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory from 'liverscan train'.")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="Export format: tflite.")] = "tflite",
+) -> None:
+    """Export the model for fast CPU inference; checks it agrees with Keras (max abs difference <= 1e-4).
+
+    Example: [bold]liverscan export runs/xu --format tflite[/] (then 'liverscan predict' uses it automatically)
+    """
+    from liverscan.serving import export_model
+
+    info = export_model(run, format_)
+    console.print(
+        f"Wrote {escape(str(run / info['file']))} ({info['bytes'] / 1e6:.1f} MB); max abs difference vs Keras "
+        f"{info['max_abs_difference_vs_keras']:.1e} on {info['checked_images']} images",
+        highlight=False,
+    )
+
+
+@command("app")
+def app_cmd(
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Run directory or model file (default: the shipped model).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port to serve on (localhost).")] = 8501,
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "localhost",
+) -> None:
+    """Start the Streamlit web app (needs the extra: pip install "liverscan\\[app]").
+
+    Example: [bold]liverscan app --model runs/xu --port 8501[/], then open http://localhost:8501
+    """
+    import importlib.util
+    import os
+    import subprocess
+
+    if importlib.util.find_spec("streamlit") is None:
+        fail('the app needs Streamlit: pip install "liverscan[app]"')
+    from liverscan.core.artifacts import load_run
+    from liverscan.serving import resolve_model
+
+    target = load_run(resolve_model(model)).source
+    script = Path(__file__).resolve().parent / "app.py"
+    env = {**os.environ, "LIVERSCAN_APP_MODEL": str(Path(target).resolve())}
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+    err_console.print(
+        f"liverscan app on http://{address}:{port} (model {escape(str(target))}); Ctrl+C to stop", highlight=False
+    )
+    try:
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def _with_progress(fn, label: str, quiet: bool):
+    """Run fn(progress_callback) under a Rich progress bar (none when quiet)."""
+    if quiet or not console.is_terminal:
+        return fn(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def cb(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return fn(cb)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

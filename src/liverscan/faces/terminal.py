@@ -1,0 +1,144 @@
+"""Rich tables printed by the commands (terminal only; files are written elsewhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from liverscan.core.artifacts import SPLITS
+
+
+def counts_table(counts: dict[str, dict[str, int]], title: str = "Images per class and split") -> Table:
+    """Class x split counts with row percentages, like the paper's dataset table."""
+    table = Table(title=title)
+    table.add_column("class")
+    for s in SPLITS:
+        table.add_column(s, justify="right")
+    table.add_column("total", justify="right")
+    totals = {s: 0 for s in SPLITS}
+    for cls, row in counts.items():
+        n = sum(row.values())
+        cells = []
+        for s in SPLITS:
+            totals[s] += row[s]
+            pct = 100.0 * row[s] / n if n else 0.0
+            cells.append(f"{row[s]} ({pct:.1f}%)")
+        table.add_row(cls, *cells, str(n))
+    grand = sum(totals.values())
+    table.add_row(
+        "[bold]all[/]",
+        *[f"{totals[s]} ({100.0 * totals[s] / grand:.1f}%)" if grand else "0" for s in SPLITS],
+        str(grand),
+    )
+    return table
+
+
+def print_prepare_summary(summary: dict, out: Path, console: Console | None, err: Console) -> None:
+    if console is not None:
+        console.print(counts_table(summary["counts"]))
+        weights = ", ".join(f"{c} {w:.3f}" for c, w in summary["class_weights"].items())
+        console.print(f"Class weights (train): {weights}")
+        console.print(
+            f"{summary['n_images']} images kept, {summary['n_rejected']} rejected "
+            f"({', '.join(f'{k}: {v}' for k, v in summary['reject_reasons'].items()) or 'none'}), "
+            f"{len(summary['exact_duplicates_removed'])} exact duplicates removed"
+        )
+        sc = summary["audit"].get("shortcut")
+        if sc:
+            console.print(
+                f"Shortcut check (width, height, aspect, mean intensity): balanced accuracy "
+                f"{sc['balanced_accuracy']:.3f} vs majority baseline {sc['baseline_balanced_accuracy']:.3f}"
+            )
+        console.print(f"Manifest hash {summary['manifest_hash'][:16]}…  written to {out}")
+    for w in summary["warnings"]:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+
+
+def _ci(m: dict, key: str) -> str:
+    iv = m.get("bootstrap", {}).get("intervals", {}).get(key)
+    return f" [{iv[0]:.2f}–{iv[1]:.2f}]" if iv else ""
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def overall_table(metrics: dict) -> Table:
+    """Overall metrics with 95% CIs; argmax and (when present) tuned side by side."""
+    variants = [("argmax", metrics["argmax"])] + ([("operating point", metrics["tuned"])] if "tuned" in metrics else [])
+    from liverscan.evaluation import OVERALL_METRICS, overall_cells
+
+    table = Table(title=f"Overall ({metrics['split']}, n={metrics['n']}; 95% bootstrap CI)")
+    table.add_column("metric")
+    for name, _ in variants:
+        table.add_column(name, justify="right")
+    columns = [overall_cells(m, 2) for _, m in variants]
+    for i, (label, _, _) in enumerate(OVERALL_METRICS):
+        table.add_row(label, *[col[i] for col in columns])
+    return table
+
+
+def per_class_table(m: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("class", "precision", "recall", "specificity", "F1", "ROC-AUC", "n"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, v in m["per_class"].items():
+        table.add_row(
+            c,
+            _fmt(v["precision"]) + _ci(m, f"{c}.precision"),
+            _fmt(v["recall"]) + _ci(m, f"{c}.recall"),
+            _fmt(v["specificity"]),
+            _fmt(v["f1"]),
+            _fmt(v["roc_auc"]) + _ci(m, f"{c}.roc_auc"),
+            str(v["support"]),
+        )
+    return table
+
+
+def confusion_table(m: dict, classes: list[str], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("true \\ predicted")
+    for c in classes:
+        table.add_column(c, justify="right")
+    for c, counts, pct in zip(classes, m["confusion_matrix"], m["confusion_matrix_normalized"]):
+        table.add_row(c, *[f"{n} ({100 * p:.0f}%)" for n, p in zip(counts, pct)])
+    return table
+
+
+def print_evaluation(metrics: dict, console: Console) -> None:
+    console.print(overall_table(metrics))
+    classes = metrics["classes"]
+    console.print(per_class_table(metrics["argmax"], "Per class (argmax)"))
+    console.print(confusion_table(metrics["argmax"], classes, "Confusion matrix (argmax)"))
+    if "tuned" in metrics:
+        op = metrics["operating_point"]
+        console.print(f"Operating point {op['spec']!r}: {op['description']}; temperature {op['temperature']:.3f}")
+        console.print(per_class_table(metrics["tuned"], "Per class (operating point)"))
+        console.print(confusion_table(metrics["tuned"], classes, "Confusion matrix (operating point)"))
+
+
+def predictions_table(records: list, classes: list[str], total: int) -> Table:
+    """File, class, confidence, per-class probabilities and review flag (first rows only for big runs)."""
+    title = "Predictions" + (f" (first {len(records)} of {total})" if total > len(records) else "")
+    table = Table(title=title)
+    table.add_column("file", overflow="fold")
+    table.add_column("class")
+    table.add_column("confidence", justify="right")
+    for c in classes:
+        table.add_column(f"p({c})", justify="right")
+    table.add_column("review")
+    for r in records:
+        name = r.path + (f" [frame {r.frame}]" if r.frame else "")
+        if r.error:
+            table.add_row(name, "[red]error[/]", "", *[""] * len(classes), r.error)
+            continue
+        table.add_row(
+            name,
+            r.predicted_class,
+            f"{r.confidence:.3f}",
+            *[f"{r.probabilities[c]:.3f}" for c in classes],
+            "[yellow]yes[/]" if r.needs_review else "",
+        )
+    return table

@@ -1,0 +1,358 @@
+"""``prepare``: consolidate sources into a validated, de-duplicated, split manifest.
+
+Output directory contract:
+- ``manifest.csv``: path, content_hash, source, source_label, class, split, group, width, height
+- ``rejects.csv``: path, source, source_label, reason
+- ``summary.json``: counts, class weights, duplicates, audit, warnings, versions
+- ``config.yaml``: the effective configuration
+- ``images.npy``: decoded, resized uint8 arrays in manifest row order (when caching is on)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from liverscan.core.artifacts import CACHE, MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SPLITS, SUMMARY
+from liverscan.core.classmap import map_labels, ordered_classes
+from liverscan.core.config import Config
+from liverscan.core.dataset import class_weights
+from liverscan.core.errors import DataError, ImageDecodeError, RunDirError
+from liverscan.core.fileio import csv_text, sha256_bytes, write_json_atomic, write_text_atomic
+from liverscan.core.images import decode
+from liverscan.core.runinfo import utc_now, versions
+from liverscan.core.sources import Candidate, scan_sources
+from liverscan.preparation import audit as audit_mod
+from liverscan.preparation.dedup import link_groups, near_duplicate_pairs, perceptual_hash
+from liverscan.preparation.split import assign_splits
+
+
+@dataclass
+class _Decoded:
+    index: int
+    content_hash: str = ""
+    width: int = 0
+    height: int = 0
+    mean: float = 0.0
+    phash: int = 0
+    error: str = ""
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    summary: dict
+    warnings: list[str]
+
+
+def manifest_hash(rows: list[dict]) -> str:
+    """Location-independent hash of a manifest: content, class, split and group of every row."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(f"{r['content_hash']},{r['class']},{r['split']},{r['group']}\n".encode())
+    return h.hexdigest()
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a directory")
+    if (out / MANIFEST).exists() and not overwrite:
+        raise RunDirError(f"{out}: already holds a prepared dataset; pass --overwrite to replace it")
+
+
+def _explicit_group(c: Candidate, regex: re.Pattern[str] | None) -> str:
+    if c.group:
+        return f"{c.source}/{c.group}"
+    if regex is not None:
+        m = regex.search(c.path)
+        if m:
+            return "re/" + (m.group(1) if m.groups() else m.group(0))
+    return ""
+
+
+def prepare_dataset(
+    cfg: Config,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PrepareResult:
+    """Run the whole ``prepare`` stage and write its outputs into ``out_dir``."""
+    t0 = time.perf_counter()
+    data = cfg.data
+    out = Path(out_dir)
+    _check_out_dir(out, overwrite)
+    for r, name in ((data.train_ratio, "train"), (data.val_ratio, "val"), (data.test_ratio, "test")):
+        if r < 0:
+            raise DataError(f"{name} ratio must be >= 0, got {r}")
+    group_re = None
+    if data.group_regex:
+        try:
+            group_re = re.compile(data.group_regex)
+        except re.error as exc:
+            raise DataError(f"invalid --group-regex {data.group_regex!r}: {exc}") from None
+
+    candidates, ignored, source_names = scan_sources(data.sources)
+    if not candidates:
+        raise DataError("the sources contain no image files")
+    label_to_class = map_labels([c.source_label for c in candidates], data.class_map)
+
+    out.mkdir(parents=True, exist_ok=True)
+    size = cfg.preprocess.image_size
+    n = len(candidates)
+    tmp_cache = out / ".images.tmp.npy"
+    buffer = np.lib.format.open_memmap(tmp_cache, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    try:
+        decoded = _decode_all(candidates, buffer, size, cfg.preprocess.max_pixels, data.workers, progress)
+        result = _consolidate(cfg, candidates, decoded, label_to_class, group_re)
+        rows, rejects, dup_info, conflicts, pairs = result
+        classes = ordered_classes({r["class"] for r in rows}, data.classes)
+        if not rows:
+            raise DataError("no valid images left after validation and de-duplication")
+        ratios = (data.train_ratio, data.val_ratio, data.test_ratio)
+        splits = assign_splits([r["group"] for r in rows], [r["class"] for r in rows], ratios, data.seed)
+        for r, s in zip(rows, splits):
+            r["split"] = s
+
+        # write outputs ---------------------------------------------------
+        manifest_rows = [[r[c] for c in MANIFEST_COLUMNS] for r in rows]
+        write_text_atomic(out / MANIFEST, csv_text(MANIFEST_COLUMNS, manifest_rows))
+        write_text_atomic(out / REJECTS, csv_text(REJECT_COLUMNS, rejects))
+        if data.cache_arrays:
+            _write_cache(out / CACHE, buffer, [r["_index"] for r in rows])
+        elif (out / CACHE).exists():
+            (out / CACHE).unlink()
+    finally:
+        del buffer
+        tmp_cache.unlink(missing_ok=True)
+
+    summary = _summary(cfg, rows, rejects, dup_info, conflicts, pairs, classes, source_names, ignored, decoded)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(out / SUMMARY, summary)
+    cfg.save(out / "config.yaml")
+    return PrepareResult(out, summary, summary["warnings"])
+
+
+def _decode_one(c: Candidate, index: int, buffer: np.ndarray, size: int, max_pixels: int) -> _Decoded:
+    rec = _Decoded(index)
+    try:
+        raw = Path(c.path).read_bytes()
+    except FileNotFoundError:
+        rec.error = "file not found"
+        return rec
+    except OSError as exc:
+        rec.error = f"cannot read file ({exc.strerror or exc})"
+        return rec
+    rec.content_hash = sha256_bytes(raw)
+    if not raw:
+        rec.error = "empty file (0 bytes)"
+        return rec
+    try:
+        img = decode(raw, size=size, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        rec.error = exc.reason
+        return rec
+    buffer[index] = img.array
+    rec.width, rec.height = img.width, img.height
+    rec.mean = float(img.array.mean())
+    rec.phash = perceptual_hash(img.array)
+    return rec
+
+
+def _decode_all(candidates, buffer, size, max_pixels, workers, progress) -> list[_Decoded]:
+    workers = workers or (os.cpu_count() or 1)
+    out: list[_Decoded] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_decode_one, c, i, buffer, size, max_pixels) for i, c in enumerate(candidates)]
+        for k, fut in enumerate(futures):
+            out.append(fut.result())
+            if progress:
+                progress(k + 1, len(futures))
+    return out
+
+
+def _consolidate(cfg: Config, candidates, decoded, label_to_class, group_re):
+    """Reject, de-duplicate, detect conflicts and build groups. Returns manifest rows etc."""
+    data = cfg.data
+    rejects = []
+    valid = []
+    for c, d in zip(candidates, decoded):
+        if d.error:
+            rejects.append([c.path, c.source, c.source_label, d.error])
+        else:
+            valid.append((c, d))
+
+    # exact duplicates: same bytes
+    by_hash: dict[str, list[tuple[Candidate, _Decoded]]] = defaultdict(list)
+    for c, d in valid:
+        by_hash[d.content_hash].append((c, d))
+    kept: list[tuple[Candidate, _Decoded]] = []
+    duplicates, conflicts = [], []
+    seen_paths: set[str] = set()
+    for h in sorted(by_hash):
+        items = sorted(by_hash[h], key=lambda cd: (cd[0].path, cd[0].source))
+        # the same file listed twice by one source is one candidate
+        unique = []
+        for c, d in items:
+            key = f"{c.source}\0{c.path}"
+            if key not in seen_paths:
+                seen_paths.add(key)
+                unique.append((c, d))
+        classes = sorted({label_to_class[c.source_label] for c, _ in unique})
+        if len(classes) > 1:
+            conflicts.append(
+                {
+                    "content_hash": h,
+                    "classes": classes,
+                    "files": [{"path": c.path, "source": c.source, "label": c.source_label} for c, _ in unique],
+                    "kept": bool(data.keep_conflicts),
+                }
+            )
+            if not data.keep_conflicts:
+                for c, _ in unique:
+                    rejects.append(
+                        [c.path, c.source, c.source_label, "label conflict: same image under " + "/".join(classes)]
+                    )
+                continue
+            kept.extend(unique)  # all copies kept, grouped together below
+            continue
+        kept.append(unique[0])
+        for c, _ in unique[1:]:
+            duplicates.append({"path": c.path, "source": c.source, "duplicate_of": unique[0][0].path})
+    kept.sort(key=lambda cd: (cd[0].path, cd[0].source))
+
+    # groups: near-duplicates + explicit keys + identical content (kept conflicts)
+    pairs = near_duplicate_pairs([d.phash for _, d in kept], data.near_duplicate_distance)
+    keys = [_explicit_group(c, group_re) for c, _ in kept]
+    hash_keys = [d.content_hash for _, d in kept]
+    roots = link_groups(len(kept), [(i, j) for i, j, _ in pairs], keys)
+    roots = _merge_same_hash(roots, hash_keys)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, r in enumerate(roots):
+        members[r].append(i)
+    group_name = {}
+    for r, idx in members.items():
+        explicit = sorted(k for k in (keys[i] for i in idx) if k)
+        group_name[r] = explicit[0] if explicit else min(hash_keys[i] for i in idx)[:16]
+
+    rows = []
+    for i, (c, d) in enumerate(kept):
+        rows.append(
+            {
+                "path": c.path,
+                "content_hash": d.content_hash,
+                "source": c.source,
+                "source_label": c.source_label,
+                "class": label_to_class[c.source_label],
+                "split": "",
+                "group": group_name[roots[i]],
+                "width": d.width,
+                "height": d.height,
+                "_index": d.index,
+                "_mean": d.mean,
+            }
+        )
+    rejects.sort(key=lambda r: (r[0], r[1]))
+    return rows, rejects, duplicates, conflicts, pairs
+
+
+def _merge_same_hash(roots: list[int], hashes: list[str]) -> list[int]:
+    first: dict[str, int] = {}
+    remap: dict[int, int] = {}
+    for i, h in enumerate(hashes):
+        if h in first and roots[i] != roots[first[h]]:
+            remap[roots[i]] = roots[first[h]]
+        first.setdefault(h, i)
+    if not remap:
+        return roots
+
+    def resolve(r: int) -> int:
+        while r in remap:
+            r = remap[r]
+        return r
+
+    return [resolve(r) for r in roots]
+
+
+def _write_cache(path: Path, buffer: np.ndarray, indices: list[int]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(indices),) + buffer.shape[1:])
+    for start in range(0, len(indices), 512):
+        chunk = indices[start : start + 512]
+        arr[start : start + len(chunk)] = buffer[chunk]
+    arr.flush()
+    del arr
+    os.replace(tmp, path)
+
+
+def _summary(cfg, rows, rejects, duplicates, conflicts, pairs, classes, source_names, ignored, decoded) -> dict:
+    counts = {c: {s: 0 for s in SPLITS} for c in classes}
+    for r in rows:
+        counts[r["class"]][r["split"]] += 1
+    train_labels = [r["class"] for r in rows if r["split"] == "train"]
+    weights = class_weights(train_labels, classes)
+    group_sizes = Counter(r["group"] for r in rows)
+    group_classes: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        group_classes[r["group"]].add(r["class"])
+    nd_sizes = sorted((n for g, n in group_sizes.items() if n > 1), reverse=True)
+    group_splits: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        group_splits[r["group"]].add(r["split"])
+    leaks = [g for g, s in group_splits.items() if len(s) > 1]
+    audit = {
+        "imbalance_ratio": audit_mod.imbalance_ratio([r["class"] for r in rows]),
+        "near_duplicates": {
+            "max_distance": cfg.data.near_duplicate_distance,
+            "pairs": len(pairs),
+            "groups": len(nd_sizes),
+            "images_in_groups": int(sum(nd_sizes)),
+            "largest": int(nd_sizes[0]) if nd_sizes else 0,
+            "sizes": dict(sorted(Counter(nd_sizes).items())),
+            "cross_class_groups": sum(1 for g, cl in group_classes.items() if len(cl) > 1),
+        },
+        "label_conflicts": conflicts,
+        "single_source_classes": audit_mod.single_source_classes(
+            [r["source"] for r in rows], [r["class"] for r in rows]
+        ),
+        "groups_split_across": len(leaks),
+    }
+    shortcut = audit_mod.shortcut_check(
+        [r["width"] for r in rows],
+        [r["height"] for r in rows],
+        [r["_mean"] for r in rows],
+        [r["class"] for r in rows],
+        [r["group"] for r in rows],
+        seed=cfg.data.seed,
+    )
+    audit["shortcut"] = asdict(shortcut) if shortcut else None
+    reasons = Counter(r[3].split(":")[0] for r in rejects)
+    public_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    return {
+        "created": utc_now(),
+        "versions": versions(),
+        "manifest_hash": manifest_hash(public_rows),
+        "sources": source_names,
+        "classes": classes,
+        "image_size": cfg.preprocess.image_size,
+        "cache": CACHE if cfg.data.cache_arrays else None,
+        "n_candidates": len(decoded),
+        "n_images": len(rows),
+        "n_rejected": len(rejects),
+        "reject_reasons": dict(sorted(reasons.items())),
+        "n_ignored_non_image_files": len(ignored),
+        "exact_duplicates_removed": duplicates,
+        "counts": counts,
+        "source_label_counts": dict(sorted(Counter(f"{r['source']}:{r['source_label']}" for r in rows).items())),
+        "class_weights": {c: round(w, 4) for c, w in weights.items()},
+        "audit": audit,
+        "warnings": audit_mod.build_warnings(audit),
+    }

@@ -1,0 +1,23 @@
+"""Stage: predictions for new images — the Classifier, runtimes, explanations, outputs and export."""
+
+from liverscan.serving.explain import overlay
+from liverscan.serving.export import export_model
+from liverscan.serving.inputs import default_model_dir, expand_inputs, resolve_model
+from liverscan.serving.outputs import FORMATS, RecordWriter, csv_header, csv_row, format_for
+from liverscan.serving.predict import Classifier
+from liverscan.serving.records import Prediction
+
+__all__ = [
+    "FORMATS",
+    "Classifier",
+    "Prediction",
+    "RecordWriter",
+    "csv_header",
+    "csv_row",
+    "default_model_dir",
+    "expand_inputs",
+    "export_model",
+    "format_for",
+    "overlay",
+    "resolve_model",
+]

@@ -1,0 +1,262 @@
+"""Batch prediction: the ``Classifier`` API behind ``liverscan predict`` and the app.
+
+Files are decoded by a small thread pool while the model runs on the previous
+batch (:mod:`liverscan.serving.pipeline`); a file that cannot be read becomes a
+record with ``error`` set and the run goes on.  Records come out in input order.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from liverscan.core.artifacts import TFLITE_FILE, LoadedRun, ModelCard, load_run
+from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, RunDirError
+from liverscan.core.images import DEFAULT_MAX_PIXELS, decode_array
+from liverscan.serving.inputs import load_bytes, load_input, resolve_model
+from liverscan.serving.pipeline import decoded_batches
+from liverscan.serving.records import Prediction
+
+DEFAULT_REVIEW_CONFIDENCE = 0.6
+RUNTIMES = ("auto", "keras", "tflite")
+
+
+class Classifier:
+    """A trained liverscan model ready for prediction.
+
+    >>> clf = Classifier.load("runs/xu")            # doctest: +SKIP
+    >>> clf.predict(["scan1.png", "scan2.jpg"])     # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        card: ModelCard,
+        source: Path,
+        model_path: Path,
+        model=None,
+        runner=None,
+        use_operating_point: bool = False,
+        review_confidence: float = DEFAULT_REVIEW_CONFIDENCE,
+        include_dicom_tags: tuple[str, ...] = (),
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.card = card
+        self.source = source
+        self.model_path = model_path
+        self._model = model
+        self.runner = runner
+        self.runtime = "tflite" if runner is not None else "keras"
+        self.classes: list[str] = list(card.classes)
+        self.image_size = card.image_size
+        self.review_confidence = review_confidence
+        self.include_dicom_tags = tuple(include_dicom_tags)
+        self.max_pixels = max_pixels
+        self.operating_point = card.operating_point if use_operating_point else None
+        if use_operating_point and not self.operating_point:
+            raise RunDirError(
+                f"{source}: the model card has no operating point; fit one by evaluating this run "
+                "with an operating-point goal (e.g. tumor>=0.95) on its own prepared data"
+            )
+        self._gradcam = None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        use_operating_point: bool = False,
+        review_confidence: float = DEFAULT_REVIEW_CONFIDENCE,
+        include_dicom_tags: tuple[str, ...] = (),
+        runtime: str = "auto",
+        batch_size: int = 32,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Classifier:
+        """Load a run directory or model file (None: the default model).
+
+        ``runtime``: ``auto`` uses an exported ``model.tflite`` when present and a
+        LiteRT interpreter is installed (no TensorFlow import, faster on CPU), else
+        the Keras model, which is always loaded in safe mode (no embedded code runs).
+        """
+        from liverscan.serving import runtime as rt
+
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {runtime!r} ({', '.join(RUNTIMES)})")
+        run = load_run(resolve_model(path))
+        tflite = run.model_path.with_name(TFLITE_FILE)
+        kw = dict(
+            use_operating_point=use_operating_point,
+            review_confidence=review_confidence,
+            include_dicom_tags=include_dicom_tags,
+            max_pixels=max_pixels,
+        )
+        if runtime == "tflite" or (runtime == "auto" and tflite.is_file() and rt.available()):
+            if not tflite.is_file():
+                raise RunDirError(f"{run.source}: no {TFLITE_FILE}; export the run to TFLite first")
+            runner = rt.TFLiteRunner(tflite, batch_size=batch_size)
+            if runner.input_shape != (run.image_size, run.image_size, 3):
+                raise ModelError(f"{tflite}: input {runner.input_shape} does not match the model card")
+            return cls(run.card, run.source, run.model_path, runner=runner, **kw)
+        return cls(run.card, run.source, run.model_path, model=_load_keras(run), **kw)
+
+    @functools.cached_property
+    def model(self):
+        """The Keras model (loaded on first use when predictions run on TFLite)."""
+        if self._model is not None:
+            return self._model
+        from liverscan.core.model import load_model
+
+        return load_model(self.model_path)
+
+    @property
+    def decision_rule(self) -> str:
+        return f"operating point {self.operating_point['spec']}" if self.operating_point else "argmax"
+
+    # -- core -----------------------------------------------------------------
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Raw model probabilities for (N, S, S, 3) 0..255 arrays."""
+        if self.runner is not None:
+            return self.runner(images)
+        from liverscan.core.model import predict_probs
+
+        return predict_probs(self.model, images, batch_size)
+
+    def _decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices, reported probabilities) under the decision rule."""
+        if not self.operating_point:
+            return probs.argmax(1), probs
+        from liverscan.core.decision import apply_temperature, predict_with_rule
+
+        cal = apply_temperature(probs, self.operating_point["temperature"])
+        return predict_with_rule(cal, self.operating_point["rule"]), cal
+
+    def fill_records(self, records: list[Prediction], images: np.ndarray, batch_size: int) -> None:
+        """Set class, confidence, probabilities and review flag of ``records`` from ``images``."""
+        probs = self.probabilities(images, batch_size)
+        idx, shown = self._decide(probs)
+        for rec, k, p in zip(records, idx, shown):
+            rec.predicted_class = self.classes[int(k)]
+            rec.confidence = float(p[int(k)])
+            rec.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+            rec.decision_rule = self.decision_rule
+            rec.needs_review = rec.confidence < self.review_confidence
+
+    def _load(self, path: str) -> list[tuple[Prediction, np.ndarray | None]]:
+        return load_input(path, self.image_size, self.include_dicom_tags, self.max_pixels)
+
+    def iter_predict(
+        self, paths: Iterable[str], batch_size: int = 32, workers: int = 2, explain_dir: str | Path | None = None
+    ) -> Iterator[Prediction]:
+        """Stream predictions for paths (in input order); decoding overlaps inference."""
+        for _, rec, _ in self._iter_indexed(paths, batch_size, workers, explain_dir):
+            yield rec
+
+    def _iter_indexed(self, paths: Iterable[str], batch_size: int, workers: int, explain_dir):
+        """(input index, record, model input or None) in input order; a DICOM file gives one per frame."""
+        for items in decoded_batches(paths, self._load, batch_size, workers):
+            good = [(rec, arr) for _, rec, arr in items if arr is not None]
+            if good:
+                images = np.stack([a for _, a in good])
+                self.fill_records([r for r, _ in good], images, batch_size)
+                if explain_dir is not None:
+                    self._write_explanations(good, images, Path(explain_dir))
+            yield from items
+
+    def predict_bytes(self, name: str, data: bytes) -> list[tuple[Prediction, np.ndarray | None]]:
+        """(record, model input or None) for an in-memory file such as an upload (DICOM: one per frame)."""
+        items = load_bytes(name, data, self.image_size, self.max_pixels)
+        good = [(rec, arr) for rec, arr in items if arr is not None]
+        if good:
+            self.fill_records([r for r, _ in good], np.stack([a for _, a in good]), 32)
+        return items
+
+    def predict(
+        self, inputs: Iterable[str | Path | np.ndarray] | str | Path | np.ndarray, batch_size: int = 32
+    ) -> list[Prediction]:
+        """Predict paths and/or in-memory images ((H, W[, C]) arrays); returns typed records."""
+        return [rec for rec, _ in self._predict_pairs(inputs, batch_size)]
+
+    def _predict_pairs(self, inputs, batch_size: int) -> list[tuple[Prediction, np.ndarray | None]]:
+        """(record, model input or None) for every input, in order (DICOM: one per frame)."""
+        if isinstance(inputs, (str, Path, np.ndarray)):
+            inputs = [inputs]
+        inputs = list(inputs)
+        slots: list[list[tuple[Prediction, np.ndarray | None]]] = [[] for _ in inputs]
+        arrays = [(i, x) for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
+        paths = [(i, str(x)) for i, x in enumerate(inputs) if not isinstance(x, np.ndarray)]
+        good: list[tuple[Prediction, np.ndarray]] = []
+        for i, x in arrays:
+            rec = Prediction(f"<array {i}>")
+            try:
+                arr = decode_array(x, self.image_size, rec.path)
+                good.append((rec, arr))
+                slots[i].append((rec, arr))
+            except ImageDecodeError as exc:
+                rec.error = exc.reason
+                slots[i].append((rec, None))
+        if good:
+            self.fill_records([r for r, _ in good], np.stack([a for _, a in good]), batch_size)
+        if paths:
+            for k, rec, arr in self._iter_indexed([p for _, p in paths], batch_size, 2, None):
+                slots[paths[k][0]].append((rec, arr))
+        return [pair for slot in slots for pair in slot]
+
+    # -- explanations ------------------------------------------------------------
+
+    def explain(self, inputs, class_name: str | None = None) -> list[tuple[Prediction, np.ndarray]]:
+        """Predictions with Grad-CAM heatmaps (S x S, 0..1) of the predicted (or given) class.
+
+        Unreadable inputs get their error record and an all-zero heatmap.
+        """
+        pairs = self._predict_pairs(inputs, 32)
+        out = [(rec, np.zeros((self.image_size, self.image_size))) for rec, _ in pairs]
+        ok = [k for k, (_, arr) in enumerate(pairs) if arr is not None]
+        if ok:
+            cls = [self.classes.index(class_name or pairs[k][0].predicted_class) for k in ok]
+            maps = self.heatmaps(np.stack([pairs[k][1] for k in ok]), cls)
+            for k, heat in zip(ok, maps):
+                out[k] = (pairs[k][0], heat)
+        return out
+
+    def heatmaps(self, images: np.ndarray, class_indices) -> np.ndarray:
+        """Grad-CAM heatmaps (N, S, S) in 0..1 for the given class of each image."""
+        from liverscan.serving.explain import GradCam
+
+        if self._gradcam is None:
+            self._gradcam = GradCam(self.model)
+        return self._gradcam(images, class_indices)
+
+    def _write_explanations(self, good, images: np.ndarray, folder: Path) -> None:
+        from liverscan.core.images import display_image
+        from liverscan.serving.explain import save_overlay
+
+        folder.mkdir(parents=True, exist_ok=True)
+        cls = [self.classes.index(r.predicted_class) for r, _ in good]
+        maps = self.heatmaps(images, cls)
+        for (rec, arr), heat in zip(good, maps):
+            stem = Path(rec.path).stem + (f"-frame{rec.frame}" if rec.frame else "")
+            digest = hashlib.sha1(f"{Path(rec.path).resolve()}#{rec.frame}".encode()).hexdigest()[:8]
+            try:
+                base = display_image(rec.path) if rec.frame is None else np.repeat(np.repeat(arr, 2, 0), 2, 1)
+            except ImageDecodeError:
+                base = arr
+            target = folder / f"{stem}-{digest}.png"
+            save_overlay(base, heat, target, f"{rec.predicted_class} {rec.confidence:.2f} (Grad-CAM)")
+            rec.explanation = str(target)
+
+
+def _load_keras(run: LoadedRun):
+    """The run's Keras model, checked against its card."""
+    from liverscan.core.model import load_model
+
+    model = load_model(run.model_path)
+    shape = tuple(model.input_shape[1:])
+    if shape != (run.image_size, run.image_size, 3) or model.output_shape[-1] != len(run.classes):
+        raise ModelError(
+            f"{run.model_path}: model shape {shape} -> {model.output_shape[-1]} classes does not "
+            f"match its model card ({run.image_size}px, {len(run.classes)} classes)"
+        )
+    return model

@@ -1,0 +1,32 @@
+"""The prediction record: one image, or one DICOM frame."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Prediction:
+    """One prediction record (one image, or one DICOM frame)."""
+
+    path: str
+    predicted_class: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    decision_rule: str = "argmax"
+    needs_review: bool = False
+    error: str | None = None
+    frame: int | None = None
+    sop_instance_uid: str | None = None
+    dicom_tags: dict[str, str] | None = None
+    explanation: str | None = None  # path of the Grad-CAM overlay, when written
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["dicom_tags"] is None:
+            d.pop("dicom_tags")
+        return d

@@ -1,0 +1,6 @@
+"""Stage: train the model on a prepared dataset into a run directory (resumable)."""
+
+from liverscan.training.loop import Reporter, SilentReporter
+from liverscan.training.train import TrainResult, train_run
+
+__all__ = ["Reporter", "SilentReporter", "TrainResult", "train_run"]

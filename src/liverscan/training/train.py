@@ -1,0 +1,392 @@
+"""``train``: the published transfer-learning protocol, fast and resumable.
+
+Two ways to run the same protocol (``train.mode``):
+
+- ``cached`` (default): the frozen backbone's output for ``views`` augmented
+  copies of every training image, and for the un-augmented validation images,
+  is computed once; the head is then trained for every epoch on those features
+  (each epoch draws one of the views of each image).  The backbone runs
+  ``views`` times per image instead of once per image per epoch.
+- ``fit``: the straightforward loop, augmenting images and running the whole
+  model every epoch.
+
+Both use the same stage runner (:mod:`liverscan.training.loop`): Adam,
+class-weighted loss, early stopping on validation accuracy (restoring the best
+weights, also when the epoch limit ends the run), learning rate x factor after
+``lr_patience`` epochs without a lower validation loss, and checkpoints so a
+killed run resumes.  An optional second stage fine-tunes the top backbone blocks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from liverscan.core import artifacts as art
+from liverscan.core.artifacts import ModelCard, write_card
+from liverscan.core.config import Config, load_config
+from liverscan.core.dataset import PreparedData, Split, class_weights
+from liverscan.core.errors import DataError, RunDirError
+from liverscan.core.fileio import sha256_file
+from liverscan.core.keras_env import accelerator, backend_name, import_keras, seeded
+from liverscan.core.runinfo import utc_now, versions
+from liverscan.training.checkpoints import CheckpointStore
+from liverscan.training.loop import Reporter, SilentReporter, Stage, epoch_dataset, run_stage
+
+
+@dataclass
+class TrainResult:
+    """Where the run went, its model card and its epoch history."""
+
+    run_dir: Path
+    card: ModelCard
+    history: list[dict] = field(default_factory=list)
+
+
+def _one_hot(y: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((len(y), n), np.float32)
+    out[np.arange(len(y)), y] = 1.0
+    return out
+
+
+def _loss(cfg: Config):
+    keras = import_keras()
+    if cfg.train.loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(gamma=cfg.train.focal_gamma, from_logits=True)
+    return keras.losses.CategoricalCrossentropy(from_logits=True)
+
+
+def _sample_weights(y: np.ndarray, weights: np.ndarray | None) -> np.ndarray | None:
+    return None if weights is None else weights[y].astype(np.float32)
+
+
+def compile_trainer(model, cfg: Config, learning_rate: float):
+    """Compile a logits-output training view (see :func:`liverscan.core.model.logits_view`)."""
+    keras = import_keras()
+    opt = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2)
+    model.compile(optimizer=opt, loss=_loss(cfg), metrics=["accuracy"])
+    return model
+
+
+def _save_keras_atomic(model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- the run directory
+
+
+def _start_run_dir(run: Path, overwrite: bool) -> None:
+    if run.exists() and any(run.iterdir()):
+        failed = (run / art.RUN_FILE).is_file() and art.read_run_info(run).get("status") == "failed"
+        if not overwrite and not failed:
+            raise RunDirError(f"{run}: run directory exists and is not empty; overwrite it or resume it")
+        if not (run / art.RUN_FILE).is_file() and not (run / art.MODEL_FILE).is_file():
+            raise RunDirError(f"{run}: not a liverscan run directory; refusing to overwrite it")
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+
+
+def _weights_source(spec: str, cfg: Config) -> dict:
+    from liverscan.core.model import imagenet_weights_file
+
+    s = spec.strip()
+    if s.lower() == "none":
+        return {
+            "spec": "none",
+            "description": "random initialisation, BatchNorm statistics calibrated on training images",
+        }
+    if s.lower() == "imagenet":
+        f = imagenet_weights_file(cfg.model.alpha, cfg.preprocess.image_size)
+        out = {"spec": "imagenet", "description": "ImageNet (Keras MobileNetV2 release, via the Keras cache)"}
+        if f.is_file():
+            out["sha256"] = sha256_file(f)
+        return out
+    return {"spec": str(Path(s).resolve()), "description": "weights file", "sha256": sha256_file(s)}
+
+
+def train_run(
+    cfg: Config,
+    data_dir: str | Path | None,
+    run_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train a model on a prepared dataset into ``run_dir`` (or resume the interrupted run there)."""
+    reporter = reporter or SilentReporter()
+    run = Path(run_dir)
+    if resume:
+        info = art.read_run_info(run)
+        if info.get("status") == "complete":
+            raise RunDirError(f"{run}: training already complete")
+        cfg = load_config(run / art.CONFIG_FILE)
+        data = PreparedData(info["data_dir"])
+    else:
+        if data_dir is None:
+            raise RunDirError("training needs a prepared dataset directory")
+        data = PreparedData(data_dir)  # fails before the run directory is touched
+        _start_run_dir(run, overwrite)
+        info = {"data_dir": str(Path(data_dir).resolve()), "status": "running", "created": utc_now()}
+        cfg.save(run / art.CONFIG_FILE)
+    info["status"] = "running"
+    art.write_run_info(run, info)
+    try:
+        with seeded(cfg.train.seed):
+            result = _train(cfg, data, run, reporter)
+    except BaseException as exc:
+        # a fault leaves the run resumable (interrupt) or restartable (error), never stuck as "running"
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        info.update(status="interrupted" if interrupted else "failed", error=None if interrupted else str(exc))
+        art.write_run_info(run, info)
+        raise
+    info.update(status="complete", finished=utc_now(), error=None)
+    art.write_run_info(run, info)
+    return result
+
+
+def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> TrainResult:
+    from liverscan.core.model import (
+        build_model,
+        calibrate_batchnorm,
+        copy_trained_weights,
+        count_params,
+        head_of,
+        logits_view,
+        unfreeze_top_blocks,
+    )
+    from liverscan.training.augment import build_augmenter
+
+    t_start = time.perf_counter()
+    classes = data.classes
+    n_classes = len(classes)
+    size = cfg.preprocess.image_size
+    train = data.split("train", size, cfg.preprocess.max_pixels)
+    val = data.split("val", size, cfg.preprocess.max_pixels)
+    if len(train.y) == 0 or len(val.y) == 0:
+        raise DataError(
+            f"{data.dir}: training needs non-empty train and val splits "
+            f"(has {len(train.y)} train, {len(val.y)} val images)"
+        )
+    seed = cfg.train.seed
+    t = cfg.train
+    cw = class_weights([classes[i] for i in train.y], classes)
+    weight_vec = np.array([cw[c] for c in classes], np.float32) if t.loss == "weighted" else None
+    validation_y = _one_hot(val.y, n_classes)
+    bs = t.batch_size
+
+    model = build_model(n_classes, size, cfg.model.weights, cfg.model.alpha, cfg.model.dropout, cfg.model.dense_units)
+    params = count_params(model)
+    if cfg.model.weights.strip().lower() == "none":
+        sample = np.random.default_rng(seed).permutation(len(train.y))[:256]
+        calibrate_batchnorm(model, train.x[np.sort(sample)])
+    augmenter = build_augmenter(cfg.augment, seed)
+    ckpt = run / art.CHECKPOINT_DIR
+
+    # ---- stage 1: the head on the frozen backbone (trained through logits-output views sharing its layers)
+    feats = None
+    if t.mode == "cached":
+        from liverscan.training.features import cached_features
+
+        feats = cached_features(model, train, val, augmenter, cfg, run / art.FEATURES_DIR, reporter)
+        stage = Stage(
+            "head",
+            t.epochs,
+            t.learning_rate,
+            _cached_epoch_data(feats[0], train.y, n_classes, weight_vec, bs, seed),
+            (feats[1], validation_y),
+            "Training head on cached features",
+        )
+        trainer_of = head_of(model)
+    else:
+        stage = Stage(
+            "head",
+            t.epochs,
+            t.learning_rate,
+            _fit_epoch_data(train, n_classes, weight_vec, augmenter, bs, seed),
+            (val.x.astype(np.float32), validation_y),
+            "Training (augmenting every epoch)",
+        )
+        trainer_of = model
+    trainer, state = run_stage(
+        stage, lambda lr: compile_trainer(logits_view(trainer_of), cfg, lr), t, CheckpointStore(ckpt / "head"), reporter
+    )
+    copy_trained_weights(trainer, model)  # a no-op unless the trainer was reloaded from a checkpoint
+    history = list(state.history)
+    best = {"stage": "head", "epoch": state.best_epoch, "val_accuracy": state.best_val_accuracy}
+    fine_tuned = t.fine_tune_blocks > 0 and t.fine_tune_epochs > 0
+
+    # ---- stage 2: optional fine-tuning of the top blocks
+    if fine_tuned:
+
+        def make_fine_tuner(lr: float):
+            unfreeze_top_blocks(model, t.fine_tune_blocks)
+            return compile_trainer(logits_view(model), cfg, lr)
+
+        ft = Stage(
+            "fine_tune",
+            t.fine_tune_epochs,
+            t.fine_tune_learning_rate,
+            _fit_epoch_data(train, n_classes, weight_vec, augmenter, bs, seed + 7919),
+            (val.x.astype(np.float32), validation_y),
+            f"Fine-tuning top {t.fine_tune_blocks} blocks",
+        )
+        trainer, ft_state = run_stage(
+            ft, make_fine_tuner, t, CheckpointStore(ckpt / "fine_tune"), reporter, initial_best=state.best_val_accuracy
+        )
+        copy_trained_weights(trainer, model)
+        history += [{**row, "epoch": len(history) + 1} for row in ft_state.history]
+        if ft_state.best_epoch:
+            best = {
+                "stage": "fine_tune",
+                "epoch": len(state.history) + ft_state.best_epoch,
+                "val_accuracy": ft_state.best_val_accuracy,
+            }
+
+    # ---- outputs
+    reporter.phase("Writing model and card", None)
+    unfreeze_top_blocks(model, 0)  # the probability-output model; training only ever compiled views of it
+    _save_keras_atomic(model, run / art.MODEL_FILE)
+    art.write_history(run, history)
+    from liverscan.core.plots import training_curves
+
+    training_curves(history, run / art.CURVES_FILE)
+    if feats is not None and not fine_tuned:
+        val_probs = np.asarray(head_of(model).predict(feats[1], batch_size=256, verbose=0))
+    else:
+        val_probs = np.asarray(model.predict(val.x.astype(np.float32), batch_size=64, verbose=0))
+    card = _model_card(
+        cfg,
+        data,
+        run,
+        params,
+        cw,
+        best,
+        history,
+        _val_metrics(val_probs, val, classes),
+        time.perf_counter() - t_start,
+        state.stopped_early,
+    )
+    write_card(run, card)
+    return TrainResult(run, card, history)
+
+
+def _cached_epoch_data(ftrain: np.ndarray, y: np.ndarray, n_classes: int, weight_vec, bs: int, seed: int):
+    """Each epoch: the training images in a seeded order, each as one of its cached augmented views."""
+    views = ftrain.shape[0]
+
+    def make_epoch(epoch: int):
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(y))
+        pick = rng.integers(0, views, size=len(order))
+        x, ye = ftrain[pick, order], y[order]
+        y1, sw = _one_hot(ye, n_classes), _sample_weights(ye, weight_vec)
+
+        def get(i: int):
+            sl = slice(i * bs, (i + 1) * bs)
+            return (x[sl], y1[sl]) if sw is None else (x[sl], y1[sl], sw[sl])
+
+        return get
+
+    return epoch_dataset(len(y), bs, make_epoch)
+
+
+def _fit_epoch_data(train: Split, n_classes: int, weight_vec, augmenter, bs: int, seed: int):
+    """Freshly augmented image batches every epoch (the plain ``fit`` path and fine-tuning)."""
+    from liverscan.training.augment import augment_batch
+
+    y1 = _one_hot(train.y, n_classes)
+    sw = _sample_weights(train.y, weight_vec)
+
+    def make_epoch(epoch: int):
+        order = np.random.default_rng([seed, epoch]).permutation(len(train.y))
+
+        def get(i: int):
+            idx = order[i * bs : (i + 1) * bs]
+            xb = augment_batch(augmenter, train.x[idx])
+            return (xb, y1[idx]) if sw is None else (xb, y1[idx], sw[idx])
+
+        return get
+
+    return epoch_dataset(len(train.y), bs, make_epoch)
+
+
+def _val_metrics(probs: np.ndarray, val: Split, classes: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score
+
+    pred = probs.argmax(1)
+    labels = list(range(len(classes)))
+    recalls = recall_score(val.y, pred, labels=labels, average=None, zero_division=0)
+    return {
+        "n": int(len(val.y)),
+        "accuracy": round(float(accuracy_score(val.y, pred)), 4),
+        "balanced_accuracy": round(float(balanced_accuracy_score(val.y, pred)), 4),
+        "recall": {c: round(float(r), 4) for c, r in zip(classes, recalls)},
+    }
+
+
+def _model_card(
+    cfg: Config,
+    data: PreparedData,
+    run: Path,
+    params,
+    cw,
+    best,
+    history,
+    val_metrics,
+    elapsed: float,
+    stopped_early: bool,
+) -> ModelCard:
+    prep_cfg = data.dir / art.CONFIG_FILE
+    class_map = load_config(prep_cfg).data.class_map if prep_cfg.is_file() else cfg.data.class_map
+    t = cfg.train
+    return ModelCard(
+        name=run.name,
+        created=utc_now(),
+        classes=data.classes,
+        class_map={k: v for k, v in class_map.items() if v in data.classes},
+        image_size=cfg.preprocess.image_size,
+        input={
+            "pixels": "RGB 0..255 (greyscale replicated), bilinear resize; decoded by liverscan.core.images",
+            "scaling": "inside the model: x / 127.5 - 1 (MobileNetV2 ImageNet convention)",
+        },
+        architecture={
+            "backbone": f"MobileNetV2 alpha {cfg.model.alpha}, frozen, BatchNorm in inference mode",
+            "head": f"GlobalAveragePooling2D -> Dropout {cfg.model.dropout} -> Dense {cfg.model.dense_units} ReLU "
+            f"-> Dense {len(data.classes)} softmax",
+            "parameters": params,
+        },
+        backbone_weights=_weights_source(cfg.model.weights, cfg),
+        build={"alpha": cfg.model.alpha, "dropout": cfg.model.dropout, "dense_units": cfg.model.dense_units},
+        data={
+            "prepared_dir": str(data.dir.resolve()),
+            "manifest_hash": data.manifest_hash,
+            "sources": data.summary.get("sources", []),
+            "counts": data.summary.get("counts", {}),
+        },
+        training={
+            "mode": t.mode,
+            "views": t.views if t.mode == "cached" else None,
+            "loss": t.loss,
+            "class_weights": cw,
+            "optimizer": f"Adam(lr={t.learning_rate}, beta_1={t.beta_1}, beta_2={t.beta_2})",
+            "batch_size": t.batch_size,
+            "epochs_run": len(history),
+            "epoch_limit": t.epochs,
+            "stopped_early": stopped_early,
+            "fine_tune_blocks": t.fine_tune_blocks,
+            "best": best,
+            "seconds": round(elapsed, 1),
+            "seed": t.seed,
+            "backend": backend_name(),
+            "device": accelerator(),
+        },
+        validation=val_metrics,
+        versions=versions(),
+    )

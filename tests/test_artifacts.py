@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from liverscan.core.artifacts import (
+    CARD_FILE,
+    CARD_SCHEMA_VERSION,
+    ModelCard,
+    load_run,
+    read_card,
+    read_history,
+    write_card,
+    write_history,
+)
+from liverscan.core.errors import RunDirError
+
+V0_CARD = {  # the layout written before the card had a schema version
+    "name": "old",
+    "created": "2026-01-01T00:00:00+00:00",
+    "intended_use": "Research use only",
+    "task": "liver B-mode ultrasound image classification",
+    "classes": ["normal", "tumor"],
+    "class_map": {"benign": "tumor"},
+    "input": {"size": [96, 96, 3], "scaling": "x / 127.5 - 1"},
+    "architecture": {"backbone": "MobileNetV2", "head": "dense"},
+    "build": {"n_classes": 2, "image_size": 96, "alpha": 1.0, "dropout": 0.5, "dense_units": 128},
+    "training": {"epochs_run": 3},
+    "validation": {"n": 10, "accuracy": 0.9},
+    "operating_point": None,
+    "test": {"n": 5},
+}
+
+
+def test_version_0_card_reads_and_round_trips(tmp_path):
+    (tmp_path / CARD_FILE).write_text(json.dumps(V0_CARD))
+    card = read_card(tmp_path)
+    assert card.image_size == 96 and card.classes == ["normal", "tumor"] and card.n_classes == 2
+    assert card.build == {"n_classes": 2, "alpha": 1.0, "dropout": 0.5, "dense_units": 128}
+    assert card.extra == {"test": {"n": 5}}  # unknown keys kept
+    write_card(tmp_path, card)
+    raw = json.loads((tmp_path / CARD_FILE).read_text())
+    assert raw["schema_version"] == CARD_SCHEMA_VERSION and raw["test"] == {"n": 5}
+    assert "image_size" not in raw and "image_size" not in raw["build"]  # the size is stored once
+    assert raw["input"]["size"] == [96, 96, 3]
+    assert read_card(tmp_path) == card
+    assert "# Model card: old" in (tmp_path / "model_card.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({"name": "x"}), "malformed model card"),
+        (json.dumps({**V0_CARD, "schema_version": 99}), "newer than this liverscan"),
+    ],
+)
+def test_bad_cards_are_clear_errors(tmp_path, text, match):
+    (tmp_path / CARD_FILE).write_text(text)
+    with pytest.raises(RunDirError, match=match):
+        read_card(tmp_path)
+
+
+def test_load_run_resolves_directories_and_files(tmp_path):
+    with pytest.raises(RunDirError, match="no such run"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(RunDirError, match="no model.keras"):
+        load_run(tmp_path)
+    (tmp_path / "model.keras").write_bytes(b"x")
+    write_card(tmp_path, ModelCard.from_dict(V0_CARD))
+    run = load_run(tmp_path / "model.keras")
+    assert run.run_dir == tmp_path and run.image_size == 96 and run.source == tmp_path
+
+
+def test_history_round_trip(tmp_path):
+    rows = [
+        {
+            "epoch": 1,
+            "stage": "head",
+            "loss": 0.5,
+            "accuracy": 0.8,
+            "val_loss": 0.6,
+            "val_accuracy": 0.7,
+            "learning_rate": 1e-3,
+            "seconds": 0.1,
+        }
+    ]
+    write_history(tmp_path, rows)
+    assert read_history(tmp_path) == [{**rows[0], "epoch": 1.0}]
