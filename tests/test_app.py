@@ -54,6 +54,21 @@ def test_upload_shows_prediction_and_model_card(monkeypatch):
     assert not at.exception
 
 
+def test_out_of_distribution_upload_shows_a_warning_not_a_class(monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from test_guard import screenshot
+
+    buf = io.BytesIO()
+    Image.fromarray(screenshot()).save(buf, format="PNG")
+    at = _app(monkeypatch)
+    _upload(at, extra=[("screenshot.png", buf.getvalue(), "image/png")])
+    assert any("Out of distribution" in e.value for e in at.error)
+    assert "out of distribution" in " ".join(m.value for m in at.markdown)
+
+
 def test_corrupt_upload_gets_a_message_and_app_keeps_working(monkeypatch):
     at = _app(monkeypatch)
     good = EXAMPLES / "Normal" / "xu-92.jpg"

@@ -27,10 +27,25 @@ def test_evaluate_writes_predictions_metrics_figures(run_copy, tiny_run):
     out = run_copy / "eval-test"
     assert res.out_dir == out
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0]) == ["path", "true_class", "predicted_class", "p_normal", "p_fatty", "p_tumor"]
+    assert list(rows[0]) == [
+        "path",
+        "true_class",
+        "predicted_class",
+        "p_normal",
+        "p_fatty",
+        "p_tumor",
+        "in_distribution",
+        "ood_score",
+        "ood_reason",
+    ]
     for r in rows:
         assert abs(sum(float(r[f"p_{c}"]) for c in ("normal", "fatty", "tumor")) - 1) < 1e-4
+        assert r["in_distribution"] in ("true", "false") and float(r["ood_score"]) >= 0
     m = json.loads((out / "metrics.json").read_text())
+    ood = m["ood"]
+    flagged = sum(r["in_distribution"] == "false" for r in rows)
+    assert ood["n_out_of_distribution"] == flagged and ood["in_distribution_rate"] == round(1 - flagged / len(rows), 4)
+    assert ood["all"]["n"] == len(rows) and ood["per_source"][0]["n"] == len(rows)
     manifest = read_csv(tiny_run["prep"] / "manifest.csv")
     assert m["n"] == len(rows) == sum(r["split"] == "test" for r in manifest)
     am = m["argmax"]

@@ -8,8 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from liverscan.faces.cli import app
-from liverscan.serving import runtime
-from liverscan.serving.predict import Classifier
+from liverscan.serving import Classifier, runtime
 
 pytestmark = pytest.mark.skipif(not runtime.available(), reason="no TFLite runtime installed")
 
@@ -28,9 +27,17 @@ def test_export_tflite_agrees_with_keras(tiny_run, tmp_path):
     fast = Classifier.load(run)  # auto picks the exported model
     slow = Classifier.load(run, runtime="keras")
     assert fast.runtime == "tflite" and slow.runtime == "keras"
-    a = np.array([list(p.probabilities.values()) for p in fast.predict(paths)])
-    b = np.array([list(p.probabilities.values()) for p in slow.predict(paths)])
+    from test_guard import screenshot
+
+    inputs = paths + [screenshot(32)]
+    fr, sr = fast.predict(inputs), slow.predict(inputs)
+    a = np.array([list(p.probabilities.values()) for p in fr])
+    b = np.array([list(p.probabilities.values()) for p in sr])
     assert np.abs(a - b).max() <= 1e-4
+    # the exported graph gives the features too: the guard answers the same on both runtimes
+    assert fast.runner.has_features and info["same_in_distribution_as_keras"] is True
+    assert [p.in_distribution for p in fr] == [p.in_distribution for p in sr] and fr[-1].in_distribution is False
+    np.testing.assert_allclose([p.ood_score for p in fr], [p.ood_score for p in sr], atol=1e-3)
     # Grad-CAM still works: the Keras model is loaded on demand
     ((_, heat),) = fast.explain([paths[0]])
     assert heat.shape == (32, 32)

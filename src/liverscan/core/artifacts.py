@@ -32,6 +32,7 @@ RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"
 PACKED_FILE = "weights.npz"
 TFLITE_FILE = "model.tflite"
+OOD_FILE = "ood_reference.npz"
 CARD_FILE = "model_card.json"
 CARD_MD_FILE = "model_card.md"
 HISTORY_FILE = "history.csv"
@@ -80,6 +81,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     operating_point: dict[str, Any] | None = None
+    ood: dict[str, Any] | None = None  # the out-of-distribution guard (method, threshold, retention, file)
     exports: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -164,6 +166,12 @@ class ModelCard:
             )
         if self.operating_point:
             lines.append(f"- Operating point: {self.operating_point.get('description', '')}")
+        if self.ood:
+            o = self.ood
+            lines.append(
+                f"- Out-of-distribution guard: {o.get('method')} (k={o.get('k')}) on pooled features + image "
+                f"checks; threshold {o.get('threshold')} keeps {o.get('retention')} of {o.get('calibrated_on')}"
+            )
         lines.append("")
         return "\n".join(lines)
 

@@ -138,6 +138,16 @@ class EvalConfig:
 
 
 @dataclass
+class OODConfig:
+    """The out-of-distribution guard fitted with every model and applied to every prediction."""
+
+    enabled: bool = True
+    method: str = "knn"  # knn (k-th nearest training image, L2-normalised features) | mahalanobis
+    k: int = 10
+    retention: float = 0.95  # share of held-back in-distribution images that must pass
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
@@ -147,6 +157,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ood: OODConfig = field(default_factory=OODConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -315,6 +326,10 @@ def validate(cfg: Config) -> Config:
         "in [0, 1]",
         e.review_confidence,
     )
+    o = cfg.ood
+    need(o.method in ("knn", "mahalanobis"), "ood.method", "knn or mahalanobis", o.method)
+    need(o.k >= 1, "ood.k", ">= 1", o.k)
+    need(finite(o.retention) and 0.5 <= o.retention <= 1, "ood.retention", "in [0.5, 1]", o.retention)
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg

@@ -240,17 +240,34 @@ def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
 
 
+def with_features(model):
+    """A model sharing every layer of ``model`` that outputs (probabilities, pooled backbone features)."""
+    keras = import_keras()
+    return keras.Model(model.inputs, [model.output, model.get_layer("pool").output], name="probabilities_and_features")
+
+
 def predict_probs(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities in fixed-shape batches, renormalised to sum to one."""
-    out = []
+    return predict_outputs(model, images, batch_size)[0]
+
+
+def predict_outputs(model, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities, pooled features or None) in fixed-shape batches; ``model`` may be a :func:`with_features` model.
+
+    Probabilities are renormalised to sum to one (float32 softmax sums drift by ~1e-7).
+    """
+    probs, feats = [], []
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
-        probs = model.predict_on_batch(pad_batch(batch, batch_size))
-        out.append(np.asarray(probs, dtype=np.float64)[: len(batch)])
-    if not out:
-        return np.zeros((0, 0))
-    probs = np.concatenate(out)
-    return probs / probs.sum(1, keepdims=True)  # float32 softmax sums drift by ~1e-7
+        out = model.predict_on_batch(pad_batch(batch, batch_size))
+        p, f = (out[0], out[1]) if isinstance(out, (list, tuple)) else (out, None)
+        probs.append(np.asarray(p, dtype=np.float64)[: len(batch)])
+        if f is not None:
+            feats.append(np.asarray(f, dtype=np.float32)[: len(batch)])
+    if not probs:
+        return np.zeros((0, 0)), None
+    p = np.concatenate(probs)
+    return p / p.sum(1, keepdims=True), (np.concatenate(feats) if feats else None)
 
 
 def load_model(path: str | Path):

@@ -20,6 +20,7 @@ from liverscan.core.artifacts import (
     CONFIG_FILE,
     MANIFEST,
     METRICS_FILE,
+    OOD_FILE,
     PREDICTIONS_FILE,
     LoadedRun,
     eval_dir_name,
@@ -29,6 +30,7 @@ from liverscan.core.config import Config
 from liverscan.core.decision import apply_temperature, predict_with_rule
 from liverscan.core.errors import ConfigError, DataError, ImageDecodeError, RunDirError
 from liverscan.core.fileio import write_csv_atomic, write_json_atomic
+from liverscan.core.guard import Reference, Verdict, assess
 from liverscan.core.images import DEFAULT_MAX_PIXELS
 from liverscan.core.model import predict_probs
 from liverscan.core.runinfo import utc_now, versions
@@ -47,6 +49,7 @@ class LabelledImages:
     paths: list[str]
     source: str
     skipped: list[tuple[str, str]]
+    sources: list[str] | None = None  # per image: the name of the source it came from
 
 
 def load_labelled(
@@ -66,7 +69,8 @@ def load_labelled(
         remap = np.array([run.classes.index(c) for c in prepared.classes])
         if len(s.y) == 0:
             raise DataError(f"{target}: split {split!r} is empty")
-        return LabelledImages(s.x, remap[s.y], s.paths, f"{target} ({split})", [])
+        source_of = {r["path"]: r.get("source", "") for r in prepared.rows}
+        return LabelledImages(s.x, remap[s.y], s.paths, f"{target} ({split})", [], [source_of[p] for p in s.paths])
     if data is None:
         raise RunDirError(f"{target}: the run's prepared dataset is gone; give the evaluation data explicitly")
     return _load_sources(run, str(data), max_pixels)
@@ -100,7 +104,8 @@ def _load_sources(run: LoadedRun, spec: str, max_pixels: int) -> LabelledImages:
         paths.append(c.path)
     if not xs:
         raise DataError(f"{spec}: no readable labelled images")
-    return LabelledImages(np.stack(xs), np.array(ys), paths, spec, skipped)
+    source_of = {c.path: c.source for c in candidates}
+    return LabelledImages(np.stack(xs), np.array(ys), paths, spec, skipped, [source_of[p] for p in paths])
 
 
 def parse_operating_point(spec: str, classes: list[str]) -> dict:
@@ -210,7 +215,16 @@ def evaluate(
         store_operating_point(run, fit_operating_point(run, model, operating_point, data))
     op = run.card.operating_point
     ds = load_labelled(run, data, split, max_pixels=config.preprocess.max_pixels)
-    probs = predict_probs(model, ds.x)
+    reference = None
+    if config.ood.enabled and run.run_dir is not None and (run.run_dir / OOD_FILE).is_file():
+        reference = Reference.load(run.run_dir / OOD_FILE).with_retention(config.ood.retention)
+    if reference is not None:
+        from liverscan.core.model import predict_outputs, with_features
+
+        probs, feats = predict_outputs(with_features(model), ds.x)
+    else:
+        probs, feats = predict_probs(model, ds.x), None
+    verdicts = assess(reference, ds.x, feats) if config.ood.enabled else []
     classes = run.classes
     result = {
         "created": utc_now(),
@@ -224,6 +238,8 @@ def evaluate(
         "versions": versions(),
     }
     result["argmax"]["bootstrap"] = bootstrap_intervals(ds.y, probs, classes, n_resamples=bootstrap, seed=seed)
+    if config.ood.enabled:
+        result["ood"] = _ood_section(reference, verdicts, ds, probs, classes, ece_bins)
     tuned_pred = None
     cal = None
     if op:
@@ -238,12 +254,19 @@ def evaluate(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     header = ["path", "true_class", "predicted_class"] + (["tuned_class"] if op else []) + [f"p_{c}" for c in classes]
+    header += ["in_distribution", "ood_score", "ood_reason"]
     rows = []
     for i, path in enumerate(ds.paths):
         row = [path, classes[ds.y[i]], classes[int(probs[i].argmax())]]
         if op:
             row.append(classes[int(tuned_pred[i])])
         row += [f"{p:.6f}" for p in probs[i]]
+        v = verdicts[i] if verdicts else None
+        row += [
+            "" if v is None or v.in_distribution is None else str(v.in_distribution).lower(),
+            "" if v is None or v.score is None else f"{v.score:.6f}",
+            "" if v is None else v.reason or "",
+        ]
         rows.append(row)
     write_csv_atomic(out_dir / PREDICTIONS_FILE, header, rows)
     write_json_atomic(out_dir / METRICS_FILE, result)
@@ -285,3 +308,48 @@ def _effective_config(run: LoadedRun, split: str, bootstrap: int, ece_bins: int)
     cfg = load_config(cfg_path) if cfg_path and cfg_path.is_file() else Config()
     cfg.eval.split, cfg.eval.bootstrap, cfg.eval.ece_bins = split, bootstrap, ece_bins
     return cfg
+
+
+def _ood_section(
+    reference: Reference | None,
+    verdicts: list[Verdict],
+    ds: LabelledImages,
+    probs: np.ndarray,
+    classes: list[str],
+    ece_bins: int,
+) -> dict:
+    """In-distribution rate, metrics on all images vs the in-distribution subset, and a per-source table."""
+    inside = np.array([v.in_distribution is not False for v in verdicts], bool)
+    sources = ds.sources or [ds.source] * len(ds.y)
+
+    def brief(mask: np.ndarray) -> dict | None:
+        if not mask.any():
+            return None
+        m = classification_metrics(ds.y[mask], probs[mask], classes, ece_bins=ece_bins)
+        return {
+            "n": int(mask.sum()),
+            "accuracy": m["accuracy"],
+            "balanced_accuracy": m["balanced_accuracy"],
+            "macro_roc_auc": m["macro"]["roc_auc"],
+        }
+
+    per_source = []
+    for name in sorted(set(sources)):
+        mask = np.array([s == name for s in sources], bool)
+        per_source.append(
+            {
+                "source": name,
+                "n": int(mask.sum()),
+                "in_distribution_rate": round(float(inside[mask].mean()), 4),
+                "all": brief(mask),
+                "in_distribution": brief(mask & inside),
+            }
+        )
+    return {
+        "guard": reference.describe() if reference is not None else "image checks only (no reference in this run)",
+        "n_out_of_distribution": int((~inside).sum()),
+        "in_distribution_rate": round(float(inside.mean()), 4) if len(inside) else None,
+        "all": brief(np.ones(len(inside), bool)),
+        "in_distribution": brief(inside),
+        "per_source": per_source,
+    }

@@ -105,9 +105,19 @@ def show_record(clf, rec, arr, show_cam: bool, data: bytes) -> None:
         else:
             st.image(image, width="stretch")
     with right:
-        st.markdown(f"### Prediction: **{rec.predicted_class}**")
-        st.markdown(f"confidence {rec.confidence:.3f} · {rec.decision_rule}")
-        if rec.needs_review:
+        if rec.in_distribution is False:
+            st.markdown("### Prediction: **none — out of distribution**")
+            st.markdown(f"model output (not an answer): {rec.predicted_class}, {rec.confidence:.3f}")
+        else:
+            st.markdown(f"### Prediction: **{rec.predicted_class}**")
+            st.markdown(f"confidence {rec.confidence:.3f} · {rec.decision_rule}")
+        if rec.in_distribution is False:
+            st.error(
+                "Out of distribution: this image looks unlike the images the model was trained on "
+                f"({rec.ood_reason}). The class below is not a reliable answer — another scanner, a screenshot "
+                "or not a liver ultrasound? Train on your own images for your scanners."
+            )
+        elif rec.needs_review:
             st.warning(f"Needs review: confidence below {clf.review_confidence:.2f}")
         for c in clf.classes:
             p = rec.probabilities[c]
@@ -154,6 +164,8 @@ def main() -> None:
                 "class": r.predicted_class or "error",
                 "confidence": None if r.confidence is None else round(r.confidence, 4),
                 **{f"p({c})": round(r.probabilities[c], 4) if r.probabilities else None for c in clf.classes},
+                "decision": r.decision or "error",
+                "in distribution": r.in_distribution,
                 "needs review": r.needs_review,
                 "error": r.error or "",
             }

@@ -404,6 +404,15 @@ def predict_cmd(
     dicom_tags: Annotated[
         Optional[str], typer.Option(help="DICOM tags to copy into records, comma-separated (none by default).")
     ] = None,
+    no_ood: Annotated[
+        bool, typer.Option("--no-ood", help="Turn the out-of-distribution guard off (recorded in every record).")
+    ] = False,
+    ood_retention: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Share of in-distribution images the guard lets pass (default: the model's, 0.95).", min=0.5, max=1.0
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar.")] = False,
@@ -418,7 +427,13 @@ def predict_cmd(
     if format_ is not None and format_ not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}")
     tags = tuple(t.strip() for t in dicom_tags.split(",") if t.strip()) if dicom_tags else ()
-    cfg = build_config(config, set_, eval__review_confidence=review_below)
+    cfg = build_config(
+        config,
+        set_,
+        eval__review_confidence=review_below,
+        ood__retention=ood_retention,
+        ood__enabled=False if no_ood else None,
+    )
     fmt_file = format_for(output) if output else None
     clf = Classifier.load(
         model,
@@ -428,14 +443,24 @@ def predict_cmd(
         runtime=runtime,
         batch_size=batch_size,
         max_pixels=cfg.preprocess.max_pixels,
+        ood=cfg.ood.enabled,
+        ood_retention=cfg.ood.retention if (ood_retention is not None or config or set_) else None,
     )
     err_console.print(
         f"Model: {escape(str(clf.source))} (classes: {', '.join(clf.classes)}; decision: {clf.decision_rule}; "
-        f"runtime: {clf.runtime})",
+        f"runtime: {clf.runtime}; out-of-distribution guard: {escape(clf.guard_status)})",
         highlight=False,
+        soft_wrap=True,
     )
+    if clf.ood and clf.reference is None:
+        err_console.print(
+            "[yellow]note:[/] this model has no out-of-distribution reference (trained before liverscan 0.2): "
+            "in_distribution is left empty unless an image check fires; retrain to get the full guard",
+            highlight=False,
+            soft_wrap=True,
+        )
     show_table = not quiet and format_ is None
-    n_total = n_failed = 0
+    n_total = n_failed = n_outside = 0
     shown: list = []
     counts: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
@@ -470,7 +495,8 @@ def predict_cmd(
                     f"[yellow]skipped:[/] {escape(rec.path)}: {escape(rec.error)}", highlight=False, soft_wrap=True
                 )
             else:
-                counts[rec.predicted_class] = counts.get(rec.predicted_class, 0) + 1
+                counts[rec.decision] = counts.get(rec.decision, 0) + 1
+                n_outside += rec.in_distribution is False
             for w in writers:
                 w.write(rec)
             if show_table and len(shown) < 200:
@@ -491,6 +517,11 @@ def predict_cmd(
         + (f"; wrote {escape(str(output))}" if output else ""),
         highlight=False,
     )
+    from liverscan.faces.terminal import ood_summary
+
+    warning = ood_summary(n_outside, n_total - n_failed)
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if n_failed:
         raise typer.Exit(2)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from liverscan.core.artifacts import SPLITS
@@ -112,6 +113,8 @@ def print_evaluation(metrics: dict, console: Console) -> None:
     classes = metrics["classes"]
     console.print(per_class_table(metrics["argmax"], "Per class (argmax)"))
     console.print(confusion_table(metrics["argmax"], classes, "Confusion matrix (argmax)"))
+    if metrics.get("ood"):
+        console.print(ood_table(metrics["ood"]))
     if "tuned" in metrics:
         op = metrics["operating_point"]
         console.print(f"Operating point {op['spec']!r}: {op['description']}; temperature {op['temperature']:.3f}")
@@ -119,26 +122,70 @@ def print_evaluation(metrics: dict, console: Console) -> None:
         console.print(confusion_table(metrics["tuned"], classes, "Confusion matrix (operating point)"))
 
 
+def ood_table(ood: dict) -> Table:
+    """In-distribution rate and metrics on all images vs the in-distribution subset, per source."""
+    table = Table(
+        title=f"Out-of-distribution guard: {ood['n_out_of_distribution']} flagged, "
+        f"in-distribution rate {_fmt(ood['in_distribution_rate'])}"
+    )
+    for col in (
+        "source",
+        "n",
+        "in-distribution rate",
+        "accuracy (all)",
+        "accuracy (in-distribution)",
+        "macro AUC (all)",
+        "macro AUC (in-distribution)",
+    ):
+        table.add_column(col)
+    for row in ood["per_source"]:
+        a, i = row["all"] or {}, row["in_distribution"] or {}
+        table.add_row(
+            escape(row["source"]),
+            str(row["n"]),
+            _fmt(row["in_distribution_rate"]),
+            _fmt(a.get("accuracy")),
+            _fmt(i.get("accuracy")),
+            _fmt(a.get("macro_roc_auc")),
+            _fmt(i.get("macro_roc_auc")),
+        )
+    return table
+
+
 def predictions_table(records: list, classes: list[str], total: int) -> Table:
-    """File, class, confidence, per-class probabilities and review flag (first rows only for big runs)."""
+    """File, decision, confidence, per-class probabilities and review flag (first rows only for big runs)."""
     title = "Predictions" + (f" (first {len(records)} of {total})" if total > len(records) else "")
     table = Table(title=title)
     table.add_column("file", overflow="fold")
-    table.add_column("class")
+    table.add_column("decision")
     table.add_column("confidence", justify="right")
     for c in classes:
         table.add_column(f"p({c})", justify="right")
     table.add_column("review")
     for r in records:
-        name = r.path + (f" [frame {r.frame}]" if r.frame else "")
+        name = escape(r.path) + (f" \\[frame {r.frame}]" if r.frame else "")
         if r.error:
-            table.add_row(name, "[red]error[/]", "", *[""] * len(classes), r.error)
+            table.add_row(name, "[red]error[/]", "", *[""] * len(classes), escape(r.error))
             continue
+        outside = r.in_distribution is False
         table.add_row(
             name,
-            r.predicted_class,
+            "[red]out of distribution[/]" if outside else escape(r.predicted_class),
             f"{r.confidence:.3f}",
             *[f"{r.probabilities[c]:.3f}" for c in classes],
-            "[yellow]yes[/]" if r.needs_review else "",
+            "[yellow]yes[/]" + (f" ({escape(r.ood_reason)})" if outside and r.ood_reason else "")
+            if r.needs_review
+            else "",
         )
     return table
+
+
+def ood_summary(n_outside: int, n_predicted: int) -> str | None:
+    """What to tell a user when some images look unlike the model's training data (None when none do)."""
+    if not n_outside:
+        return None
+    return (
+        f"{n_outside} of {n_predicted} images look unlike this model's training data (another scanner, a "
+        "screenshot, not an ultrasound?): their results are unreliable and marked out_of_distribution. "
+        "For images from your own scanners, train on them: liverscan prepare + liverscan train."
+    )

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.artifacts import TFLITE_FILE, LoadedRun, load_run
+from liverscan.core.artifacts import OOD_FILE, TFLITE_FILE, LoadedRun, load_run
 from liverscan.core.errors import ExportError, LiverscanError, RunDirError
 from liverscan.core.fileio import sha256_file, write_bytes_atomic
+from liverscan.core.guard import Reference, assess
 
 FORMATS = ("tflite",)
 TOLERANCE = 1e-4
@@ -30,10 +31,14 @@ def check_images(run: LoadedRun, n: int = 32) -> np.ndarray:
 
 
 def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | None = None) -> dict:
-    """Convert, write ``model.<fmt>`` into the run directory, check agreement, record it in the card."""
+    """Convert, check agreement with Keras, write ``model.<fmt>`` into the run directory, record it in the card.
+
+    The exported graph gives the probabilities and the pooled features the
+    out-of-distribution guard scores; a model whose probabilities differ by more
+    than 1e-4, or whose guard answer differs on any checked image, is not written.
+    """
     from liverscan.core.keras_env import backend_name
     from liverscan.core.model import load_model
-    from liverscan.serving.runtime import TFLiteRunner
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (supported: {', '.join(FORMATS)})")
@@ -42,29 +47,55 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
         raise RunDirError(f"{run_dir}: export needs a run directory")
     if backend_name() != "tensorflow":
         raise ExportError("TFLite export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
-    import tensorflow as tf
-
-    model = load_model(run.model_path)
-    try:
-        blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"TFLite conversion failed ({exc.__class__.__name__}: {exc})") from None
-    target = run.run_dir / TFLITE_FILE
-    write_bytes_atomic(target, blob)
+    reference = None
+    if (run.run_dir / OOD_FILE).is_file():
+        reference = Reference.load(run.run_dir / OOD_FILE)
     images = np.asarray(check_images(run) if images is None else images, dtype=np.float32)
-    got = TFLiteRunner(target, batch_size=16)(images)
-    reference = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float64)
-    diff = float(np.abs(got - reference / reference.sum(1, keepdims=True)).max())
-    if diff > TOLERANCE:
-        target.unlink(missing_ok=True)
-        raise ExportError(f"exported model disagrees with Keras (max abs difference {diff:.2e} > {TOLERANCE})")
-    info = {
-        "file": target.name,
-        "sha256": sha256_file(target),
-        "bytes": target.stat().st_size,
-        "max_abs_difference_vs_keras": diff,
-        "checked_images": int(len(images)),
-    }
+    info = write_tflite(load_model(run.model_path), run.run_dir / TFLITE_FILE, images, reference)
     run.card.exports[fmt] = info
     run.save_card()
     return info
+
+
+def write_tflite(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
+    """Convert ``model`` (probabilities + features) to TFLite at ``target`` once it agrees with Keras on ``images``."""
+    import tensorflow as tf
+
+    from liverscan.core.model import predict_outputs, with_features
+    from liverscan.serving.runtime import TFLiteRunner
+
+    both = with_features(model)
+    try:
+        blob = tf.lite.TFLiteConverter.from_keras_model(both).convert()
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"TFLite conversion failed ({exc.__class__.__name__}: {exc})") from None
+    staged = target.with_name(f".{target.name}.check")
+    write_bytes_atomic(staged, blob)
+    try:
+        got_p, got_f = TFLiteRunner(staged, batch_size=16).run(images)
+        ref_p, ref_f = predict_outputs(both, images, batch_size=16)
+        diff = float(np.abs(got_p - ref_p).max())
+        fdiff = float(np.abs(got_f - ref_f).max() / max(float(np.abs(ref_f).max()), 1e-12))
+        same_guard = None
+        if reference is not None:
+            keras_side = [v.in_distribution for v in assess(reference, images.astype(np.uint8), ref_f)]
+            lite_side = [v.in_distribution for v in assess(reference, images.astype(np.uint8), got_f)]
+            same_guard = keras_side == lite_side
+        if diff > TOLERANCE or same_guard is False:
+            raise ExportError(
+                f"exported model disagrees with Keras (max abs difference {diff:.2e}, tolerance {TOLERANCE}; "
+                f"same out-of-distribution answers: {same_guard})"
+            )
+        staged.replace(target)
+    finally:
+        staged.unlink(missing_ok=True)
+    return {
+        "file": target.name,
+        "sha256": sha256_file(target),
+        "bytes": target.stat().st_size,
+        "outputs": ["probabilities", "features"],
+        "max_abs_difference_vs_keras": diff,
+        "feature_max_relative_difference_vs_keras": fdiff,
+        "same_in_distribution_as_keras": same_guard,
+        "checked_images": int(len(images)),
+    }

@@ -26,7 +26,8 @@ def csv_header(classes: list[str], with_tags: list[str] = ()) -> list[str]:
     return (
         ["path", "frame", "sop_instance_uid", "predicted_class", "confidence"]
         + [f"p_{c}" for c in classes]
-        + ["decision_rule", "needs_review", "error", "explanation"]
+        + ["decision_rule", "decision", "in_distribution", "ood_score", "ood_reason", "needs_review", "error"]
+        + ["explanation"]
         + [f"dicom_{t}" for t in with_tags]
     )
 
@@ -38,7 +39,13 @@ def csv_row(rec: Prediction, classes: list[str], with_tags: list[str] = ()) -> l
     return (
         [rec.path, rec.frame or "", rec.sop_instance_uid or "", rec.predicted_class or "", conf]
         + probs
-        + [rec.decision_rule, str(rec.needs_review).lower(), rec.error or "", rec.explanation or ""]
+        + [
+            rec.decision_rule,
+            rec.decision or "",
+            "" if rec.in_distribution is None else str(rec.in_distribution).lower(),
+        ]
+        + ["" if rec.ood_score is None else f"{rec.ood_score:.6f}", rec.ood_reason or ""]
+        + [str(rec.needs_review).lower(), rec.error or "", rec.explanation or ""]
         + tags
     )
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.artifacts import TFLITE_FILE, LoadedRun, ModelCard, load_run
+from liverscan.core.artifacts import OOD_FILE, TFLITE_FILE, LoadedRun, ModelCard, load_run
 from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, RunDirError
+from liverscan.core.guard import Reference, assess
 from liverscan.core.images import DEFAULT_MAX_PIXELS, decode_array
 from liverscan.serving.inputs import load_bytes, load_input, resolve_model
 from liverscan.serving.pipeline import decoded_batches
-from liverscan.serving.records import Prediction
+from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
 
 DEFAULT_REVIEW_CONFIDENCE = 0.6
 RUNTIMES = ("auto", "keras", "tflite")
@@ -43,6 +44,8 @@ class Classifier:
         review_confidence: float = DEFAULT_REVIEW_CONFIDENCE,
         include_dicom_tags: tuple[str, ...] = (),
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        reference: Reference | None = None,
+        ood: bool = True,
     ):
         self.card = card
         self.source = source
@@ -55,6 +58,9 @@ class Classifier:
         self.review_confidence = review_confidence
         self.include_dicom_tags = tuple(include_dicom_tags)
         self.max_pixels = max_pixels
+        #: the out-of-distribution guard: off (``ood=False``), image checks only (no reference), or full
+        self.ood = ood
+        self.reference = reference if ood else None
         self.operating_point = card.operating_point if use_operating_point else None
         if use_operating_point and not self.operating_point:
             raise RunDirError(
@@ -73,24 +79,31 @@ class Classifier:
         runtime: str = "auto",
         batch_size: int = 32,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        ood: bool = True,
+        ood_retention: float | None = None,
     ) -> Classifier:
         """Load a run directory or model file (None: the default model).
 
         ``runtime``: ``auto`` uses an exported ``model.tflite`` when present and a
         LiteRT interpreter is installed (no TensorFlow import, faster on CPU), else
         the Keras model, which is always loaded in safe mode (no embedded code runs).
+        ``ood``: apply the out-of-distribution guard stored with the model;
+        ``ood_retention`` recomputes its threshold for another retention.
         """
         from liverscan.serving import runtime as rt
 
         if runtime not in RUNTIMES:
             raise ConfigError(f"unknown runtime {runtime!r} ({', '.join(RUNTIMES)})")
         run = load_run(resolve_model(path))
+        reference = _load_reference(run, ood_retention) if ood else None
         tflite = run.model_path.with_name(TFLITE_FILE)
         kw = dict(
             use_operating_point=use_operating_point,
             review_confidence=review_confidence,
             include_dicom_tags=include_dicom_tags,
             max_pixels=max_pixels,
+            reference=reference,
+            ood=ood,
         )
         if runtime == "tflite" or (runtime == "auto" and tflite.is_file() and rt.available()):
             if not tflite.is_file():
@@ -98,8 +111,30 @@ class Classifier:
             runner = rt.TFLiteRunner(tflite, batch_size=batch_size)
             if runner.input_shape != (run.image_size, run.image_size, 3):
                 raise ModelError(f"{tflite}: input {runner.input_shape} does not match the model card")
-            return cls(run.card, run.source, run.model_path, runner=runner, **kw)
+            if runner.has_features or reference is None:
+                return cls(run.card, run.source, run.model_path, runner=runner, **kw)
+            if runtime == "tflite":
+                raise ModelError(
+                    f"{tflite}: exported without the features the out-of-distribution guard needs; export it again"
+                )
         return cls(run.card, run.source, run.model_path, model=_load_keras(run), **kw)
+
+    @property
+    def guard_status(self) -> str:
+        """One line on what the out-of-distribution guard does for this model."""
+        if not self.ood:
+            return "off"
+        if self.reference is None:
+            return "image checks only (this model has no out-of-distribution reference)"
+        r = self.reference
+        return f"{r.method} k={r.k}, threshold {r.threshold:.4f} (retention {r.retention:.2f})"
+
+    @functools.cached_property
+    def _scorer(self):
+        """The Keras model giving (probabilities, pooled features)."""
+        from liverscan.core.model import with_features
+
+        return with_features(self.model)
 
     @functools.cached_property
     def model(self):
@@ -112,17 +147,24 @@ class Classifier:
 
     @property
     def decision_rule(self) -> str:
-        return f"operating point {self.operating_point['spec']}" if self.operating_point else "argmax"
+        rule = f"operating point {self.operating_point['spec']}" if self.operating_point else "argmax"
+        return rule if self.ood else f"{rule} (out-of-distribution guard off)"
 
     # -- core -----------------------------------------------------------------
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Raw model probabilities for (N, S, S, 3) 0..255 arrays."""
-        if self.runner is not None:
-            return self.runner(images)
-        from liverscan.core.model import predict_probs
+        return self.outputs(images, batch_size)[0]
 
-        return predict_probs(self.model, images, batch_size)
+    def outputs(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, pooled backbone features or None when the guard does not need them)."""
+        if self.runner is not None:
+            return self.runner.run(images)
+        from liverscan.core.model import predict_outputs, predict_probs
+
+        if self.reference is None:
+            return predict_probs(self.model, images, batch_size), None
+        return predict_outputs(self._scorer, images, batch_size)
 
     def _decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class indices, reported probabilities) under the decision rule."""
@@ -135,14 +177,22 @@ class Classifier:
 
     def fill_records(self, records: list[Prediction], images: np.ndarray, batch_size: int) -> None:
         """Set class, confidence, probabilities and review flag of ``records`` from ``images``."""
-        probs = self.probabilities(images, batch_size)
+        probs, feats = self.outputs(images, batch_size)
         idx, shown = self._decide(probs)
-        for rec, k, p in zip(records, idx, shown):
+        verdicts = assess(self.reference, images, feats) if self.ood else [None] * len(records)
+        for rec, k, p, v in zip(records, idx, shown, verdicts):
+            if not np.all(np.isfinite(p)):
+                rec.error = "the model gave non-finite probabilities (a damaged model?)"
+                continue
             rec.predicted_class = self.classes[int(k)]
             rec.confidence = float(p[int(k)])
-            rec.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+            rec.probabilities = {c: float(x) for c, x in zip(self.classes, p)}
             rec.decision_rule = self.decision_rule
-            rec.needs_review = rec.confidence < self.review_confidence
+            if v is not None:
+                rec.in_distribution, rec.ood_score, rec.ood_reason = v.in_distribution, v.score, v.reason
+            outside = rec.in_distribution is False
+            rec.decision = OUT_OF_DISTRIBUTION if outside else rec.predicted_class
+            rec.needs_review = outside or rec.confidence < self.review_confidence
 
     def _load(self, path: str) -> list[tuple[Prediction, np.ndarray | None]]:
         return load_input(path, self.image_size, self.include_dicom_tags, self.max_pixels)
@@ -260,3 +310,14 @@ def _load_keras(run: LoadedRun):
             f"match its model card ({run.image_size}px, {len(run.classes)} classes)"
         )
     return model
+
+
+def _load_reference(run: LoadedRun, retention: float | None) -> Reference | None:
+    """The run's out-of-distribution reference (None for a model trained without one)."""
+    path = run.model_path.with_name(OOD_FILE)
+    if not path.is_file():
+        return None
+    ref = Reference.load(path)
+    if retention is not None and retention != ref.retention:
+        ref = ref.with_retention(retention)
+    return ref

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+
 
 @dataclass
 class Prediction:
@@ -14,6 +16,12 @@ class Prediction:
     confidence: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     decision_rule: str = "argmax"
+    #: the answer to act on: the predicted class, or "out_of_distribution" when the guard says the
+    #: image is unlike the training data (the probabilities stay in the record); None on error
+    decision: str | None = None
+    in_distribution: bool | None = None  # None: the guard is off or the model has no reference
+    ood_score: float | None = None
+    ood_reason: str | None = None
     needs_review: bool = False
     error: str | None = None
     frame: int | None = None

@@ -40,7 +40,12 @@ def available() -> bool:
 
 
 class TFLiteRunner:
-    """Runs a ``.tflite`` classifier on fixed-size batches."""
+    """Runs a ``.tflite`` classifier on fixed-size batches.
+
+    The exported graph has one output (probabilities) or two (probabilities and the
+    pooled backbone features the out-of-distribution guard scores); they are told
+    apart by width (the class count is far below the feature width).
+    """
 
     def __init__(self, path: str | Path, batch_size: int = 32, threads: int | None = None):
         cls = _interpreter_class()
@@ -51,8 +56,9 @@ class TFLiteRunner:
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
         self._interps: dict[int, tuple] = {}
-        interp, _, _ = self._interpreter(batch_size)
+        interp, _, _, feats = self._interpreter(batch_size)
         self.input_shape = tuple(int(v) for v in interp.get_input_details()[0]["shape"][1:])
+        self.has_features = feats is not None
 
     def _interpreter(self, batch: int):
         """An interpreter allocated for ``batch`` images (one per size in use: single images stay cheap)."""
@@ -66,24 +72,34 @@ class TFLiteRunner:
             detail = interp.get_input_details()[0]
             interp.resize_tensor_input(detail["index"], [batch, *[int(v) for v in detail["shape"][1:]]])
             interp.allocate_tensors()
-            self._interps[batch] = (interp, detail["index"], interp.get_output_details()[0]["index"])
+            outputs = sorted(interp.get_output_details(), key=lambda d: int(d["shape"][-1]))
+            probs = outputs[0]["index"]
+            feats = outputs[-1]["index"] if len(outputs) > 1 else None
+            self._interps[batch] = (interp, detail["index"], probs, feats)
         return self._interps[batch]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for any number of images: full batches, then the rest one image at a time."""
+        """Probabilities for any number of images."""
+        return self.run(images)[0]
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, features or None): full batches, then the rest one image at a time."""
         images = np.asarray(images, dtype=np.float32)
-        out = []
+        probs, feats = [], []
         start = 0
         while start < len(images):
             size = self.batch_size if len(images) - start >= self.batch_size // 2 else 1
-            interp, inp, outp = self._interpreter(size)
+            interp, inp, out_p, out_f = self._interpreter(size)
             batch = images[start : start + size]
             n = len(batch)
             if n < size:
                 batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), np.float32)])
             interp.set_tensor(inp, batch)
             interp.invoke()
-            out.append(np.array(interp.get_tensor(outp)[:n], dtype=np.float64))
+            probs.append(np.array(interp.get_tensor(out_p)[:n], dtype=np.float64))
+            if out_f is not None:
+                feats.append(np.array(interp.get_tensor(out_f)[:n], dtype=np.float32))
             start += n
-        probs = np.concatenate(out) if out else np.zeros((0, 0))
-        return probs / probs.sum(1, keepdims=True) if len(probs) else probs
+        p = np.concatenate(probs) if probs else np.zeros((0, 0))
+        p = p / p.sum(1, keepdims=True) if len(p) else p
+        return p, (np.concatenate(feats) if feats else None)

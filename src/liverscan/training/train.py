@@ -273,8 +273,27 @@ def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> Tr
         time.perf_counter() - t_start,
         state.stopped_early,
     )
+    if cfg.ood.enabled:
+        reporter.phase("Fitting the out-of-distribution reference", None)
+        card.ood = fit_guard(model, train, val, cfg, run, None if fine_tuned or feats is None else feats[1])
     write_card(run, card)
     return TrainResult(run, card, history)
+
+
+def fit_guard(model, train: Split, val: Split, cfg: Config, run: Path, val_features: np.ndarray | None = None) -> dict:
+    """Fit the out-of-distribution reference on un-augmented training features, calibrate it on the
+    validation images, write it beside the model and return what the card records."""
+    from liverscan.core import guard
+    from liverscan.core.model import feature_extractor
+    from liverscan.training.features import compute_features
+
+    extractor = feature_extractor(model)
+    ftrain = compute_features(extractor, train.x)
+    fval = compute_features(extractor, val.x) if val_features is None else val_features
+    ref = guard.fit(ftrain, train.y, method=cfg.ood.method, k=cfg.ood.k)
+    ref = guard.calibrate(ref, guard.scores(ref, fval), cfg.ood.retention, f"validation split (n={len(val.y)})")
+    ref.save(run / art.OOD_FILE)
+    return ref.describe()
 
 
 def _cached_epoch_data(ftrain: np.ndarray, y: np.ndarray, n_classes: int, weight_vec, bs: int, seed: int):
