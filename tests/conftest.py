@@ -135,6 +135,7 @@ def tiny_run(tmp_path_factory) -> dict:
     cfg.data.near_duplicate_distance = -1
     cfg.preprocess.image_size = 32
     cfg.model.weights = "none"
+    cfg.model.head = "mlp"  # the paper's head: epochs, history and curves for the evaluate/report tests
     cfg.train.views = 2
     cfg.train.epochs = 3
     prepare_dataset(cfg, base / "prep")

@@ -25,8 +25,9 @@ def tiny_prepared(tiny_run) -> Path:
     return tiny_run["prep"]
 
 
-def _cfg(prep: Path, **train) -> Config:
+def _cfg(prep: Path, head: str = "mlp", **train) -> Config:
     cfg = load_config(prep / "config.yaml")
+    cfg.model.head = head
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg

@@ -42,6 +42,8 @@ FEATURES_DIR = "features"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 
+OOF_FILE = "oof_predictions.csv"  # cross-validated runs: one out-of-fold prediction per image and repeat
+
 # ---- evaluation directory
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"

@@ -87,7 +87,10 @@ class PreprocessConfig:
 class ModelConfig:
     """The published architecture: frozen MobileNetV2 + small dense head."""
 
-    backbone: str = "mobilenet_v2"
+    backbone: str = "mobilenet_v2"  # the only backbone implemented; validated
+    # linear: logistic regression on the pooled features (the linear probe, C by inner group CV) - chosen by
+    # cross-validation on the shared data; mlp: the paper's Dropout -> Dense 128 ReLU -> Dense head
+    head: str = "linear"
     alpha: float = 1.0
     weights: str = "imagenet"  # imagenet | none | path to a weights file
     dropout: float = 0.5
@@ -125,6 +128,8 @@ class TrainConfig:
     fine_tune_epochs: int = 10
     checkpoint_seconds: float = 2.0  # write a resumable checkpoint at most this often (and at the end)
     seed: int = 42
+    folds: int = 0  # >= 2: group-aware stratified k-fold cross-validation (then a refit on all images)
+    repeats: int = 1  # cross-validation repeats with different fold assignments
 
 
 @dataclass
@@ -285,6 +290,9 @@ def validate(cfg: Config) -> Config:
     )
     need(p.scaling in SCALINGS, "preprocess.scaling", f"one of {', '.join(SCALINGS)}", p.scaling)
     need(m.backbone in BACKBONES, "model.backbone", f"one of {', '.join(BACKBONES)}", m.backbone)
+    need(m.head in ("linear", "mlp"), "model.head", "linear or mlp", m.head)
+    need(t.folds == 0 or 2 <= t.folds <= 20, "train.folds", "0 (one split) or 2..20", t.folds)
+    need(1 <= t.repeats <= 20, "train.repeats", "in 1..20", t.repeats)
     need(m.alpha in ALPHAS, "model.alpha", f"one of {', '.join(map(str, ALPHAS))}", m.alpha)
     need(bool(m.weights.strip()), "model.weights", "imagenet, none or a weights file path", m.weights)
     need(finite(m.dropout) and 0 <= m.dropout < 1, "model.dropout", "in [0, 1)", m.dropout)

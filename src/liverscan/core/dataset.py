@@ -21,6 +21,7 @@ class Split:
     x: np.ndarray
     y: np.ndarray
     paths: list[str]
+    groups: np.ndarray | None = None  # group (near-duplicate cluster, patient) of each image
 
 
 class PreparedData:
@@ -47,8 +48,8 @@ class PreparedData:
         return self._cache
 
     def split(self, name: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Split:
-        """Load one split ('train', 'val', 'test') into memory at ``size``."""
-        idx = [i for i, r in enumerate(self.rows) if r["split"] == name]
+        """Load one split ("train", "val", "test", or "all" images) into memory at ``size``."""
+        idx = [i for i, r in enumerate(self.rows) if name == "all" or r["split"] == name]
         cache = self.cache(size)
         if cache is not None:
             x = np.asarray(cache[idx])
@@ -61,7 +62,8 @@ class PreparedData:
                     raise RunDirError(f"prepared image no longer readable: {exc}") from None
         lookup = {c: i for i, c in enumerate(self.classes)}
         y = np.array([lookup[self.rows[i]["class"]] for i in idx], dtype=np.int64)
-        return Split(x, y, [self.rows[i]["path"] for i in idx])
+        groups = np.array([self.rows[i].get("group") or self.rows[i]["path"] for i in idx], dtype=object)
+        return Split(x, y, [self.rows[i]["path"] for i in idx], groups)
 
 
 def class_weights(labels: list[str], classes: list[str]) -> dict[str, float]:

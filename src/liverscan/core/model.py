@@ -72,12 +72,26 @@ def _backbone(image_size: int, weights: str, alpha: float):
         ) from None
 
 
-def build_head(n_classes: int, dropout: float = 0.5, dense_units: int = 128, n_features: int = FEATURES):
-    """Dropout -> Dense(ReLU) -> Dense(softmax) on pooled backbone features."""
+HEADS = ("linear", "mlp")
+
+
+def build_head(
+    n_classes: int, dropout: float = 0.5, dense_units: int = 128, n_features: int = FEATURES, kind: str = "mlp"
+):
+    """The classifier on pooled backbone features.
+
+    ``mlp`` (the paper's): Dropout -> Dense(ReLU) -> Dense(softmax).
+    ``linear``: Dense(softmax) alone - a multinomial logistic regression whose weights
+    are fitted by scikit-learn (the linear probe) and copied in.
+    """
     keras = import_keras()
+    if kind not in HEADS:
+        raise ModelError(f"unknown head {kind!r} ({', '.join(HEADS)})")
     inp = keras.Input((n_features,), name="features")
-    x = keras.layers.Dropout(dropout, name="dropout")(inp)
-    x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
+    x = inp
+    if kind == "mlp":
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+        x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
     logits = keras.layers.Dense(n_classes, name="logits")(x)
     out = keras.layers.Activation("softmax", name="probabilities")(logits)
     return keras.Model(inp, out, name=HEAD_NAME)
@@ -90,6 +104,7 @@ def build_model(
     alpha: float = 1.0,
     dropout: float = 0.5,
     dense_units: int = 128,
+    head: str = "mlp",
 ):
     """The full classifier: takes ``(N, S, S, 3)`` pixels in 0..255, returns class probabilities."""
     keras = import_keras()
@@ -101,7 +116,7 @@ def build_model(
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(inp)
     x = backbone(x, training=False)  # BatchNorm stays in inference mode, even when unfrozen
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    out = build_head(n_classes, dropout, dense_units, n_features)(x)
+    out = build_head(n_classes, dropout, dense_units, n_features, head)(x)
     return keras.Model(inp, out, name="liverscan_mobilenet_v2")
 
 
@@ -138,6 +153,13 @@ def _find_layer(model, name: str):
             if found is not None:
                 return found
     return None
+
+
+def set_linear_head(model, weights: np.ndarray, bias: np.ndarray) -> None:
+    """Put fitted linear-probe weights (features x classes) into a ``linear`` head."""
+    model.get_layer(HEAD_NAME).get_layer("logits").set_weights(
+        [np.asarray(weights, np.float32), np.asarray(bias, np.float32)]
+    )
 
 
 def copy_trained_weights(src, dst) -> None:
@@ -225,7 +247,9 @@ def load_packed(path: Path):
             weights = [data[f"arr_{i}"].astype("float32") for i in range(len(data.files))]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path}: cannot load packed weights ({exc.__class__.__name__}: {exc})") from None
-    model = build_model(card.n_classes, card.image_size, "none", b["alpha"], b["dropout"], b["dense_units"])
+    model = build_model(
+        card.n_classes, card.image_size, "none", b["alpha"], b["dropout"], b["dense_units"], b.get("head", "mlp")
+    )
     try:
         model.set_weights(weights)
     except ValueError as exc:

@@ -28,7 +28,7 @@ from liverscan.core.artifacts import (
 )
 from liverscan.core.config import Config
 from liverscan.core.decision import apply_temperature, predict_with_rule
-from liverscan.core.errors import ConfigError, DataError, ImageDecodeError, RunDirError
+from liverscan.core.errors import ConfigError, DataError, ImageDecodeError, LiverscanError, RunDirError
 from liverscan.core.fileio import write_csv_atomic, write_json_atomic
 from liverscan.core.guard import Reference, Verdict, assess
 from liverscan.core.images import DEFAULT_MAX_PIXELS
@@ -39,6 +39,7 @@ from liverscan.evaluation.calibration import (
     fit_sensitivity_threshold,
     fit_temperature,
 )
+from liverscan.evaluation.crossval import cv_metrics, headline, is_cross_validated, nested, read_oof, temperature_only
 from liverscan.evaluation.metrics import bootstrap_intervals, classification_metrics
 
 
@@ -124,6 +125,24 @@ def parse_operating_point(spec: str, classes: list[str]) -> dict:
     return {"goal": "sensitivity", "class": cls, "target": target}
 
 
+def fit_rule(y: np.ndarray, probs: np.ndarray, goal: dict, classes: list[str], where: str = "validation") -> dict:
+    """Temperature and decision rule for an operating-point goal, fitted on (y, probs)."""
+    temperature = fit_temperature(y, probs)
+    cal = apply_temperature(probs, temperature)
+    if goal["goal"] == "balanced":
+        rule = {"type": "weights", "weights": fit_balanced_weights(y, cal)}
+        desc = f"temperature-scaled probabilities x per-class weights maximising {where} balanced accuracy"
+    else:
+        ci = classes.index(goal["class"])
+        t = fit_sensitivity_threshold(y, cal, ci, goal["target"])
+        rule = {"type": "threshold", "class_index": ci, "class": goal["class"], "threshold": t}
+        desc = (
+            f"predict {goal['class']} when its temperature-scaled probability >= {t:.4f} "
+            f"({where} sensitivity target {goal['target']})"
+        )
+    return {"temperature": temperature, "rule": rule, "description": desc}
+
+
 def fit_operating_point(run: LoadedRun, model, spec: str, data: str | Path | None = None) -> dict:
     """Fit temperature + decision rule on a prepared validation split; returns the operating point.
 
@@ -135,25 +154,12 @@ def fit_operating_point(run: LoadedRun, model, spec: str, data: str | Path | Non
     fit_data = data if data is not None and is_prepared(Path(data)) else None
     val = load_labelled(run, fit_data, "val")
     probs = predict_probs(model, val.x)
-    temperature = fit_temperature(val.y, probs)
-    cal = apply_temperature(probs, temperature)
-    if goal["goal"] == "balanced":
-        rule = {"type": "weights", "weights": fit_balanced_weights(val.y, cal)}
-        desc = "temperature-scaled probabilities x per-class weights maximising validation balanced accuracy"
-    else:
-        ci = run.classes.index(goal["class"])
-        t = fit_sensitivity_threshold(val.y, cal, ci, goal["target"])
-        rule = {"type": "threshold", "class_index": ci, "class": goal["class"], "threshold": t}
-        desc = (
-            f"predict {goal['class']} when its temperature-scaled probability >= {t:.4f} "
-            f"(validation sensitivity target {goal['target']})"
-        )
-    pred = predict_with_rule(cal, rule)
+    fitted = fit_rule(val.y, probs, goal, run.classes)
+    cal = apply_temperature(probs, fitted["temperature"])
+    pred = predict_with_rule(cal, fitted["rule"])
     return {
         "spec": spec,
-        "temperature": temperature,
-        "rule": rule,
-        "description": desc,
+        **fitted,
         "fitted_on": {"data": val.source, "n": int(len(val.y)), "created": utc_now()},
         "validation": {
             "argmax": _brief(classification_metrics(val.y, probs, run.classes)),
@@ -205,10 +211,20 @@ def evaluate(
 
     config = config or Config()
     settings = config.eval
+    given_split = split
     split = split or settings.split
     bootstrap = settings.bootstrap if bootstrap is None else bootstrap
     ece_bins = settings.ece_bins if ece_bins is None else ece_bins
     run = load_run(run_path)
+    if is_cross_validated(run):
+        if data is None and given_split in (None, "cv"):
+            out_dir = Path(out) if out else run.source / eval_dir_name("cv")
+            return _evaluate_cv(run, out_dir, operating_point, bootstrap, seed, ece_bins, figures, config)
+        if data is None:
+            raise DataError(
+                f"{run.source}: this model was refit on every image of its prepared dataset, so its {split} "
+                "split is not held out; evaluate it cross-validated (no split) or on other data"
+            )
     out_dir = Path(out) if out else (run.run_dir / eval_dir_name(split) if run.run_dir else Path(eval_dir_name(split)))
     model = load_model(run.model_path)
     if operating_point:
@@ -218,12 +234,9 @@ def evaluate(
     reference = None
     if config.ood.enabled and run.run_dir is not None and (run.run_dir / OOD_FILE).is_file():
         reference = Reference.load(run.run_dir / OOD_FILE).with_retention(config.ood.retention)
-    if reference is not None:
-        from liverscan.core.model import predict_outputs, with_features
+    from liverscan.core.model import predict_outputs, with_features
 
-        probs, feats = predict_outputs(with_features(model), ds.x)
-    else:
-        probs, feats = predict_probs(model, ds.x), None
+    probs, feats = predict_outputs(with_features(model), ds.x)
     verdicts = assess(reference, ds.x, feats) if config.ood.enabled else []
     classes = run.classes
     result = {
@@ -240,6 +253,7 @@ def evaluate(
     result["argmax"]["bootstrap"] = bootstrap_intervals(ds.y, probs, classes, n_resamples=bootstrap, seed=seed)
     if config.ood.enabled:
         result["ood"] = _ood_section(reference, verdicts, ds, probs, classes, ece_bins)
+    result["baseline"] = _baseline(run, model, ds, feats, probs, config, bootstrap, seed, ece_bins)
     tuned_pred = None
     cal = None
     if op:
@@ -353,3 +367,156 @@ def _ood_section(
         "in_distribution": brief(inside),
         "per_source": per_source,
     }
+
+
+def _evaluate_cv(
+    run: LoadedRun,
+    out_dir: Path,
+    operating_point: str | None,
+    bootstrap: int,
+    seed: int,
+    ece_bins: int,
+    figures: bool,
+    config: Config,
+) -> EvalResult:
+    """Pooled out-of-fold metrics (group-bootstrap CIs, per-fold spread), nested calibration and operating
+    point, the linear-probe baseline, and the CV estimate written into the model card."""
+    oof = read_oof(run)
+    classes = run.classes
+    cv = run.card.extra.get("cross_validation") or {}
+    result: dict = {
+        "created": utc_now(),
+        "model": str(run.model_path.resolve()),
+        "data": f"{run.card.prepared_dir} (out-of-fold predictions of {cv.get('folds')}-fold cross-validation"
+        f" x {cv.get('repeats')})",
+        "split": "cross-validation",
+        "n": int(len(set(oof.paths))),
+        "rows": int(len(oof.y)),
+        "skipped": [],
+        "classes": classes,
+        "versions": versions(),
+    }
+    result["argmax"] = cv_metrics(oof, oof.probs, classes, bootstrap, seed, ece_bins)
+    calibrated, _ = nested(oof, oof.probs, temperature_only)
+    result["temperature_nested"] = classification_metrics(oof.y, calibrated, classes, ece_bins=ece_bins)["calibration"]
+    baseline = oof.baseline if oof.baseline is not None else oof.probs
+    result["baseline"] = cv_metrics(oof, baseline, classes, bootstrap, seed, ece_bins)
+    result["baseline"]["name"] = "linear probe" + (" (this model's own head)" if oof.baseline is None else "")
+    spec = operating_point or (run.card.operating_point or {}).get("spec")
+    cal, pred = None, None
+    if spec:
+        goal = parse_operating_point(spec, classes)
+        cal, pred = nested(oof, oof.probs, lambda y, p: fit_rule(y, p, goal, classes, "out-of-fold"))
+        result["tuned"] = cv_metrics(oof, cal, classes, bootstrap, seed, ece_bins, pred=pred)
+        result["operating_point"] = {"spec": spec, "fitted": "nested: each fold by a rule fitted on the other folds"}
+        if operating_point:
+            op = {"spec": spec, **fit_rule(oof.y, oof.probs, goal, classes, "out-of-fold")}
+            op["fitted_on"] = {"data": "out-of-fold predictions", "n": int(len(oof.y)), "created": utc_now()}
+            op["cross_validated"] = headline(result["tuned"])
+            run.card.operating_point = op
+        result["operating_point"].update(
+            {k: run.card.operating_point[k] for k in ("temperature", "rule", "description")}
+            if run.card.operating_point
+            else {}
+        )
+    if run.card.ood and config.ood.enabled:
+        threshold = float(run.card.ood["threshold"])
+        inside = ~(oof.ood_scores > threshold)
+        m_in = classification_metrics(oof.y[inside], oof.probs[inside], classes) if inside.any() else None
+        result["ood"] = {
+            "guard": run.card.ood,
+            "n_out_of_distribution": int((~inside).sum()),
+            "in_distribution_rate": round(float(inside.mean()), 4),
+            "in_distribution": None
+            if m_in is None
+            else {
+                "n": int(inside.sum()),
+                "accuracy": m_in["accuracy"],
+                "balanced_accuracy": m_in["balanced_accuracy"],
+                "macro_roc_auc": m_in["macro"]["roc_auc"],
+            },
+            "per_source": [],
+        }
+    cv["metrics"] = {"model": headline(result["argmax"]), "linear_probe_baseline": headline(result["baseline"])}
+    if "tuned" in result:
+        cv["metrics"]["operating_point"] = {"spec": spec, **headline(result["tuned"])}
+    run.card.extra["cross_validation"] = cv
+    run.save_card()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = ["path", "group", "repeat", "fold", "true_class", "predicted_class"] + (["tuned_class"] if spec else [])
+    header += [f"p_{c}" for c in classes] + ["ood_score"]
+    rows = []
+    for i, path in enumerate(oof.paths):
+        row = [
+            path,
+            oof.groups[i],
+            int(oof.repeat[i]),
+            int(oof.fold[i]),
+            classes[oof.y[i]],
+            classes[int(oof.probs[i].argmax())],
+        ]
+        row += [classes[int(pred[i])]] if spec else []
+        row += [f"{p:.6f}" for p in oof.probs[i]] + ["" if np.isnan(oof.ood_scores[i]) else f"{oof.ood_scores[i]:.6f}"]
+        rows.append(row)
+    write_csv_atomic(out_dir / PREDICTIONS_FILE, header, rows)
+    write_json_atomic(out_dir / METRICS_FILE, result)
+    _effective_config(run, "cv", bootstrap, ece_bins).save(out_dir / CONFIG_FILE)
+    if figures:
+        from liverscan.core.plots import confusion_figure, reliability_figure, roc_figure
+
+        am = result["argmax"]
+        confusion_figure(
+            am["confusion_matrix"], classes, out_dir / "confusion.png", "Confusion matrix (out of fold, argmax)"
+        )
+        if spec:
+            confusion_figure(
+                result["tuned"]["confusion_matrix"],
+                classes,
+                out_dir / "confusion-tuned.png",
+                f"Confusion matrix (out of fold, operating point {spec}, nested)",
+            )
+        roc_figure(
+            oof.y,
+            oof.probs,
+            classes,
+            {c: v["roc_auc"] for c, v in am["per_class"].items()},
+            am["macro"]["roc_auc"],
+            out_dir / "roc.png",
+        )
+        curves = {
+            "model": (oof.probs, am["calibration"]["ece"]),
+            "temperature (nested)": (calibrated, result["temperature_nested"]["ece"]),
+        }
+        reliability_figure(oof.y, curves, out_dir / "reliability.png", n_bins=ece_bins)
+    return EvalResult(out_dir, result)
+
+
+def _baseline(
+    run: LoadedRun, model, ds: LabelledImages, feats, probs, config: Config, bootstrap: int, seed: int, ece_bins: int
+) -> dict | None:
+    """The linear probe fitted on the run's own training split, evaluated on the same images as the model."""
+    from liverscan.core.dataset import PreparedData
+    from liverscan.core.model import feature_extractor
+    from liverscan.core.probe import fit_linear_probe
+
+    classes = run.classes
+    if run.card.build.get("head") == "linear":
+        m = classification_metrics(ds.y, probs, classes, ece_bins=ece_bins)
+        m["bootstrap"] = bootstrap_intervals(ds.y, probs, classes, n_resamples=bootstrap, seed=seed)
+        return {**m, "name": "linear probe (this model's own head)"}
+    try:
+        prepared = PreparedData(run.card.prepared_dir or "")
+        train = prepared.split("train", run.image_size, config.preprocess.max_pixels)
+    except LiverscanError:
+        return None  # the training data is gone: no baseline to fit
+    if len(train.y) == 0:
+        return None
+    remap = np.array([classes.index(c) for c in prepared.classes])
+    extractor = feature_extractor(model)
+    ftrain = np.asarray(extractor.predict(train.x.astype(np.float32), batch_size=64, verbose=0))
+    probe = fit_linear_probe(ftrain, remap[train.y], train.groups, len(classes), seed=seed)
+    p = probe.probabilities(feats)
+    m = classification_metrics(ds.y, p, classes, ece_bins=ece_bins)
+    m["bootstrap"] = bootstrap_intervals(ds.y, p, classes, n_resamples=bootstrap, seed=seed)
+    return {**m, "name": f"linear probe (fitted on the run's training split, C={probe.c:.3g})"}

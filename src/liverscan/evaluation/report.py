@@ -96,7 +96,7 @@ def overall_cells(m: dict, digits: int = 3) -> list[str]:
 def find_eval_dir(run: Path, eval_dir: Path | None = None) -> Path | None:
     if eval_dir is not None:
         return eval_dir if (eval_dir / METRICS_FILE).is_file() else None
-    for name in (eval_dir_name("test"), eval_dir_name("val")):
+    for name in (eval_dir_name("cv"), eval_dir_name("test"), eval_dir_name("val")):
         if (run / name / METRICS_FILE).is_file():
             return run / name
     found = sorted(run.glob(f"{eval_dir_name('*')}/{METRICS_FILE}"))
@@ -182,14 +182,18 @@ def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]
     res = Section(f"Results ({m['split']}, n={m['n']})")
     res.p(
         f"Data: {m['data']}. Intervals are 95% bootstrap CIs "
-        f"({(am.get('bootstrap') or {}).get('n_resamples', 0)} resamples)."
+        f"({(am.get('bootstrap') or {}).get('n_resamples', 0)} resamples of "
+        f"{(am.get('bootstrap') or {}).get('resampled', 'images')})."
     )
     variants = [("argmax", am)] + ([("operating point", m["tuned"])] if "tuned" in m else [])
+    table_variants = variants + (
+        [(m["baseline"].get("name", "linear probe"), m["baseline"])] if m.get("baseline") else []
+    )
     rows = [
-        [label] + [cells[i] for cells in (overall_cells(x, 3) for _, x in variants)]
+        [label] + [cells[i] for cells in (overall_cells(x, 3) for _, x in table_variants)]
         for i, label in enumerate(label for label, _, _ in OVERALL_METRICS)
     ]
-    res.table(["metric"] + [v for v, _ in variants], rows)
+    res.table(["metric"] + [v for v, _ in table_variants], rows)
     for name, mm in variants:
         res.p(f"Per class ({name}):")
         res.table(
@@ -340,45 +344,51 @@ def write_report(run_dir: str | Path, eval_dir: str | Path | None = None) -> tup
 
 COMPARE_COLUMNS = [
     "run",
+    "model",
     "classes",
     "data",
     "split",
     "n",
-    "accuracy",
-    "accuracy 95% CI",
-    "balanced accuracy",
-    "macro ROC-AUC",
+    "accuracy (95% CI)",
+    "balanced accuracy (95% CI)",
+    "macro ROC-AUC (95% CI)",
     "ECE",
-    "best epoch",
     "train s",
 ]
 
 
+def _with_ci(m: dict, key: str, value) -> str:
+    iv = (m.get("bootstrap") or {}).get("intervals", {}).get(key)
+    return _f(value) + (f" ({iv[0]:.3f}–{iv[1]:.3f})" if iv else "")
+
+
 def compare_rows(runs: list[str | Path]) -> list[list]:
+    """One row per run, each followed by its linear-probe baseline (same images, same resampling)."""
     rows = []
     for r in runs:
         run = Path(r)
         card = read_card(run)
         ev = find_eval_dir(run)
         m = json.loads((ev / METRICS_FILE).read_text()) if ev else None
-        am = m["argmax"] if m else None
-        iv = (am or {}).get("bootstrap", {}).get("intervals", {}).get("accuracy") if am else None
-        rows.append(
-            [
-                str(run),
-                "/".join(card.classes),
-                m["data"] if m else "-",
-                m["split"] if m else "-",
-                m["n"] if m else "-",
-                _f(am["accuracy"]) if am else "-",
-                f"{iv[0]:.3f}–{iv[1]:.3f}" if iv else "-",
-                _f(am["balanced_accuracy"]) if am else "-",
-                _f(am["macro"]["roc_auc"]) if am else "-",
-                _f(am["calibration"]["ece"]) if am else "-",
-                card.training["best"]["epoch"],
-                card.training["seconds"],
-            ]
-        )
+        variants = [(card.architecture.get("head", "").split(" (")[0] or "model", m["argmax"] if m else None)]
+        if m and m.get("baseline"):
+            variants.append((f"baseline: {m['baseline'].get('name', 'linear probe')}", m["baseline"]))
+        for name, am in variants:
+            rows.append(
+                [
+                    str(run),
+                    name,
+                    "/".join(card.classes),
+                    m["data"] if m else "-",
+                    m["split"] if m else "-",
+                    m["n"] if m else "-",
+                    _with_ci(am, "accuracy", am["accuracy"]) if am else "-",
+                    _with_ci(am, "balanced_accuracy", am["balanced_accuracy"]) if am else "-",
+                    _with_ci(am, "macro_roc_auc", am["macro"]["roc_auc"]) if am else "-",
+                    _f(am["calibration"]["ece"]) if am else "-",
+                    card.training.get("seconds", "-"),
+                ]
+            )
     return rows
 
 

@@ -218,6 +218,17 @@ def train_cmd(
         Optional[int], typer.Option(help="Second stage: fine-tune the top N backbone blocks (0 = off).")
     ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for augmentation, initialisation and batching.")] = None,
+    head: Annotated[
+        Optional[str],
+        typer.Option(help="linear (default: the linear probe, chosen by cross-validation) or mlp (the paper's head)."),
+    ] = None,
+    folds: Annotated[
+        Optional[int],
+        typer.Option(help="Cross-validate with this many group-aware stratified folds on all images, then refit."),
+    ] = None,
+    repeats: Annotated[
+        Optional[int], typer.Option(help="Cross-validation repeats (different fold assignments).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress display; print only the result line.")
@@ -225,11 +236,11 @@ def train_cmd(
 ) -> None:
     """Train the MobileNetV2 transfer-learning model on a prepared dataset.
 
-    Example: [bold]liverscan train --data prepared/xu --out runs/xu[/]
-    (offline: add [bold]--weights path/to/mobilenet_v2_1.0_160_no_top.h5[/]); resume with
-    [bold]liverscan train --resume runs/xu[/]
+    Example: [bold]liverscan train --data prepared/xu --out runs/xu --folds 5[/] (cross-validated, then
+    refit on all images and evaluated out of fold); [bold]--head mlp[/] for the paper's head; offline: add
+    [bold]--weights path/to/mobilenet_v2_1.0_160_no_top.h5[/]; resume with [bold]liverscan train --resume runs/xu[/]
     """
-    from liverscan.training import train_run
+    from liverscan.training import cross_validate, train_run
 
     if resume is None and (data is None or out is None):
         fail("give --data PREPARED_DIR and --out RUN_DIR (or --resume RUN_DIR)")
@@ -247,18 +258,28 @@ def train_cmd(
             train__loss=loss,
             train__fine_tune_blocks=fine_tune_blocks,
             train__seed=seed,
+            model__head=head,
+            train__folds=folds,
+            train__repeats=repeats,
         )
         target = out
+    if resume is not None:
+        from liverscan.core.artifacts import read_run_info
+
+        cv = bool(read_run_info(resume).get("cross_validation"))
+    else:
+        cv = cfg.train.folds >= 2
+    fit = cross_validate if cv else train_run
     try:
         if quiet or not console.is_terminal:
-            result = train_run(cfg, data, target, overwrite=overwrite, resume=resume is not None)
+            result = fit(cfg, data, target, overwrite=overwrite, resume=resume is not None)
         else:
             from liverscan.faces.progress import RichReporter
 
             with RichReporter(console) as reporter:
-                result = train_run(cfg, data, target, overwrite=overwrite, resume=resume is not None, reporter=reporter)
+                result = fit(cfg, data, target, overwrite=overwrite, resume=resume is not None, reporter=reporter)
     except KeyboardInterrupt:
-        saved = any(Path(target).glob("checkpoint/*/state.json"))
+        saved = any(Path(target).glob("checkpoint/*/state.json")) or any(Path(target).glob("folds/*/fold.json"))
         fail(
             "interrupted; "
             + (
@@ -269,11 +290,30 @@ def train_cmd(
             130,
         )
     t, v = result.card.training, result.card.validation
-    console.print(
-        f"Trained {t['epochs_run']} epochs in {t['seconds']:.1f} s; best epoch {t['best']['epoch']} "
-        f"val accuracy {v['accuracy']:.4f} (balanced {v['balanced_accuracy']:.4f}) -> {escape(str(result.run_dir))}",
-        highlight=False,
-    )
+    what = f"Trained {t['epochs_run']} epochs" if t.get("epochs_run") else f"Fitted the {t['mode']}"
+    shown = f"; val accuracy {v['accuracy']:.4f} (balanced {v['balanced_accuracy']:.4f})" if v else ""
+    console.print(f"{what} in {t['seconds']:.1f} s{shown} -> {escape(str(result.run_dir))}", highlight=False)
+    if cv:
+        from liverscan.evaluation import evaluate
+
+        res = evaluate(result.run_dir, config=cfg)
+        m = res.metrics["argmax"]
+        iv = m["bootstrap"]["intervals"]
+        cells = [
+            f"{label} {m[k] if k != 'macro_roc_auc' else m['macro']['roc_auc']:.3f}"
+            + (f" ({iv[k][0]:.3f}–{iv[k][1]:.3f})" if iv.get(k) else "")
+            for label, k in (
+                ("accuracy", "accuracy"),
+                ("balanced accuracy", "balanced_accuracy"),
+                ("macro ROC-AUC", "macro_roc_auc"),
+            )
+        ]
+        console.print(
+            f"Out of fold ({res.metrics['rows']} predictions, 95% CI over groups): "
+            + ", ".join(cells)
+            + f"; details in {escape(str(res.out_dir))}",
+            highlight=False,
+        )
 
 
 @command("evaluate")
@@ -318,7 +358,7 @@ def evaluate_cmd(
     from liverscan.faces.terminal import print_evaluation
 
     cfg = build_config(config, set_, eval__split=split, eval__bootstrap=bootstrap)
-    res = evaluate(run, data, out=out, operating_point=operating_point, config=cfg, seed=seed)
+    res = evaluate(run, data, split=split, out=out, operating_point=operating_point, config=cfg, seed=seed)
     if not quiet:
         print_evaluation(res.metrics, console)
     for path, reason in ((s["path"], s["reason"]) for s in res.metrics["skipped"]):

@@ -69,9 +69,12 @@ def _fmt(v) -> str:
 def overall_table(metrics: dict) -> Table:
     """Overall metrics with 95% CIs; argmax and (when present) tuned side by side."""
     variants = [("argmax", metrics["argmax"])] + ([("operating point", metrics["tuned"])] if "tuned" in metrics else [])
+    if metrics.get("baseline"):
+        variants.append((metrics["baseline"].get("name", "linear probe"), metrics["baseline"]))
     from liverscan.evaluation import OVERALL_METRICS, overall_cells
 
-    table = Table(title=f"Overall ({metrics['split']}, n={metrics['n']}; 95% bootstrap CI)")
+    resampled = (metrics["argmax"].get("bootstrap") or {}).get("resampled", "images")
+    table = Table(title=f"Overall ({metrics['split']}, n={metrics['n']}; 95% bootstrap CI over {resampled})")
     table.add_column("metric")
     for name, _ in variants:
         table.add_column(name, justify="right")
@@ -112,6 +115,15 @@ def print_evaluation(metrics: dict, console: Console) -> None:
     console.print(overall_table(metrics))
     classes = metrics["classes"]
     console.print(per_class_table(metrics["argmax"], "Per class (argmax)"))
+    spread = metrics["argmax"].get("per_fold")
+    if spread:
+        console.print(
+            "Per fold (mean ± sd over "
+            + str(spread["accuracy"]["n_folds"])
+            + " folds): "
+            + ", ".join(f"{k.replace('_', ' ')} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in spread.items()),
+            highlight=False,
+        )
     console.print(confusion_table(metrics["argmax"], classes, "Confusion matrix (argmax)"))
     if metrics.get("ood"):
         console.print(ood_table(metrics["ood"]))
@@ -138,6 +150,17 @@ def ood_table(ood: dict) -> Table:
         "macro AUC (in-distribution)",
     ):
         table.add_column(col)
+    if not ood["per_source"]:
+        i = ood.get("in_distribution") or {}
+        table.add_row(
+            "all",
+            str(i.get("n", "")),
+            _fmt(ood["in_distribution_rate"]),
+            "",
+            _fmt(i.get("accuracy")),
+            "",
+            _fmt(i.get("macro_roc_auc")),
+        )
     for row in ood["per_source"]:
         a, i = row["all"] or {}, row["in_distribution"] or {}
         table.add_row(

@@ -5,7 +5,7 @@ by the spatial mean of d(logit_c)/dA_k.  Here the map is globally average
 pooled (f = mean over positions of A) before the head, so
 d logit_c / dA_k(i, j) = (1 / hw) * d logit_c / d f_k at every position, and the
 head (Dense ReLU -> Dense) has the closed-form gradient
-d logit_c / d f = W1 @ (W2[:, c] * [f W1 + b1 > 0]).
+d logit_c / d f = W1 @ (W2[:, c] * [f W1 + b1 > 0]); a linear head has d logit_c / d f = W[:, c].
 So the weights come from NumPy, with no backend autodiff, and equal what a
 GradientTape would give (dropout is inactive at inference).
 """
@@ -26,21 +26,26 @@ def feature_map_model(model):
     return keras.Model(model.inputs, model.get_layer("pool").input, name="feature_map")
 
 
-def head_weights(model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def head_weights(model) -> tuple[np.ndarray, ...]:
+    """(W1, b1, W2, b2) of the paper's head, or (W, b) of a linear head."""
     head = model.get_layer("head")
-    w1, b1 = (np.asarray(v, dtype=np.float64) for v in head.get_layer("dense").get_weights())
     w2, b2 = (np.asarray(v, dtype=np.float64) for v in head.get_layer("logits").get_weights())
+    if "dense" not in {layer.name for layer in head.layers}:
+        return w2, b2
+    w1, b1 = (np.asarray(v, dtype=np.float64) for v in head.get_layer("dense").get_weights())
     return w1, b1, w2, b2
 
 
 def gradcam_from_maps(maps: np.ndarray, head_weights, class_indices) -> np.ndarray:
     """Grad-CAM maps (N, h, w) in [0, 1] from feature maps (N, h, w, C) and head weights."""
-    w1, b1, w2, _ = head_weights
     a = np.asarray(maps, dtype=np.float64)
-    pooled = a.mean(axis=(1, 2))
-    active = (pooled @ w1 + b1) > 0  # (N, hidden)
     cls = np.asarray(class_indices, dtype=int)
-    grad_pooled = (w2[:, cls].T * active) @ w1.T  # (N, C): d logit_c / d f
+    if len(head_weights) == 2:  # linear head: d logit_c / d f = W[:, c]
+        grad_pooled = head_weights[0][:, cls].T
+    else:
+        w1, b1, w2, _ = head_weights
+        active = (a.mean(axis=(1, 2)) @ w1 + b1) > 0  # (N, hidden)
+        grad_pooled = (w2[:, cls].T * active) @ w1.T  # (N, C): d logit_c / d f
     cams = np.maximum(np.einsum("nhwc,nc->nhw", a, grad_pooled), 0.0)
     peak = cams.reshape(len(cams), -1).max(1)
     return np.divide(cams, peak[:, None, None], out=np.zeros_like(cams), where=peak[:, None, None] > 0)

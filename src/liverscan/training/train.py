@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from liverscan.core import artifacts as art
+from liverscan.core import guard
 from liverscan.core.artifacts import ModelCard, write_card
 from liverscan.core.config import Config, load_config
 from liverscan.core.dataset import PreparedData, Split, class_weights
@@ -152,40 +153,111 @@ def train_run(
 
 
 def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> TrainResult:
-    from liverscan.core.model import (
-        build_model,
-        calibrate_batchnorm,
-        copy_trained_weights,
-        count_params,
-        head_of,
-        logits_view,
-        unfreeze_top_blocks,
-    )
-    from liverscan.training.augment import build_augmenter
+    from liverscan.core.model import build_model, calibrate_batchnorm, count_params, head_of, unfreeze_top_blocks
 
     t_start = time.perf_counter()
     classes = data.classes
-    n_classes = len(classes)
     size = cfg.preprocess.image_size
     train = data.split("train", size, cfg.preprocess.max_pixels)
     val = data.split("val", size, cfg.preprocess.max_pixels)
-    if len(train.y) == 0 or len(val.y) == 0:
+    linear = cfg.model.head == "linear"
+    if len(train.y) == 0 or (len(val.y) == 0 and not linear):
         raise DataError(
             f"{data.dir}: training needs non-empty train and val splits "
             f"(has {len(train.y)} train, {len(val.y)} val images)"
         )
-    seed = cfg.train.seed
-    t = cfg.train
+    if linear and cfg.train.fine_tune_blocks > 0:
+        raise DataError("fine-tuning the backbone needs the mlp head (model.head=mlp)")
     cw = class_weights([classes[i] for i in train.y], classes)
+    model = build_model(
+        len(classes),
+        size,
+        cfg.model.weights,
+        cfg.model.alpha,
+        cfg.model.dropout,
+        cfg.model.dense_units,
+        cfg.model.head,
+    )
+    params = count_params(model)
+    if cfg.model.weights.strip().lower() == "none":
+        sample = np.random.default_rng(cfg.train.seed).permutation(len(train.y))[:256]
+        calibrate_batchnorm(model, train.x[np.sort(sample)])
+
+    if linear:
+        fit = _train_linear_head(model, train, val, cfg, run, reporter)
+    else:
+        fit = _train_mlp_model(model, train, val, cfg, run, reporter, cw)
+
+    # ---- outputs
+    reporter.phase("Writing model and card", None)
+    unfreeze_top_blocks(model, 0)  # the probability-output model; training only ever compiled views of it
+    _save_keras_atomic(model, run / art.MODEL_FILE)
+    art.write_history(run, fit.history)
+    if fit.history:
+        from liverscan.core.plots import training_curves
+
+        training_curves(fit.history, run / art.CURVES_FILE)
+    val_metrics = None
+    if len(val.y):
+        if fit.val_features is not None:
+            val_probs = np.asarray(head_of(model).predict(fit.val_features, batch_size=256, verbose=0))
+        else:
+            val_probs = np.asarray(model.predict(val.x.astype(np.float32), batch_size=64, verbose=0))
+        val_metrics = _val_metrics(val_probs, val, classes)
+    card = _model_card(cfg, data, run, params, cw, fit, val_metrics, time.perf_counter() - t_start)
+    if cfg.ood.enabled:
+        reporter.phase("Fitting the out-of-distribution reference", None)
+        card.ood = fit_guard(model, train, val, cfg, run, fit.train_features, fit.val_features)
+    write_card(run, card)
+    return TrainResult(run, card, fit.history)
+
+
+@dataclass
+class HeadFit:
+    """What training the head produced, for the card and the guard."""
+
+    history: list[dict]
+    best: dict
+    stopped_early: bool
+    details: dict = field(default_factory=dict)
+    train_features: np.ndarray | None = None  # un-augmented, when computed with the final backbone
+    val_features: np.ndarray | None = None
+
+
+def _train_linear_head(model, train: Split, val: Split, cfg: Config, run: Path, reporter: Reporter) -> HeadFit:
+    """The linear probe on un-augmented pooled features, C chosen by inner group cross-validation."""
+    from liverscan.core.model import feature_extractor, set_linear_head
+    from liverscan.core.probe import fit_linear_probe
+    from liverscan.training.features import compute_features
+
+    extractor = feature_extractor(model)
+    reporter.phase(f"Backbone features of {len(train.y) + len(val.y)} images", None)
+    ftrain = compute_features(extractor, train.x, reporter=reporter)
+    fval = compute_features(extractor, val.x) if len(val.y) else None
+    reporter.phase("Fitting the linear probe (C by inner group cross-validation)", None)
+    probe = fit_linear_probe(ftrain, train.y, train.groups, model.output_shape[-1], seed=cfg.train.seed)
+    set_linear_head(model, probe.weights, probe.bias)
+    details = {
+        "C": probe.c,
+        "inner_folds": probe.inner_folds,
+        "class_weight": "balanced",
+        "features": "standardised (folded into the softmax layer)",
+    }
+    return HeadFit([], {"stage": "linear probe", "epoch": None, "val_accuracy": None}, False, details, ftrain, fval)
+
+
+def _train_mlp_model(model, train: Split, val: Split, cfg: Config, run: Path, reporter: Reporter, cw) -> HeadFit:
+    """The paper's head (cached or fit mode), then the optional fine-tuning stage."""
+    from liverscan.core.model import copy_trained_weights, head_of, logits_view, unfreeze_top_blocks
+    from liverscan.training.augment import build_augmenter
+
+    t = cfg.train
+    classes = list(cw)
+    n_classes = len(classes)
+    seed = t.seed
     weight_vec = np.array([cw[c] for c in classes], np.float32) if t.loss == "weighted" else None
     validation_y = _one_hot(val.y, n_classes)
     bs = t.batch_size
-
-    model = build_model(n_classes, size, cfg.model.weights, cfg.model.alpha, cfg.model.dropout, cfg.model.dense_units)
-    params = count_params(model)
-    if cfg.model.weights.strip().lower() == "none":
-        sample = np.random.default_rng(seed).permutation(len(train.y))[:256]
-        calibrate_batchnorm(model, train.x[np.sort(sample)])
     augmenter = build_augmenter(cfg.augment, seed)
     ckpt = run / art.CHECKPOINT_DIR
 
@@ -248,52 +320,45 @@ def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> Tr
                 "epoch": len(state.history) + ft_state.best_epoch,
                 "val_accuracy": ft_state.best_val_accuracy,
             }
-
-    # ---- outputs
-    reporter.phase("Writing model and card", None)
-    unfreeze_top_blocks(model, 0)  # the probability-output model; training only ever compiled views of it
-    _save_keras_atomic(model, run / art.MODEL_FILE)
-    art.write_history(run, history)
-    from liverscan.core.plots import training_curves
-
-    training_curves(history, run / art.CURVES_FILE)
-    if feats is not None and not fine_tuned:
-        val_probs = np.asarray(head_of(model).predict(feats[1], batch_size=256, verbose=0))
-    else:
-        val_probs = np.asarray(model.predict(val.x.astype(np.float32), batch_size=64, verbose=0))
-    card = _model_card(
-        cfg,
-        data,
-        run,
-        params,
-        cw,
-        best,
-        history,
-        _val_metrics(val_probs, val, classes),
-        time.perf_counter() - t_start,
-        state.stopped_early,
-    )
-    if cfg.ood.enabled:
-        reporter.phase("Fitting the out-of-distribution reference", None)
-        card.ood = fit_guard(model, train, val, cfg, run, None if fine_tuned or feats is None else feats[1])
-    write_card(run, card)
-    return TrainResult(run, card, history)
+    val_features = None if fine_tuned or feats is None else feats[1]
+    return HeadFit(history, best, state.stopped_early, {}, None, val_features)
 
 
-def fit_guard(model, train: Split, val: Split, cfg: Config, run: Path, val_features: np.ndarray | None = None) -> dict:
+def fit_guard(model, train: Split, val: Split, cfg: Config, run: Path, train_features=None, val_features=None) -> dict:
     """Fit the out-of-distribution reference on un-augmented training features, calibrate it on the
-    validation images, write it beside the model and return what the card records."""
-    from liverscan.core import guard
+    validation images (or out-of-fold on the training images when there is no validation split),
+    write it beside the model and return what the card records."""
     from liverscan.core.model import feature_extractor
     from liverscan.training.features import compute_features
 
     extractor = feature_extractor(model)
-    ftrain = compute_features(extractor, train.x)
-    fval = compute_features(extractor, val.x) if val_features is None else val_features
-    ref = guard.fit(ftrain, train.y, method=cfg.ood.method, k=cfg.ood.k)
-    ref = guard.calibrate(ref, guard.scores(ref, fval), cfg.ood.retention, f"validation split (n={len(val.y)})")
+    ftrain = compute_features(extractor, train.x) if train_features is None else train_features
+    ref = guard_reference(ftrain, train.y, cfg)
+    if len(val.y):
+        fval = compute_features(extractor, val.x) if val_features is None else val_features
+        ref = guard.calibrate(ref, guard.scores(ref, fval), cfg.ood.retention, f"validation split (n={len(val.y)})")
+    else:
+        scores = out_of_fold_guard_scores(ftrain, train.y, train.groups, cfg)
+        ref = guard.calibrate(ref, scores, cfg.ood.retention, f"training images, out of fold (n={len(train.y)})")
     ref.save(run / art.OOD_FILE)
     return ref.describe()
+
+
+def guard_reference(features: np.ndarray, y: np.ndarray, cfg: Config) -> guard.Reference:
+    return guard.fit(features, y, method=cfg.ood.method, k=cfg.ood.k)
+
+
+def out_of_fold_guard_scores(
+    features: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Config, folds: int = 5
+) -> np.ndarray:
+    """Each image scored by a reference fitted without its group (group k-fold)."""
+    from sklearn.model_selection import GroupKFold
+
+    k = min(folds, len(set(groups)))
+    out = np.zeros(len(y))
+    for fit_idx, held in GroupKFold(k).split(features, y, groups):
+        out[held] = guard.scores(guard_reference(features[fit_idx], y[fit_idx], cfg), features[held])
+    return out
 
 
 def _cached_epoch_data(ftrain: np.ndarray, y: np.ndarray, n_classes: int, weight_vec, bs: int, seed: int):
@@ -350,21 +415,56 @@ def _val_metrics(probs: np.ndarray, val: Split, classes: list[str]) -> dict:
     }
 
 
+def head_description(cfg: Config, n_classes: int) -> str:
+    if cfg.model.head == "linear":
+        return (
+            f"GlobalAveragePooling2D -> Dense {n_classes} softmax (linear probe: L2 logistic regression on "
+            "standardised features, balanced class weights, C by inner group cross-validation)"
+        )
+    return (
+        f"GlobalAveragePooling2D -> Dropout {cfg.model.dropout} -> Dense {cfg.model.dense_units} ReLU "
+        f"-> Dense {n_classes} softmax"
+    )
+
+
+def training_record(cfg: Config, cw: dict, fit: HeadFit, elapsed: float) -> dict:
+    """The card's ``training`` entry."""
+    t = cfg.train
+    common = {
+        "class_weights": cw,
+        "seconds": round(elapsed, 1),
+        "seed": t.seed,
+        "backend": backend_name(),
+        "device": accelerator(),
+        "best": fit.best,
+        "epochs_run": len(fit.history),
+    }
+    if cfg.model.head == "linear":
+        return {
+            "mode": "linear probe",
+            "loss": "class-balanced logistic loss (scikit-learn, lbfgs)",
+            **fit.details,
+            **common,
+        }
+    return {
+        "mode": t.mode,
+        "views": t.views if t.mode == "cached" else None,
+        "loss": t.loss,
+        "optimizer": f"Adam(lr={t.learning_rate}, beta_1={t.beta_1}, beta_2={t.beta_2})",
+        "batch_size": t.batch_size,
+        "epoch_limit": t.epochs,
+        "stopped_early": fit.stopped_early,
+        "fine_tune_blocks": t.fine_tune_blocks,
+        **fit.details,
+        **common,
+    }
+
+
 def _model_card(
-    cfg: Config,
-    data: PreparedData,
-    run: Path,
-    params,
-    cw,
-    best,
-    history,
-    val_metrics,
-    elapsed: float,
-    stopped_early: bool,
+    cfg: Config, data: PreparedData, run: Path, params, cw, fit: HeadFit, val_metrics, elapsed: float
 ) -> ModelCard:
     prep_cfg = data.dir / art.CONFIG_FILE
     class_map = load_config(prep_cfg).data.class_map if prep_cfg.is_file() else cfg.data.class_map
-    t = cfg.train
     return ModelCard(
         name=run.name,
         created=utc_now(),
@@ -377,35 +477,23 @@ def _model_card(
         },
         architecture={
             "backbone": f"MobileNetV2 alpha {cfg.model.alpha}, frozen, BatchNorm in inference mode",
-            "head": f"GlobalAveragePooling2D -> Dropout {cfg.model.dropout} -> Dense {cfg.model.dense_units} ReLU "
-            f"-> Dense {len(data.classes)} softmax",
+            "head": head_description(cfg, len(data.classes)),
             "parameters": params,
         },
         backbone_weights=_weights_source(cfg.model.weights, cfg),
-        build={"alpha": cfg.model.alpha, "dropout": cfg.model.dropout, "dense_units": cfg.model.dense_units},
+        build={
+            "alpha": cfg.model.alpha,
+            "dropout": cfg.model.dropout,
+            "dense_units": cfg.model.dense_units,
+            "head": cfg.model.head,
+        },
         data={
             "prepared_dir": str(data.dir.resolve()),
             "manifest_hash": data.manifest_hash,
             "sources": data.summary.get("sources", []),
             "counts": data.summary.get("counts", {}),
         },
-        training={
-            "mode": t.mode,
-            "views": t.views if t.mode == "cached" else None,
-            "loss": t.loss,
-            "class_weights": cw,
-            "optimizer": f"Adam(lr={t.learning_rate}, beta_1={t.beta_1}, beta_2={t.beta_2})",
-            "batch_size": t.batch_size,
-            "epochs_run": len(history),
-            "epoch_limit": t.epochs,
-            "stopped_early": stopped_early,
-            "fine_tune_blocks": t.fine_tune_blocks,
-            "best": best,
-            "seconds": round(elapsed, 1),
-            "seed": t.seed,
-            "backend": backend_name(),
-            "device": accelerator(),
-        },
-        validation=val_metrics,
+        training=training_record(cfg, cw, fit, elapsed),
+        validation=val_metrics or {},
         versions=versions(),
     )
