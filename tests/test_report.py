@@ -50,5 +50,11 @@ def test_cli_report_and_compare(tiny_run, tmp_path):
     r = runner.invoke(app, ["report", "--compare", str(a), str(b), "--out", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
     rows = read_csv(tmp_path / "cmp" / "compare.csv")
-    assert [row["run"] for row in rows] == [str(a), str(b)]
-    assert rows[0]["accuracy"] != "-" and rows[1]["accuracy"] == "-"
+    # each evaluated run is followed by its linear-probe baseline on the same images
+    assert [(row["run"], row["model"].split(":")[0]) for row in rows] == [
+        (str(a), "paper head (mlp)"),
+        (str(a), "baseline"),
+        (str(b), "paper head (mlp)"),
+    ]
+    assert rows[0]["accuracy (95% CI)"] != "-" and rows[1]["accuracy (95% CI)"] != "-"
+    assert rows[2]["accuracy (95% CI)"] == "-"

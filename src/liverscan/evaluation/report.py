@@ -153,23 +153,43 @@ def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]
                 f"{card.architecture['parameters']['trainable']:,} trainable",
             ],
             ["input", f"{card.image_size}×{card.image_size}; {card.input.get('scaling', '')}"],
-            ["optimizer / batch", f"{t['optimizer']}, batch {t['batch_size']}"],
+            ["head", card.architecture.get("head", "")],
             ["loss", f"{t['loss']} (class weights {', '.join(f'{c} {w:.3f}' for c, w in t['class_weights'].items())})"],
             ["mode", f"{t['mode']}" + (f", {t['views']} augmented views per image" if t.get("views") else "")],
+        ]
+        + ([["optimizer / batch", f"{t['optimizer']}, batch {t['batch_size']}"]] if "optimizer" in t else [])
+        + (
+            [["regularisation", f"C = {t['C']:.4g} (inner group cross-validation, {t.get('inner_folds')} folds)"]]
+            if t.get("C") is not None
+            else []
+        )
+        + (
             [
-                "epochs",
-                f"{t['epochs_run']} run (limit {t['epoch_limit']}), best epoch {t['best']['epoch']} "
-                f"({t['best']['stage']}), early stop: {t['stopped_early']}",
-            ],
+                [
+                    "epochs",
+                    f"{t['epochs_run']} run (limit {t.get('epoch_limit')}), best epoch {t['best']['epoch']} "
+                    f"({t['best']['stage']}), early stop: {t.get('stopped_early')}",
+                ]
+            ]
+            if t.get("epochs_run")
+            else []
+        )
+        + [
             ["time", f"{t['seconds']} s on {t['device']} ({t['backend']}), seed {t['seed']}"],
             ["versions", ", ".join(f"{k} {v}" for k, v in card.versions.items())],
         ],
     )
+    cv = card.extra.get("cross_validation")
+    if cv:
+        tr.p(
+            f"Cross-validated: {cv['folds']}-fold x {cv['repeats']} on {cv['images']} images in {cv['groups']} groups "
+            f"(no group spans folds); final model: {cv['final_model']}."
+        )
     try:
         hist = read_history(run)
         best = max(hist, key=lambda r: r["val_accuracy"])
         tr.p(f"Best validation accuracy {best['val_accuracy']:.4f} at epoch {int(best['epoch'])}.")
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, KeyError):
         pass
     tr.img(run / CURVES_FILE, "Training curves: accuracy and loss, training vs validation")
     sections.append(tr)
@@ -370,7 +390,8 @@ def compare_rows(runs: list[str | Path]) -> list[list]:
         card = read_card(run)
         ev = find_eval_dir(run)
         m = json.loads((ev / METRICS_FILE).read_text()) if ev else None
-        variants = [(card.architecture.get("head", "").split(" (")[0] or "model", m["argmax"] if m else None)]
+        head = {"linear": "linear probe", "mlp": "paper head (mlp)"}.get(card.build.get("head", "mlp"), "model")
+        variants = [(head, m["argmax"] if m else None)]
         if m and m.get("baseline"):
             variants.append((f"baseline: {m['baseline'].get('name', 'linear probe')}", m["baseline"]))
         for name, am in variants:

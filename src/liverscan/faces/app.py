@@ -46,8 +46,24 @@ def model_card_panel(clf) -> None:
     )
     if card.extra.get("training_data_licence"):
         st.sidebar.caption(card.extra["training_data_licence"])
+    cv = (card.extra.get("cross_validation") or {}).get("metrics")
+    if cv:
+        m = cv["model"]
+        st.sidebar.markdown(
+            "**Cross-validated (out of fold, 95% CI over groups):** "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {m[k]['value']:.3f} ({m[k]['ci95'][0]:.3f}–{m[k]['ci95'][1]:.3f})"
+                for k in ("accuracy", "balanced_accuracy", "macro_roc_auc")
+                if m[k]["ci95"]
+            )
+        )
+    if card.ood:
+        st.sidebar.markdown(
+            f"**Out-of-distribution guard:** {card.ood['method']} on backbone features + image checks; "
+            f"flags images unlike the training data (keeps {card.ood['retention']:.0%} of them)"
+        )
     metrics = card.extra.get("test") or card.validation or {}
-    if metrics:
+    if metrics and not cv:
         which = "Test" if card.extra.get("test") else "Validation"
         st.sidebar.markdown(
             f"**{which} metrics** (n={metrics.get('n')}): accuracy {metrics.get('accuracy'):.3f}"
