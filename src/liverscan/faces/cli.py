@@ -599,7 +599,6 @@ def app_cmd(
     """
     import importlib.util
     import os
-    import subprocess
 
     if importlib.util.find_spec("streamlit") is None:
         fail('the app needs Streamlit: pip install "liverscan[app]"')
@@ -629,10 +628,17 @@ def app_cmd(
     err_console.print(
         f"liverscan app on http://{address}:{port} (model {escape(str(target))}); Ctrl+C to stop", highlight=False
     )
-    try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    if address not in ("localhost", "127.0.0.1", "::1"):
+        err_console.print(
+            f"[yellow]warning:[/] serving on {escape(address)} without authentication: anyone who can reach "
+            "this address can upload images",
+            highlight=False,
+            soft_wrap=True,
+        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # become the server (no child left behind): a signal to this process reaches Streamlit itself
+    os.execve(sys.executable, cmd, env)
 
 
 def _with_progress(fn, label: str, quiet: bool):

@@ -25,13 +25,11 @@ import numpy as np
 
 from liverscan.core import artifacts as art
 from liverscan.core import guard
-from liverscan.core.config import Config, load_config
+from liverscan.core.config import Config
 from liverscan.core.dataset import PreparedData, Split, class_weights
-from liverscan.core.errors import DataError, RunDirError
+from liverscan.core.errors import DataError
 from liverscan.core.fileio import write_csv_atomic, write_json_atomic
-from liverscan.core.keras_env import seeded
 from liverscan.core.probe import fit_linear_probe
-from liverscan.core.runinfo import utc_now
 from liverscan.training.checkpoints import CheckpointStore
 from liverscan.training.loop import Reporter, SilentReporter, Stage, run_stage
 from liverscan.training.train import (
@@ -41,9 +39,9 @@ from liverscan.training.train import (
     _model_card,
     _one_hot,
     _save_keras_atomic,
-    _start_run_dir,
     compile_trainer,
     guard_reference,
+    run_in_directory,
 )
 
 FOLDS_DIR = "folds"
@@ -75,36 +73,12 @@ def cross_validate(
 ) -> TrainResult:
     """Cross-validate ``cfg`` (``train.folds``, ``train.repeats``) on all images of a prepared dataset,
     then refit on all of them; writes out-of-fold predictions and the refitted model into ``run_dir``."""
-    reporter = reporter or SilentReporter()
-    run = Path(run_dir)
-    if resume:
-        info = art.read_run_info(run)
-        if info.get("status") == "complete":
-            raise RunDirError(f"{run}: training already complete")
-        cfg = load_config(run / art.CONFIG_FILE)
-        data = PreparedData(info["data_dir"])
-    else:
-        if data_dir is None:
-            raise RunDirError("training needs a prepared dataset directory")
-        if cfg.train.folds < 2:
-            raise DataError("cross-validation needs train.folds >= 2")
-        data = PreparedData(data_dir)
-        _start_run_dir(run, overwrite)
-        info = {"data_dir": str(Path(data_dir).resolve()), "created": utc_now()}
-        cfg.save(run / art.CONFIG_FILE)
-    info.update(status="running", cross_validation={"folds": cfg.train.folds, "repeats": cfg.train.repeats})
-    art.write_run_info(run, info)
-    try:
-        with seeded(cfg.train.seed):
-            result = _cross_validate(cfg, data, run, reporter)
-    except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        info.update(status="interrupted" if interrupted else "failed", error=None if interrupted else str(exc))
-        art.write_run_info(run, info)
-        raise
-    info.update(status="complete", finished=utc_now(), error=None)
-    art.write_run_info(run, info)
-    return result
+    if not resume and cfg.train.folds < 2:
+        raise DataError("cross-validation needs train.folds >= 2")
+    extra = {"cross_validation": {"folds": cfg.train.folds, "repeats": cfg.train.repeats}}
+    return run_in_directory(
+        _cross_validate, cfg, data_dir, run_dir, overwrite=overwrite, resume=resume, reporter=reporter, info_extra=extra
+    )
 
 
 def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> TrainResult:
@@ -203,7 +177,7 @@ def _features(model, images: Split, cfg: Config, run: Path, reporter: Reporter):
     """Un-augmented features of every image (and augmented views for the paper's cached head), cached."""
     from liverscan.core.model import feature_extractor
     from liverscan.training.augment import build_augmenter
-    from liverscan.training.features import compute_features
+    from liverscan.training.features import compute_features, save_cached
 
     folder = run / art.FEATURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,12 +202,7 @@ def _features(model, images: Split, cfg: Config, run: Path, reporter: Reporter):
         reporter.phase(f"Backbone features: {cfg.train.views} augmented views of {len(images.y)} images", None)
         augmenter = build_augmenter(cfg.augment, cfg.train.seed)
         views = compute_features(extractor, images.x, augmenter, cfg.train.views, reporter=reporter)
-    for name, arr in (("plain.npy", plain), ("views.npy", views)):
-        if arr is not None:
-            tmp = folder / f".{name}.tmp.npy"
-            np.save(tmp, arr)
-            tmp.replace(folder / name)
-    write_json_atomic(meta, key)
+    save_cached(folder, {"plain.npy": plain, "views.npy": views}, meta, key)
     return plain, views
 
 

@@ -68,9 +68,15 @@ def cached_features(model, train: Split, val: Split, augmenter, cfg: Config, fol
     ftrain = compute_features(extractor, train.x, augmenter, cfg.train.views, reporter=reporter)
     reporter.phase(f"Backbone features: {len(val.y)} validation images", None)
     fval = compute_features(extractor, val.x, None, reporter=reporter)
-    for name, arr in (("train.npy", ftrain), ("val.npy", fval)):
-        tmp = folder / f".{name}.tmp.npy"
-        np.save(tmp, arr)
-        tmp.replace(folder / name)
-    write_json_atomic(meta, key)
+    save_cached(folder, {"train.npy": ftrain, "val.npy": fval}, meta, key)
     return ftrain, fval
+
+
+def save_cached(folder: Path, arrays: dict[str, np.ndarray | None], meta: Path, key: dict) -> None:
+    """Write feature arrays atomically, then the key that says what they were computed from."""
+    for name, arr in arrays.items():
+        if arr is not None:
+            tmp = folder / f".{name}.tmp.npy"
+            np.save(tmp, arr)
+            tmp.replace(folder / name)
+    write_json_atomic(meta, key)

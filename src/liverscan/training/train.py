@@ -121,6 +121,22 @@ def train_run(
     reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train a model on a prepared dataset into ``run_dir`` (or resume the interrupted run there)."""
+    return run_in_directory(_train, cfg, data_dir, run_dir, overwrite=overwrite, resume=resume, reporter=reporter)
+
+
+def run_in_directory(
+    body,
+    cfg: Config,
+    data_dir: str | Path | None,
+    run_dir: str | Path,
+    *,
+    overwrite: bool,
+    resume: bool,
+    reporter: Reporter | None,
+    info_extra: dict | None = None,
+) -> TrainResult:
+    """Start (or resume) a run directory, run ``body(cfg, data, run, reporter)`` seeded, and keep ``run.json``
+    true: ``running``, then ``complete``, or ``interrupted`` / ``failed`` so the run can be resumed or retried."""
     reporter = reporter or SilentReporter()
     run = Path(run_dir)
     if resume:
@@ -134,15 +150,14 @@ def train_run(
             raise RunDirError("training needs a prepared dataset directory")
         data = PreparedData(data_dir)  # fails before the run directory is touched
         _start_run_dir(run, overwrite)
-        info = {"data_dir": str(Path(data_dir).resolve()), "status": "running", "created": utc_now()}
+        info = {"data_dir": str(Path(data_dir).resolve()), "created": utc_now(), **(info_extra or {})}
         cfg.save(run / art.CONFIG_FILE)
     info["status"] = "running"
     art.write_run_info(run, info)
     try:
         with seeded(cfg.train.seed):
-            result = _train(cfg, data, run, reporter)
+            result = body(cfg, data, run, reporter)
     except BaseException as exc:
-        # a fault leaves the run resumable (interrupt) or restartable (error), never stuck as "running"
         interrupted = isinstance(exc, KeyboardInterrupt)
         info.update(status="interrupted" if interrupted else "failed", error=None if interrupted else str(exc))
         art.write_run_info(run, info)
