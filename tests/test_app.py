@@ -159,3 +159,13 @@ def test_end_to_end_in_a_real_browser():
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+    # `liverscan app` became the Streamlit server (exec), so stopping it left nothing listening
+    left = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).count(f"--server.port {port}")]
+    assert [_cmdline(p) for p in left] == []
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
