@@ -177,19 +177,12 @@ def _features(model, images: Split, cfg: Config, run: Path, reporter: Reporter):
     """Un-augmented features of every image (and augmented views for the paper's cached head), cached."""
     from liverscan.core.model import feature_extractor
     from liverscan.training.augment import build_augmenter
-    from liverscan.training.features import compute_features, save_cached
+    from liverscan.training.features import cache_key, compute_features, save_cached
 
     folder = run / art.FEATURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     want_views = cfg.model.head == "mlp"
-    key = {
-        "n": len(images.y),
-        "views": cfg.train.views if want_views else 0,
-        "seed": cfg.train.seed,
-        "weights": cfg.model.weights,
-        "size": cfg.preprocess.image_size,
-        "augment": vars(cfg.augment),
-    }
+    key = cache_key(cfg, cfg.train.views if want_views else 0, n=len(images.y))
     meta = folder / "all.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:
         views = np.load(folder / "views.npy") if want_views else None

@@ -49,15 +49,7 @@ def compute_features(
 def cached_features(model, train: Split, val: Split, augmenter, cfg: Config, folder: Path, reporter: Reporter):
     """Train view features and validation features, computed or reused from an interrupted run."""
     folder.mkdir(parents=True, exist_ok=True)
-    key = {
-        "n_train": len(train.y),
-        "n_val": len(val.y),
-        "views": cfg.train.views,
-        "seed": cfg.train.seed,
-        "weights": cfg.model.weights,
-        "size": cfg.preprocess.image_size,
-        "augment": vars(cfg.augment),
-    }
+    key = cache_key(cfg, cfg.train.views, n_train=len(train.y), n_val=len(val.y))
     meta = folder / "features.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:
         return np.load(folder / "train.npy"), np.load(folder / "val.npy")
@@ -70,6 +62,18 @@ def cached_features(model, train: Split, val: Split, augmenter, cfg: Config, fol
     fval = compute_features(extractor, val.x, None, reporter=reporter)
     save_cached(folder, {"train.npy": ftrain, "val.npy": fval}, meta, key)
     return ftrain, fval
+
+
+def cache_key(cfg: Config, views: int, **counts: int) -> dict:
+    """What cached features were computed from; a resumed run reuses them only when this is unchanged."""
+    return {
+        **counts,
+        "views": views,
+        "seed": cfg.train.seed,
+        "weights": cfg.model.weights,
+        "size": cfg.preprocess.image_size,
+        "augment": vars(cfg.augment),
+    }
 
 
 def save_cached(folder: Path, arrays: dict[str, np.ndarray | None], meta: Path, key: dict) -> None:
