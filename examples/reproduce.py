@@ -12,7 +12,8 @@ probe on the same folds is shown beside the model:
 4. byra-rois, fatty vs normal patches, folds by patient.
 
 Data and the offline backbone weights are read from ``../shared`` (or --shared).
-When they are absent the reproduction is skipped with a message, never faked.
+When they are absent it stops with a one-line message and exit code 3 (nothing was
+reproduced, so a chain such as ``reproduce.py && ship_default_model.py`` stops there too).
 ``--check`` compares every metric with the floors in ``examples/reproduce_floors.json``
 (measured value minus a stated noise margin) and exits 1 when one falls below.
 
@@ -125,6 +126,21 @@ def run_experiment(name: str, spec: dict, shared: Path, out: Path, weights: str,
         "seconds": round(time.perf_counter() - t0, 1),
         "run": str(run),
     }
+    gl = ev.metrics.get("group_level")
+    if gl and gl["kind"] == "patients":  # one case per patient: the unit clinicians decide on
+        pm, piv = gl["argmax"], gl["argmax"]["bootstrap"]["intervals"]
+        result.update(
+            {
+                "patients": gl["n_groups"],
+                "patient_rule": gl["rule"],
+                "patient_accuracy": pm["accuracy"],
+                "patient_accuracy_ci": piv["accuracy"],
+                "patient_balanced_accuracy": pm["balanced_accuracy"],
+                "patient_balanced_accuracy_ci": piv["balanced_accuracy"],
+                "patient_macro_roc_auc": pm["macro"]["roc_auc"],
+                "patient_macro_roc_auc_ci": piv["macro_roc_auc"],
+            }
+        )
     return result
 
 
@@ -153,6 +169,22 @@ def results_table(results: dict) -> str:
         "| *published custom CNN on xu-liver (benign / malignant / normal, random split)* | – | – | 0.782 | – | – | – "
         "| – | – |",
     ]
+    per_patient = [r for r in results.values() if "patients" in r]
+    if per_patient:
+        lines += [
+            "",
+            "| experiment, per patient (out of fold) | patients | rule | accuracy (95% CI) | balanced accuracy (95% CI) "
+            "| macro ROC-AUC (95% CI) | same, per image |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in per_patient:
+            lines.append(
+                f"| {r['title']} | {r['patients']} | {r['patient_rule']} of each patient's images "
+                f"| {_ci(r['patient_accuracy'], r['patient_accuracy_ci'])} "
+                f"| {_ci(r['patient_balanced_accuracy'], r['patient_balanced_accuracy_ci'])} "
+                f"| {_ci(r['patient_macro_roc_auc'], r['patient_macro_roc_auc_ci'])} "
+                f"| balanced accuracy {r['balanced_accuracy']:.3f}, AUC {r['macro_roc_auc']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -183,10 +215,11 @@ def main() -> int:
     ]
     if missing:
         print(
-            f"reproduction skipped: {', '.join(map(str, missing))} not found (data and offline weights live in "
-            "../shared; see README, 'Results')."
+            f"error: nothing reproduced: {', '.join(map(str, missing))} not found (pass --shared DIR holding "
+            "data/xu-liver, data/byra-rois and weights/; see README, 'Results')",
+            file=sys.stderr,
         )
-        return 0
+        return 3
     from liverscan.core.keras_env import import_keras
 
     import_keras()

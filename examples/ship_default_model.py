@@ -42,11 +42,19 @@ def main() -> int:
     from liverscan.core import guard
     from liverscan.core.artifacts import OOD_FILE, ModelCard, read_card
     from liverscan.core.dataset import PreparedData
+    from liverscan.core.errors import LiverscanError
     from liverscan.core.model import feature_extractor, load_model
     from liverscan.serving.export import write_tflite
     from liverscan.training.features import compute_features
 
-    card = read_card(args.run)
+    try:
+        card = read_card(args.run)
+    except LiverscanError as exc:
+        print(
+            f"error: {exc} (build the run first: python examples/reproduce.py --only xu-tumor-vs-normal)",
+            file=sys.stderr,
+        )
+        return 1
     cv = card.extra.get("cross_validation") or {}
     if not (cv.get("metrics") and (args.run / OOD_FILE).is_file()):
         print(

@@ -13,6 +13,37 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# every process the tests start inherits this mark, so the session can check that none outlives it
+SESSION_MARK = f"LIVERSCAN_TEST_SESSION={os.getpid()}"
+os.environ["LIVERSCAN_TEST_SESSION"] = str(os.getpid())
+
+
+def _processes_started_by_this_session() -> list[str]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
+        try:
+            if SESSION_MARK.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{proc.name}: {cmdline[:120]}")
+        except OSError:  # gone, or a zombie
+            continue
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a server or any other process started by a test is still running."""
+    if not Path("/proc/self/environ").exists():
+        return
+    import time
+
+    deadline = time.monotonic() + 10
+    while (left := _processes_started_by_this_session()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        print("\nprocesses started by the tests are still running:\n  " + "\n  ".join(left))
+        session.exitstatus = 1
 
 
 def noise_image(seed: int, size: int = 64, mode: str = "RGB") -> Image.Image:

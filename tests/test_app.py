@@ -102,6 +102,26 @@ def test_batch_table_and_csv_match_cli(monkeypatch, tmp_path):
     assert key(app_rows) == key(cli_rows)
 
 
+def test_uploads_marked_as_one_study_get_one_aggregated_answer(monkeypatch, tmp_path):
+    at = _app(monkeypatch)
+    paths = sorted((EXAMPLES / "Malignant").glob("*.jpg"))[:2] + [EXAMPLES / "Normal" / "xu-92.jpg"]
+    _upload(at, *paths, extra=[("broken.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")])
+    assert not any("Study answer" in m.value for m in at.markdown)
+    at.toggle[1].set_value(True).run()
+    assert not at.exception, at.exception
+    shown = " ".join(m.value for m in at.markdown)
+    assert "3 of 4 images used" in shown
+    # the same answer as the command line's study of the same three images (mean rule)
+    for p in paths:
+        shutil.copy(p, tmp_path / p.name)
+    r = CliRunner().invoke(cli_app, ["predict", str(tmp_path), "--group-by", "folder", "--format", "jsonl", "-q"])
+    probs = [__import__("json").loads(line)["probabilities"]["tumor"] for line in r.stdout.splitlines()]
+    mean = sum(probs) / len(probs)
+    cls = "tumor" if mean >= 0.5 else "normal"
+    assert f"Study answer: **{cls}** (confidence {max(mean, 1 - mean):.3f})" in shown
+    assert any("needs review" in w.value for w in at.warning)  # a failed image
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

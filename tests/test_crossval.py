@@ -174,3 +174,40 @@ def test_cli_folds_evaluates_out_of_fold_and_refuses_a_leaky_split(patients, tmp
     r = CliRunner().invoke(app, ["report", "--compare", str(tmp_path / "r"), "-o", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
     assert "baseline: linear probe" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_patient_level_metrics_and_an_operating_point_fitted_on_other_folds_patients(patients, tmp_path, monkeypatch):
+    import sys
+
+    from liverscan.evaluation import evaluate
+
+    evaluate_mod = sys.modules["liverscan.evaluation.evaluate"]
+
+    base, cfg = patients
+    cfg.model.head = "linear"
+    run = tmp_path / "cv"
+    cross_validate(cfg, base / "prep", run)
+    seen_sizes = []
+    real_fit_rule = evaluate_mod.fit_rule
+
+    def spy(y, probs, goal, classes, *args):
+        seen_sizes.append(len(y))
+        return real_fit_rule(y, probs, goal, classes, *args)
+
+    monkeypatch.setattr(evaluate_mod, "fit_rule", spy)
+    cfg.eval.operating_point_level = "group"
+    cfg.eval.bootstrap = 200
+    res = evaluate(run, operating_point="tumor>=0.9", config=cfg)
+    gl = res.metrics["group_level"]
+    assert gl["kind"] == "patients" and gl["n_groups"] == 24 and gl["rule"] == "mean"
+    assert gl["argmax"]["bootstrap"]["resampled"] == "groups" and gl["argmax"]["per_fold"]
+    oof = read_csv(run / "oof_predictions.csv")
+    folds = {}
+    for r in oof:
+        folds.setdefault(r["fold"], set()).add(r["group"])
+    # nested: each fold's patients decided by a rule fitted on the other folds' patients, then the final rule
+    assert seen_sizes == [24 - len(folds[str(k)]) for k in range(4)] + [24]
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["operating_point"]["level"] == "group" and card["operating_point"]["fitted_on"]["n"] == 24
+    assert card["cross_validation"]["metrics"]["group_level"]["kind"] == "patients"
+    assert "tuned" in gl and "tuned" not in res.metrics  # the rule is a patient-level rule

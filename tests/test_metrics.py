@@ -85,3 +85,22 @@ def test_bootstrap_deterministic_and_contains_point():
     for c_ in CLASSES:
         lo, hi = a["intervals"][f"{c_}.recall"]
         assert lo <= m["per_class"][c_]["recall"] <= hi
+
+
+def test_bootstrap_over_patients_is_as_wide_as_one_case_per_patient():
+    """Ten identical frames per patient add no information: resampling patients keeps the CI honest."""
+    from liverscan.evaluation.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 15)
+    p1 = np.clip(0.5 + 0.15 * (2 * y - 1) + rng.normal(0, 0.25, 30), 0.01, 0.99)
+    probs = np.stack([1 - p1, p1], 1)
+    frames_y, frames_p = np.repeat(y, 10), np.repeat(probs, 10, axis=0)
+    patients = np.repeat(np.arange(30), 10)
+    one = bootstrap_intervals(y, probs, ["a", "b"], n_resamples=300, seed=0)["intervals"]["accuracy"]
+    by_patient = bootstrap_intervals(frames_y, frames_p, ["a", "b"], n_resamples=300, seed=0, groups=patients)
+    by_frame = bootstrap_intervals(frames_y, frames_p, ["a", "b"], n_resamples=300, seed=0)
+    width = lambda iv: iv[1] - iv[0]  # noqa: E731
+    assert by_patient["resampled"] == "groups"
+    assert width(by_patient["intervals"]["accuracy"]) == pytest.approx(width(one), abs=0.04)
+    assert width(by_frame["intervals"]["accuracy"]) < 0.6 * width(by_patient["intervals"]["accuracy"])

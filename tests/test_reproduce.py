@@ -16,12 +16,12 @@ def _module():
     return mod
 
 
-def test_skipped_with_message_without_shared_data(tmp_path):
+def test_fails_with_one_line_without_shared_data(tmp_path):
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--shared", str(tmp_path), "--check"], capture_output=True, text=True, timeout=120
     )
-    assert out.returncode == 0
-    assert "reproduction skipped" in out.stdout and "not found" in out.stdout
+    assert out.returncode == 3  # nothing was reproduced: never reported as success
+    assert out.stderr.startswith("error: nothing reproduced") and "not found" in out.stderr
 
 
 def test_floors_are_below_measured_values_and_check_catches_regressions():

@@ -44,8 +44,8 @@ def parse_map_options(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def map_labels(labels: Iterable[str], mapping: dict[str, str]) -> dict[str, str]:
-    """Map every distinct label; raise DataError listing unmapped ones."""
+def map_labels(labels: Iterable[str], mapping: dict[str, str], how_to_map: str | None = None) -> dict[str, str]:
+    """Map every distinct label; raise DataError listing unmapped ones (``how_to_map`` replaces the advice)."""
     norm = normalise_map(mapping)
     result, missing = {}, []
     for label in sorted(set(labels)):
@@ -54,6 +54,8 @@ def map_labels(labels: Iterable[str], mapping: dict[str, str]) -> dict[str, str]
             result[label] = norm[key]
         else:
             missing.append(label)
+    if missing and how_to_map:
+        raise DataError("unmapped source categories: " + ", ".join(repr(m) for m in missing) + ". " + how_to_map)
     if missing:
         raise DataError(
             "unmapped source categories: "

@@ -140,6 +140,8 @@ class EvalConfig:
     bootstrap: int = 1000
     ece_bins: int = 15
     review_confidence: float = 0.6
+    group_rule: str = "mean"  # frames -> one answer per patient / study: mean | max | vote
+    operating_point_level: str = "image"  # fit --operating-point on images or on patients (group)
 
 
 @dataclass
@@ -328,6 +330,13 @@ def validate(cfg: Config) -> Config:
     need(e.split in ("train", "val", "test"), "eval.split", "train, val or test", e.split)
     need(e.bootstrap >= 0, "eval.bootstrap", ">= 0", e.bootstrap)
     need(e.ece_bins >= 1, "eval.ece_bins", ">= 1", e.ece_bins)
+    need(e.group_rule in ("mean", "max", "vote"), "eval.group_rule", "mean, max or vote", e.group_rule)
+    need(
+        e.operating_point_level in ("image", "group"),
+        "eval.operating_point_level",
+        "image or group",
+        e.operating_point_level,
+    )
     need(
         finite(e.review_confidence) and 0 <= e.review_confidence <= 1,
         "eval.review_confidence",

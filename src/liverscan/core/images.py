@@ -10,13 +10,17 @@ Rules:
   32-bit integer and float images are min-max scaled;
 - RGBA / LA drop their alpha channel, palette / CMYK / YCbCr convert to RGB;
 - greyscale is replicated to three channels;
-- bilinear resize to ``size x size``;
+- bilinear resize to ``size x size``; images over 4 megapixels (far above any ultrasound
+  frame) are first box-reduced by an integer factor to at least ``4 x size`` on their short
+  side, before any mode conversion, so no full-resolution copy is held beyond the decode;
 - images over ``max_pixels`` are refused before decoding (decompression bombs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +29,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from liverscan.core.errors import ImageDecodeError
+from liverscan.core.files import file_problem
 
 SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "TIFF"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 89_478_485
+REDUCE_ABOVE_PIXELS = 4_000_000  # box-reduce larger images right after decoding (memory)
+_LARGE_DECODES = threading.Semaphore(1)  # one full-resolution large image in memory at a time
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,10 @@ class DecodedImage:
 def _open(source: str | Path | bytes, max_pixels: int) -> Image.Image:
     label = "<bytes>" if isinstance(source, bytes) else str(source)
     data = io.BytesIO(source) if isinstance(source, bytes) else source
+    if not isinstance(source, bytes):
+        problem = file_problem(source)  # before opening: a FIFO would block, a device never ends
+        if problem is not None:
+            raise ImageDecodeError(label, problem)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -117,9 +128,12 @@ def decode(source: str | Path | bytes, size: int = 160, max_pixels: int = DEFAUL
                 # Let libjpeg decode at reduced scale when the image is much larger
                 # than needed; keeps >= 2x the target resolution for quality.
                 im.draft(im.mode, (size * 2, size * 2))
-            im.load()
+            large = im.size[0] * im.size[1] > REDUCE_ABOVE_PIXELS
+            with _LARGE_DECODES if large else contextlib.nullcontext():
+                im.load()
+                mode = im.mode
+                im = _reduced(im, size)
             im = ImageOps.exif_transpose(im)
-            mode = im.mode
             rgb = _to_uint8_rgb(im)
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8)
@@ -135,6 +149,34 @@ def decode(source: str | Path | bytes, size: int = 160, max_pixels: int = DEFAUL
     if arr.shape != (size, size, 3):
         raise ImageDecodeError(label, f"unexpected decoded shape {arr.shape}")
     return DecodedImage(array=np.ascontiguousarray(arr), width=orig_w, height=orig_h, mode=mode, format=fmt)
+
+
+def _reduced(im: Image.Image, size: int) -> Image.Image:
+    """A large image box-reduced by an integer factor (short side kept >= 4 x size); small ones as they are.
+
+    Works in strips of rows, so besides the decoded image only one strip is ever converted.
+    """
+    w, h = im.size
+    factor = min(w, h) // (4 * size)
+    if w * h <= REDUCE_ABOVE_PIXELS or factor < 2:
+        return im
+    sixteen = im.mode.startswith("I;16")
+    # alpha is dropped before averaging, as the full path drops it (Pillow would weight by alpha)
+    convert = {"P": "RGB", "1": "L", "RGBA": "RGB", "RGBa": "RGB", "LA": "L", "La": "L"}.get(im.mode)
+    out_h, out_w = h // factor, w // factor
+    out = None if sixteen else Image.new(convert or im.mode, (out_w, out_h))
+    parts = []
+    rows = factor * 64
+    for top in range(0, out_h * factor, rows):
+        strip = im.crop((0, top, out_w * factor, min(top + rows, out_h * factor)))
+        if out is None:  # Pillow cannot reduce 16-bit images: block means in NumPy, kept 16-bit
+            a = np.asarray(strip)
+            k = a.shape[0] // factor
+            means = a.reshape(k, factor, out_w, factor).mean(axis=(1, 3), dtype=np.float32)
+            parts.append(np.round(means).astype(np.uint16))
+        else:
+            out.paste((strip.convert(convert) if convert else strip).reduce(factor), (0, top // factor))
+    return out if out is not None else Image.fromarray(np.concatenate(parts))
 
 
 def _oriented_size(im: Image.Image) -> tuple[int, int]:

@@ -11,9 +11,37 @@ def import_keras():
     """Import keras with TensorFlow's start-up chatter silenced; returns the module."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
+    import sys
 
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    with native_stderr_silenced():  # absl/oneDNN/CUDA start-up lines ignore TF_CPP_MIN_LOG_LEVEL
+        import keras
     return keras
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence what native libraries print straight to file descriptor 2 (e.g. TFLite's XNNPACK INFO line).
+
+    Only for short set-up calls: Python-level errors raised inside still propagate normally.
+    """
+    import sys
+
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured): nothing to silence
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def seed_everything(seed: int) -> None:

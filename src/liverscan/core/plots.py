@@ -113,7 +113,8 @@ def roc_figure(y_true, probs, classes: list[str], per_class_auc: dict, macro_auc
     ax.set_ylabel("true positive rate (sensitivity)")
     macro = f"macro AUC {macro_auc:.3f}" if macro_auc is not None else "macro AUC n/a"
     ax.set_title(f"ROC, one-vs-rest ({macro})")
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # no class has both outcomes: no curve, no legend
+        ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from liverscan.core.config import SourceSpec
 from liverscan.core.errors import DataError
 from liverscan.core.fileio import read_csv
-from liverscan.core.images import is_image_path
+from liverscan.core.files import Skipped, file_problem, walk_files
+from liverscan.core.images import IMAGE_SUFFIXES
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
 LABEL_COLUMNS = ("label", "class", "category", "diagnosis", "target")
@@ -36,7 +37,7 @@ class Candidate:
 @dataclass
 class ScanResult:
     candidates: list[Candidate]
-    ignored: list[str]  # files skipped because their suffix is not an image suffix
+    ignored: Skipped  # files left out of folder walks and globs, by reason
 
 
 def parse_source_arg(arg: str) -> SourceSpec:
@@ -76,18 +77,13 @@ def default_name(spec: SourceSpec, kind: str) -> str:
 def scan_folder(root: Path, name: str) -> ScanResult:
     if not root.is_dir():
         raise DataError(f"source {root}: folder not found")
-    candidates, ignored = [], []
+    candidates, ignored = [], Skipped()
     categories = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not categories:
         raise DataError(f"source {root}: no category sub-folders (expected one folder per category)")
     for cat in categories:
-        for f in sorted(cat.rglob("*")):
-            if not f.is_file() or any(part.startswith(".") for part in f.relative_to(root).parts):
-                continue
-            if is_image_path(f):
-                candidates.append(Candidate(str(f.resolve()), name, cat.name))
-            else:
-                ignored.append(str(f))
+        for f in walk_files(cat, IMAGE_SUFFIXES, ignored):
+            candidates.append(Candidate(str(f.resolve()), name, cat.name))
     return ScanResult(candidates, ignored)
 
 
@@ -123,16 +119,20 @@ def scan_glob(pattern: str, name: str) -> ScanResult:
         raise DataError(f"source {pattern}: the pattern needs exactly one {{label}} placeholder")
     regex = _glob_regex(pattern)
     matches = sorted(globlib.glob(pattern.replace("{label}", "*"), recursive=True))
-    candidates = []
+    candidates, ignored = [], Skipped()
     for m in matches:
-        if not Path(m).is_file():
+        problem = file_problem(m)
+        if problem == "is a directory":
+            continue
+        if problem is not None:
+            ignored.add(problem, m)
             continue
         hit = regex.match(m)
         if hit:
             candidates.append(Candidate(str(Path(m).resolve()), name, hit.group("label")))
     if not candidates:
         raise DataError(f"source {pattern}: the pattern matches no files")
-    return ScanResult(candidates, [])
+    return ScanResult(candidates, ignored)
 
 
 def _pick(columns: list[str], wanted: str, choices: tuple[str, ...], what: str, path: Path) -> str:
@@ -163,16 +163,17 @@ def scan_csv(spec: SourceSpec, name: str) -> ScanResult:
     lcol = _pick(columns, spec.label_column, LABEL_COLUMNS, "label", path)
     gcol = _pick(columns, spec.group_column, GROUP_COLUMNS, "group", path)
     base = path.resolve().parent
-    candidates = []
-    for row in rows:
+    candidates, ignored = [], Skipped()
+    for k, row in enumerate(rows, start=2):
         raw = (row.get(pcol) or "").strip()
         if not raw:
+            ignored.add("CSV row with an empty path", f"{path}:{k}")
             continue
         f = Path(raw)
         f = f if f.is_absolute() else base / f
         group = (row.get(gcol) or "").strip() if gcol else ""
         candidates.append(Candidate(str(f.resolve()), name, (row.get(lcol) or "").strip(), group))
-    return ScanResult(candidates, [])
+    return ScanResult(candidates, ignored)
 
 
 def scan_source(spec: SourceSpec) -> tuple[str, ScanResult]:
@@ -186,12 +187,12 @@ def scan_source(spec: SourceSpec) -> tuple[str, ScanResult]:
     return name, scan_csv(spec, name)
 
 
-def scan_sources(specs: list[SourceSpec]) -> tuple[list[Candidate], list[str], list[str]]:
-    """Scan every source; names are made unique. Returns (candidates, ignored, names)."""
+def scan_sources(specs: list[SourceSpec]) -> tuple[list[Candidate], Skipped, list[str]]:
+    """Scan every source; names are made unique. Returns (candidates, files left out, names)."""
     if not specs:
         raise DataError("no data source given")
     all_candidates: list[Candidate] = []
-    ignored: list[str] = []
+    ignored = Skipped()
     names: list[str] = []
     for spec in specs:
         name, result = scan_source(spec)
@@ -202,5 +203,7 @@ def scan_sources(specs: list[SourceSpec]) -> tuple[list[Candidate], list[str], l
         if unique != name:
             result.candidates[:] = [Candidate(c.path, unique, c.source_label, c.group) for c in result.candidates]
         all_candidates.extend(result.candidates)
-        ignored.extend(result.ignored)
+        for reason, paths in result.ignored.by_reason.items():
+            for p in paths:
+                ignored.add(reason, p)
     return all_candidates, ignored, names

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liverscan.core.aggregate import aggregate, aggregate_groups, group_indices
 from liverscan.core.artifacts import OOF_FILE, LoadedRun
 from liverscan.core.decision import apply_temperature, predict_with_rule
 from liverscan.core.errors import RunDirError
@@ -142,3 +143,41 @@ def headline(m: dict) -> dict:
         "ece": round(m["calibration"]["ece"], 4),
         "ci": f"{m['bootstrap']['level']:.0%} bootstrap over {m['bootstrap']['resampled']}",
     }
+
+
+def group_kind(groups) -> str:
+    """'patients' when groups come from a group column or --group-regex (named source/value or re/value),
+    else 'near-duplicate groups' (clusters of look-alike images found by prepare)."""
+    return "patients" if any("/" in str(g) for g in groups) else "near-duplicate groups"
+
+
+def has_multi_image_groups(groups) -> bool:
+    _, counts = np.unique(np.asarray(groups, dtype=str), return_counts=True)
+    return bool((counts > 1).any())
+
+
+def by_group(oof: OutOfFold, rule: str, classes: list[str]) -> tuple[OutOfFold, int]:
+    """One row per group and repeat: probabilities aggregated by ``rule`` (see ``core.aggregate``),
+    the group's majority label; groups never span folds, so each keeps its fold. Also returns the
+    number of groups holding several labels."""
+    keys = list(zip(oof.repeat.tolist(), [str(g) for g in oof.groups]))
+    names, labels, probs, mixed = aggregate_groups(oof.y, oof.probs, keys, rule, classes)
+    first = group_indices(keys)
+    baseline = None
+    if oof.baseline is not None:
+        baseline = np.array([aggregate(oof.baseline[first[k]], rule, classes) for k in names])
+    scores = np.array(
+        [np.nanmean(oof.ood_scores[first[k]]) if np.isfinite(oof.ood_scores[first[k]]).any() else np.nan for k in names]
+    )
+    pairs: list[tuple[int, str]] = [(int(k[0]), str(k[1])) for k in names]  # type: ignore[index]
+    grouped = OutOfFold(
+        paths=[g for _, g in pairs],
+        groups=np.array([g for _, g in pairs], dtype=object),
+        y=labels,
+        repeat=np.array([r for r, _ in pairs]),
+        fold=np.array([int(oof.fold[first[k][0]]) for k in names]),
+        probs=probs,
+        baseline=baseline,
+        ood_scores=scores,
+    )
+    return grouped, int(mixed[grouped.repeat == grouped.repeat.min()].sum())

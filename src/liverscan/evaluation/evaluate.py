@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liverscan.core.aggregate import aggregate_groups
 from liverscan.core.artifacts import (
     CONFIG_FILE,
     MANIFEST,
@@ -39,7 +40,17 @@ from liverscan.evaluation.calibration import (
     fit_sensitivity_threshold,
     fit_temperature,
 )
-from liverscan.evaluation.crossval import cv_metrics, headline, is_cross_validated, nested, read_oof, temperature_only
+from liverscan.evaluation.crossval import (
+    by_group,
+    cv_metrics,
+    group_kind,
+    has_multi_image_groups,
+    headline,
+    is_cross_validated,
+    nested,
+    read_oof,
+    temperature_only,
+)
 from liverscan.evaluation.metrics import bootstrap_intervals, classification_metrics
 
 
@@ -51,6 +62,7 @@ class LabelledImages:
     source: str
     skipped: list[tuple[str, str]]
     sources: list[str] | None = None  # per image: the name of the source it came from
+    groups: np.ndarray | None = None  # per image: its group from prepare (patient, near-duplicate cluster)
 
 
 def load_labelled(
@@ -71,7 +83,9 @@ def load_labelled(
         if len(s.y) == 0:
             raise DataError(f"{target}: split {split!r} is empty")
         source_of = {r["path"]: r.get("source", "") for r in prepared.rows}
-        return LabelledImages(s.x, remap[s.y], s.paths, f"{target} ({split})", [], [source_of[p] for p in s.paths])
+        return LabelledImages(
+            s.x, remap[s.y], s.paths, f"{target} ({split})", [], [source_of[p] for p in s.paths], s.groups
+        )
     if data is None:
         raise RunDirError(f"{target}: the run's prepared dataset is gone; give the evaluation data explicitly")
     return _load_sources(run, str(data), max_pixels)
@@ -90,7 +104,13 @@ def _load_sources(run: LoadedRun, spec: str, max_pixels: int) -> LabelledImages:
     candidates, _, _ = scan_sources([SourceSpec(spec)])
     class_map = dict(run.card.class_map or {})
     class_map.update({c: c for c in run.classes})
-    label_to_class = map_labels([c.source_label for c in candidates], class_map)
+    label_to_class = map_labels(
+        [c.source_label for c in candidates],
+        class_map,
+        how_to_map=f"This model knows the classes {', '.join(run.classes)} and its card's class map; rename the "
+        "folders (or CSV labels) to those names, or map them with liverscan prepare --map CATEGORY=CLASS and "
+        "evaluate the prepared folder.",
+    )
     xs, ys, paths, skipped = [], [], [], []
     for c in candidates:
         cls = label_to_class[c.source_label]
@@ -143,29 +163,63 @@ def fit_rule(y: np.ndarray, probs: np.ndarray, goal: dict, classes: list[str], w
     return {"temperature": temperature, "rule": rule, "description": desc}
 
 
-def fit_operating_point(run: LoadedRun, model, spec: str, data: str | Path | None = None) -> dict:
+def fit_operating_point(
+    run: LoadedRun, model, spec: str, data: str | Path | None = None, level: str = "image", rule: str = "mean"
+) -> dict:
     """Fit temperature + decision rule on a prepared validation split; returns the operating point.
 
     ``data`` is used only when it is a prepared dataset (its ``val`` split); labelled
     folders are evaluation data, never fitting data, so the run's own prepared
-    validation split is used for them.
+    validation split is used for them.  ``level="group"`` fits on the validation
+    split's patients (probabilities aggregated per group by ``rule``) — groups never
+    span splits, so no evaluated patient is seen.
     """
     goal = parse_operating_point(spec, run.classes)
     fit_data = data if data is not None and is_prepared(Path(data)) else None
     val = load_labelled(run, fit_data, "val")
     probs = predict_probs(model, val.x)
-    fitted = fit_rule(val.y, probs, goal, run.classes)
+    y_fit, p_fit = val.y, probs
+    if level == "group":
+        if val.groups is None or not has_multi_image_groups(val.groups):
+            raise DataError(f"{val.source}: a group-level operating point needs patients of several images")
+        _, y_fit, p_fit, _ = aggregate_groups(val.y, probs, [str(g) for g in val.groups], rule, run.classes)
+    fitted = fit_rule(y_fit, p_fit, goal, run.classes)
     cal = apply_temperature(probs, fitted["temperature"])
     pred = predict_with_rule(cal, fitted["rule"])
     return {
         "spec": spec,
+        "level": level,
         **fitted,
-        "fitted_on": {"data": val.source, "n": int(len(val.y)), "created": utc_now()},
+        "fitted_on": {
+            "data": val.source if level == "image" else f"{val.source}, aggregated per group ({rule})",
+            "n": int(len(y_fit)),
+            "created": utc_now(),
+        },
         "validation": {
             "argmax": _brief(classification_metrics(val.y, probs, run.classes)),
             "tuned": _brief(classification_metrics(val.y, cal, run.classes, y_pred=pred)),
         },
     }
+
+
+def _group_level(ds, probs, op, classes, rule, bootstrap, seed, ece_bins) -> dict:
+    """Metrics with one case per group (patient): probabilities aggregated by ``rule``, CIs by a
+    bootstrap over groups; with a stored operating point, its rule decides the groups."""
+    names, yg, pg, mixed = aggregate_groups(ds.y, probs, [str(g) for g in ds.groups], rule, classes)
+    out = {
+        "kind": group_kind(ds.groups),
+        "rule": rule,
+        "n_groups": len(names),
+        "mixed_label_groups": int(mixed.sum()),
+        "argmax": classification_metrics(yg, pg, classes, ece_bins=ece_bins),
+    }
+    out["argmax"]["bootstrap"] = bootstrap_intervals(yg, pg, classes, n_resamples=bootstrap, seed=seed)
+    if op:
+        cal = apply_temperature(pg, op["temperature"])
+        pred = predict_with_rule(cal, op["rule"])
+        out["tuned"] = classification_metrics(yg, cal, classes, y_pred=pred, ece_bins=ece_bins)
+        out["tuned"]["bootstrap"] = bootstrap_intervals(yg, cal, classes, y_pred=pred, n_resamples=bootstrap, seed=seed)
+    return out
 
 
 def _brief(m: dict) -> dict:
@@ -228,7 +282,12 @@ def evaluate(
     out_dir = Path(out) if out else (run.run_dir / eval_dir_name(split) if run.run_dir else Path(eval_dir_name(split)))
     model = load_model(run.model_path)
     if operating_point:
-        store_operating_point(run, fit_operating_point(run, model, operating_point, data))
+        store_operating_point(
+            run,
+            fit_operating_point(
+                run, model, operating_point, data, config.eval.operating_point_level, config.eval.group_rule
+            ),
+        )
     op = run.card.operating_point
     ds = load_labelled(run, data, split, max_pixels=config.preprocess.max_pixels)
     reference = None
@@ -250,7 +309,11 @@ def evaluate(
         "argmax": classification_metrics(ds.y, probs, classes, ece_bins=ece_bins),
         "versions": versions(),
     }
-    result["argmax"]["bootstrap"] = bootstrap_intervals(ds.y, probs, classes, n_resamples=bootstrap, seed=seed)
+    result["argmax"]["bootstrap"] = bootstrap_intervals(
+        ds.y, probs, classes, n_resamples=bootstrap, seed=seed, groups=ds.groups
+    )
+    if ds.groups is not None and has_multi_image_groups(ds.groups):
+        result["group_level"] = _group_level(ds, probs, op, classes, config.eval.group_rule, bootstrap, seed, ece_bins)
     if config.ood.enabled:
         result["ood"] = _ood_section(reference, verdicts, ds, probs, classes, ece_bins)
     result["baseline"] = _baseline(run, model, ds, feats, probs, config, bootstrap, seed, ece_bins)
@@ -403,7 +466,42 @@ def _evaluate_cv(
     result["baseline"] = cv_metrics(oof, baseline, classes, bootstrap, seed, ece_bins)
     result["baseline"]["name"] = "linear probe" + (" (this model's own head)" if oof.baseline is None else "")
     spec = operating_point or (run.card.operating_point or {}).get("spec")
+    level = config.eval.operating_point_level
+    group_oof = None
+    if has_multi_image_groups(oof.groups):
+        group_oof, n_mixed = by_group(oof, config.eval.group_rule, classes)
+        result["group_level"] = {
+            "kind": group_kind(oof.groups),
+            "rule": config.eval.group_rule,
+            "n_groups": int(len(set(group_oof.paths))),
+            "mixed_label_groups": n_mixed,
+            "argmax": cv_metrics(group_oof, group_oof.probs, classes, bootstrap, seed, ece_bins),
+        }
+    elif level == "group":
+        raise DataError(f"{run.source}: eval.operating_point_level=group needs groups of several images (patients)")
     cal, pred = None, None
+    if spec and level == "group":
+        goal = parse_operating_point(spec, classes)
+        g_cal, g_pred = nested(group_oof, group_oof.probs, lambda y, p: fit_rule(y, p, goal, classes, "out-of-fold"))
+        result["group_level"]["tuned"] = cv_metrics(group_oof, g_cal, classes, bootstrap, seed, ece_bins, pred=g_pred)
+        result["group_level"]["operating_point"] = {
+            "spec": spec,
+            "fitted": "nested, on patients: each fold by a rule fitted on the other folds' patients",
+        }
+        if operating_point:
+            op = {
+                "spec": spec,
+                "level": "group",
+                **fit_rule(group_oof.y, group_oof.probs, goal, classes, "out-of-fold"),
+            }
+            op["fitted_on"] = {
+                "data": f"out-of-fold predictions aggregated per group ({config.eval.group_rule})",
+                "n": int(len(group_oof.y)),
+                "created": utc_now(),
+            }
+            op["cross_validated"] = headline(result["group_level"]["tuned"])
+            run.card.operating_point = op
+        spec = None  # the image-level sections below describe image-level rules only
     if spec:
         goal = parse_operating_point(spec, classes)
         cal, pred = nested(oof, oof.probs, lambda y, p: fit_rule(y, p, goal, classes, "out-of-fold"))
@@ -440,6 +538,14 @@ def _evaluate_cv(
     cv["metrics"] = {"model": headline(result["argmax"]), "linear_probe_baseline": headline(result["baseline"])}
     if "tuned" in result:
         cv["metrics"]["operating_point"] = {"spec": spec, **headline(result["tuned"])}
+    if "group_level" in result:
+        gl = result["group_level"]
+        cv["metrics"]["group_level"] = {"kind": gl["kind"], "rule": gl["rule"], **headline(gl["argmax"])}
+        if "tuned" in gl:
+            cv["metrics"]["group_level"]["operating_point"] = {
+                "spec": gl["operating_point"]["spec"],
+                **headline(gl["tuned"]),
+            }
     run.card.extra["cross_validation"] = cv
     run.save_card()
 

@@ -93,6 +93,23 @@ def overall_cells(m: dict, digits: int = 3) -> list[str]:
     return cells
 
 
+def group_level_section(gl: dict) -> Section:
+    """Metrics with one case per patient (or near-duplicate group), beside the image-level ones."""
+    sec = Section(f"Results per {'patient' if gl['kind'] == 'patients' else 'group'} (n={gl['n_groups']})")
+    sec.p(
+        f"Each {gl['kind'][:-1] if gl['kind'] == 'patients' else 'group'} is one case: its images' probabilities "
+        f"aggregated by the {gl['rule']} rule; intervals from a bootstrap over {gl['kind']}. "
+        + (f"{gl['mixed_label_groups']} group(s) hold images of several classes." if gl["mixed_label_groups"] else "")
+    )
+    variants = [("argmax", gl["argmax"])] + ([("operating point", gl["tuned"])] if "tuned" in gl else [])
+    rows = [
+        [label] + [cells[i] for cells in (overall_cells(x, 3) for _, x in variants)]
+        for i, label in enumerate(label for label, _, _ in OVERALL_METRICS)
+    ]
+    sec.table(["metric"] + [v for v, _ in variants], rows)
+    return sec
+
+
 def find_eval_dir(run: Path, eval_dir: Path | None = None) -> Path | None:
     if eval_dir is not None:
         return eval_dir if (eval_dir / METRICS_FILE).is_file() else None
@@ -242,6 +259,8 @@ def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]
     res.img(eval_dir / "confusion-tuned.png", "Confusion matrix (operating point)")
     res.img(eval_dir / "roc.png", "One-vs-rest ROC curves")
     sections.append(res)
+    if m.get("group_level"):
+        sections.append(group_level_section(m["group_level"]))
 
     cal = Section("Calibration")
     cal.p(

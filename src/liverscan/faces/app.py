@@ -18,10 +18,11 @@ import os
 import streamlit as st
 
 from liverscan.core.errors import LiverscanError
+from liverscan.faces import APP_MAX_UPLOAD_MB
 
 NOTICE = "Research use only — not a medical device. Not for diagnosis or treatment decisions."
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
-MAX_UPLOAD_MB = 50
+MAX_UPLOAD_MB = APP_MAX_UPLOAD_MB
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -140,6 +141,44 @@ def show_record(clf, rec, arr, show_cam: bool, data: bytes) -> None:
             st.progress(min(max(p, 0.0), 1.0), text=f"{c}: {p:.3f}")
 
 
+def study_of(clf, records):
+    """The uploads as one study: the same aggregation as ``liverscan predict --group-by``."""
+    from liverscan.serving import StudyAggregator
+
+    agg = StudyAggregator(
+        clf.classes,
+        lambda rec: "uploaded study",
+        decide=clf.decide_shown,
+        decision_rule=clf.decision_rule,
+        review_confidence=clf.review_confidence,
+    )
+    for rec in records:
+        agg.add(rec)
+    return agg.studies()[0]
+
+
+def show_study(clf, study) -> None:
+    st.header("Study (all uploads together)")
+    frames = f"{study.n_used} of {study.n_frames} images used ({study.n_out_of_distribution} out of distribution)"
+    if study.error:
+        st.error(study.error)
+        return
+    if study.decision == "out_of_distribution":
+        st.error(f"Study answer: none — most images are out of distribution. {frames}.")
+    else:
+        st.markdown(f"### Study answer: **{study.predicted_class}** (confidence {study.confidence:.3f})")
+    st.markdown(
+        f"{frames}; rule: {study.rule} of the images' probabilities; most suspicious image: "
+        f"{study.most_suspicious_path}"
+        + (f", frame {study.most_suspicious_frame}" if study.most_suspicious_frame else "")
+    )
+    if study.needs_review and study.decision != "out_of_distribution":
+        st.warning("Study needs review (low confidence, a failed image, or out-of-distribution images).")
+    for c in clf.classes:
+        p = study.probabilities[c]
+        st.progress(min(max(p, 0.0), 1.0), text=f"{c}: {p:.3f}")
+
+
 def main() -> None:
     st.set_page_config(page_title="liverscan", layout="wide")
     st.title("liverscan — liver ultrasound classification")
@@ -156,6 +195,11 @@ def main() -> None:
         accept_multiple_files=True,
     )
     show_cam = st.toggle("Show Grad-CAM overlay", value=False)
+    one_study = st.toggle(
+        "These images are one study (one patient)",
+        value=False,
+        help="Adds one aggregated answer for all uploads (mean of the frames' probabilities), beside each image's.",
+    )
     if not files:
         st.info("Upload one or more images to classify them.")
         return
@@ -188,6 +232,8 @@ def main() -> None:
             for r in records
         ]
         st.dataframe(rows, width="stretch")
+    if one_study and records:
+        show_study(clf, study_of(clf, records))
     text = results_csv(clf, records)
     st.session_state["results_csv"] = text
     st.download_button("Download results (CSV)", text, file_name="liverscan-results.csv", mime="text/csv")

@@ -44,6 +44,31 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so every command stops the way Ctrl+C stops it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+def _signal_name(exc: BaseException) -> str:
+    import signal
+
+    return signal.Signals(exc.signum).name if isinstance(exc, Stopped) else "Ctrl+C (SIGINT)"
+
+
+def _signal_code(exc: BaseException) -> int:
+    """128 + the signal number, as shells report a process stopped by a signal."""
+    import signal
+
+    return 128 + (exc.signum if isinstance(exc, Stopped) else int(signal.SIGINT))
+
+
 def _os_message(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
     return f"{where}{exc.strerror or exc}"
@@ -59,6 +84,8 @@ def command(name: str):
                 return fn(*args, **kwargs)
             except LiverscanError as exc:
                 fail(str(exc))
+            except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM/SIGHUP raised as Stopped by main()
+                fail(f"stopped by {_signal_name(exc)}; files are written whole or not at all", _signal_code(exc))
             except OSError as exc:  # unwritable or full output directory, unreadable input
                 fail(_os_message(exc))
 
@@ -278,16 +305,16 @@ def train_cmd(
 
             with RichReporter(console) as reporter:
                 result = fit(cfg, data, target, overwrite=overwrite, resume=resume is not None, reporter=reporter)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         saved = any(Path(target).glob("checkpoint/*/state.json")) or any(Path(target).glob("folds/*/fold.json"))
         fail(
-            "interrupted; "
+            f"stopped by {_signal_name(exc)}; "
             + (
                 f"resume from the last checkpoint with: liverscan train --resume {target}"
                 if saved
                 else "no epoch had finished, so nothing was checkpointed"
             ),
-            130,
+            _signal_code(exc),
         )
     t, v = result.card.training, result.card.validation
     what = f"Trained {t['epochs_run']} epochs" if t.get("epochs_run") else f"Fitted the {t['mode']}"
@@ -455,14 +482,43 @@ def predict_cmd(
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    group_by: Annotated[
+        Optional[str],
+        typer.Option(
+            help="One answer per study: object (a file's frames), study, series (DICOM UIDs), folder, "
+            "regex:PATTERN or column:NAME (of a CSV path list).",
+        ),
+    ] = None,
+    group_rule: Annotated[
+        Optional[str], typer.Option(help="How frames make a study's answer: mean (default), max or vote.")
+    ] = None,
+    study_output: Annotated[
+        Optional[Path], typer.Option(help="Write one record per study to .csv, .json or .jsonl.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --output file (or a kept FILE.partial).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar.")] = False,
 ) -> None:
-    """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error.
+    """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error,
+    130/143 = stopped by Ctrl+C/SIGTERM (records so far kept in FILE.partial).
 
     Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain heatmaps/[/]
     or [bold]find /archive -name '*.png' | liverscan predict - --format jsonl[/]
     """
-    from liverscan.serving import FORMATS, Classifier, RecordWriter, expand_inputs, format_for
+    from liverscan.core.files import Skipped
+    from liverscan.serving import (
+        FORMATS,
+        Classifier,
+        RecordWriter,
+        StudyAggregator,
+        check_output,
+        expand_inputs,
+        format_for,
+        group_key,
+        partial_path,
+        write_studies,
+    )
 
     if format_ is not None and format_ not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}")
@@ -471,10 +527,19 @@ def predict_cmd(
         config,
         set_,
         eval__review_confidence=review_below,
+        eval__group_rule=group_rule,
         ood__retention=ood_retention,
         ood__enabled=False if no_ood else None,
     )
     fmt_file = format_for(output) if output else None
+    if output:
+        check_output(output, overwrite)  # before the model loads: never clobber results, fail fast
+    if study_output:
+        check_output(study_output, overwrite)
+    if (study_output or group_rule) and group_by is None:
+        group_by = "object"
+    columns: dict[str, dict] = {}
+    key = group_key(group_by, columns) if group_by else None
     clf = Classifier.load(
         model,
         use_operating_point=operating_point,
@@ -503,47 +568,89 @@ def predict_cmd(
     n_total = n_failed = n_outside = 0
     shown: list = []
     counts: dict[str, int] = {}
-    with contextlib.ExitStack() as stack:
-        writers = []
-        if output:
-            writers.append(stack.enter_context(RecordWriter(fmt_file, clf.classes, path=output, dicom_tags=tags)))
-        if format_:
-            writers.append(stack.enter_context(RecordWriter(format_, clf.classes, stream=sys.stdout, dicom_tags=tags)))
-        progress = None
-        if not quiet and format_ is None and err_console.is_terminal:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            progress = stack.enter_context(
-                Progress(
-                    SpinnerColumn(),
-                    TextColumn("{task.completed} images"),
-                    TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(),
-                    console=err_console,
-                    transient=True,
+    skipped = Skipped()
+    file_writer = None
+    studies = None
+    if key is not None:
+        studies = StudyAggregator(
+            clf.classes,
+            key,
+            cfg.eval.group_rule,
+            decide=clf.decide_shown,
+            decision_rule=clf.decision_rule,
+            review_confidence=cfg.eval.review_confidence,
+        )
+    try:
+        with contextlib.ExitStack() as stack:
+            writers = []
+            if output:
+                file_writer = RecordWriter(
+                    fmt_file,
+                    clf.classes,
+                    path=output,
+                    dicom_tags=tags,
+                    overwrite=overwrite,
+                    group_column=key is not None,
                 )
-            )
-            task = progress.add_task("predict", total=None, rate="")
-        import time as _time
-
-        t0 = _time.perf_counter()
-        for rec in clf.iter_predict(expand_inputs(paths), batch_size=batch_size, workers=workers, explain_dir=explain):
-            n_total += 1
-            if rec.error:
-                n_failed += 1
-                err_console.print(
-                    f"[yellow]skipped:[/] {escape(rec.path)}: {escape(rec.error)}", highlight=False, soft_wrap=True
+                writers.append(stack.enter_context(file_writer))
+            if format_:
+                writers.append(
+                    stack.enter_context(
+                        RecordWriter(
+                            format_, clf.classes, stream=sys.stdout, dicom_tags=tags, group_column=key is not None
+                        )
+                    )
                 )
-            else:
-                counts[rec.decision] = counts.get(rec.decision, 0) + 1
-                n_outside += rec.in_distribution is False
-            for w in writers:
-                w.write(rec)
-            if show_table and len(shown) < 200:
-                shown.append(rec)
-            if progress is not None:
-                rate = n_total / max(_time.perf_counter() - t0, 1e-9)
-                progress.update(task, completed=n_total, rate=f"{rate:.1f} images/s")
+            progress = None
+            if not quiet and format_ is None and err_console.is_terminal:
+                from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+                progress = stack.enter_context(
+                    Progress(
+                        SpinnerColumn(),
+                        TextColumn("{task.completed} images"),
+                        TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(),
+                        console=err_console,
+                        transient=True,
+                    )
+                )
+                task = progress.add_task("predict", total=None, rate="")
+            import time as _time
+
+            t0 = _time.perf_counter()
+            for rec in clf.iter_predict(
+                expand_inputs(paths, skipped=skipped, columns=columns),
+                batch_size=batch_size,
+                workers=workers,
+                explain_dir=explain,
+            ):
+                n_total += 1
+                if studies is not None:
+                    studies.add(rec)
+                if rec.error:
+                    n_failed += 1
+                    err_console.print(
+                        f"[yellow]skipped:[/] {escape(rec.path)}: {escape(rec.error)}", highlight=False, soft_wrap=True
+                    )
+                else:
+                    counts[rec.decision] = counts.get(rec.decision, 0) + 1
+                    n_outside += rec.in_distribution is False
+                for w in writers:
+                    w.write(rec)
+                if show_table and len(shown) < 200:
+                    shown.append(rec)
+                if progress is not None:
+                    rate = n_total / max(_time.perf_counter() - t0, 1e-9)
+                    progress.update(task, completed=n_total, rate=f"{rate:.1f} images/s")
+    except (KeyboardInterrupt, OSError) as exc:  # a signal, or a full / failing output disk
+        kept = partial_path(output) if file_writer is not None else None
+        where = f"; {file_writer.count} records so far kept in {kept}" if kept is not None and kept.exists() else ""
+        if isinstance(exc, OSError):
+            fail(f"{_os_message(exc)}{where}")
+        fail(f"stopped by {_signal_name(exc)}{where}", _signal_code(exc))
+    if skipped.total:
+        err_console.print(f"[yellow]note:[/] {escape(skipped.summary())}", highlight=False, soft_wrap=True)
     if n_total == 0:
         fail("no input images found")
     if show_table:
@@ -562,6 +669,20 @@ def predict_cmd(
     warning = ood_summary(n_outside, n_total - n_failed)
     if warning:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if studies is not None:
+        results = studies.studies()
+        if show_table:
+            from liverscan.faces.terminal import studies_table
+
+            console.print(studies_table(results, clf.classes))
+        if study_output:
+            write_studies(study_output, results, clf.classes, overwrite=overwrite)
+        review = sum(s.needs_review for s in results)
+        err_console.print(
+            f"{len(results)} studies by {escape(group_by)} ({cfg.eval.group_rule} of their frames); "
+            f"{review} need review" + (f"; wrote {escape(str(study_output))}" if study_output else ""),
+            highlight=False,
+        )
     if n_failed:
         raise typer.Exit(2)
 
@@ -600,6 +721,8 @@ def app_cmd(
     import importlib.util
     import os
 
+    from liverscan.faces import APP_MAX_UPLOAD_MB
+
     if importlib.util.find_spec("streamlit") is None:
         fail('the app needs Streamlit: pip install "liverscan[app]"')
     from liverscan.core.artifacts import load_run
@@ -624,6 +747,8 @@ def app_cmd(
         "false",
         "--client.toolbarMode",
         "minimal",
+        "--server.maxUploadSize",
+        str(APP_MAX_UPLOAD_MB),
     ]
     err_console.print(
         f"liverscan app on http://{address}:{port} (model {escape(str(target))}); Ctrl+C to stop", highlight=False
@@ -664,7 +789,12 @@ def _with_progress(fn, label: str, quiet: bool):
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: SIGTERM and SIGHUP stop a command as cleanly as Ctrl+C."""
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _raise_stopped)
     app()
 
 

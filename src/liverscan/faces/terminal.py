@@ -52,9 +52,19 @@ def print_prepare_summary(summary: dict, out: Path, console: Console | None, err
                 f"Shortcut check (width, height, aspect, mean intensity): balanced accuracy "
                 f"{sc['balanced_accuracy']:.3f} vs majority baseline {sc['baseline_balanced_accuracy']:.3f}"
             )
-        console.print(f"Manifest hash {summary['manifest_hash'][:16]}…  written to {out}")
+        console.print(f"Manifest hash {summary['manifest_hash'][:16]}…  written to {escape(str(out))}", highlight=False)
+    left_out = summary.get("ignored_files") or {}
+    if left_out:
+        n = sum(left_out.values())
+        err.print(
+            f"[yellow]note:[/] {n} file{'s' if n != 1 else ''} in the sources left out ("
+            + escape(", ".join(f"{reason}: {k}" for reason, k in left_out.items()))
+            + ")",
+            highlight=False,
+            soft_wrap=True,
+        )
     for w in summary["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
 
 
 def _ci(m: dict, key: str) -> str:
@@ -132,6 +142,25 @@ def print_evaluation(metrics: dict, console: Console) -> None:
         console.print(f"Operating point {op['spec']!r}: {op['description']}; temperature {op['temperature']:.3f}")
         console.print(per_class_table(metrics["tuned"], "Per class (operating point)"))
         console.print(confusion_table(metrics["tuned"], classes, "Confusion matrix (operating point)"))
+    gl = metrics.get("group_level")
+    if gl:
+        unit = "patient" if gl["kind"] == "patients" else "group"
+        for name in ("argmax", "tuned"):
+            if name in gl:
+                m, iv = gl[name], (gl[name].get("bootstrap") or {}).get("intervals", {})
+
+                def cell(key: str, value) -> str:
+                    ci = iv.get(key)
+                    return _fmt(value) + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+
+                console.print(
+                    f"Per {unit} ({gl['n_groups']} {gl['kind']}, {gl['rule']} of their images, "
+                    f"{'operating point' if name == 'tuned' else 'argmax'}; 95% CI over {gl['kind']}): "
+                    f"accuracy {cell('accuracy', m['accuracy'])}, balanced accuracy "
+                    f"{cell('balanced_accuracy', m['balanced_accuracy'])}, macro ROC-AUC "
+                    f"{cell('macro_roc_auc', m['macro']['roc_auc'])}",
+                    highlight=False,
+                )
 
 
 def ood_table(ood: dict) -> Table:
@@ -212,3 +241,32 @@ def ood_summary(n_outside: int, n_predicted: int) -> str | None:
         "screenshot, not an ultrasound?): their results are unreliable and marked out_of_distribution. "
         "For images from your own scanners, train on them: liverscan prepare + liverscan train."
     )
+
+
+def studies_table(studies: list, classes: list[str], limit: int = 200) -> Table:
+    """One row per study: decision, confidence, probabilities, frames used / failed / out of distribution."""
+    shown = studies[:limit]
+    title = "Studies" + (f" (first {len(shown)} of {len(studies)})" if len(studies) > len(shown) else "")
+    table = Table(title=title)
+    table.add_column("group", overflow="fold")
+    table.add_column("decision")
+    table.add_column("confidence", justify="right")
+    for c in classes:
+        table.add_column(f"p({c})", justify="right")
+    table.add_column("frames (failed, outside)", justify="right")
+    table.add_column("review")
+    for s in shown:
+        frames = f"{s.n_frames} ({s.n_failed}, {s.n_out_of_distribution})"
+        if s.error:
+            table.add_row(escape(s.group), "[red]error[/]", "", *[""] * len(classes), frames, escape(s.error))
+            continue
+        outside = s.decision == "out_of_distribution"
+        table.add_row(
+            escape(s.group),
+            "[red]out of distribution[/]" if outside else escape(s.predicted_class),
+            f"{s.confidence:.3f}",
+            *[f"{s.probabilities[c]:.3f}" for c in classes],
+            frames,
+            "[yellow]yes[/]" if s.needs_review else "",
+        )
+    return table

@@ -89,9 +89,15 @@ def build_warnings(audit: dict) -> list[str]:
     if audit.get("imbalance_ratio", 0) >= 3:
         out.append(f"class imbalance: the largest class is {audit['imbalance_ratio']}x the smallest")
     nd = audit.get("near_duplicates", {})
+    eg = audit.get("explicit_groups", {})
+    if eg.get("groups"):
+        out.append(
+            f"groups: {eg['images']} images in {eg['groups']} groups from the data's group column or "
+            "--group-regex (patients); each group is kept inside one split"
+        )
     if nd.get("groups"):
         out.append(
-            f"near-duplicates: {nd['images_in_groups']} images in {nd['groups']} groups "
+            f"near-duplicates: {nd['images_in_groups']} images in {nd['groups']} groups of look-alike images "
             f"(largest {nd['largest']}); each group is kept inside one split"
         )
     if nd.get("cross_class_groups"):

@@ -28,6 +28,7 @@ from liverscan.core.config import Config
 from liverscan.core.dataset import class_weights
 from liverscan.core.errors import DataError, ImageDecodeError, RunDirError
 from liverscan.core.fileio import csv_text, sha256_bytes, write_json_atomic, write_text_atomic
+from liverscan.core.files import UNSUPPORTED
 from liverscan.core.images import decode
 from liverscan.core.runinfo import utc_now, versions
 from liverscan.core.sources import Candidate, scan_sources
@@ -303,7 +304,10 @@ def _summary(cfg, rows, rejects, duplicates, conflicts, pairs, classes, source_n
     group_classes: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         group_classes[r["group"]].add(r["class"])
-    nd_sizes = sorted((n for g, n in group_sizes.items() if n > 1), reverse=True)
+    # explicit groups (a CSV group column, --group-regex) are named source/value or re/value; the
+    # others were linked by near-duplicate pairs and carry a content hash as their name
+    explicit = {g: n for g, n in group_sizes.items() if "/" in g}
+    nd_sizes = sorted((n for g, n in group_sizes.items() if n > 1 and g not in explicit), reverse=True)
     group_splits: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         group_splits[r["group"]].add(r["split"])
@@ -319,6 +323,7 @@ def _summary(cfg, rows, rejects, duplicates, conflicts, pairs, classes, source_n
             "sizes": dict(sorted(Counter(nd_sizes).items())),
             "cross_class_groups": sum(1 for g, cl in group_classes.items() if len(cl) > 1),
         },
+        "explicit_groups": {"groups": len(explicit), "images": int(sum(explicit.values()))},
         "label_conflicts": conflicts,
         "single_source_classes": audit_mod.single_source_classes(
             [r["source"] for r in rows], [r["class"] for r in rows]
@@ -348,7 +353,8 @@ def _summary(cfg, rows, rejects, duplicates, conflicts, pairs, classes, source_n
         "n_images": len(rows),
         "n_rejected": len(rejects),
         "reject_reasons": dict(sorted(reasons.items())),
-        "n_ignored_non_image_files": len(ignored),
+        "n_ignored_non_image_files": len(ignored.by_reason.get(UNSUPPORTED, [])),
+        "ignored_files": ignored.counts(),
         "exact_duplicates_removed": duplicates,
         "counts": counts,
         "source_label_counts": dict(sorted(Counter(f"{r['source']}:{r['source_label']}" for r in rows).items())),

@@ -3,15 +3,32 @@
 from liverscan.serving.explain import overlay
 from liverscan.serving.export import export_model
 from liverscan.serving.inputs import default_model_dir, expand_inputs, resolve_model
-from liverscan.serving.outputs import FORMATS, RecordWriter, csv_header, csv_row, format_for
+from liverscan.serving.outputs import (
+    FORMATS,
+    OutputBusyError,
+    RecordWriter,
+    check_output,
+    csv_header,
+    csv_row,
+    format_for,
+    partial_path,
+)
 from liverscan.serving.predict import Classifier
 from liverscan.serving.records import Prediction
+from liverscan.serving.studies import Study, StudyAggregator, group_key, write_studies
 
 __all__ = [
     "FORMATS",
     "Classifier",
     "Prediction",
     "RecordWriter",
+    "Study",
+    "StudyAggregator",
+    "group_key",
+    "write_studies",
+    "OutputBusyError",
+    "check_output",
+    "partial_path",
     "csv_header",
     "csv_row",
     "default_model_dir",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.errors import ImageDecodeError
+from liverscan.core.errors import ConfigError, ImageDecodeError
 from liverscan.core.images import decode_array
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -27,6 +27,8 @@ class DicomFrame:
     frame: int  # 1-based
     sop_instance_uid: str
     tags: dict[str, str]
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
 
 
 def is_dicom_path(path: str | Path) -> bool:
@@ -52,6 +54,23 @@ def _require_pydicom():
             "<dicom>", "DICOM support needs the optional extra: pip install 'liverscan[dicom]'"
         ) from None
     return pydicom
+
+
+def check_tag_names(names: tuple[str, ...]) -> None:
+    """Refuse DICOM keywords pydicom does not know (a misspelt name would give an empty column)."""
+    if not names:
+        return
+    try:
+        from pydicom.datadict import keyword_dict, tag_for_keyword
+    except ImportError:
+        raise ConfigError("copying DICOM tags needs the optional extra: pip install 'liverscan[dicom]'") from None
+    import difflib
+
+    for name in names:
+        if tag_for_keyword(name) is None:
+            close = difflib.get_close_matches(name, list(keyword_dict), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown DICOM tag keyword {name!r}{hint}")
 
 
 def _to_8bit(frame: np.ndarray, ds, photometric: str) -> np.ndarray:
@@ -101,9 +120,10 @@ def read_dicom(path: str | Path, size: int = 160, include_tags: tuple[str, ...] 
     if spp == 1 and frames.ndim == 4 and frames.shape[-1] == 1:
         frames = frames[..., 0]
     uid = str(getattr(ds, "SOPInstanceUID", ""))
+    study, series = str(getattr(ds, "StudyInstanceUID", "")), str(getattr(ds, "SeriesInstanceUID", ""))
     tags = {t: str(getattr(ds, t, "")) for t in include_tags}
     out = []
     for i, frame in enumerate(frames):
         arr8 = _to_8bit(np.asarray(frame), ds, photometric)
-        out.append(DicomFrame(decode_array(arr8, size=size, label=label), i + 1, uid, tags))
+        out.append(DicomFrame(decode_array(arr8, size=size, label=label), i + 1, uid, tags, study, series))
     return out

@@ -59,14 +59,22 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
 
 def write_tflite(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
     """Convert ``model`` (probabilities + features) to TFLite at ``target`` once it agrees with Keras on ``images``."""
+    import contextlib
+    import io
+
+    from liverscan.core.keras_env import import_keras, native_stderr_silenced
+    from liverscan.core.model import predict_outputs, with_features
+
+    import_keras()
     import tensorflow as tf
 
-    from liverscan.core.model import predict_outputs, with_features
     from liverscan.serving.runtime import TFLiteRunner
 
     both = with_features(model)
+    chatter = io.StringIO()  # the converter prints every TensorSpec of the traced graph
     try:
-        blob = tf.lite.TFLiteConverter.from_keras_model(both).convert()
+        with contextlib.redirect_stdout(chatter), native_stderr_silenced():
+            blob = tf.lite.TFLiteConverter.from_keras_model(both).convert()
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"TFLite conversion failed ({exc.__class__.__name__}: {exc})") from None
     staged = target.with_name(f".{target.name}.check")

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from liverscan.core.artifacts import CARD_FILE
-from liverscan.core.errors import ImageDecodeError, RunDirError
+from liverscan.core.errors import ConfigError, ImageDecodeError, RunDirError
+from liverscan.core.fileio import read_csv
+from liverscan.core.files import Skipped, file_problem, walk_files
 from liverscan.core.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
 from liverscan.serving.records import Prediction
 
@@ -30,11 +32,19 @@ def resolve_model(model: str | Path | None) -> Path:
     raise RunDirError("no model given and no default model is installed; train one and pass its run directory")
 
 
-def expand_inputs(items: Iterable[str], stdin=None) -> Iterator[str]:
-    """Files, folders (recursive), globs, or '-' for newline-separated paths on standard input.
+def expand_inputs(
+    items: Iterable[str], stdin=None, skipped: Skipped | None = None, columns: dict[str, dict] | None = None
+) -> Iterator[str]:
+    """Files, folders (recursive), globs, CSV path lists, or '-' for newline-separated paths on standard input.
 
-    Yields paths lazily (a huge folder is walked, not listed up front); a path
-    that does not exist is yielded as is and becomes an error record.
+    A ``.csv`` input is a path list: its path column (``path``, ``file``, ``image``, ...; relative
+    paths are relative to the CSV) gives the inputs, and each row is kept in ``columns`` (path ->
+    row) for ``--group-by column:NAME``.
+
+    Yields paths lazily (a huge folder is walked, not listed up front).  A path named
+    explicitly is always yielded (one that cannot be read becomes an error record);
+    what a folder walk leaves out (other file types, hidden files, broken links,
+    FIFOs) is counted in ``skipped`` with its reason.
     """
     from liverscan.serving.dicom import DICOM_SUFFIXES
 
@@ -44,23 +54,47 @@ def expand_inputs(items: Iterable[str], stdin=None) -> Iterator[str]:
             for line in stdin or sys.stdin:
                 line = line.strip()
                 if line:
-                    yield from expand_inputs([line])
+                    yield from expand_inputs([line], skipped=skipped, columns=columns)
             continue
         p = Path(item)
+        if p.suffix.lower() == ".csv" and p.is_file():
+            for path, row in read_path_list(p):
+                if columns is not None:
+                    columns[path] = row
+                yield path
+            continue
         if p.is_dir():
-            for sub in sorted(p.rglob("*")):
-                if sub.is_file() and sub.suffix.lower() in wanted and not sub.name.startswith("."):
-                    yield str(sub)
-        elif p.exists():
+            yield from (str(sub) for sub in walk_files(p, wanted, skipped))
+        elif p.exists() or p.is_symlink():
             yield str(p)
         elif any(ch in item for ch in "*?["):
             matches = sorted(globlib.glob(item, recursive=True))
-            files = [m for m in matches if Path(m).is_file()]
+            files = [m for m in matches if not Path(m).is_dir()]
             if not files:
                 yield item  # reported as 'no file matches'
             yield from files
         else:
             yield item
+
+
+def read_path_list(csv_path: Path) -> list[tuple[str, dict]]:
+    """(path, row) for every row of a CSV path list."""
+    from liverscan.core.sources import PATH_COLUMNS
+
+    rows = read_csv(csv_path)
+    if not rows:
+        return []
+    lower = {c.lower(): c for c in rows[0]}
+    column = next((lower[c] for c in PATH_COLUMNS if c in lower), None)
+    if column is None:
+        raise ConfigError(f"{csv_path}: no path column (one of {', '.join(PATH_COLUMNS)})")
+    out = []
+    for row in rows:
+        raw = (row.get(column) or "").strip()
+        if raw:
+            path = Path(raw) if Path(raw).is_absolute() else csv_path.parent / raw
+            out.append((str(path), row))
+    return out
 
 
 def load_input(
@@ -71,16 +105,23 @@ def load_input(
 
     try:
         p = Path(path)
-        if not p.exists():
-            reason = "no file matches this pattern" if any(ch in path for ch in "*?[") else "file not found"
-            raise ImageDecodeError(path, reason)
-        if p.is_dir():
-            raise ImageDecodeError(path, "is a directory")
+        problem = file_problem(p)
+        if problem == "file not found" and any(ch in path for ch in "*?["):
+            problem = "no file matches this pattern"
+        if problem is not None:
+            raise ImageDecodeError(path, problem)
         if is_dicom_path(p):
             frames = read_dicom(p, size, dicom_tags)
             return [
                 (
-                    Prediction(path, frame=f.frame, sop_instance_uid=f.sop_instance_uid, dicom_tags=f.tags or None),
+                    Prediction(
+                        path,
+                        frame=f.frame,
+                        sop_instance_uid=f.sop_instance_uid,
+                        dicom_tags=f.tags or None,
+                        study_instance_uid=f.study_instance_uid or None,
+                        series_instance_uid=f.series_instance_uid or None,
+                    ),
                     f.array,
                 )
                 for f in frames
@@ -104,7 +145,19 @@ def load_bytes(
     try:
         if name.lower().endswith((".dcm", ".dicom")) or data[128:132] == b"DICM":
             frames = read_dicom(io.BytesIO(data), size)
-            return [(Prediction(name, frame=f.frame, sop_instance_uid=f.sop_instance_uid), f.array) for f in frames]
+            return [
+                (
+                    Prediction(
+                        name,
+                        frame=f.frame,
+                        sop_instance_uid=f.sop_instance_uid,
+                        study_instance_uid=f.study_instance_uid or None,
+                        series_instance_uid=f.series_instance_uid or None,
+                    ),
+                    f.array,
+                )
+                for f in frames
+            ]
         return [(Prediction(name), decode(data, size=size, max_pixels=max_pixels).array)]
     except ImageDecodeError as exc:
         return [(Prediction(name, error=exc.reason), None)]

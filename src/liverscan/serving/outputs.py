@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import IO
+
+try:  # POSIX: one writer per output file
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from liverscan.core.errors import ConfigError
 from liverscan.serving.records import Prediction
@@ -22,9 +27,10 @@ def format_for(path: str | Path) -> str:
     return ext
 
 
-def csv_header(classes: list[str], with_tags: list[str] = ()) -> list[str]:
+def csv_header(classes: list[str], with_tags: list[str] = (), with_group: bool = False) -> list[str]:
     return (
-        ["path", "frame", "sop_instance_uid", "predicted_class", "confidence"]
+        (["group"] if with_group else [])
+        + ["path", "frame", "sop_instance_uid", "predicted_class", "confidence"]
         + [f"p_{c}" for c in classes]
         + ["decision_rule", "decision", "in_distribution", "ood_score", "ood_reason", "needs_review", "error"]
         + ["explanation"]
@@ -32,12 +38,13 @@ def csv_header(classes: list[str], with_tags: list[str] = ()) -> list[str]:
     )
 
 
-def csv_row(rec: Prediction, classes: list[str], with_tags: list[str] = ()) -> list:
+def csv_row(rec: Prediction, classes: list[str], with_tags: list[str] = (), with_group: bool = False) -> list:
     probs = [f"{rec.probabilities[c]:.6f}" if c in rec.probabilities else "" for c in classes]
     conf = "" if rec.confidence is None else f"{rec.confidence:.6f}"
     tags = [(rec.dicom_tags or {}).get(t, "") for t in with_tags]
     return (
-        [rec.path, rec.frame or "", rec.sop_instance_uid or "", rec.predicted_class or "", conf]
+        ([rec.group or ""] if with_group else [])
+        + [rec.path, rec.frame or "", rec.sop_instance_uid or "", rec.predicted_class or "", conf]
         + probs
         + [
             rec.decision_rule,
@@ -50,8 +57,19 @@ def csv_row(rec: Prediction, classes: list[str], with_tags: list[str] = ()) -> l
     )
 
 
+class OutputBusyError(ConfigError):
+    """The output file exists, or another process is writing it."""
+
+
 class RecordWriter:
-    """Streams records to a file (temp file renamed into place on success) or to a text stream."""
+    """Streams records to ``FILE.partial`` (renamed to ``FILE`` on success) or to a text stream.
+
+    Each record is written with one ``os.write`` as soon as it is known, so a killed run
+    (SIGKILL included) leaves ``FILE.partial`` holding whole records only; a failed write
+    (a full disk) cuts the file back to the last whole record.  The ``.partial`` file is
+    locked while it is written, so two runs never write the same output.  An existing
+    ``FILE`` or a ``FILE.partial`` left by a stopped run is replaced only with ``overwrite``.
+    """
 
     def __init__(
         self,
@@ -60,45 +78,110 @@ class RecordWriter:
         path: str | Path | None = None,
         stream: IO[str] | None = None,
         dicom_tags: tuple[str, ...] = (),
+        overwrite: bool = False,
+        group_column: bool = False,
     ):
         if fmt not in FORMATS:
             raise ConfigError(f"unknown format {fmt!r} (csv, json, jsonl)")
         self.fmt, self.classes, self.path, self.tags = fmt, classes, Path(path) if path else None, list(dicom_tags)
-        self._tmp: str | None = None
+        self.stream, self.group_column = stream, group_column
+        self.count = 0
+        self._fd: int | None = None
+        self._good = 0  # bytes of whole records on disk
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            self.out: IO[str] = os.fdopen(fd, "w", newline="", encoding="utf-8")
-        else:
-            self.out = stream
-        self._n = 0
-        self._csv = csv.writer(self.out, lineterminator="\n") if fmt == "csv" else None
+            self.partial = partial_path(self.path)
+            self._fd = _open_locked(self.path, self.partial, overwrite)
 
     def __enter__(self) -> RecordWriter:
         if self.fmt == "csv":
-            self._csv.writerow(csv_header(self.classes, self.tags))
+            self._emit(_csv_line(csv_header(self.classes, self.tags, self.group_column)))
         elif self.fmt == "json":
-            self.out.write("[")
+            self._emit("[")
         return self
 
     def write(self, rec: Prediction) -> None:
         if self.fmt == "csv":
-            self._csv.writerow(csv_row(rec, self.classes, self.tags))
+            text = _csv_line(csv_row(rec, self.classes, self.tags, self.group_column))
         elif self.fmt == "jsonl":
-            self.out.write(json.dumps(rec.to_dict()) + "\n")
+            text = json.dumps(rec.to_dict()) + "\n"
         else:
-            self.out.write(("," if self._n else "") + "\n  " + json.dumps(rec.to_dict()))
-        self._n += 1
+            text = ("," if self.count else "") + "\n  " + json.dumps(rec.to_dict())
+        self._emit(text)
+        self.count += 1
+
+    def _emit(self, text: str) -> None:
+        if self._fd is None:
+            self.stream.write(text)
+            self.stream.flush()
+            return
+        data = text.encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            os.ftruncate(self._fd, self._good)  # never leave a cut record behind
+            raise
+        self._good += len(data)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.fmt == "json":
-            self.out.write("\n]\n")
-        self.out.flush()
-        if self.path is None:
+        if self._fd is None:
+            if self.fmt == "json" and exc_type is None:
+                self._emit("\n]\n")
             return
-        self.out.close()
-        if exc_type is None:
-            os.chmod(self._tmp, 0o644)
-            os.replace(self._tmp, self.path)
-        else:  # interrupted: keep what was written, clearly marked as partial
-            os.replace(self._tmp, self.path.with_name(self.path.name + ".partial"))
+        try:
+            if exc_type is None:
+                if self.fmt == "json":
+                    self._emit("\n]\n")
+                os.fsync(self._fd)
+                os.replace(self.partial, self.path)
+        finally:
+            os.close(self._fd)  # releases the lock; on failure FILE.partial keeps every whole record
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where records are streamed while a run writes ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _csv_line(row: list) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(row)
+    return buf.getvalue()
+
+
+def check_output(path: str | Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that is a folder, exists, or has a kept ``.partial`` beside it."""
+    path = Path(path)
+    format_for(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; the output must be a file name ending in .csv, .json or .jsonl")
+    if path.exists() and not overwrite:
+        raise OutputBusyError(f"{path}: already exists (pass --overwrite to replace it)")
+    partial = partial_path(path)
+    if partial.exists() and partial.stat().st_size and not overwrite:
+        raise OutputBusyError(
+            f"{partial}: kept from an interrupted or running liverscan predict; "
+            "move it away or pass --overwrite to replace it"
+        )
+
+
+def _open_locked(path: Path, partial: Path, overwrite: bool) -> int:
+    """Open ``partial`` for writing under an exclusive lock, refusing to clobber results."""
+    check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputBusyError(f"{partial}: another liverscan process is writing this output") from None
+        if os.fstat(fd).st_size and not overwrite:  # appeared since check_output
+            raise OutputBusyError(f"{partial}: kept from an interrupted run; move it away or pass --overwrite")
+        os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

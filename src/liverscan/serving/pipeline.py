@@ -34,16 +34,20 @@ def decoded_batches(
                     return
                 pending.append((k, pool.submit(load, path)))
 
-        refill()
-        ready: list[Item] = []
-        n_images = 0
-        while pending or ready:
-            while pending and n_images < batch_size:
-                k, fut = pending.popleft()
-                items = fut.result()
-                ready.extend((k, rec, arr) for rec, arr in items)
-                n_images += sum(a is not None for _, a in items)
-                refill()
-            if ready:
-                yield ready
-                ready, n_images = [], 0
+        try:
+            refill()
+            ready: list[Item] = []
+            n_images = 0
+            while pending or ready:
+                while pending and n_images < batch_size:
+                    k, fut = pending.popleft()
+                    items = fut.result()
+                    ready.extend((k, rec, arr) for rec, arr in items)
+                    n_images += sum(a is not None for _, a in items)
+                    refill()
+                if ready:
+                    yield ready
+                    ready, n_images = [], 0
+        finally:  # stopped early (a signal, a closed generator): do not decode the rest of the window
+            for _, fut in pending:
+                fut.cancel()

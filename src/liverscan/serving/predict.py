@@ -18,6 +18,7 @@ from liverscan.core.artifacts import OOD_FILE, TFLITE_FILE, LoadedRun, ModelCard
 from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, RunDirError
 from liverscan.core.guard import Reference, assess
 from liverscan.core.images import DEFAULT_MAX_PIXELS, decode_array
+from liverscan.serving.dicom import check_tag_names
 from liverscan.serving.inputs import load_bytes, load_input, resolve_model
 from liverscan.serving.pipeline import decoded_batches
 from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
@@ -56,6 +57,7 @@ class Classifier:
         self.classes: list[str] = list(card.classes)
         self.image_size = card.image_size
         self.review_confidence = review_confidence
+        check_tag_names(tuple(include_dicom_tags))
         self.include_dicom_tags = tuple(include_dicom_tags)
         self.max_pixels = max_pixels
         #: the out-of-distribution guard: off (``ood=False``), image checks only (no reference), or full
@@ -63,9 +65,16 @@ class Classifier:
         self.reference = reference if ood else None
         self.operating_point = card.operating_point if use_operating_point else None
         if use_operating_point and not self.operating_point:
+            from liverscan.serving.inputs import default_model_dir
+
+            if Path(source).resolve() == default_model_dir().resolve():
+                raise RunDirError(
+                    "the shipped default model has no operating point; train a model on your data and fit one "
+                    "with: liverscan evaluate RUN --operating-point 'tumor>=0.95', then predict with --model RUN"
+                )
             raise RunDirError(
                 f"{source}: the model card has no operating point; fit one by evaluating this run "
-                "with an operating-point goal (e.g. tumor>=0.95) on its own prepared data"
+                "with an operating-point goal, e.g. liverscan evaluate RUN --operating-point 'tumor>=0.95'"
             )
         self._gradcam = None
 
@@ -174,6 +183,14 @@ class Classifier:
 
         cal = apply_temperature(probs, self.operating_point["temperature"])
         return predict_with_rule(cal, self.operating_point["rule"]), cal
+
+    def decide_shown(self, probs: np.ndarray) -> int:
+        """The class index for probabilities as records show them (calibrated when an operating point is used)."""
+        if not self.operating_point:
+            return int(np.argmax(probs))
+        from liverscan.core.decision import predict_with_rule
+
+        return int(predict_with_rule(np.asarray(probs)[None], self.operating_point["rule"])[0])
 
     def fill_records(self, records: list[Prediction], images: np.ndarray, batch_size: int) -> None:
         """Set class, confidence, probabilities and review flag of ``records`` from ``images``."""

@@ -28,6 +28,10 @@ class Prediction:
     sop_instance_uid: str | None = None
     dicom_tags: dict[str, str] | None = None
     explanation: str | None = None  # path of the Grad-CAM overlay, when written
+    group: str | None = None  # the study / patient it belongs to, with predict --group-by
+    #: DICOM study and series UIDs, read for --group-by study|series; written only as a group key
+    study_instance_uid: str | None = field(default=None, repr=False)
+    series_instance_uid: str | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -35,6 +39,9 @@ class Prediction:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["dicom_tags"] is None:
-            d.pop("dicom_tags")
+        for key in ("study_instance_uid", "series_instance_uid"):
+            d.pop(key)
+        for key in ("dicom_tags", "group"):
+            if d[key] is None:
+                d.pop(key)
         return d

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from liverscan.core.errors import ModelError
+from liverscan.core.keras_env import native_stderr_silenced
 
 
 def _interpreter_class():
@@ -28,7 +29,8 @@ def _interpreter_class():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            import tensorflow as tf
+            with native_stderr_silenced():
+                import tensorflow as tf
 
             return tf.lite.Interpreter
     except (ImportError, AttributeError):
@@ -63,15 +65,15 @@ class TFLiteRunner:
     def _interpreter(self, batch: int):
         """An interpreter allocated for ``batch`` images (one per size in use: single images stay cheap)."""
         if batch not in self._interps:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), native_stderr_silenced():  # XNNPACK's INFO line
                 warnings.simplefilter("ignore")
                 try:
                     interp = self._cls(model_path=str(self.path), num_threads=self.threads)
                 except Exception as exc:  # noqa: BLE001
                     raise ModelError(f"{self.path}: cannot load TFLite model ({exc.__class__.__name__})") from None
-            detail = interp.get_input_details()[0]
-            interp.resize_tensor_input(detail["index"], [batch, *[int(v) for v in detail["shape"][1:]]])
-            interp.allocate_tensors()
+                detail = interp.get_input_details()[0]
+                interp.resize_tensor_input(detail["index"], [batch, *[int(v) for v in detail["shape"][1:]]])
+                interp.allocate_tensors()
             outputs = sorted(interp.get_output_details(), key=lambda d: int(d["shape"][-1]))
             probs = outputs[0]["index"]
             feats = outputs[-1]["index"] if len(outputs) > 1 else None
