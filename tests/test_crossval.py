@@ -190,9 +190,9 @@ def test_patient_level_metrics_and_an_operating_point_fitted_on_other_folds_pati
     seen_sizes = []
     real_fit_rule = evaluate_mod.fit_rule
 
-    def spy(y, probs, goal, classes, *args):
+    def spy(y, probs, goal, classes, *args, **kwargs):
         seen_sizes.append(len(y))
-        return real_fit_rule(y, probs, goal, classes, *args)
+        return real_fit_rule(y, probs, goal, classes, *args, **kwargs)
 
     monkeypatch.setattr(evaluate_mod, "fit_rule", spy)
     cfg.eval.operating_point_level = "group"

@@ -43,12 +43,59 @@ def test_export_tflite_agrees_with_keras(tiny_run, tmp_path):
     assert heat.shape == (32, 32)
 
 
-def test_unknown_format_and_missing_tflite(tiny_run, tmp_path):
+def test_unknown_format_and_missing_exports(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "coreml"])
+    assert r.exit_code == 1 and "unknown export format" in r.stderr
+    for name in ("tflite", "onnx"):
+        r = CliRunner().invoke(
+            app, ["predict", str(tiny_run["data"] / "tumor"), "--model", str(run), "--runtime", name]
+        )
+        assert r.exit_code == 1 and f"export it first: liverscan export RUN --format {name}" in " ".join(
+            r.stderr.split()
+        )
+
+
+@pytest.mark.skipif(not runtime.onnx_available(), reason="ONNX Runtime is not installed")
+def test_export_onnx_agrees_with_keras_and_predicts_with_onnx_runtime(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run["run"], run)
     r = CliRunner().invoke(app, ["export", str(run), "--format", "onnx"])
-    assert r.exit_code == 1 and "unknown export format" in r.stderr
-    r = CliRunner().invoke(
-        app, ["predict", str(tiny_run["data"] / "tumor"), "--model", str(run), "--runtime", "tflite"]
-    )
-    assert r.exit_code == 1 and "export the run to TFLite" in r.stderr
+    assert r.exit_code == 0, r.output
+    info = json.loads((run / "model_card.json").read_text())["exports"]["onnx"]
+    assert (run / "model.onnx").stat().st_size == info["bytes"] and info["max_abs_difference_vs_keras"] <= 1e-4
+    assert info["same_in_distribution_as_keras"] is True
+    from test_guard import screenshot
+
+    inputs = sorted(str(p) for p in (tiny_run["data"] / "fatty").glob("*.png"))[:5] + [screenshot(32)]
+    onnx = Classifier.load(run, runtime="onnx")
+    assert Classifier.load(run).runtime == "onnx"  # auto: no model.tflite here, so the ONNX model
+    keras_side = Classifier.load(run, runtime="keras").predict(inputs)
+    onnx_side = onnx.predict(inputs)
+    a = np.array([list(p.probabilities.values()) for p in onnx_side])
+    b = np.array([list(p.probabilities.values()) for p in keras_side])
+    assert np.abs(a - b).max() <= 1e-4
+    assert [p.in_distribution for p in onnx_side] == [p.in_distribution for p in keras_side]
+    assert onnx_side[-1].in_distribution is False
+
+
+def test_an_export_that_disagrees_is_not_written(tiny_run, tmp_path):
+    from liverscan.core.errors import ExportError
+    from liverscan.core.model import load_model, with_features
+    from liverscan.serving.export import _verified, write_onnx
+    from liverscan.serving.runtime import OnnxRunner
+
+    if not runtime.onnx_available():
+        pytest.skip("ONNX Runtime is not installed")
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    write_onnx(load_model(tiny_run["run"] / "model.keras"), tmp_path / "a.onnx", images)
+    other = load_model(tiny_run["run"] / "model.keras")
+    weights = other.get_weights()
+    weights[-1] = weights[-1] + np.linspace(-2, 2, len(weights[-1]))  # another model: other biases
+    other.set_weights(weights)
+    staged = tmp_path / ".b.onnx.check"
+    shutil.copy(tmp_path / "a.onnx", staged)
+    with pytest.raises(ExportError, match="disagrees with Keras"):
+        _verified(with_features(other), staged, tmp_path / "b.onnx", OnnxRunner, images, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx"]  # nothing written, staged file removed

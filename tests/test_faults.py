@@ -94,6 +94,16 @@ def tmpfs(path: Path, size: str = "32k", read_only: bool = False):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+class OsProxy:
+    """The ``os`` module as one module sees it, with some calls replaced (the rest of the process unaffected)."""
+
+    def __init__(self, module, **replaced):
+        self._module, self._replaced = module, replaced
+
+    def __getattr__(self, name):
+        return self._replaced.get(name) or getattr(self._module, name)
+
+
 def start_predict(folder: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [*LIVERSCAN, "predict", str(folder), "-o", str(out), "-q", "--batch-size", "8", *extra],
@@ -156,8 +166,12 @@ def test_2_fifo_named_or_in_a_folder_never_blocks(tmp_path):
     ]
     r = run_cli("predict", str(folder), "--format", "csv", timeout=60)  # walked: counted, not opened
     assert r.returncode == 0, r.stderr
-    assert "2 not a regular file" not in r.stderr and "left out" in r.stderr
-    assert "pipe.png" in r.stderr and len(r.stdout.strip().splitlines()) == 2
+    note = " ".join(r.stderr.split())
+    assert (
+        "2 files in the given folders left out" in note
+        and "not a regular file (a FIFO (named pipe)) (pipe.png)" in note
+    )
+    assert "a character device) (random.png)" in note and len(r.stdout.strip().splitlines()) == 2
 
 
 # 3. Tracebacks instead of one-line errors --------------------------------------------------------
@@ -167,14 +181,17 @@ def test_3_read_only_or_full_output_directory_is_one_line(tiny_run, tmp_path, mo
     image = str(next((tiny_run["data"] / "tumor").glob("*.png")))
     target = tmp_path / "ro"
     with tmpfs(target, read_only=True) as mounted:
-        if not mounted:  # no tmpfs here: the write call fails as a read-only file system makes it fail
+        if not mounted:  # no tmpfs here: liverscan's own file creation fails as on a read-only file system
+            import tempfile
+
             import liverscan.core.fileio as fileio
+            import liverscan.serving.outputs as outputs
 
             def refuse(*args, **kwargs):
                 raise OSError(errno.EROFS, "Read-only file system", str(target))
 
-            monkeypatch.setattr(fileio.tempfile, "mkstemp", refuse)
-            monkeypatch.setattr("liverscan.serving.outputs.os.open", refuse)
+            monkeypatch.setattr(fileio, "tempfile", OsProxy(tempfile, mkstemp=refuse))
+            monkeypatch.setattr(outputs, "os", OsProxy(os, open=refuse))
         for args in (
             ["prepare", str(tiny_run["data"]), "-o", str(target / "prep")],
             ["evaluate", str(tiny_run["run"]), "--out", str(target / "eval"), "--set", "eval.bootstrap=20"],
@@ -334,7 +351,7 @@ def test_5_full_disk_keeps_whole_records(tiny_run, tmp_path, monkeypatch):
                     )
                 return real_write(fd, data)
 
-            monkeypatch.setattr(outputs.os, "write", write)
+            monkeypatch.setattr(outputs, "os", OsProxy(os, write=write))
         out = target / "out.csv"
         r = runner.invoke(app, ["predict", str(folder), "--model", str(tiny_run["run"]), "-o", str(out), "-q"])
         text = one_line_error(r, "No space left on device")
@@ -455,17 +472,32 @@ def test_8_misspelt_dicom_tag_is_refused_before_work(tmp_path):
     )
 
 
+HOLD_LOCK = """
+import fcntl, sys, time
+f = open(sys.argv[1], "w")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_8_existing_output_needs_overwrite_and_concurrent_writers_are_refused(tmp_path):
-    fcntl = pytest.importorskip("fcntl")
+    pytest.importorskip("fcntl")
     class_image(0, 1).save(tmp_path / "a.png")
     out = tmp_path / "out.csv"
     out.write_text("precious results\n")
     one_line_error(runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(out)]), "--overwrite")
     assert out.read_text() == "precious results\n"
-    with open(out.with_name("out.csv.partial"), "w") as other:  # another run holds the output
-        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder = subprocess.Popen(  # another process holds the output's lock, as a running predict does
+        [sys.executable, "-c", HOLD_LOCK, str(out.with_name("out.csv.partial"))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
         r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(out), "--overwrite"])
         one_line_error(r, "another liverscan process is writing")
+    finally:
+        holder.kill()
+        holder.wait()
     assert out.read_text() == "precious results\n"
     r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(out), "--overwrite", "-q"])
     assert r.exit_code == 0 and len(csv_rows(out)) == 2
@@ -612,3 +644,62 @@ def test_readme_config_round_trip_reaches_every_command(tiny_run, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "review_confidence: 1.0" in (tmp_path / "p" / "config.yaml").read_text()
+
+
+def test_5_nohup_keeps_ignoring_hangups(many_images, tmp_path):
+    out = tmp_path / "out.csv"
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(many_images.iterdir())[:400]:
+        os.symlink(os.readlink(p), few / p.name)
+    proc = subprocess.Popen(
+        [*LIVERSCAN, "predict", str(few), "-o", str(out), "-q", "--batch-size", "8"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # what nohup does
+    )
+    wait_for_records(out.with_name("out.csv.partial"), proc)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert assert_whole_records(out) == 400
+
+
+def test_8_bad_path_lists_and_groupings_fail_before_any_output(tmp_path):
+    class_image(0, 1).save(tmp_path / "a.png")
+    latin1 = tmp_path / "list.csv"
+    latin1.write_bytes("path,patient\na.png,Ren\xe9\n".encode("latin-1"))
+    out = tmp_path / "out.csv"
+    one_line_error(runner.invoke(app, ["predict", str(latin1), "-o", str(out)]), "not a readable CSV path list")
+    good = tmp_path / "good.csv"
+    good.write_text("path,patient\na.png,p1\n")
+    one_line_error(
+        runner.invoke(app, ["predict", str(good), "-o", str(out), "--group-by", "column:study"]), "no column 'study'"
+    )
+    one_line_error(
+        runner.invoke(app, ["predict", str(good), "-o", str(out), "--study-output", str(out)]), "different files"
+    )
+    (tmp_path / "none").mkdir()
+    one_line_error(runner.invoke(app, ["predict", str(tmp_path / "none"), "-o", str(out)]), "no input images")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "good.csv", "list.csv", "none"]  # no output
+
+
+def test_12_large_images_keep_their_exif_orientation(tmp_path):
+    from liverscan.core import images
+
+    y, x = np.mgrid[0:2400, 0:2000]
+    grey = ((x // 9 + y // 5) % 200).astype(np.uint8)
+    grey[:600, :500] = 255  # a bright corner shows where "up" is
+    im = Image.fromarray(grey)
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored rotated: the viewer turns it 90 degrees clockwise
+    im.save(tmp_path / "rotated.png", exif=exif.tobytes())
+    reduced = images.load_image(tmp_path / "rotated.png").astype(int)
+    images_full = images.REDUCE_ABOVE_PIXELS
+    try:
+        images.REDUCE_ABOVE_PIXELS = 10**12
+        full = images.load_image(tmp_path / "rotated.png").astype(int)
+    finally:
+        images.REDUCE_ABOVE_PIXELS = images_full
+    assert np.abs(reduced - full).mean() < 1.0
+    assert reduced[:30, -30:].mean() > 240  # the bright corner is now top right, as the viewer shows it

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +147,39 @@ def test_dicom_studies_series_and_cine_objects(tiny_run, tmp_path):
     assert studies("object") == {str(tmp_path / "a1.dcm"): 1, str(tmp_path / "a2.dcm"): 1, str(tmp_path / "b.dcm"): 4}
     records = clf.predict([str(tmp_path / "b.dcm")])
     assert "study_instance_uid" not in records[0].to_dict()  # identifiers are not written by default
+
+
+def test_vote_counts_the_frames_decisions_under_the_models_rule():
+    low_threshold = lambda p: int(p[1] >= 0.2)  # noqa: E731 - an operating point: tumor when p >= 0.2
+    agg = StudyAggregator(CLASSES, group_key("folder"), "vote", decide=low_threshold)
+    for k in range(3):
+        agg.add(rec(f"/a/{k}.png", 0.3))
+    (study,) = agg.studies()
+    assert study.probabilities == {"normal": 0.0, "tumor": 1.0} and study.predicted_class == "tumor"
+
+
+def test_operating_point_and_explanations_reach_the_study(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    card = json.loads((run / "model_card.json").read_text())
+    card["operating_point"] = {
+        "spec": "tumor>=0.99",
+        "temperature": 1.0,
+        "rule": {"type": "threshold", "class_index": 2, "class": "tumor", "threshold": 0.0},
+        "description": "tumor whenever its probability >= 0 (test rule)",
+    }
+    (run / "model_card.json").write_text(json.dumps(card))
+    scans = tmp_path / "scans" / "p1"
+    scans.mkdir(parents=True)
+    for k, src in enumerate(sorted((tiny_run["data"] / "normal").glob("*.png"))[:3]):
+        shutil.copy(src, scans / f"f{k}.png")
+    r = runner.invoke(
+        app,
+        ["predict", str(scans.parent), "-m", str(run), "--operating-point", "--group-by", "folder", "-q"]
+        + ["--explain", str(tmp_path / "cams"), "--study-output", str(tmp_path / "s.json"), "--no-ood"],
+    )
+    assert r.exit_code == 0, r.output
+    (study,) = json.loads((tmp_path / "s.json").read_text())
+    assert study["predicted_class"] == "tumor" and study["decision_rule"].startswith("operating point tumor>=0.99")
+    assert study["explanation"] and Path(study["explanation"]).is_file()
+    assert Path(study["most_suspicious_path"]).stem in Path(study["explanation"]).name

@@ -215,11 +215,23 @@ def test_fit_mode_and_fine_tune_stage(tiny_prepared, tmp_path):
 
 
 def test_cli_train(tiny_prepared, tmp_path):
+    from liverscan.serving import Classifier, runtime
+
+    # the checked fast runtime is written with the model, so predict runs at full speed at once (ONNX here:
+    # it converts in seconds; the default, TFLite, goes through the same export, tested in test_export)
+    fmt = "onnx" if runtime.onnx_available() else "none"
     r = CliRunner().invoke(
-        app, ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r"), "--epochs", "2", "-q"]
+        app,
+        ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r"), "--epochs", "2", "-q"]
+        + ["--set", f"train.export_runtime={fmt}"],
     )
     assert r.exit_code == 0, r.output
     assert "Trained 2 epochs" in r.stdout
+    if fmt == "onnx":
+        assert "Wrote the onnx runtime" in " ".join(r.stdout.split())
+        card = json.loads((tmp_path / "r" / "model_card.json").read_text())
+        assert card["exports"]["onnx"]["max_abs_difference_vs_keras"] <= 1e-4
+        assert Classifier.load(tmp_path / "r").runtime == "onnx"
     r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")])
     assert r.exit_code == 1 and "not a prepared dataset" in r.stderr
     r = CliRunner().invoke(

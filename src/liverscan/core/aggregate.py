@@ -6,8 +6,8 @@ Rules (``probs`` are one group's frame probabilities, rows summing to 1):
 - ``max``: "flag if any frame" — the probabilities of the group's most suspicious frame, the one
   with the lowest probability of the reference class (``normal`` when the model has it, else its
   first class); a group is normal only when every frame is;
-- ``vote``: the share of frames whose argmax is each class (a majority vote; ties are broken by
-  the mean probabilities).
+- ``vote``: the share of frames decided as each class — by argmax, or by the model's decision rule
+  when ``decisions`` are given (a majority vote; ties are broken by the mean probabilities).
 
 Every rule returns a probability vector over the classes, so the model's decision rule (argmax or
 a stored operating point) applies to a group as it does to a frame.
@@ -34,8 +34,9 @@ def suspicion(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     return 1.0 - np.asarray(probs, dtype=np.float64)[:, reference_class(classes)]
 
 
-def aggregate(probs: np.ndarray, rule: str, classes: Sequence[str]) -> np.ndarray:
-    """One probability vector for a group of frames (``probs``: frames x classes)."""
+def aggregate(probs: np.ndarray, rule: str, classes: Sequence[str], decisions: np.ndarray | None = None) -> np.ndarray:
+    """One probability vector for a group of frames (``probs``: frames x classes; ``decisions``: the
+    frames' decided class indices, used by ``vote`` instead of the argmax)."""
     if rule not in RULES:
         raise ConfigError(f"unknown aggregation rule {rule!r} (one of {', '.join(RULES)})")
     p = np.asarray(probs, dtype=np.float64)
@@ -45,7 +46,8 @@ def aggregate(probs: np.ndarray, rule: str, classes: Sequence[str]) -> np.ndarra
         return p.mean(0)
     if rule == "max":
         return p[int(np.argmax(suspicion(p, classes)))]
-    votes = np.bincount(p.argmax(1), minlength=p.shape[1]).astype(np.float64)
+    decided = p.argmax(1) if decisions is None else np.asarray(decisions, dtype=int)
+    votes = np.bincount(decided, minlength=p.shape[1]).astype(np.float64)
     share = votes / votes.sum()
     tied = share == share.max()
     if tied.sum() > 1:  # ties broken by the mean probabilities, kept a distribution
@@ -64,7 +66,12 @@ def group_indices(keys: Sequence[Hashable]) -> dict[Hashable, list[int]]:
 
 
 def aggregate_groups(
-    y: np.ndarray, probs: np.ndarray, keys: Sequence[Hashable], rule: str, classes: Sequence[str]
+    y: np.ndarray,
+    probs: np.ndarray,
+    keys: Sequence[Hashable],
+    rule: str,
+    classes: Sequence[str],
+    decisions: np.ndarray | None = None,
 ) -> tuple[list[Hashable], np.ndarray, np.ndarray, np.ndarray]:
     """(group keys, group labels, group probabilities, number of mixed-label groups per group flag).
 
@@ -81,5 +88,5 @@ def aggregate_groups(
         counts = np.bincount(np.asarray(y)[idx], minlength=len(classes))
         labels[g] = int(counts.argmax())
         mixed[g] = (counts > 0).sum() > 1
-        agg[g] = aggregate(np.asarray(probs)[idx], rule, classes)
+        agg[g] = aggregate(np.asarray(probs)[idx], rule, classes, None if decisions is None else decisions[idx])
     return names, labels, agg, mixed

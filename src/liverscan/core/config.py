@@ -127,6 +127,7 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-5
     fine_tune_epochs: int = 10
     checkpoint_seconds: float = 2.0  # write a resumable checkpoint at most this often (and at the end)
+    export_runtime: str = "tflite"  # liverscan train then writes the checked fast runtime: tflite | onnx | none
     seed: int = 42
     folds: int = 0  # >= 2: group-aware stratified k-fold cross-validation (then a refit on all images)
     repeats: int = 1  # cross-validation repeats with different fold assignments
@@ -308,6 +309,9 @@ def validate(cfg: Config) -> Config:
         a.rotation_degrees,
     )
     need(t.mode in MODES, "train.mode", f"one of {', '.join(MODES)}", t.mode)
+    need(
+        t.export_runtime in ("tflite", "onnx", "none"), "train.export_runtime", "tflite, onnx or none", t.export_runtime
+    )
     need(t.loss in LOSSES, "train.loss", f"one of {', '.join(LOSSES)}", t.loss)
     for key in ("epochs", "batch_size", "views", "early_stopping_patience", "lr_patience"):
         v = getattr(t, key)
@@ -331,6 +335,12 @@ def validate(cfg: Config) -> Config:
     need(e.bootstrap >= 0, "eval.bootstrap", ">= 0", e.bootstrap)
     need(e.ece_bins >= 1, "eval.ece_bins", ">= 1", e.ece_bins)
     need(e.group_rule in ("mean", "max", "vote"), "eval.group_rule", "mean, max or vote", e.group_rule)
+    need(
+        not (e.operating_point_level == "group" and e.group_rule == "vote"),
+        "eval.group_rule",
+        "mean or max for a patient-level operating point (a vote has no threshold to fit)",
+        e.group_rule,
+    )
     need(
         e.operating_point_level in ("image", "group"),
         "eval.operating_point_level",

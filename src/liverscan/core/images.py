@@ -132,8 +132,9 @@ def decode(source: str | Path | bytes, size: int = 160, max_pixels: int = DEFAUL
             with _LARGE_DECODES if large else contextlib.nullcontext():
                 im.load()
                 mode = im.mode
-                im = _reduced(im, size)
-            im = ImageOps.exif_transpose(im)
+                reduced = _reduced(im, size)
+            # the reduced copy has no EXIF: apply the original's orientation to it
+            im = ImageOps.exif_transpose(im) if reduced is im else _transposed(reduced, _orientation(im))
             rgb = _to_uint8_rgb(im)
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8)
@@ -179,14 +180,34 @@ def _reduced(im: Image.Image, size: int) -> Image.Image:
     return out if out is not None else Image.fromarray(np.concatenate(parts))
 
 
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - broken EXIF is treated as no rotation
+        return 1
+
+
+def _transposed(im: Image.Image, orientation: int) -> Image.Image:
+    """``im`` turned upright for an EXIF orientation (as ``ImageOps.exif_transpose`` does)."""
+    method = _TRANSPOSE.get(orientation)
+    return im if method is None else im.transpose(method)
+
+
 def _oriented_size(im: Image.Image) -> tuple[int, int]:
     """Stored (width, height) with EXIF orientation applied, before any draft."""
     w, h = im.size
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - broken EXIF is treated as no rotation
-        orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
 
 
 def load_image(path: str | Path, size: int = 160, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

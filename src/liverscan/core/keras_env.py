@@ -17,6 +17,9 @@ def import_keras():
         return sys.modules["keras"]
     with native_stderr_silenced():  # absl/oneDNN/CUDA start-up lines ignore TF_CPP_MIN_LOG_LEVEL
         import keras
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing warnings
     return keras
 
 

@@ -145,9 +145,17 @@ def parse_operating_point(spec: str, classes: list[str]) -> dict:
     return {"goal": "sensitivity", "class": cls, "target": target}
 
 
-def fit_rule(y: np.ndarray, probs: np.ndarray, goal: dict, classes: list[str], where: str = "validation") -> dict:
-    """Temperature and decision rule for an operating-point goal, fitted on (y, probs)."""
-    temperature = fit_temperature(y, probs)
+def fit_rule(
+    y: np.ndarray,
+    probs: np.ndarray,
+    goal: dict,
+    classes: list[str],
+    where: str = "validation",
+    temperature: float | None = None,
+) -> dict:
+    """Temperature and decision rule for an operating-point goal, fitted on (y, probs) (``temperature``:
+    given instead of fitted)."""
+    temperature = fit_temperature(y, probs) if temperature is None else temperature
     cal = apply_temperature(probs, temperature)
     if goal["goal"] == "balanced":
         rule = {"type": "weights", "weights": fit_balanced_weights(y, cal)}
@@ -161,6 +169,17 @@ def fit_rule(y: np.ndarray, probs: np.ndarray, goal: dict, classes: list[str], w
             f"({where} sensitivity target {goal['target']})"
         )
     return {"temperature": temperature, "rule": rule, "description": desc}
+
+
+def fit_group_rule(
+    y: np.ndarray, probs: np.ndarray, keys, goal: dict, classes: list[str], agg_rule: str, where: str
+) -> dict:
+    """An operating point for studies, fitted the way ``predict --group-by`` applies it: the temperature
+    on the frames, then the decision rule on the groups' aggregated calibrated probabilities."""
+    temperature = fit_temperature(y, probs)
+    _, yg, pg, _ = aggregate_groups(y, apply_temperature(probs, temperature), keys, agg_rule, classes)
+    fitted = fit_rule(yg, pg, goal, classes, f"{where}, per patient ({agg_rule} of its images)", temperature=1.0)
+    return {**fitted, "temperature": temperature}
 
 
 def fit_operating_point(
@@ -178,12 +197,15 @@ def fit_operating_point(
     fit_data = data if data is not None and is_prepared(Path(data)) else None
     val = load_labelled(run, fit_data, "val")
     probs = predict_probs(model, val.x)
-    y_fit, p_fit = val.y, probs
+    n_fit = len(val.y)
     if level == "group":
         if val.groups is None or not has_multi_image_groups(val.groups):
             raise DataError(f"{val.source}: a group-level operating point needs patients of several images")
-        _, y_fit, p_fit, _ = aggregate_groups(val.y, probs, [str(g) for g in val.groups], rule, run.classes)
-    fitted = fit_rule(y_fit, p_fit, goal, run.classes)
+        keys = [str(g) for g in val.groups]
+        fitted = fit_group_rule(val.y, probs, keys, goal, run.classes, rule, "validation")
+        n_fit = len(set(keys))
+    else:
+        fitted = fit_rule(val.y, probs, goal, run.classes)
     cal = apply_temperature(probs, fitted["temperature"])
     pred = predict_with_rule(cal, fitted["rule"])
     return {
@@ -192,7 +214,7 @@ def fit_operating_point(
         **fitted,
         "fitted_on": {
             "data": val.source if level == "image" else f"{val.source}, aggregated per group ({rule})",
-            "n": int(len(y_fit)),
+            "n": int(n_fit),
             "created": utc_now(),
         },
         "validation": {
@@ -202,10 +224,31 @@ def fit_operating_point(
     }
 
 
+def _nested_group_rule(oof, group_oof, goal: dict, classes: list[str], agg_rule: str):
+    """Per-group (calibrated probabilities, decisions): each fold's patients decided by a study rule
+    fitted (temperature on frames, rule on patients) on the other folds of the same repeat only."""
+    import dataclasses
+
+    cal = np.zeros_like(group_oof.probs)
+    pred = np.zeros(len(group_oof.y), int)
+    for r in np.unique(oof.repeat):
+        for k in np.unique(oof.fold[oof.repeat == r]):
+            rest = (oof.repeat == r) & (oof.fold != k)
+            keys = [str(g) for g in oof.groups[rest]]
+            fitted = fit_group_rule(oof.y[rest], oof.probs[rest], keys, goal, classes, agg_rule, "out-of-fold")
+            calibrated = dataclasses.replace(oof, probs=apply_temperature(oof.probs, fitted["temperature"]))
+            g_probs = by_group(calibrated, agg_rule, classes)[0].probs
+            held = (group_oof.repeat == r) & (group_oof.fold == k)
+            cal[held] = g_probs[held]
+            pred[held] = predict_with_rule(g_probs[held], fitted["rule"])
+    return cal, pred
+
+
 def _group_level(ds, probs, op, classes, rule, bootstrap, seed, ece_bins) -> dict:
     """Metrics with one case per group (patient): probabilities aggregated by ``rule``, CIs by a
     bootstrap over groups; with a stored operating point, its rule decides the groups."""
-    names, yg, pg, mixed = aggregate_groups(ds.y, probs, [str(g) for g in ds.groups], rule, classes)
+    keys = [str(g) for g in ds.groups]
+    names, yg, pg, mixed = aggregate_groups(ds.y, probs, keys, rule, classes)
     out = {
         "kind": group_kind(ds.groups),
         "rule": rule,
@@ -214,8 +257,10 @@ def _group_level(ds, probs, op, classes, rule, bootstrap, seed, ece_bins) -> dic
         "argmax": classification_metrics(yg, pg, classes, ece_bins=ece_bins),
     }
     out["argmax"]["bootstrap"] = bootstrap_intervals(yg, pg, classes, n_resamples=bootstrap, seed=seed)
-    if op:
-        cal = apply_temperature(pg, op["temperature"])
+    if op:  # as predict --group-by applies it: calibrate the frames, aggregate, then the rule
+        cal_frames = apply_temperature(probs, op["temperature"])
+        decisions = predict_with_rule(cal_frames, op["rule"]) if rule == "vote" else None
+        _, _, cal, _ = aggregate_groups(ds.y, cal_frames, keys, rule, classes, decisions)
         pred = predict_with_rule(cal, op["rule"])
         out["tuned"] = classification_metrics(yg, cal, classes, y_pred=pred, ece_bins=ece_bins)
         out["tuned"]["bootstrap"] = bootstrap_intervals(yg, cal, classes, y_pred=pred, n_resamples=bootstrap, seed=seed)
@@ -319,12 +364,14 @@ def evaluate(
     result["baseline"] = _baseline(run, model, ds, feats, probs, config, bootstrap, seed, ece_bins)
     tuned_pred = None
     cal = None
+    if op and op.get("level", "image") == "group":
+        op = None  # a rule fitted on patients decides studies (group_level above), not single images
     if op:
         cal = apply_temperature(probs, op["temperature"])
         tuned_pred = predict_with_rule(cal, op["rule"])
         tuned = classification_metrics(ds.y, cal, classes, y_pred=tuned_pred, ece_bins=ece_bins)
         tuned["bootstrap"] = bootstrap_intervals(
-            ds.y, cal, classes, y_pred=tuned_pred, n_resamples=bootstrap, seed=seed
+            ds.y, cal, classes, y_pred=tuned_pred, n_resamples=bootstrap, seed=seed, groups=ds.groups
         )
         result["tuned"] = tuned
         result["operating_point"] = {k: op[k] for k in ("spec", "temperature", "rule", "description")}
@@ -468,7 +515,7 @@ def _evaluate_cv(
     spec = operating_point or (run.card.operating_point or {}).get("spec")
     level = config.eval.operating_point_level
     group_oof = None
-    if has_multi_image_groups(oof.groups):
+    if has_multi_image_groups(oof.groups[oof.repeat == oof.repeat.min()]):  # within one repeat
         group_oof, n_mixed = by_group(oof, config.eval.group_rule, classes)
         result["group_level"] = {
             "kind": group_kind(oof.groups),
@@ -482,17 +529,18 @@ def _evaluate_cv(
     cal, pred = None, None
     if spec and level == "group":
         goal = parse_operating_point(spec, classes)
-        g_cal, g_pred = nested(group_oof, group_oof.probs, lambda y, p: fit_rule(y, p, goal, classes, "out-of-fold"))
+        g_cal, g_pred = _nested_group_rule(oof, group_oof, goal, classes, config.eval.group_rule)
         result["group_level"]["tuned"] = cv_metrics(group_oof, g_cal, classes, bootstrap, seed, ece_bins, pred=g_pred)
         result["group_level"]["operating_point"] = {
             "spec": spec,
             "fitted": "nested, on patients: each fold by a rule fitted on the other folds' patients",
         }
         if operating_point:
+            keys = list(zip(oof.repeat.tolist(), [str(g) for g in oof.groups]))
             op = {
                 "spec": spec,
                 "level": "group",
-                **fit_rule(group_oof.y, group_oof.probs, goal, classes, "out-of-fold"),
+                **fit_group_rule(oof.y, oof.probs, keys, goal, classes, config.eval.group_rule, "out-of-fold"),
             }
             op["fitted_on"] = {
                 "data": f"out-of-fold predictions aggregated per group ({config.eval.group_rule})",

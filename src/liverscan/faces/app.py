@@ -167,9 +167,10 @@ def show_study(clf, study) -> None:
         st.error(f"Study answer: none — most images are out of distribution. {frames}.")
     else:
         st.markdown(f"### Study answer: **{study.predicted_class}** (confidence {study.confidence:.3f})")
-    st.markdown(
-        f"{frames}; rule: {study.rule} of the images' probabilities; most suspicious image: "
-        f"{study.most_suspicious_path}"
+    st.markdown(f"{frames}; rule: {study.rule} of the images' probabilities.")
+    st.text(  # an uploaded file name is shown as plain text, never as Markdown
+        "most suspicious image: "
+        + str(study.most_suspicious_path)
         + (f", frame {study.most_suspicious_frame}" if study.most_suspicious_frame else "")
     )
     if study.needs_review and study.decision != "out_of_distribution":

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from liverscan import __version__
 from liverscan.core.config import Config, apply_overrides, load_config, set_value
-from liverscan.core.errors import LiverscanError
+from liverscan.core.errors import ConfigError, DataError, LiverscanError
 
 app = typer.Typer(
     name="liverscan",
@@ -341,6 +341,47 @@ def train_cmd(
             + f"; details in {escape(str(res.out_dir))}",
             highlight=False,
         )
+    _export_fast_runtime(result.run_dir)
+
+
+def _check_path_lists(items: list[str], group_by: str | None) -> None:
+    """Read every CSV path list given as input, and check a column:NAME grouping against each."""
+    from liverscan.serving import read_path_list
+
+    for item in items:
+        p = Path(item)
+        if p.suffix.lower() != ".csv" or not p.is_file():
+            continue
+        rows = read_path_list(p)
+        if group_by and group_by.startswith("column:") and rows and group_by[7:] not in rows[0][1]:
+            raise ConfigError(f"{p}: no column {group_by[7:]!r} for --group-by (columns: {', '.join(rows[0][1])})")
+
+
+def _export_fast_runtime(run_dir: Path) -> None:
+    """Write the run's checked fast runtime (train.export_runtime), so predict runs at full speed at once."""
+    from liverscan.core.keras_env import backend_name
+
+    fmt = load_config(Path(run_dir) / "config.yaml").train.export_runtime
+    if fmt == "none":
+        return
+    if backend_name() != "tensorflow":
+        err_console.print(
+            f"[yellow]note:[/] no {fmt} runtime written (export needs KERAS_BACKEND=tensorflow); predict uses Keras",
+            highlight=False,
+        )
+        return
+    from liverscan.serving import export_model
+
+    try:
+        info = export_model(run_dir, fmt)
+    except LiverscanError as exc:  # the model is trained and saved; predict falls back to Keras
+        err_console.print(f"[yellow]warning:[/] no fast runtime written: {escape(str(exc))}", highlight=False)
+        return
+    console.print(
+        f"Wrote the {fmt} runtime (max abs difference vs Keras {info['max_abs_difference_vs_keras']:.1e} on "
+        f"{info['checked_images']} images); predict uses it",
+        highlight=False,
+    )
 
 
 @command("evaluate")
@@ -467,7 +508,9 @@ def predict_cmd(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.", min=1, max=4096)] = 32,
     workers: Annotated[int, typer.Option(help="Decoding threads.", min=1, max=256)] = 2,
-    runtime: Annotated[str, typer.Option(help="auto (exported model.tflite when present), keras or tflite.")] = "auto",
+    runtime: Annotated[
+        str, typer.Option(help="auto (an exported model.tflite, else model.onnx, when present), keras, tflite or onnx.")
+    ] = "auto",
     dicom_tags: Annotated[
         Optional[str], typer.Option(help="DICOM tags to copy into records, comma-separated (none by default).")
     ] = None,
@@ -501,7 +544,7 @@ def predict_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar.")] = False,
 ) -> None:
     """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error,
-    130/143 = stopped by Ctrl+C/SIGTERM (records so far kept in FILE.partial).
+    130/143/129 = stopped by Ctrl+C/SIGTERM/SIGHUP (records so far kept in FILE.partial).
 
     Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain heatmaps/[/]
     or [bold]find /archive -name '*.png' | liverscan predict - --format jsonl[/]
@@ -536,10 +579,16 @@ def predict_cmd(
         check_output(output, overwrite)  # before the model loads: never clobber results, fail fast
     if study_output:
         check_output(study_output, overwrite)
+        if output and Path(study_output).resolve() == Path(output).resolve():
+            fail("--output and --study-output must be different files")
     if (study_output or group_rule) and group_by is None:
         group_by = "object"
     columns: dict[str, dict] = {}
     key = group_key(group_by, columns) if group_by else None
+    _check_path_lists(paths, group_by)  # before any work: a bad list or column fails at once
+    from liverscan.serving import check_tag_names
+
+    check_tag_names(tags)
     clf = Classifier.load(
         model,
         use_operating_point=operating_point,
@@ -557,6 +606,13 @@ def predict_cmd(
         highlight=False,
         soft_wrap=True,
     )
+    if clf.operating_point and clf.operating_point.get("level") == "group" and key is None:
+        err_console.print(
+            "[yellow]note:[/] this operating point was fitted on patients (one answer per study); "
+            "apply it to studies with --group-by — on single images it is only indicative",
+            highlight=False,
+            soft_wrap=True,
+        )
     if clf.ood and clf.reference is None:
         err_console.print(
             "[yellow]note:[/] this model has no out-of-distribution reference (trained before liverscan 0.2): "
@@ -643,23 +699,25 @@ def predict_cmd(
                 if progress is not None:
                     rate = n_total / max(_time.perf_counter() - t0, 1e-9)
                     progress.update(task, completed=n_total, rate=f"{rate:.1f} images/s")
-    except (KeyboardInterrupt, OSError) as exc:  # a signal, or a full / failing output disk
+            if n_total == 0:  # inside the writers: no empty output file is left behind
+                raise DataError("no input images found")
+    except (KeyboardInterrupt, OSError, LiverscanError) as exc:  # a signal, a full disk, a bad input list
         kept = partial_path(output) if file_writer is not None else None
         where = f"; {file_writer.count} records so far kept in {kept}" if kept is not None and kept.exists() else ""
         if isinstance(exc, OSError):
             fail(f"{_os_message(exc)}{where}")
+        if isinstance(exc, LiverscanError):
+            fail(f"{exc}{where}")
         fail(f"stopped by {_signal_name(exc)}{where}", _signal_code(exc))
     if skipped.total:
         err_console.print(f"[yellow]note:[/] {escape(skipped.summary())}", highlight=False, soft_wrap=True)
-    if n_total == 0:
-        fail("no input images found")
     if show_table:
         from liverscan.faces.terminal import predictions_table
 
         console.print(predictions_table(shown, clf.classes, n_total))
     summary = ", ".join(f"{c}: {n}" for c, n in sorted(counts.items()))
     err_console.print(
-        f"{n_total - n_failed} of {n_total} images predicted ({summary or 'none'})"
+        escape(f"{n_total - n_failed} of {n_total} images predicted ({summary or 'none'})")
         + (f"; {n_failed} failed" if n_failed else "")
         + (f"; wrote {escape(str(output))}" if output else ""),
         highlight=False,
@@ -690,11 +748,14 @@ def predict_cmd(
 @command("export")
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory from 'liverscan train'.")],
-    format_: Annotated[str, typer.Option("--format", "-f", help="Export format: tflite.")] = "tflite",
+    format_: Annotated[
+        str, typer.Option("--format", "-f", help='Export format: tflite, or onnx (needs "liverscan[onnx]").')
+    ] = "tflite",
 ) -> None:
-    """Export the model for fast CPU inference; checks it agrees with Keras (max abs difference <= 1e-4).
+    """Export the model for fast inference; written only when it agrees with Keras (max abs difference <= 1e-4).
 
-    Example: [bold]liverscan export runs/xu --format tflite[/] (then 'liverscan predict' uses it automatically)
+    Example: [bold]liverscan export runs/xu --format tflite[/] or [bold]--format onnx[/]
+    (then 'liverscan predict' uses it automatically; --runtime picks one)
     """
     from liverscan.serving import export_model
 
@@ -793,8 +854,9 @@ def main() -> None:
     import signal
 
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _raise_stopped)
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup keeps ignoring SIGHUP
+            signal.signal(sig, _raise_stopped)
     app()
 
 

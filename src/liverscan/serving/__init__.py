@@ -1,8 +1,9 @@
 """Stage: predictions for new images — the Classifier, runtimes, explanations, outputs and export."""
 
+from liverscan.serving.dicom import check_tag_names
 from liverscan.serving.explain import overlay
 from liverscan.serving.export import export_model
-from liverscan.serving.inputs import default_model_dir, expand_inputs, resolve_model
+from liverscan.serving.inputs import default_model_dir, expand_inputs, read_path_list, resolve_model
 from liverscan.serving.outputs import (
     FORMATS,
     OutputBusyError,
@@ -22,6 +23,8 @@ __all__ = [
     "Classifier",
     "Prediction",
     "RecordWriter",
+    "check_tag_names",
+    "read_path_list",
     "Study",
     "StudyAggregator",
     "group_key",

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.artifacts import OOD_FILE, TFLITE_FILE, LoadedRun, load_run
+from liverscan.core.artifacts import ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, load_run
 from liverscan.core.errors import ExportError, LiverscanError, RunDirError
 from liverscan.core.fileio import sha256_file, write_bytes_atomic
 from liverscan.core.guard import Reference, assess
 
-FORMATS = ("tflite",)
+FORMATS = ("tflite", "onnx")
 TOLERANCE = 1e-4
 
 
@@ -46,12 +46,15 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     if run.run_dir is None:
         raise RunDirError(f"{run_dir}: export needs a run directory")
     if backend_name() != "tensorflow":
-        raise ExportError("TFLite export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
+        raise ExportError(f"{fmt} export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
     reference = None
     if (run.run_dir / OOD_FILE).is_file():
         reference = Reference.load(run.run_dir / OOD_FILE)
     images = np.asarray(check_images(run) if images is None else images, dtype=np.float32)
-    info = write_tflite(load_model(run.model_path), run.run_dir / TFLITE_FILE, images, reference)
+    write = write_tflite if fmt == "tflite" else write_onnx
+    info = write(
+        load_model(run.model_path), run.run_dir / (TFLITE_FILE if fmt == "tflite" else ONNX_FILE), images, reference
+    )
     run.card.exports[fmt] = info
     run.save_card()
     return info
@@ -63,7 +66,7 @@ def write_tflite(model, target: Path, images: np.ndarray, reference: Reference |
     import io
 
     from liverscan.core.keras_env import import_keras, native_stderr_silenced
-    from liverscan.core.model import predict_outputs, with_features
+    from liverscan.core.model import with_features
 
     import_keras()
     import tensorflow as tf
@@ -79,8 +82,42 @@ def write_tflite(model, target: Path, images: np.ndarray, reference: Reference |
         raise ExportError(f"TFLite conversion failed ({exc.__class__.__name__}: {exc})") from None
     staged = target.with_name(f".{target.name}.check")
     write_bytes_atomic(staged, blob)
+    return _verified(both, staged, target, TFLiteRunner, images, reference)
+
+
+def write_onnx(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
+    """Convert ``model`` (probabilities + features) to ONNX at ``target`` once it agrees with Keras on ``images``."""
+    import contextlib
+    import importlib.util
+    import io
+    import warnings
+
+    from liverscan.core.keras_env import native_stderr_silenced
+    from liverscan.core.model import with_features
+    from liverscan.serving.runtime import OnnxRunner
+
+    if importlib.util.find_spec("tf2onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        raise ExportError('ONNX export needs tf2onnx and onnxruntime: pip install "liverscan[onnx]"')
+    both = with_features(model)
+    staged = target.with_name(f".{target.name}.check")
+    chatter = io.StringIO()
     try:
-        got_p, got_f = TFLiteRunner(staged, batch_size=16).run(images)
+        with contextlib.redirect_stdout(chatter), native_stderr_silenced(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # input-structure and tf2onnx deprecation warnings
+            both(np.zeros((1, *both.input_shape[1:]), np.float32))  # Keras exports only a called model
+            both.export(str(staged), format="onnx", verbose=False)
+    except Exception as exc:  # noqa: BLE001
+        staged.unlink(missing_ok=True)
+        raise ExportError(f"ONNX conversion failed ({exc.__class__.__name__}: {exc})") from None
+    return _verified(both, staged, target, OnnxRunner, images, reference)
+
+
+def _verified(both, staged: Path, target: Path, runner_class, images: np.ndarray, reference) -> dict:
+    """Move ``staged`` to ``target`` only when its probabilities (<= 1e-4) and guard answers agree with Keras."""
+    from liverscan.core.model import predict_outputs
+
+    try:
+        got_p, got_f = runner_class(staged, batch_size=16).run(images)
         ref_p, ref_f = predict_outputs(both, images, batch_size=16)
         diff = float(np.abs(got_p - ref_p).max())
         fdiff = float(np.abs(got_f - ref_f).max() / max(float(np.abs(ref_f).max()), 1e-12))

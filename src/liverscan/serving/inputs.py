@@ -79,9 +79,14 @@ def expand_inputs(
 
 def read_path_list(csv_path: Path) -> list[tuple[str, dict]]:
     """(path, row) for every row of a CSV path list."""
+    import csv
+
     from liverscan.core.sources import PATH_COLUMNS
 
-    rows = read_csv(csv_path)
+    try:
+        rows = read_csv(csv_path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{csv_path}: not a readable CSV path list ({exc.__class__.__name__})") from None
     if not rows:
         return []
     lower = {c.lower(): c for c in rows[0]}

@@ -84,7 +84,7 @@ class RecordWriter:
         if fmt not in FORMATS:
             raise ConfigError(f"unknown format {fmt!r} (csv, json, jsonl)")
         self.fmt, self.classes, self.path, self.tags = fmt, classes, Path(path) if path else None, list(dicom_tags)
-        self.stream, self.group_column = stream, group_column
+        self.stream, self.group_column, self.overwrite = stream, group_column, overwrite
         self.count = 0
         self._fd: int | None = None
         self._good = 0  # bytes of whole records on disk
@@ -121,6 +121,7 @@ class RecordWriter:
                 view = view[os.write(self._fd, view) :]
         except OSError:
             os.ftruncate(self._fd, self._good)  # never leave a cut record behind
+            os.lseek(self._fd, self._good, os.SEEK_SET)
             raise
         self._good += len(data)
 
@@ -134,7 +135,13 @@ class RecordWriter:
                 if self.fmt == "json":
                     self._emit("\n]\n")
                 os.fsync(self._fd)
+                if self.path.exists() and not self.overwrite:  # appeared while this run was writing
+                    raise OutputBusyError(
+                        f"{self.path}: appeared while this run was writing; its records are kept in {self.partial}"
+                    )
                 os.replace(self.partial, self.path)
+            elif self.count == 0:  # stopped before any record: nothing to keep
+                self.partial.unlink(missing_ok=True)
         finally:
             os.close(self._fd)  # releases the lock; on failure FILE.partial keeps every whole record
 
@@ -171,13 +178,24 @@ def _open_locked(path: Path, partial: Path, overwrite: bool) -> int:
     """Open ``partial`` for writing under an exclusive lock, refusing to clobber results."""
     check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o666)
+    for _ in range(5):
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o666)
+        if fcntl is None:
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusyError(f"{partial}: another liverscan process is writing this output") from None
+        try:  # locked the file still at that name? (another run may have just renamed it to FILE)
+            if os.fstat(fd).st_ino == os.stat(partial).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    else:
+        raise OutputBusyError(f"{partial}: another liverscan process keeps replacing this output")
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OutputBusyError(f"{partial}: another liverscan process is writing this output") from None
         if os.fstat(fd).st_size and not overwrite:  # appeared since check_output
             raise OutputBusyError(f"{partial}: kept from an interrupted run; move it away or pass --overwrite")
         os.ftruncate(fd, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.artifacts import OOD_FILE, TFLITE_FILE, LoadedRun, ModelCard, load_run
+from liverscan.core.artifacts import ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, ModelCard, load_run
 from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, RunDirError
 from liverscan.core.guard import Reference, assess
 from liverscan.core.images import DEFAULT_MAX_PIXELS, decode_array
@@ -24,7 +24,7 @@ from liverscan.serving.pipeline import decoded_batches
 from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
 
 DEFAULT_REVIEW_CONFIDENCE = 0.6
-RUNTIMES = ("auto", "keras", "tflite")
+RUNTIMES = ("auto", "keras", "tflite", "onnx")
 
 
 class Classifier:
@@ -53,7 +53,7 @@ class Classifier:
         self.model_path = model_path
         self._model = model
         self.runner = runner
-        self.runtime = "tflite" if runner is not None else "keras"
+        self.runtime = runner.kind if runner is not None else "keras"
         self.classes: list[str] = list(card.classes)
         self.image_size = card.image_size
         self.review_confidence = review_confidence
@@ -94,8 +94,9 @@ class Classifier:
         """Load a run directory or model file (None: the default model).
 
         ``runtime``: ``auto`` uses an exported ``model.tflite`` when present and a
-        LiteRT interpreter is installed (no TensorFlow import, faster on CPU), else
-        the Keras model, which is always loaded in safe mode (no embedded code runs).
+        LiteRT interpreter is installed, else an exported ``model.onnx`` when ONNX
+        Runtime is installed (no TensorFlow import, faster on CPU), else the Keras
+        model, which is always loaded in safe mode (no embedded code runs).
         ``ood``: apply the out-of-distribution guard stored with the model;
         ``ood_retention`` recomputes its threshold for another retention.
         """
@@ -106,6 +107,7 @@ class Classifier:
         run = load_run(resolve_model(path))
         reference = _load_reference(run, ood_retention) if ood else None
         tflite = run.model_path.with_name(TFLITE_FILE)
+        onnx = run.model_path.with_name(ONNX_FILE)
         kw = dict(
             use_operating_point=use_operating_point,
             review_confidence=review_confidence,
@@ -114,17 +116,24 @@ class Classifier:
             reference=reference,
             ood=ood,
         )
+        candidates = []
         if runtime == "tflite" or (runtime == "auto" and tflite.is_file() and rt.available()):
-            if not tflite.is_file():
-                raise RunDirError(f"{run.source}: no {TFLITE_FILE}; export the run to TFLite first")
-            runner = rt.TFLiteRunner(tflite, batch_size=batch_size)
+            candidates.append((tflite, rt.TFLiteRunner, "tflite"))
+        if runtime == "onnx" or (runtime == "auto" and onnx.is_file() and rt.onnx_available()):
+            candidates.append((onnx, rt.OnnxRunner, "onnx"))
+        for file, runner_class, name in candidates:
+            if not file.is_file():
+                raise RunDirError(
+                    f"{run.source}: no {file.name}; export it first: liverscan export RUN --format {name}"
+                )
+            runner = runner_class(file, batch_size=batch_size)
             if runner.input_shape != (run.image_size, run.image_size, 3):
-                raise ModelError(f"{tflite}: input {runner.input_shape} does not match the model card")
+                raise ModelError(f"{file}: input {runner.input_shape} does not match the model card")
             if runner.has_features or reference is None:
                 return cls(run.card, run.source, run.model_path, runner=runner, **kw)
-            if runtime == "tflite":
+            if runtime == name:
                 raise ModelError(
-                    f"{tflite}: exported without the features the out-of-distribution guard needs; export it again"
+                    f"{file}: exported without the features the out-of-distribution guard needs; export it again"
                 )
         return cls(run.card, run.source, run.model_path, model=_load_keras(run), **kw)
 

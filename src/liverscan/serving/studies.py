@@ -52,7 +52,7 @@ def group_key(spec: str, columns: dict[str, dict] | None = None) -> Callable[[Pr
             m = pattern.search(rec.path)
             if m is None:
                 return rec.path
-            return m.group(1) if m.groups() else m.group(0)
+            return (m.group(1) if m.groups() else None) or m.group(0)
 
         return by_regex
     if spec.startswith("column:"):
@@ -181,7 +181,8 @@ class StudyAggregator:
             return s
         inside = [f for f in used if not f.outside] or used
         probs = np.stack([f.probs for f in inside])
-        agg = aggregate(probs, self.rule, self.classes)
+        decisions = np.array([self.decide(p) for p in probs]) if self.rule == "vote" else None
+        agg = aggregate(probs, self.rule, self.classes, decisions)
         k = self.decide(agg)
         worst = inside[int(np.argmax(suspicion(probs, self.classes)))]
         s.predicted_class = self.classes[k]
