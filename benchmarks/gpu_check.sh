@@ -9,6 +9,7 @@
 # WEIGHTS     mobilenet_v2_1.0_160_no_top.h5 (the offline ImageNet backbone)
 # WHEELS      optional folder of wheels to install first (keras, namex, optree, imagehash, PyWavelets)
 #
+# N_PREDICT (default 10000) sets how many images predict reads.
 # Targets on one H100: the training protocol <= 10 s, evaluate <= 5 s, predict >= 3,000 images/s.
 set -euo pipefail
 DATA=$1 REAL=$2 WEIGHTS=$3 WHEELS=${4:-}
@@ -43,15 +44,15 @@ stage train-cv5-linear python3 -m liverscan train --data "$WORK/prep" --out "$WO
 stage evaluate python3 -m liverscan evaluate "$WORK/run" -q
 
 mkdir -p "$WORK/many"
-python3 - "$REAL" "$WORK/many" <<'EOF'
+python3 - "$REAL" "$WORK/many" "${N_PREDICT:-10000}" <<'EOF'
 import os, sys
 from pathlib import Path
 src = sorted(p for p in Path(sys.argv[1]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-for i in range(10_000):
+for i in range(int(sys.argv[3])):
     os.symlink(src[i % len(src)].resolve(), Path(sys.argv[2]) / f"img{i:05d}.jpg")
 EOF
 for workers in 2 16; do
-  stage "predict-10000-workers-$workers" python3 -m liverscan predict "$WORK/many" -m "$WORK/run" -q \
+  stage "predict-${N_PREDICT:-10000}-workers-$workers" python3 -m liverscan predict "$WORK/many" -m "$WORK/run" -q \
     --batch-size 256 --workers "$workers" -o "$WORK/pred-$workers.csv"
 done
 python3 benchmarks/gpu_profile.py "$WORK/run" "$WORK/many" | tee "$OUT/gpu_profile.txt"

@@ -209,5 +209,10 @@ def test_patient_level_metrics_and_an_operating_point_fitted_on_other_folds_pati
     assert seen_sizes == [24 - len(folds[str(k)]) for k in range(4)] + [24]
     card = json.loads((run / "model_card.json").read_text())
     assert card["operating_point"]["level"] == "group" and card["operating_point"]["fitted_on"]["n"] == 24
+    assert card["operating_point"]["group_rule"] == "mean"
+    # evaluated again without options, the stored patient rule is re-evaluated per patient, not per image
+    cfg.eval.operating_point_level = "image"
+    again = evaluate(run, config=cfg)
+    assert "tuned" in again.metrics["group_level"] and "tuned" not in again.metrics
     assert card["cross_validation"]["metrics"]["group_level"]["kind"] == "patients"
     assert "tuned" in gl and "tuned" not in res.metrics  # the rule is a patient-level rule

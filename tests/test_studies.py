@@ -64,10 +64,9 @@ def test_aggregator_rules_ood_share_failed_frames_and_most_suspicious_frame():
     assert (a.group, a.n_frames, a.n_used, a.n_failed) == ("/a", 3, 3, 0)
     assert a.predicted_class == "normal" and a.probabilities["tumor"] == pytest.approx(1.3 / 3)
     assert a.most_suspicious_path == "/a/3.png" and a.needs_review is False
-    # b: two of three frames outside -> the study is out of distribution; its probabilities come from
-    # its in-distribution frame only
+    # b: two of three frames outside -> the study is out of distribution (its probabilities: all frames)
     assert b.n_out_of_distribution == 2 and b.ood_share == pytest.approx(2 / 3, abs=1e-4)
-    assert b.decision == "out_of_distribution" and b.needs_review and b.probabilities["tumor"] == pytest.approx(0.6)
+    assert b.decision == "out_of_distribution" and b.needs_review and b.probabilities["tumor"] == pytest.approx(0.4)
     assert c.error and c.n_failed == 1 and c.predicted_class is None and c.needs_review
     assert d.n_failed == 1 and d.decision == "normal" and d.needs_review  # a failed frame needs review
 
@@ -108,7 +107,6 @@ def test_cli_group_by_folder_and_csv_column_with_failed_frames(tiny_run, tmp_pat
     frames = list(csv.DictReader(open(tmp_path / "f.csv")))
     assert {row["group"] for row in frames} == set(studies)
     used = [row for row in frames if row["group"] == str(root / "p2") and not row["error"]]
-    used = [row for row in used if row["in_distribution"] != "false"] or used  # in-distribution frames count
     mean = {c: np.mean([float(row[f"p_{c}"]) for row in used]) for c in ("normal", "fatty", "tumor")}
     assert float(p2["p_tumor"]) == pytest.approx(mean["tumor"], abs=1e-6)
 
@@ -183,3 +181,11 @@ def test_operating_point_and_explanations_reach_the_study(tiny_run, tmp_path):
     assert study["predicted_class"] == "tumor" and study["decision_rule"].startswith("operating point tumor>=0.99")
     assert study["explanation"] and Path(study["explanation"]).is_file()
     assert Path(study["most_suspicious_path"]).stem in Path(study["explanation"]).name
+
+
+def test_vote_is_the_majority_of_the_frames_decisions_not_the_rule_applied_again():
+    agg = StudyAggregator(CLASSES, group_key("folder"), "vote", decide=lambda p: int(p[1] >= 0.2))
+    for k, p in enumerate([0.3, 0.1, 0.1, 0.1, 0.1]):  # one frame of five flagged by the low threshold
+        agg.add(rec(f"/a/{k}.png", p))
+    (study,) = agg.studies()
+    assert study.predicted_class == "normal" and study.probabilities["tumor"] == pytest.approx(0.2)

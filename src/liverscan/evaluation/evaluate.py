@@ -199,8 +199,11 @@ def fit_operating_point(
     probs = predict_probs(model, val.x)
     n_fit = len(val.y)
     if level == "group":
-        if val.groups is None or not has_multi_image_groups(val.groups):
-            raise DataError(f"{val.source}: a group-level operating point needs patients of several images")
+        if val.groups is None or not has_multi_image_groups(val.groups) or group_kind(val.groups) != "patients":
+            raise DataError(
+                f"{val.source}: a patient-level operating point needs patients of several images "
+                "(a group column or --group-regex at prepare)"
+            )
         keys = [str(g) for g in val.groups]
         fitted = fit_group_rule(val.y, probs, keys, goal, run.classes, rule, "validation")
         n_fit = len(set(keys))
@@ -211,6 +214,7 @@ def fit_operating_point(
     return {
         "spec": spec,
         "level": level,
+        **({"group_rule": rule} if level == "group" else {}),
         **fitted,
         "fitted_on": {
             "data": val.source if level == "image" else f"{val.source}, aggregated per group ({rule})",
@@ -261,7 +265,7 @@ def _group_level(ds, probs, op, classes, rule, bootstrap, seed, ece_bins) -> dic
         cal_frames = apply_temperature(probs, op["temperature"])
         decisions = predict_with_rule(cal_frames, op["rule"]) if rule == "vote" else None
         _, _, cal, _ = aggregate_groups(ds.y, cal_frames, keys, rule, classes, decisions)
-        pred = predict_with_rule(cal, op["rule"])
+        pred = cal.argmax(1) if rule == "vote" else predict_with_rule(cal, op["rule"])  # a vote is decided
         out["tuned"] = classification_metrics(yg, cal, classes, y_pred=pred, ece_bins=ece_bins)
         out["tuned"]["bootstrap"] = bootstrap_intervals(yg, cal, classes, y_pred=pred, n_resamples=bootstrap, seed=seed)
     return out
@@ -358,13 +362,21 @@ def evaluate(
         ds.y, probs, classes, n_resamples=bootstrap, seed=seed, groups=ds.groups
     )
     if ds.groups is not None and has_multi_image_groups(ds.groups):
-        result["group_level"] = _group_level(ds, probs, op, classes, config.eval.group_rule, bootstrap, seed, ece_bins)
+        rule = (op or {}).get("group_rule") or config.eval.group_rule  # a patient rule keeps its aggregation
+        result["group_level"] = _group_level(ds, probs, op, classes, rule, bootstrap, seed, ece_bins)
     if config.ood.enabled:
         result["ood"] = _ood_section(reference, verdicts, ds, probs, classes, ece_bins)
     result["baseline"] = _baseline(run, model, ds, feats, probs, config, bootstrap, seed, ece_bins)
     tuned_pred = None
     cal = None
     if op and op.get("level", "image") == "group":
+        result["operating_point"] = {
+            "spec": op["spec"],
+            "level": "group",
+            "note": "fitted on patients: applied per patient (group_level)"
+            if "group_level" in result
+            else "fitted on patients, and the evaluated data has no patients: not applied",
+        }
         op = None  # a rule fitted on patients decides studies (group_level above), not single images
     if op:
         cal = apply_temperature(probs, op["temperature"])
@@ -513,13 +525,18 @@ def _evaluate_cv(
     result["baseline"] = cv_metrics(oof, baseline, classes, bootstrap, seed, ece_bins)
     result["baseline"]["name"] = "linear probe" + (" (this model's own head)" if oof.baseline is None else "")
     spec = operating_point or (run.card.operating_point or {}).get("spec")
-    level = config.eval.operating_point_level
+    # a stored rule is re-evaluated at the level it was fitted at
+    level = (
+        config.eval.operating_point_level if operating_point else (run.card.operating_point or {}).get("level", "image")
+    )
+    stored = {} if operating_point else (run.card.operating_point or {})
+    group_rule = stored.get("group_rule") or config.eval.group_rule
     group_oof = None
     if has_multi_image_groups(oof.groups[oof.repeat == oof.repeat.min()]):  # within one repeat
-        group_oof, n_mixed = by_group(oof, config.eval.group_rule, classes)
+        group_oof, n_mixed = by_group(oof, group_rule, classes)
         result["group_level"] = {
             "kind": group_kind(oof.groups),
-            "rule": config.eval.group_rule,
+            "rule": group_rule,
             "n_groups": int(len(set(group_oof.paths))),
             "mixed_label_groups": n_mixed,
             "argmax": cv_metrics(group_oof, group_oof.probs, classes, bootstrap, seed, ece_bins),
@@ -529,7 +546,7 @@ def _evaluate_cv(
     cal, pred = None, None
     if spec and level == "group":
         goal = parse_operating_point(spec, classes)
-        g_cal, g_pred = _nested_group_rule(oof, group_oof, goal, classes, config.eval.group_rule)
+        g_cal, g_pred = _nested_group_rule(oof, group_oof, goal, classes, group_rule)
         result["group_level"]["tuned"] = cv_metrics(group_oof, g_cal, classes, bootstrap, seed, ece_bins, pred=g_pred)
         result["group_level"]["operating_point"] = {
             "spec": spec,
@@ -540,10 +557,11 @@ def _evaluate_cv(
             op = {
                 "spec": spec,
                 "level": "group",
-                **fit_group_rule(oof.y, oof.probs, keys, goal, classes, config.eval.group_rule, "out-of-fold"),
+                "group_rule": group_rule,
+                **fit_group_rule(oof.y, oof.probs, keys, goal, classes, group_rule, "out-of-fold"),
             }
             op["fitted_on"] = {
-                "data": f"out-of-fold predictions aggregated per group ({config.eval.group_rule})",
+                "data": f"out-of-fold predictions aggregated per group ({group_rule})",
                 "n": int(len(group_oof.y)),
                 "created": utc_now(),
             }

@@ -374,7 +374,7 @@ def _export_fast_runtime(run_dir: Path) -> None:
 
     try:
         info = export_model(run_dir, fmt)
-    except LiverscanError as exc:  # the model is trained and saved; predict falls back to Keras
+    except Exception as exc:  # noqa: BLE001 - the model is trained and saved; predict falls back to Keras
         err_console.print(f"[yellow]warning:[/] no fast runtime written: {escape(str(exc))}", highlight=False)
         return
     console.print(
@@ -628,6 +628,9 @@ def predict_cmd(
     file_writer = None
     studies = None
     if key is not None:
+        op = clf.operating_point or {}
+        if group_rule is None and op.get("level") == "group" and op.get("group_rule"):
+            cfg = set_value(cfg, "eval.group_rule", op["group_rule"])  # the rule it was fitted with
         studies = StudyAggregator(
             clf.classes,
             key,
@@ -702,6 +705,8 @@ def predict_cmd(
             if n_total == 0:  # inside the writers: no empty output file is left behind
                 raise DataError("no input images found")
     except (KeyboardInterrupt, OSError, LiverscanError) as exc:  # a signal, a full disk, a bad input list
+        if skipped.total:
+            err_console.print(f"[yellow]note:[/] {escape(skipped.summary())}", highlight=False, soft_wrap=True)
         kept = partial_path(output) if file_writer is not None else None
         where = f"; {file_writer.count} records so far kept in {kept}" if kept is not None and kept.exists() else ""
         if isinstance(exc, OSError):

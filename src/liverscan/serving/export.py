@@ -90,6 +90,7 @@ def write_onnx(model, target: Path, images: np.ndarray, reference: Reference | N
     import contextlib
     import importlib.util
     import io
+    import sys
     import warnings
 
     from liverscan.core.keras_env import native_stderr_silenced
@@ -107,8 +108,10 @@ def write_onnx(model, target: Path, images: np.ndarray, reference: Reference | N
             both(np.zeros((1, *both.input_shape[1:]), np.float32))  # Keras exports only a called model
             both.export(str(staged), format="onnx", verbose=False)
     except Exception as exc:  # noqa: BLE001
-        staged.unlink(missing_ok=True)
         raise ExportError(f"ONNX conversion failed ({exc.__class__.__name__}: {exc})") from None
+    finally:
+        if not staged.is_file() or sys.exc_info()[0] is not None:
+            staged.unlink(missing_ok=True)
     return _verified(both, staged, target, OnnxRunner, images, reference)
 
 

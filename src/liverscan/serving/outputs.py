@@ -127,7 +127,7 @@ class RecordWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._fd is None:
-            if self.fmt == "json" and exc_type is None:
+            if self.fmt == "json" and (exc_type is None or self.count == 0):  # valid JSON, even when empty
                 self._emit("\n]\n")
             return
         try:

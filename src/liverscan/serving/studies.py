@@ -11,7 +11,7 @@ Group keys:
 - ``column:NAME``: the NAME column of the CSV path list the file was listed in.
 
 A study's probabilities come from its usable frames by the rule of :mod:`liverscan.core.aggregate`
-(mean, max or vote), over its in-distribution frames when it has any. A study whose frames are mostly
+(mean, max or vote — as ``evaluate`` aggregates patients). A study whose frames are mostly
 (more than half) out of distribution gets the decision ``out_of_distribution``; a study needs review
 when that happens, when a frame failed, or when its confidence is below the review threshold.
 """
@@ -179,12 +179,14 @@ class StudyAggregator:
         if not used:
             s.error = "no frame of this group could be read"
             return s
-        inside = [f for f in used if not f.outside] or used
-        probs = np.stack([f.probs for f in inside])
-        decisions = np.array([self.decide(p) for p in probs]) if self.rule == "vote" else None
-        agg = aggregate(probs, self.rule, self.classes, decisions)
-        k = self.decide(agg)
-        worst = inside[int(np.argmax(suspicion(probs, self.classes)))]
+        probs = np.stack([f.probs for f in used])
+        if self.rule == "vote":  # each frame decided by the model's rule; the study is the majority
+            agg = aggregate(probs, "vote", self.classes, np.array([self.decide(p) for p in probs]))
+            k = int(np.argmax(agg))
+        else:
+            agg = aggregate(probs, self.rule, self.classes)
+            k = self.decide(agg)
+        worst = used[int(np.argmax(suspicion(probs, self.classes)))]
         s.predicted_class = self.classes[k]
         s.confidence = float(agg[k])
         s.probabilities = {c: float(v) for c, v in zip(self.classes, agg)}
