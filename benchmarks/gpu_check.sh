@@ -22,6 +22,7 @@ if [ -n "$WHEELS" ]; then
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 export KERAS_HOME="$WORK/keras"
+export LIVERSCAN_JAX_CACHE="$WORK/jax-cache"  # JAX's compiled programs, reused by every later stage
 mkdir -p "$KERAS_HOME/models"
 cp "$WEIGHTS" "$KERAS_HOME/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
 python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), '| keras', keras.__version__)"

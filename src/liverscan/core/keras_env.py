@@ -13,6 +13,9 @@ def import_keras():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import sys
 
+    if os.environ["KERAS_BACKEND"] == "jax":
+        _jax_compilation_cache()
+
     if "keras" in sys.modules:
         return sys.modules["keras"]
     with native_stderr_silenced():  # absl/oneDNN/CUDA start-up lines ignore TF_CPP_MIN_LOG_LEVEL
@@ -45,6 +48,19 @@ def native_stderr_silenced() -> Iterator[None]:
     finally:
         os.dup2(saved, fd)
         os.close(saved)
+
+
+def _jax_compilation_cache() -> None:
+    """Keep JAX's compiled programs between commands (every command otherwise recompiles the same model and
+    its initialisers: evaluate 33 s cold vs 16 s warm on a CPU). ``LIVERSCAN_JAX_CACHE=off`` turns it off;
+    a ``JAX_COMPILATION_CACHE_DIR`` already set is left alone."""
+    where = os.environ.get("LIVERSCAN_JAX_CACHE", "")
+    if where.lower() == "off" or "JAX_COMPILATION_CACHE_DIR" in os.environ or "jax" in __import__("sys").modules:
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = where or os.path.join(base, "liverscan", "jax")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def seed_everything(seed: int) -> None:

@@ -675,7 +675,7 @@ def _baseline(
     classes = run.classes
     if run.card.build.get("head") == "linear":
         m = classification_metrics(ds.y, probs, classes, ece_bins=ece_bins)
-        m["bootstrap"] = bootstrap_intervals(ds.y, probs, classes, n_resamples=bootstrap, seed=seed)
+        m["bootstrap"] = bootstrap_intervals(ds.y, probs, classes, n_resamples=bootstrap, seed=seed, groups=ds.groups)
         return {**m, "name": "linear probe (this model's own head)"}
     try:
         prepared = PreparedData(run.card.prepared_dir or "")
@@ -690,5 +690,5 @@ def _baseline(
     probe = fit_linear_probe(ftrain, remap[train.y], train.groups, len(classes), seed=seed)
     p = probe.probabilities(feats)
     m = classification_metrics(ds.y, p, classes, ece_bins=ece_bins)
-    m["bootstrap"] = bootstrap_intervals(ds.y, p, classes, n_resamples=bootstrap, seed=seed)
+    m["bootstrap"] = bootstrap_intervals(ds.y, p, classes, n_resamples=bootstrap, seed=seed, groups=ds.groups)
     return {**m, "name": f"linear probe (fitted on the run's training split, C={probe.c:.3g})"}
