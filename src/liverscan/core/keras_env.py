@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 
@@ -11,8 +12,6 @@ def import_keras():
     """Import keras with TensorFlow's start-up chatter silenced; returns the module."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import sys
-
     if os.environ["KERAS_BACKEND"] == "jax":
         _jax_compilation_cache()
 
@@ -32,8 +31,6 @@ def native_stderr_silenced() -> Iterator[None]:
 
     Only for short set-up calls: Python-level errors raised inside still propagate normally.
     """
-    import sys
-
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # no real stderr (captured): nothing to silence
@@ -55,7 +52,7 @@ def _jax_compilation_cache() -> None:
     its initialisers: evaluate 33 s cold vs 16 s warm on a CPU). ``LIVERSCAN_JAX_CACHE=off`` turns it off;
     a ``JAX_COMPILATION_CACHE_DIR`` already set is left alone."""
     where = os.environ.get("LIVERSCAN_JAX_CACHE", "")
-    if where.lower() == "off" or "JAX_COMPILATION_CACHE_DIR" in os.environ or "jax" in __import__("sys").modules:
+    if where.lower() == "off" or "JAX_COMPILATION_CACHE_DIR" in os.environ or "jax" in sys.modules:
         return
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = where or os.path.join(base, "liverscan", "jax")

@@ -204,16 +204,24 @@ def ood_table(ood: dict) -> Table:
     return table
 
 
-def predictions_table(records: list, classes: list[str], total: int) -> Table:
-    """File, decision, confidence, per-class probabilities and review flag (first rows only for big runs)."""
-    title = "Predictions" + (f" (first {len(records)} of {total})" if total > len(records) else "")
+def _results_table(title: str, first: str, classes: list[str], extra: list[str]) -> Table:
+    """Columns shared by the prediction and study tables: name, decision, confidence, p(class)..., review."""
     table = Table(title=title)
-    table.add_column("file", overflow="fold")
+    table.add_column(first, overflow="fold")
     table.add_column("decision")
     table.add_column("confidence", justify="right")
     for c in classes:
         table.add_column(f"p({c})", justify="right")
+    for name in extra:
+        table.add_column(name, justify="right")
     table.add_column("review")
+    return table
+
+
+def predictions_table(records: list, classes: list[str], total: int) -> Table:
+    """File, decision, confidence, per-class probabilities and review flag (first rows only for big runs)."""
+    title = "Predictions" + (f" (first {len(records)} of {total})" if total > len(records) else "")
+    table = _results_table(title, "file", classes, [])
     for r in records:
         name = escape(r.path) + (f" \\[frame {r.frame}]" if r.frame else "")
         if r.error:
@@ -247,14 +255,7 @@ def studies_table(studies: list, classes: list[str], limit: int = 200) -> Table:
     """One row per study: decision, confidence, probabilities, frames used / failed / out of distribution."""
     shown = studies[:limit]
     title = "Studies" + (f" (first {len(shown)} of {len(studies)})" if len(studies) > len(shown) else "")
-    table = Table(title=title)
-    table.add_column("group", overflow="fold")
-    table.add_column("decision")
-    table.add_column("confidence", justify="right")
-    for c in classes:
-        table.add_column(f"p({c})", justify="right")
-    table.add_column("frames (failed, outside)", justify="right")
-    table.add_column("review")
+    table = _results_table(title, "group", classes, ["frames (failed, outside)"])
     for s in shown:
         frames = f"{s.n_frames} ({s.n_failed}, {s.n_out_of_distribution})"
         if s.error:

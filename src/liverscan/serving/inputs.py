@@ -116,26 +116,30 @@ def load_input(
         if problem is not None:
             raise ImageDecodeError(path, problem)
         if is_dicom_path(p):
-            frames = read_dicom(p, size, dicom_tags)
-            return [
-                (
-                    Prediction(
-                        path,
-                        frame=f.frame,
-                        sop_instance_uid=f.sop_instance_uid,
-                        dicom_tags=f.tags or None,
-                        study_instance_uid=f.study_instance_uid or None,
-                        series_instance_uid=f.series_instance_uid or None,
-                    ),
-                    f.array,
-                )
-                for f in frames
-            ]
+            return _frame_records(path, read_dicom(p, size, dicom_tags))
         return [(Prediction(path), load_image(p, size, max_pixels=max_pixels))]
     except ImageDecodeError as exc:
         return [(Prediction(path, error=exc.reason), None)]
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
         return [(Prediction(path, error=f"unexpected error: {exc.__class__.__name__}: {exc}"), None)]
+
+
+def _frame_records(path: str, frames) -> list[tuple[Prediction, np.ndarray | None]]:
+    """(record, model input) for each frame of one DICOM object."""
+    return [
+        (
+            Prediction(
+                path,
+                frame=f.frame,
+                sop_instance_uid=f.sop_instance_uid,
+                dicom_tags=f.tags or None,
+                study_instance_uid=f.study_instance_uid or None,
+                series_instance_uid=f.series_instance_uid or None,
+            ),
+            f.array,
+        )
+        for f in frames
+    ]
 
 
 def load_bytes(
@@ -149,20 +153,7 @@ def load_bytes(
 
     try:
         if name.lower().endswith((".dcm", ".dicom")) or data[128:132] == b"DICM":
-            frames = read_dicom(io.BytesIO(data), size)
-            return [
-                (
-                    Prediction(
-                        name,
-                        frame=f.frame,
-                        sop_instance_uid=f.sop_instance_uid,
-                        study_instance_uid=f.study_instance_uid or None,
-                        series_instance_uid=f.series_instance_uid or None,
-                    ),
-                    f.array,
-                )
-                for f in frames
-            ]
+            return _frame_records(name, read_dicom(io.BytesIO(data), size))
         return [(Prediction(name), decode(data, size=size, max_pixels=max_pixels).array)]
     except ImageDecodeError as exc:
         return [(Prediction(name, error=exc.reason), None)]
