@@ -542,6 +542,25 @@ def predict_cmd(
         bool, typer.Option("--overwrite", help="Replace an existing --output file (or a kept FILE.partial).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar.")] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help='local (this process) or ray (Ray Data actors; needs "liverscan[ray]"; --output is a folder).'
+        ),
+    ] = "local",
+    address: Annotated[
+        Optional[str], typer.Option(help="Ray cluster to use: auto or ray://HOST:10001 (default: start a local Ray).")
+    ] = None,
+    num_workers: Annotated[int, typer.Option(help="Ray: actors, each holding the model once.", min=1, max=4096)] = 2,
+    gpus_per_worker: Annotated[float, typer.Option(help="Ray: GPUs per actor (0: CPU).", min=0.0, max=64.0)] = 0.0,
+    shard_size: Annotated[int, typer.Option(help="Ray: inputs per shard file.", min=1, max=1_000_000)] = 1000,
+    shard_format: Annotated[str, typer.Option(help="Ray: parquet or jsonl shards.")] = "parquet",
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Ray: finish a stopped run in --output, predicting only inputs without a record."
+        ),
+    ] = False,
 ) -> None:
     """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error,
     130/143/129 = stopped by Ctrl+C/SIGTERM/SIGHUP (records so far kept in FILE.partial).
@@ -574,6 +593,44 @@ def predict_cmd(
         ood__retention=ood_retention,
         ood__enabled=False if no_ood else None,
     )
+    if engine not in ("local", "ray"):
+        fail("--engine must be local or ray")
+    if engine == "ray":
+        return _predict_on_ray(
+            paths,
+            model,
+            output,
+            dict(
+                use_operating_point=operating_point,
+                review_confidence=cfg.eval.review_confidence,
+                include_dicom_tags=tags,
+                runtime=runtime,
+                max_pixels=cfg.preprocess.max_pixels,
+                ood=cfg.ood.enabled,
+                ood_retention=cfg.ood.retention if (ood_retention is not None or config or set_) else None,
+            ),
+            dict(
+                shard_format=shard_format,
+                resume=resume,
+                overwrite=overwrite,
+                address=address,
+                num_workers=num_workers,
+                gpus_per_worker=gpus_per_worker,
+                batch_size=batch_size,
+                threads=workers,
+                shard_size=shard_size,
+            ),
+            refused={
+                "--format": format_,
+                "--explain": explain,
+                "--group-by": group_by,
+                "--group-rule": group_rule,
+                "--study-output": study_output,
+            },
+            quiet=quiet,
+        )
+    if resume or address:
+        fail("--resume and --address work with --engine ray")
     fmt_file = format_for(output) if output else None
     if output:
         check_output(output, overwrite)  # before the model loads: never clobber results, fail fast
@@ -747,6 +804,61 @@ def predict_cmd(
             highlight=False,
         )
     if n_failed:
+        raise typer.Exit(2)
+
+
+def _predict_on_ray(paths, model, output, load_options: dict, run_options: dict, refused: dict, quiet: bool) -> None:
+    """``predict --engine ray``: shards in the --output folder, a summary line, exit 2 when some files failed."""
+    from liverscan.core.files import Skipped
+    from liverscan.serving import expand_inputs, run_ray_predict
+
+    given = [flag for flag, value in refused.items() if value]
+    if given:
+        fail(f"{', '.join(given)} cannot be used with --engine ray (write shards with --output FOLDER)")
+    if output is None:
+        fail("--engine ray needs --output FOLDER for its shards")
+    if Path(output).suffix.lower() in (".csv", ".json", ".jsonl", ".parquet"):
+        fail(f"{output}: with --engine ray the output is a folder of shards, not a file")
+    _check_path_lists(paths, None)
+    skipped = Skipped()
+    listed = list(expand_inputs(paths, skipped=skipped))
+    if skipped.total:
+        err_console.print(f"[yellow]note:[/] {escape(skipped.summary())}", highlight=False, soft_wrap=True)
+    if not listed:
+        fail("no input images found")
+
+    def show(rows: list[dict]) -> None:
+        for row in rows:
+            if row.get("error"):
+                err_console.print(
+                    f"[yellow]skipped:[/] {escape(row['path'])}: {escape(row['error'])}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+
+    try:
+        s = run_ray_predict(listed, output, model, on_batch=show, **run_options, **load_options)
+    except KeyboardInterrupt as exc:
+        fail(
+            f"stopped by {_signal_name(exc)}; finished shards are kept in {output}; finish with --resume",
+            _signal_code(exc),
+        )
+    decisions = ", ".join(f"{c}: {n}" for c, n in sorted(s.decisions.items()))
+    err_console.print(
+        escape(
+            f"{s.records - s.failed} of {s.records} images predicted ({decisions or 'none'})"
+            + (f"; {s.failed} failed" if s.failed else "")
+            + f"; {s.predicted_now} of {s.inputs} inputs by this run in {s.seconds:.1f} s; "
+            f"{s.shards} shards in {output}"
+        ),
+        highlight=False,
+    )
+    from liverscan.faces.terminal import ood_summary
+
+    warning = ood_summary(s.outside, s.records - s.failed)
+    if warning and not quiet:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if s.failed:
         raise typer.Exit(2)
 
 

@@ -1,6 +1,15 @@
 """Stage: predictions for new images — the Classifier, runtimes, explanations, outputs and export."""
 
 from liverscan.serving.dicom import check_tag_names
+from liverscan.serving.distributed import (
+    SHARD_FORMATS,
+    RayRunSummary,
+    predict_dataset,
+    read_shard_rows,
+    record_columns,
+    run_ray_predict,
+    shard_files,
+)
 from liverscan.serving.explain import overlay
 from liverscan.serving.export import export_model
 from liverscan.serving.inputs import default_model_dir, expand_inputs, read_path_list, resolve_model
@@ -19,6 +28,13 @@ from liverscan.serving.records import Prediction
 from liverscan.serving.studies import Study, StudyAggregator, group_key, write_studies
 
 __all__ = [
+    "SHARD_FORMATS",
+    "RayRunSummary",
+    "predict_dataset",
+    "read_shard_rows",
+    "record_columns",
+    "run_ray_predict",
+    "shard_files",
     "FORMATS",
     "Classifier",
     "Prediction",

@@ -143,7 +143,7 @@ def _frame_records(path: str, frames) -> list[tuple[Prediction, np.ndarray | Non
 
 
 def load_bytes(
-    name: str, data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    name: str, data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, dicom_tags: tuple[str, ...] = ()
 ) -> list[tuple[Prediction, np.ndarray | None]]:
     """Like :func:`load_input` for an in-memory file (an upload): image or DICOM by name or magic bytes."""
     import io
@@ -153,7 +153,7 @@ def load_bytes(
 
     try:
         if name.lower().endswith((".dcm", ".dicom")) or data[128:132] == b"DICM":
-            return _frame_records(name, read_dicom(io.BytesIO(data), size))
+            return _frame_records(name, read_dicom(io.BytesIO(data), size, dicom_tags))
         return [(Prediction(name), decode(data, size=size, max_pixels=max_pixels).array)]
     except ImageDecodeError as exc:
         return [(Prediction(name, error=exc.reason), None)]

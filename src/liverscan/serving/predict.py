@@ -230,9 +230,12 @@ class Classifier:
         for _, rec, _ in self._iter_indexed(paths, batch_size, workers, explain_dir):
             yield rec
 
-    def _iter_indexed(self, paths: Iterable[str], batch_size: int, workers: int, explain_dir):
-        """(input index, record, model input or None) in input order; a DICOM file gives one per frame."""
-        for items in decoded_batches(paths, self._load, batch_size, workers):
+    def _iter_indexed(self, paths: Iterable, batch_size: int, workers: int, explain_dir, load=None):
+        """(input index, record, model input or None) in input order; a DICOM file gives one per frame.
+
+        ``load`` turns one input into (record, array) pairs (default: read the path).
+        """
+        for items in decoded_batches(paths, load or self._load, batch_size, workers):
             good = [(rec, arr) for _, rec, arr in items if arr is not None]
             if good:
                 images = np.stack([a for _, a in good])

@@ -1,0 +1,483 @@
+"""Batch prediction on Ray Data: ``predict``'s records from a pool of actors, in restartable shards.
+
+Ray is the engine (``pip install "liverscan[ray]"``); this module only maps liverscan onto it:
+the input paths become a Ray Dataset with a stable ``index`` column, a pool of actors each
+holding one :class:`~liverscan.serving.predict.Classifier` decodes and predicts in
+``map_batches``, and every batch becomes one shard file written atomically (a temporary
+name, then a rename).  A killed run therefore leaves whole shards only, and ``resume``
+predicts just the inputs that have no record yet.  Ray is imported only inside these
+functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from liverscan.core.errors import ConfigError, RunDirError
+from liverscan.core.fileio import write_bytes_atomic, write_json_atomic
+from liverscan.serving.records import Prediction
+
+SHARD_FORMATS = ("parquet", "jsonl")
+INDEX = "index"
+RUN_FILE = "_run.json"  # what the run was started with (inputs hash, model, format); checked by resume
+SUMMARY_FILE = "_summary.json"  # written when every input has its records
+SHARD_PREFIX = "part-"
+#: environment passed on to the workers (a cluster's workers do not inherit the driver's)
+FORWARDED_ENV = ("KERAS_BACKEND", "KERAS_HOME", "LIVERSCAN_JAX_CACHE", "TF_CPP_MIN_LOG_LEVEL")
+
+
+def ray_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def _require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError('the Ray engine needs Ray Data: pip install "liverscan[ray]"') from None
+    return ray
+
+
+# -- records as rows -------------------------------------------------------------------------------
+
+
+def record_columns(classes: list[str], tags: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(name, type) of a shard's record columns: ``predict``'s CSV columns, typed."""
+    return (
+        [("path", "string"), ("frame", "int64"), ("sop_instance_uid", "string")]
+        + [("predicted_class", "string"), ("confidence", "float64")]
+        + [(f"p_{c}", "float64") for c in classes]
+        + [("decision_rule", "string"), ("decision", "string"), ("in_distribution", "bool_")]
+        + [("ood_score", "float64"), ("ood_reason", "string"), ("needs_review", "bool_"), ("error", "string")]
+        + [(f"dicom_{t}", "string") for t in tags]
+    )
+
+
+def record_row(rec: Prediction, classes: list[str], tags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One record as a flat row of :func:`record_columns` (None where ``predict``'s CSV has an empty cell)."""
+    row: dict[str, Any] = {
+        "path": rec.path,
+        "frame": rec.frame,
+        "sop_instance_uid": rec.sop_instance_uid,
+        "predicted_class": rec.predicted_class,
+        "confidence": rec.confidence,
+    }
+    row.update({f"p_{c}": rec.probabilities.get(c) for c in classes})
+    row.update(
+        decision_rule=rec.decision_rule,
+        decision=rec.decision,
+        in_distribution=rec.in_distribution,
+        ood_score=rec.ood_score,
+        ood_reason=rec.ood_reason,
+        needs_review=rec.needs_review,
+        error=rec.error,
+    )
+    row.update({f"dicom_{t}": (rec.dicom_tags or {}).get(t) for t in tags})
+    return row
+
+
+def _schema(passthrough, classes: list[str], tags: tuple[str, ...]):
+    import pyarrow as pa
+
+    fields = [f for f in passthrough if f.name not in ("path", "bytes")]
+    return pa.schema(fields + [pa.field(n, getattr(pa, t)()) for n, t in record_columns(classes, tags)])
+
+
+# -- the actor ---------------------------------------------------------------------------------------
+
+
+class BatchPredictor:
+    """A Ray Data callable class: one Classifier per actor; a batch of paths (or bytes) in, records out.
+
+    With ``shard_dir`` each batch is also written there as one shard, and only a short
+    summary (index, path, decision, error) goes back to the driver.
+    """
+
+    def __init__(
+        self,
+        model: str | None,
+        load_options: dict,
+        batch_size: int,
+        threads: int,
+        shard_dir: str | None = None,
+        shard_format: str = "parquet",
+    ):
+        from liverscan.serving.predict import Classifier
+
+        self.clf = Classifier.load(model, batch_size=batch_size, **load_options)
+        self.batch_size = batch_size
+        self.threads = threads
+        self.shard_dir = Path(shard_dir) if shard_dir else None
+        self.shard_format = shard_format
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        clf = self.clf
+        data = batch.column("bytes").to_pylist() if "bytes" in batch.column_names else None
+        paths = [str(p) for p in batch.column("path").to_pylist()]
+        if data is None:
+            items: list = paths
+            load = clf._load
+        else:
+            from liverscan.serving.inputs import load_bytes
+
+            items = list(zip(paths, data))
+
+            def load(item):
+                return load_bytes(item[0], item[1], clf.image_size, clf.max_pixels, clf.include_dicom_tags)
+
+        keep = [n for n in batch.column_names if n not in ("path", "bytes")]
+        kept = {n: batch.column(n).to_pylist() for n in keep}
+        rows, records = [], []
+        for k, rec, _ in clf._iter_indexed(items, self.batch_size, self.threads, None, load=load):
+            row = {n: kept[n][k] for n in keep}
+            row.update(record_row(rec, clf.classes, clf.include_dicom_tags))
+            rows.append(row)
+            records.append(rec)
+        schema = _schema(batch.schema, clf.classes, clf.include_dicom_tags)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        if self.shard_dir is None:
+            return table
+        _write_shard(self.shard_dir, self.shard_format, table, records)
+        return table.select([n for n in (INDEX, "path", "decision", "in_distribution", "error") if n in schema.names])
+
+
+def _write_shard(folder: Path, fmt: str, table, records: list[Prediction]) -> Path:
+    """Write one batch atomically, named by its index range (a retried batch replaces its own shard)."""
+    idx = table.column(INDEX).to_pylist()
+    target = folder / f"{SHARD_PREFIX}{min(idx):010d}-{max(idx):010d}.{fmt}"
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        write_bytes_atomic(target, sink.getvalue().to_pybytes())
+    else:
+        lines = (json.dumps({INDEX: i, **rec.to_dict()}) + "\n" for i, rec in zip(idx, records))
+        write_bytes_atomic(target, "".join(lines).encode("utf-8"))
+    return target
+
+
+# -- the API over a Ray Dataset -------------------------------------------------------------------------
+
+
+def predict_dataset(
+    ds,
+    model: str | Path | None = None,
+    *,
+    num_workers: int = 2,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float = 1,
+    batch_size: int = 32,
+    threads: int = 2,
+    rows_per_batch: int = 1000,
+    **load_options,
+):
+    """Records for a Ray Dataset with a ``path`` column (and optionally ``bytes``, as from
+    ``ray.data.read_binary_files(..., include_paths=True)``), as a lazy Ray Dataset.
+
+    Other input columns (an ``index``, a patient id) are kept beside the record columns
+    (:func:`record_columns`).  ``load_options`` are :meth:`Classifier.load`'s (``runtime``,
+    ``use_operating_point``, ``ood``, ...).  Each of ``num_workers`` actors loads the model once.
+
+    >>> ds = ray.data.read_binary_files("s3://archive/", include_paths=True)   # doctest: +SKIP
+    >>> predict_dataset(ds, "runs/xu").write_parquet("s3://results/")        # doctest: +SKIP
+    """
+    return _map(
+        ds,
+        model,
+        num_workers,
+        gpus_per_worker,
+        cpus_per_worker,
+        batch_size,
+        threads,
+        rows_per_batch,
+        None,
+        "",
+        load_options,
+    )
+
+
+def _map(ds, model, num_workers, gpus, cpus, batch_size, threads, rows, shard_dir, shard_format, load_options):
+    import ray.data
+
+    if "path" not in ds.columns():
+        raise ConfigError("the dataset needs a 'path' column")
+    return ds.map_batches(
+        BatchPredictor,
+        batch_size=rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        num_gpus=gpus or None,
+        num_cpus=cpus,
+        fn_constructor_kwargs=dict(
+            model=None if model is None else str(model),
+            load_options=load_options,
+            batch_size=batch_size,
+            threads=threads,
+            shard_dir=None if shard_dir is None else str(shard_dir),
+            shard_format=shard_format or "parquet",
+        ),
+    )
+
+
+# -- a restartable run into a folder of shards ---------------------------------------------------------------
+
+
+@dataclass
+class RayRunSummary:
+    """What a Ray-backed run did."""
+
+    output: Path
+    inputs: int
+    predicted_now: int = 0  # inputs predicted by this run (the rest came from a stopped one)
+    records: int = 0
+    failed: int = 0
+    outside: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    shards: int = 0
+    seconds: float = 0.0
+
+
+def _inputs_digest(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
+
+
+def _our_files(out: Path) -> list[Path]:
+    names = (RUN_FILE, SUMMARY_FILE)
+    return [
+        p
+        for p in out.iterdir()
+        if p.name in names or p.name.startswith(SHARD_PREFIX) or p.name.startswith(f".{SHARD_PREFIX}")
+    ]
+
+
+def shard_files(out: str | Path) -> list[Path]:
+    """The finished shards of a run folder, in index order."""
+    out = Path(out)
+    return sorted(p for p in out.glob(f"{SHARD_PREFIX}*") if p.suffix.lstrip(".") in SHARD_FORMATS)
+
+
+def read_shard_rows(path: Path, columns: list[str] | None = None) -> list[dict]:
+    """The rows of one shard (Parquet or JSON Lines)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=columns).to_pylist()
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [{c: r.get(c) for c in columns} for r in rows] if columns else rows
+
+
+def _done_indices(out: Path, fmt: str) -> set[int]:
+    done: set[int] = set()
+    for shard in shard_files(out):
+        if shard.suffix.lstrip(".") != fmt:
+            raise RunDirError(f"{shard}: a {shard.suffix} shard in a {fmt} run")
+        try:
+            done.update(r[INDEX] for r in read_shard_rows(shard, [INDEX]))
+        except Exception as exc:  # noqa: BLE001 - name the shard, whatever the reader raised
+            raise RunDirError(f"{shard}: unreadable shard ({exc.__class__.__name__}); remove it and resume") from None
+    return done
+
+
+def prepare_output(out: Path, plan: dict, resume: bool, overwrite: bool) -> set[int]:
+    """Check the output folder against this run; the input indices already done (resume)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not out.is_dir():
+        raise ConfigError(f"{out}: not a folder")
+    ours = _our_files(out)
+    run_file = out / RUN_FILE
+    if resume:
+        if not run_file.is_file():
+            raise RunDirError(f"{out}: nothing to resume (no {RUN_FILE}); run without --resume")
+        before = json.loads(run_file.read_text(encoding="utf-8"))
+        for key, what, shown in (
+            ("inputs_sha256", "input list", "inputs"),
+            ("model", "model", "model"),
+            ("shard_format", "shard format", "shard_format"),
+        ):
+            if before.get(key) != plan[key]:
+                raise RunDirError(
+                    f"{out}: the {what} differs from the stopped run's ({before.get(shown)} then, {plan[shown]} now); "
+                    "resume with the same inputs and options, or start again with --overwrite"
+                )
+        for tmp in out.glob(f".{SHARD_PREFIX}*"):  # a shard being written when the run was killed
+            tmp.unlink(missing_ok=True)
+        (out / SUMMARY_FILE).unlink(missing_ok=True)
+        return _done_indices(out, plan["shard_format"])
+    if ours and not overwrite:
+        raise RunDirError(f"{out}: holds records of an earlier run; pass --resume to finish it or --overwrite")
+    for p in ours:
+        p.unlink()
+    write_json_atomic(run_file, plan)
+    return set()
+
+
+def run_ray_predict(
+    paths: Iterable[str],
+    output: str | Path,
+    model: str | Path | None = None,
+    *,
+    shard_format: str = "parquet",
+    resume: bool = False,
+    overwrite: bool = False,
+    address: str | None = None,
+    num_workers: int = 2,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float = 1,
+    batch_size: int = 32,
+    threads: int = 2,
+    shard_size: int = 1000,
+    on_batch: Callable[[list[dict]], None] | None = None,
+    **load_options,
+) -> RayRunSummary:
+    """Predict ``paths`` on Ray into ``output``/part-*.{parquet,jsonl}; restartable with ``resume``.
+
+    Without ``address`` a local Ray starts on this machine (and stops afterwards).
+    ``on_batch`` receives each finished batch's (index, path, decision, error) rows.
+    """
+    if shard_format not in SHARD_FORMATS:
+        raise ConfigError(f"unknown shard format {shard_format!r} ({', '.join(SHARD_FORMATS)})")
+    ray = _require_ray()
+    import pyarrow as pa
+
+    from liverscan import __version__
+    from liverscan.core.artifacts import load_run
+    from liverscan.serving.inputs import resolve_model
+
+    out = Path(output)
+    listed = list(paths)
+    model_path = str(resolve_model(model).resolve())
+    load_run(model_path)  # a bad model fails here, in one line, not in every actor
+    plan = {
+        "inputs": len(listed),
+        "inputs_sha256": _inputs_digest(listed),
+        "model": model_path,
+        "shard_format": shard_format,
+        "liverscan_version": __version__,
+    }
+    done = prepare_output(out, plan, resume, overwrite)
+    todo = [i for i in range(len(listed)) if i not in done]
+    summary = RayRunSummary(output=out, inputs=len(listed), predicted_now=len(todo))
+    t0 = time.perf_counter()
+    if todo:
+        chunks = [todo[k : k + shard_size] for k in range(0, len(todo), shard_size)]
+        tables = [pa.table({INDEX: pa.array(c, pa.int64()), "path": [listed[i] for i in c]}) for c in chunks]
+        started = _start_ray(ray, address, num_workers * cpus_per_worker)
+        try:
+            ds = ray.data.from_arrow(tables)
+            ds = _map(
+                ds,
+                model_path,
+                num_workers,
+                gpus_per_worker,
+                cpus_per_worker,
+                batch_size,
+                threads,
+                shard_size,
+                out,
+                shard_format,
+                load_options,
+            )
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if on_batch is not None:
+                    on_batch(batch.to_pylist())
+        except ray.exceptions.RayError as exc:
+            raise _explained(exc, out) from None
+        finally:
+            if started:
+                ray.shutdown()
+    _tally(out, shard_format, summary)
+    summary.seconds = time.perf_counter() - t0
+    missing = set(range(len(listed))) - _done_indices(out, shard_format)
+    if missing:
+        raise RunDirError(f"{out}: {len(missing)} inputs have no record; run again with --resume")
+    write_json_atomic(out / SUMMARY_FILE, {**plan, **_summary_fields(summary)})
+    return summary
+
+
+def _explained(exc: BaseException, out: Path) -> Exception:
+    """A liverscan error raised in a worker, or one line on what Ray reported."""
+    from liverscan.core.errors import LiverscanError
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, LiverscanError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    first = next((line for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
+    return RunDirError(f"the Ray run failed ({first.strip()}); finished shards are kept in {out}; finish with --resume")
+
+
+def _summary_fields(s: RayRunSummary) -> dict:
+    return {
+        "records": s.records,
+        "failed": s.failed,
+        "out_of_distribution": s.outside,
+        "decisions": s.decisions,
+        "shards": s.shards,
+    }
+
+
+def _tally(out: Path, fmt: str, summary: RayRunSummary) -> None:
+    """Counts over every shard (this run's and a stopped run's)."""
+    seen: set[tuple] = set()
+    shards = shard_files(out)
+    for shard in shards:
+        for r in read_shard_rows(shard, [INDEX, "frame", "decision", "in_distribution", "error"]):
+            key = (r[INDEX], r.get("frame"))
+            if key in seen:
+                raise RunDirError(f"{shard}: index {r[INDEX]} has a record in two shards")
+            seen.add(key)
+            summary.records += 1
+            if r.get("error"):
+                summary.failed += 1
+            else:
+                summary.decisions[r["decision"]] = summary.decisions.get(r["decision"], 0) + 1
+                summary.outside += r.get("in_distribution") is False
+    summary.shards = len(shards)
+
+
+def _start_ray(ray, address: str | None, cpus_needed: float) -> bool:
+    """Connect to ``address`` or start a local Ray; True when this call started it.
+
+    A local Ray gets at least the CPUs the actor pool asks for, so it never waits for
+    resources this machine was not given.
+    """
+    import logging
+    import math
+
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    local = {} if address else {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))}
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.init(
+        address=address,
+        **local,
+        runtime_env={"env_vars": env} if env else None,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+    )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = False
+    return True

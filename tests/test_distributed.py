@@ -1,0 +1,201 @@
+"""The Ray Data engine: same records as single-process predict, shards, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from liverscan.faces.cli import app
+from liverscan.serving import Classifier, expand_inputs, read_shard_rows, record_columns, shard_files
+from liverscan.serving.distributed import RUN_FILE, SUMMARY_FILE, prepare_output
+
+ray = pytest.importorskip("ray", reason='the Ray engine needs "liverscan[ray]"')
+runner = CliRunner()
+
+
+def _inputs(tiny_run: dict, tmp_path: Path) -> list[str]:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    return [str(tiny_run["data"] / "normal"), str(tiny_run["data"] / "tumor"), str(bad), str(tmp_path / "missing.png")]
+
+
+def _by_index(out: Path) -> dict[int, dict]:
+    rows = [r for shard in shard_files(out) for r in read_shard_rows(shard)]
+    by_index = {r["index"]: r for r in rows}
+    assert len(by_index) == len(rows), "an input has two records"
+    return by_index
+
+
+def _assert_same(rows: dict[int, dict], expected: list, classes: list[str]) -> None:
+    assert sorted(rows) == list(range(len(expected)))
+    for k, rec in enumerate(expected):
+        row = rows[k]
+        assert row["path"] == rec.path
+        assert row["error"] == rec.error
+        assert row["predicted_class"] == rec.predicted_class
+        assert row["decision"] == rec.decision
+        assert row["in_distribution"] == rec.in_distribution
+        for c in classes:
+            got = row["p_" + c] if "p_" + c in row else row["probabilities"].get(c)
+            want = rec.probabilities.get(c)
+            assert (got is None) == (want is None)
+            if want is not None:
+                assert abs(got - want) <= 1e-5
+
+
+def test_ray_engine_gives_the_single_process_records(tiny_run, tmp_path):
+    """Parquet shards through the CLI on a local Ray (2 CPUs): same records as predict, bad files included."""
+    inputs = _inputs(tiny_run, tmp_path)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["predict", *inputs, "--model", str(tiny_run["run"]), "--engine", "ray", "-o", str(out)]
+        + ["--shard-size", "16", "--runtime", "keras", "--num-workers", "2"],
+    )
+    assert result.exit_code == 2, result.output  # two inputs fail, as records
+    assert "broken.png: not a recognised image file" in result.output
+    paths = list(expand_inputs(inputs))
+    clf = Classifier.load(tiny_run["run"], runtime="keras")
+    expected = clf.predict(paths)
+    rows = _by_index(out)
+    _assert_same(rows, expected, clf.classes)
+    shards = shard_files(out)
+    assert len(shards) == -(-len(paths) // 16) and all(s.suffix == ".parquet" for s in shards)
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(shards[0]).names
+    assert names == ["index"] + [n for n, _ in record_columns(clf.classes)]
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["records"] == len(paths) and summary["failed"] == 2
+    # a finished folder is never overwritten by accident
+    again = runner.invoke(app, ["predict", *inputs, "--model", str(tiny_run["run"]), "--engine", "ray", "-o", str(out)])
+    assert again.exit_code == 1 and "--resume" in again.output
+
+
+def test_predict_dataset_over_bytes_keeps_columns_and_writes_jsonl(tiny_run, tmp_path):
+    """The API over a user's Ray Dataset (bytes + path + own columns), and JSONL shards equal predict's JSONL."""
+    from liverscan.serving import predict_dataset, run_ray_predict
+
+    paths = list(expand_inputs(_inputs(tiny_run, tmp_path)))[::3]
+    clf = Classifier.load(tiny_run["run"], runtime="keras")
+    expected = clf.predict(paths)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        items = [
+            {"path": p, "bytes": Path(p).read_bytes() if Path(p).is_file() else b"", "patient": f"p{k % 3}"}
+            for k, p in enumerate(paths)
+        ]
+        ds = ray.data.from_items(items)
+        rows = predict_dataset(ds, tiny_run["run"], num_workers=1, rows_per_batch=8, runtime="keras").take_all()
+        assert [r["patient"] for r in rows] == [it["patient"] for it in items]
+        assert "bytes" not in rows[0]
+        assert [r["predicted_class"] for r in rows] == [r.predicted_class for r in expected]
+        assert all(abs(r["p_tumor"] - e.probabilities["tumor"]) <= 1e-5 for r, e in zip(rows, expected) if e.ok)
+        assert [bool(r["error"]) for r in rows] == [not e.ok for e in expected]
+
+        out = tmp_path / "jsonl"
+        summary = run_ray_predict(
+            paths, out, tiny_run["run"], shard_format="jsonl", shard_size=5, num_workers=1, runtime="keras"
+        )
+        assert summary.records == len(paths) and summary.shards == -(-len(paths) // 5)
+        lines = [json.loads(x) for s in shard_files(out) for x in s.read_text().splitlines()]
+        assert [x["index"] for x in lines] == list(range(len(paths)))
+        for line, rec in zip(lines, expected):
+            line.pop("index")
+            want = rec.to_dict()
+            assert line.keys() == want.keys()
+            assert line["error"] == want["error"] and line["predicted_class"] == want["predicted_class"]
+    finally:
+        ray.shutdown()
+
+
+def test_output_folder_is_checked_before_any_work(tmp_path):
+    """Resume needs the same inputs, model and format; a used folder needs --resume or --overwrite."""
+    plan = {"inputs": 3, "inputs_sha256": "a", "model": "/m", "shard_format": "parquet", "liverscan_version": "x"}
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="nothing to resume"):
+        prepare_output(out, plan, resume=True, overwrite=False)
+    assert prepare_output(out, plan, resume=False, overwrite=False) == set()
+    assert json.loads((out / RUN_FILE).read_text()) == plan
+    (out / ".part-0000000000-0000000001.parquet.x.tmp").write_bytes(b"cut")
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.raises(Exception, match="--resume to finish it or --overwrite"):
+        prepare_output(out, plan, resume=False, overwrite=False)
+    with pytest.raises(Exception, match=r"input list differs .*\(3 then, 4 now\)"):
+        prepare_output(out, {**plan, "inputs": 4, "inputs_sha256": "b"}, resume=True, overwrite=False)
+    with pytest.raises(Exception, match="model differs"):
+        prepare_output(out, {**plan, "model": "/other"}, resume=True, overwrite=False)
+    assert prepare_output(out, plan, resume=True, overwrite=False) == set()
+    assert not list(out.glob(".part-*")), "a shard cut by a kill is removed on resume"
+    (out / "part-0000000000-0000000001.jsonl").write_text('{"index": 0}\n{"index": 1}\n')
+    with pytest.raises(Exception, match="jsonl shard in a parquet run"):
+        prepare_output(out, plan, resume=True, overwrite=False)
+    prepare_output(out, plan, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [RUN_FILE, "notes.txt"], "only liverscan's own files go"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--explain", "heat"], "--explain cannot be used with --engine ray"),
+        (["--group-by", "folder"], "--group-by cannot be used with --engine ray"),
+        (["--format", "csv"], "--format cannot be used"),
+        ([], "needs --output FOLDER"),
+    ],
+)
+def test_ray_engine_refuses_what_it_cannot_do(tiny_run, extra, message):
+    result = runner.invoke(app, ["predict", str(tiny_run["data"]), "--engine", "ray", *extra])
+    assert result.exit_code == 1 and message in result.output
+
+
+def test_ray_output_must_be_a_folder_and_resume_needs_ray(tiny_run, tmp_path):
+    r = runner.invoke(app, ["predict", str(tiny_run["data"]), "--engine", "ray", "-o", str(tmp_path / "x.csv")])
+    assert r.exit_code == 1 and "folder of shards" in r.output
+    r = runner.invoke(app, ["predict", str(tiny_run["data"]), "--resume", "-o", str(tmp_path / "x.csv")])
+    assert r.exit_code == 1 and "--engine ray" in r.output
+
+
+@pytest.mark.slow
+def test_killed_ray_run_resumes_without_duplicates_or_gaps(tiny_run, tmp_path):
+    """SIGKILL the whole run midway; --resume predicts only what has no record; the union equals predict."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    sources = sorted((tiny_run["data"]).rglob("*.png"))
+    for k in range(160):
+        shutil.copy(sources[k % len(sources)], folder / f"img{k:03d}.png")
+    (folder / "img_bad.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "liverscan", "predict", str(folder), "--model", str(tiny_run["run"])]
+    cmd += ["--engine", "ray", "-o", str(out), "--shard-size", "4", "--num-workers", "1", "--runtime", "keras"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while len(shard_files(out) if out.is_dir() else []) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no shard appeared"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _by_index(out)
+    total = len(list(expand_inputs([str(folder)])))
+    assert 3 * 4 <= len(before) < total, "killed midway"
+    assert not (out / SUMMARY_FILE).exists()
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr  # the broken file is a record, not a stop
+    assert f"{total - len(before)} of {total} inputs by this run" in done.stderr.replace("\n", "")
+    after = _by_index(out)
+    for k, row in before.items():
+        assert after[k] == row, "resume never rewrites a finished shard"
+    clf = Classifier.load(tiny_run["run"], runtime="keras")
+    _assert_same(after, clf.predict(list(expand_inputs([str(folder)]))), clf.classes)
