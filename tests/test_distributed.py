@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from liverscan.faces.cli import app
 from liverscan.serving import Classifier, expand_inputs, read_shard_rows, record_columns, shard_files
-from liverscan.serving.distributed import RUN_FILE, SUMMARY_FILE, prepare_output
+from liverscan.serving.distributed import RUN_FILE, SUMMARY_FILE, _start_output, prepare_output
 
 ray = pytest.importorskip("ray", reason='the Ray engine needs "liverscan[ray]"')
 runner = CliRunner()
@@ -91,11 +91,12 @@ def test_predict_dataset_over_bytes_keeps_columns_and_writes_jsonl(tiny_run, tmp
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         items = [
-            {"path": p, "bytes": Path(p).read_bytes() if Path(p).is_file() else b"", "patient": f"p{k % 3}"}
+            {"path": p, "bytes": Path(p).read_bytes() if Path(p).is_file() else None, "patient": f"p{k % 3}", "i": k}
             for k, p in enumerate(paths)
         ]
         ds = ray.data.from_items(items)
         rows = predict_dataset(ds, tiny_run["run"], num_workers=1, rows_per_batch=8, runtime="keras").take_all()
+        rows.sort(key=lambda r: r["i"])  # actors may finish batches out of order
         assert [r["patient"] for r in rows] == [it["patient"] for it in items]
         assert "bytes" not in rows[0]
         assert [r["predicted_class"] for r in rows] == [r.predicted_class for r in expected]
@@ -119,28 +120,66 @@ def test_predict_dataset_over_bytes_keeps_columns_and_writes_jsonl(tiny_run, tmp
 
 
 def test_output_folder_is_checked_before_any_work(tmp_path):
-    """Resume needs the same inputs, model and format; a used folder needs --resume or --overwrite."""
-    plan = {"inputs": 3, "inputs_sha256": "a", "model": "/m", "shard_format": "parquet", "liverscan_version": "x"}
+    """Resume needs the same inputs, model files, options and format; a used folder needs --resume or --overwrite."""
+    plan = {
+        "inputs": 3,
+        "inputs_sha256": "a",
+        "model": "/m",
+        "model_sha256": "m1",
+        "options": {"runtime": "auto", "ood": True},
+        "shard_format": "parquet",
+        "liverscan_version": "x",
+    }
     out = tmp_path / "out"
     with pytest.raises(Exception, match="nothing to resume"):
         prepare_output(out, plan, resume=True, overwrite=False)
     assert prepare_output(out, plan, resume=False, overwrite=False) == set()
+    assert not out.exists(), "checking writes nothing"
+    assert _start_output(out, plan, resume=False) is None
     assert json.loads((out / RUN_FILE).read_text()) == plan
+    assert prepare_output(out, plan, resume=False, overwrite=False) == set(), "a run that never wrote a shard"
     (out / ".part-0000000000-0000000001.parquet.x.tmp").write_bytes(b"cut")
     (out / "notes.txt").write_text("the user's own file")
+    (out / "part-0000000000-0000000001.parquet").write_bytes(b"old records")
     with pytest.raises(Exception, match="--resume to finish it or --overwrite"):
         prepare_output(out, plan, resume=False, overwrite=False)
-    with pytest.raises(Exception, match=r"input list differs .*\(3 then, 4 now\)"):
-        prepare_output(out, {**plan, "inputs": 4, "inputs_sha256": "b"}, resume=True, overwrite=False)
-    with pytest.raises(Exception, match="model differs"):
-        prepare_output(out, {**plan, "model": "/other"}, resume=True, overwrite=False)
-    assert prepare_output(out, plan, resume=True, overwrite=False) == set()
-    assert not list(out.glob(".part-*")), "a shard cut by a kill is removed on resume"
+    for changed, message in (
+        ({"inputs": 4, "inputs_sha256": "b"}, r"input list differs .*\(3 then, 4 now\)"),
+        ({"model": "/other"}, "model differs"),
+        ({"model_sha256": "m2"}, "model's content differs from the stopped run's;"),
+        (
+            {"options": {"runtime": "onnx", "ood": True}},
+            r"set of prediction options differs.*'runtime': 'auto'.*'onnx'",
+        ),
+    ):
+        with pytest.raises(Exception, match=message):
+            prepare_output(out, {**plan, **changed}, resume=True, overwrite=False)
+    with pytest.raises(Exception, match="unreadable shard"):
+        prepare_output(out, plan, resume=True, overwrite=False)
+    previous = _start_output(out, plan, resume=False)  # --overwrite: old records kept aside until the run ends
+    assert not list(out.glob(".part-*")), "a shard cut by a kill is removed"
+    assert (previous / "part-0000000000-0000000001.parquet").read_bytes() == b"old records"
+    assert sorted(p.name for p in out.iterdir()) == [".previous", RUN_FILE, "notes.txt"], "only liverscan's files move"
     (out / "part-0000000000-0000000001.jsonl").write_text('{"index": 0}\n{"index": 1}\n')
     with pytest.raises(Exception, match="jsonl shard in a parquet run"):
         prepare_output(out, plan, resume=True, overwrite=False)
-    prepare_output(out, plan, resume=False, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == [RUN_FILE, "notes.txt"], "only liverscan's own files go"
+
+
+def test_actor_reads_relative_paths_from_the_driver_folder_and_needs_the_output(tiny_run, tmp_path, monkeypatch):
+    """Workers start elsewhere: relative paths are read from the driver's folder and recorded as given."""
+    import pyarrow as pa
+
+    from liverscan.serving.distributed import BatchPredictor
+
+    with pytest.raises(Exception, match="not visible on this worker"):
+        BatchPredictor(str(tiny_run["run"]), {"runtime": "keras"}, 8, 1, shard_dir=str(tmp_path / "nowhere"))
+    predictor = BatchPredictor(str(tiny_run["run"]), {"runtime": "keras"}, 8, 1, base_dir=str(tiny_run["data"]))
+    monkeypatch.chdir(tmp_path)  # the worker's own folder
+    table = predictor(pa.table({"index": [0, 1], "path": ["normal/normal_00.png", "normal/none.png"]}))
+    rows = table.to_pylist()
+    assert [r["path"] for r in rows] == ["normal/normal_00.png", "normal/none.png"]
+    assert rows[0]["error"] is None and rows[0]["predicted_class"] is not None
+    assert rows[1]["error"] == "file not found"
 
 
 @pytest.mark.parametrize(
@@ -164,9 +203,43 @@ def test_ray_output_must_be_a_folder_and_resume_needs_ray(tiny_run, tmp_path):
     assert r.exit_code == 1 and "--engine ray" in r.output
 
 
+def _session_alive(sid: int) -> list[int]:
+    """Processes of session ``sid`` still running (zombies excluded): the run and every Ray process it started."""
+    alive = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            alive.append(int(proc.name))
+    return alive
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_shards(proc: subprocess.Popen, out: Path, n: int) -> None:
+    deadline = time.monotonic() + 240
+    while len(shard_files(out) if out.is_dir() else []) < n:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no shard appeared"
+        time.sleep(0.2)
+
+
+def _wait_until_gone(sid: int) -> None:
+    deadline = time.monotonic() + 60
+    while _session_alive(sid):
+        assert time.monotonic() < deadline, "Ray processes outlived the run"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_killed_ray_run_resumes_without_duplicates_or_gaps(tiny_run, tmp_path):
-    """SIGKILL the whole run midway; --resume predicts only what has no record; the union equals predict."""
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_stopped_and_killed_ray_runs_resume_without_duplicates_or_gaps(tiny_run, tmp_path):
+    """SIGTERM stops cleanly (143, shards kept); SIGKILL of the whole run midway loses only what was in flight;
+    --resume predicts only inputs without a record; the union equals single-process predict."""
     folder = tmp_path / "many"
     folder.mkdir()
     sources = sorted((tiny_run["data"]).rglob("*.png"))
@@ -176,18 +249,27 @@ def test_killed_ray_run_resumes_without_duplicates_or_gaps(tiny_run, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "liverscan", "predict", str(folder), "--model", str(tiny_run["run"])]
     cmd += ["--engine", "ray", "-o", str(out), "--shard-size", "4", "--num-workers", "1", "--runtime", "keras"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    total = len(list(expand_inputs([str(folder)])))
+
+    proc = _start(cmd)
     try:
-        deadline = time.monotonic() + 240
-        while len(shard_files(out) if out.is_dir() else []) < 3:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no shard appeared"
-            time.sleep(0.2)
+        _wait_for_shards(proc, out, 1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if _session_alive(proc.pid) else None
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM; finished shards are kept" in err.replace("\n", " ")
+    _wait_until_gone(proc.pid)
+
+    proc = _start(cmd + ["--resume"])
+    try:
+        _wait_for_shards(proc, out, len(shard_files(out)) + 3)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    _wait_until_gone(proc.pid)  # no worker may add a shard after this point
     before = _by_index(out)
-    total = len(list(expand_inputs([str(folder)])))
     assert 3 * 4 <= len(before) < total, "killed midway"
     assert not (out / SUMMARY_FILE).exists()
 
@@ -197,5 +279,6 @@ def test_killed_ray_run_resumes_without_duplicates_or_gaps(tiny_run, tmp_path):
     after = _by_index(out)
     for k, row in before.items():
         assert after[k] == row, "resume never rewrites a finished shard"
+    assert not list(out.glob(".part-*"))
     clf = Classifier.load(tiny_run["run"], runtime="keras")
     _assert_same(after, clf.predict(list(expand_inputs([str(folder)]))), clf.classes)

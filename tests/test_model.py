@@ -98,3 +98,43 @@ def test_load_model_errors_are_one_line(tmp_path):
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(LiverscanError, match="not found"):
         load_model(tmp_path / "missing.keras")
+
+
+def test_weights_set_afterwards_leaves_unset_weights_visible():
+    """Inside the block default initialisers give NaN: a weight nobody overwrote cannot pass unnoticed."""
+    import keras
+
+    from liverscan.core.model import weights_set_afterwards
+
+    with weights_set_afterwards():
+        layer = keras.layers.Dense(3)
+        layer.build((None, 4))
+    assert np.isnan(layer.kernel.numpy()).all() and np.isnan(layer.bias.numpy()).all()
+    outside = keras.layers.Dense(3)
+    outside.build((None, 4))
+    assert np.isfinite(outside.kernel.numpy()).all() and np.abs(outside.kernel.numpy()).sum() > 0
+
+
+def test_load_model_without_initialising_gives_the_saved_model(tiny_run):
+    """Loading without running the initialisers gives exactly the saved weights and outputs."""
+    import keras
+
+    path = tiny_run["run"] / "model.keras"
+    fast = load_model(path)
+    plain = keras.saving.load_model(path, compile=False, safe_mode=True)
+    wf, wp = fast.get_weights(), plain.get_weights()
+    assert len(wf) == len(wp) and all(np.array_equal(a, b) for a, b in zip(wf, wp))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    assert np.array_equal(np.asarray(fast.predict_on_batch(x)), np.asarray(plain.predict_on_batch(x)))
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="offline backbone weights not available")
+def test_imagenet_backbone_built_without_initialising_equals_the_plain_build():
+    import keras
+
+    fast = build_model(2, 160, weights=str(SHARED_WEIGHTS)).get_layer("backbone").get_weights()
+    plain = keras.applications.MobileNetV2(
+        input_shape=(160, 160, 3), include_top=False, weights=str(SHARED_WEIGHTS)
+    ).get_weights()
+    assert len(fast) == len(plain) and all(np.array_equal(a, b) for a, b in zip(fast, plain))
+    assert all(np.isfinite(w).all() for w in fast)

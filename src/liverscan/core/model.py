@@ -16,8 +16,10 @@ trained with, and it lives inside the saved model so no caller can get it wrong.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,37 @@ def imagenet_weights_file(alpha: float = 1.0, image_size: int = 160) -> Path:
     return home / "models" / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{image_size}_no_top.h5"
 
 
+#: the initialisers Keras layers name by default (MobileNetV2: convolutions, BatchNorm; Dense)
+_INITIALISERS = ("GlorotUniform", "glorot_uniform", "Zeros", "zeros", "Ones", "ones")
+
+
+@contextlib.contextmanager
+def weights_set_afterwards() -> Iterator[None]:
+    """Build layers whose every weight is overwritten next (saved or ImageNet weights) without initialising them.
+
+    Keras initialises each new variable with its initialiser; under JAX every random
+    initialiser is a program compiled per variable shape, which made loading a model
+    take ~14 s of compilation on a CPU before the saved weights replaced them all.
+    Inside this block the default initialisers give NaN instead (no program runs), so a
+    weight that were somehow *not* overwritten would show up as non-finite outputs rather
+    than as a silently wrong model.
+    """
+    keras = import_keras()
+
+    class _SetAfterwards(keras.initializers.Initializer):
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __call__(self, shape, dtype=None):
+            return np.full(shape, np.nan, dtype=dtype or "float32")
+
+        def get_config(self) -> dict:
+            return {}
+
+    with keras.saving.custom_object_scope({name: _SetAfterwards for name in _INITIALISERS}):
+        yield
+
+
 def _backbone(image_size: int, weights: str, alpha: float):
     keras = import_keras()
     shape = (image_size, image_size, 3)
@@ -53,7 +86,10 @@ def _backbone(image_size: int, weights: str, alpha: float):
         return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=None)
     if spec.lower() == "imagenet":
         try:
-            return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights="imagenet")
+            with weights_set_afterwards():
+                return keras.applications.MobileNetV2(
+                    input_shape=shape, alpha=alpha, include_top=False, weights="imagenet"
+                )
         except Exception as exc:  # noqa: BLE001 - download failures come in many types
             target = imagenet_weights_file(alpha, image_size)
             raise WeightsUnavailable(
@@ -65,7 +101,8 @@ def _backbone(image_size: int, weights: str, alpha: float):
     if not path.is_file():
         raise WeightsUnavailable(f"{path}: weights file not found (use imagenet, none, or a path to a .h5 file)")
     try:
-        return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=str(path))
+        with weights_set_afterwards():
+            return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=str(path))
     except Exception as exc:  # noqa: BLE001
         raise WeightsUnavailable(
             f"{path}: not MobileNetV2 no-top weights for {image_size}x{image_size} ({exc})"
@@ -247,9 +284,10 @@ def load_packed(path: Path):
             weights = [data[f"arr_{i}"].astype("float32") for i in range(len(data.files))]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path}: cannot load packed weights ({exc.__class__.__name__}: {exc})") from None
-    model = build_model(
-        card.n_classes, card.image_size, "none", b["alpha"], b["dropout"], b["dense_units"], b.get("head", "mlp")
-    )
+    with weights_set_afterwards():
+        model = build_model(
+            card.n_classes, card.image_size, "none", b["alpha"], b["dropout"], b["dense_units"], b.get("head", "mlp")
+        )
     try:
         model.set_weights(weights)
     except ValueError as exc:
@@ -303,6 +341,7 @@ def load_model(path: str | Path):
     if path.suffix == ".npz":
         return load_packed(path)
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        with weights_set_afterwards():
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: cannot load model ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None

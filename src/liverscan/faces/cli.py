@@ -836,6 +836,14 @@ def _predict_on_ray(paths, model, output, load_options: dict, run_options: dict,
                     soft_wrap=True,
                 )
 
+    if not quiet:
+        err_console.print(
+            f"Ray engine: {len(listed)} inputs, {run_options['num_workers']} workers, model "
+            f"{escape(str(model or 'the shipped default model'))}, runtime {load_options['runtime']}; shards in "
+            f"{escape(str(output))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     try:
         s = run_ray_predict(listed, output, model, on_batch=show, **run_options, **load_options)
     except KeyboardInterrupt as exc:
@@ -856,7 +864,7 @@ def _predict_on_ray(paths, model, output, load_options: dict, run_options: dict,
     from liverscan.faces.terminal import ood_summary
 
     warning = ood_summary(s.outside, s.records - s.failed)
-    if warning and not quiet:
+    if warning:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if s.failed:
         raise typer.Exit(2)

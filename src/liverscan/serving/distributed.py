@@ -11,15 +11,18 @@ functions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from liverscan.core.artifacts import ONNX_FILE, TFLITE_FILE
 from liverscan.core.errors import ConfigError, RunDirError
 from liverscan.core.fileio import write_bytes_atomic, write_json_atomic
 from liverscan.serving.records import Prediction
@@ -111,14 +114,30 @@ class BatchPredictor:
         threads: int,
         shard_dir: str | None = None,
         shard_format: str = "parquet",
+        base_dir: str | None = None,
     ):
         from liverscan.serving.predict import Classifier
 
+        self.shard_dir = Path(shard_dir) if shard_dir else None
+        if self.shard_dir is not None and not (self.shard_dir / RUN_FILE).is_file():
+            raise RunDirError(
+                f"{self.shard_dir}: the output folder is not visible on this worker; "
+                "it must be on storage every worker sees at the same path"
+            )
         self.clf = Classifier.load(model, batch_size=batch_size, **load_options)
         self.batch_size = batch_size
         self.threads = threads
-        self.shard_dir = Path(shard_dir) if shard_dir else None
         self.shard_format = shard_format
+        self.base_dir = base_dir  # relative input paths are read from here (the driver's folder)
+
+    def _load_path(self, path: str):
+        """(record, array) pairs for one path; a relative path is read from ``base_dir`` but recorded as given."""
+        if self.base_dir is None or os.path.isabs(path):
+            return self.clf._load(path)
+        pairs = self.clf._load(os.path.join(self.base_dir, path))
+        for rec, _ in pairs:
+            rec.path = path
+        return pairs
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -128,7 +147,7 @@ class BatchPredictor:
         paths = [str(p) for p in batch.column("path").to_pylist()]
         if data is None:
             items: list = paths
-            load = clf._load
+            load = self._load_path
         else:
             from liverscan.serving.inputs import load_bytes
 
@@ -210,7 +229,9 @@ def predict_dataset(
     )
 
 
-def _map(ds, model, num_workers, gpus, cpus, batch_size, threads, rows, shard_dir, shard_format, load_options):
+def _map(
+    ds, model, num_workers, gpus, cpus, batch_size, threads, rows, shard_dir, shard_format, load_options, base_dir=None
+):
     import ray.data
 
     if "path" not in ds.columns():
@@ -229,6 +250,7 @@ def _map(ds, model, num_workers, gpus, cpus, batch_size, threads, rows, shard_di
             threads=threads,
             shard_dir=None if shard_dir is None else str(shard_dir),
             shard_format=shard_format or "parquet",
+            base_dir=base_dir,
         ),
     )
 
@@ -295,37 +317,121 @@ def _done_indices(out: Path, fmt: str) -> set[int]:
     return done
 
 
+#: what must match between a stopped run and its --resume: (plan key, what it is, the plan key shown)
+_RESUME_KEYS = (
+    ("inputs_sha256", "input list", "inputs"),
+    ("model", "model", "model"),
+    ("model_sha256", "model's content", None),
+    ("options", "set of prediction options", "options"),
+    ("shard_format", "shard format", "shard_format"),
+)
+
+
 def prepare_output(out: Path, plan: dict, resume: bool, overwrite: bool) -> set[int]:
-    """Check the output folder against this run; the input indices already done (resume)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if not out.is_dir():
-        raise ConfigError(f"{out}: not a folder")
-    ours = _our_files(out)
+    """Check the output folder against this run (nothing written); the input indices already done (resume)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: not a folder (with --engine ray the output is a folder of shards)")
     run_file = out / RUN_FILE
     if resume:
         if not run_file.is_file():
             raise RunDirError(f"{out}: nothing to resume (no {RUN_FILE}); run without --resume")
         before = json.loads(run_file.read_text(encoding="utf-8"))
-        for key, what, shown in (
-            ("inputs_sha256", "input list", "inputs"),
-            ("model", "model", "model"),
-            ("shard_format", "shard format", "shard_format"),
-        ):
+        for key, what, shown in _RESUME_KEYS:
             if before.get(key) != plan[key]:
+                change = ""
+                if shown is not None:
+                    then, now = before.get(shown), plan[shown]
+                    if isinstance(now, dict):
+                        then, now = _differing(then or {}, now)
+                    change = f" ({then} then, {now} now)"
                 raise RunDirError(
-                    f"{out}: the {what} differs from the stopped run's ({before.get(shown)} then, {plan[shown]} now); "
+                    f"{out}: the {what} differs from the stopped run's{change}; "
                     "resume with the same inputs and options, or start again with --overwrite"
                 )
-        for tmp in out.glob(f".{SHARD_PREFIX}*"):  # a shard being written when the run was killed
-            tmp.unlink(missing_ok=True)
-        (out / SUMMARY_FILE).unlink(missing_ok=True)
         return _done_indices(out, plan["shard_format"])
-    if ours and not overwrite:
+    if out.is_dir() and (shard_files(out) or (out / SUMMARY_FILE).exists()) and not overwrite:
         raise RunDirError(f"{out}: holds records of an earlier run; pass --resume to finish it or --overwrite")
-    for p in ours:
-        p.unlink()
-    write_json_atomic(run_file, plan)
     return set()
+
+
+def _differing(then: dict, now: dict) -> tuple[dict, dict]:
+    keys = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+    return {k: then.get(k) for k in keys}, {k: now.get(k) for k in keys}
+
+
+def _start_output(out: Path, plan: dict, resume: bool) -> Path | None:
+    """Make the folder ready for this run's shards; earlier records replaced by --overwrite are moved
+    to ``.previous/`` (removed once this run finishes: a failed run never loses them)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob(f".{SHARD_PREFIX}*"):  # a shard being written when a run was killed
+        tmp.unlink(missing_ok=True)
+    (out / SUMMARY_FILE).unlink(missing_ok=True)
+    previous = None
+    if not resume:
+        old = [p for p in _our_files(out) if p.name != RUN_FILE]
+        if old:
+            previous = out / ".previous"
+            shutil.rmtree(previous, ignore_errors=True)
+            previous.mkdir()
+            for p in old:
+                os.replace(p, previous / p.name)
+        write_json_atomic(out / RUN_FILE, plan)
+    return previous
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path) -> Iterator[None]:
+    """One run per output folder (an advisory lock on ``.lock``, where the file system supports it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - Windows
+            pass
+        except BlockingIOError:
+            raise RunDirError(f"{out}: another liverscan run is writing this folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _model_digest(run) -> str:
+    """SHA-256 over the model card and model files (a model retrained in place is another model)."""
+    from liverscan.core.artifacts import CARD_FILE, ONNX_FILE, OOD_FILE, TFLITE_FILE
+
+    h = hashlib.sha256()
+    folder = run.model_path.parent
+    for name in (CARD_FILE, run.model_path.name, OOD_FILE, TFLITE_FILE, ONNX_FILE):
+        f = folder / name
+        if f.is_file():
+            h.update(name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_options(run, options: dict) -> None:
+    """Refuse, on the driver and before Ray starts, what would otherwise fail in every actor."""
+    from liverscan.serving.dicom import check_tag_names
+    from liverscan.serving.predict import RUNTIMES
+
+    runtime = options.get("runtime", "auto")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r} ({', '.join(RUNTIMES)})")
+    check_tag_names(tuple(options.get("include_dicom_tags", ())))
+    if runtime in ("tflite", "onnx"):
+        f = run.model_path.with_name(TFLITE_FILE if runtime == "tflite" else ONNX_FILE)
+        if not f.is_file():
+            raise RunDirError(f"{run.source}: no {f.name}; export it first: liverscan export RUN --format {runtime}")
+    if options.get("use_operating_point") and not run.card.operating_point:
+        raise RunDirError(
+            f"{run.source}: the model card has no operating point; fit one by evaluating this run "
+            "with an operating-point goal, e.g. liverscan evaluate RUN --operating-point 'tumor>=0.95'"
+        )
 
 
 def run_ray_predict(
@@ -360,14 +466,17 @@ def run_ray_predict(
     from liverscan.core.artifacts import load_run
     from liverscan.serving.inputs import resolve_model
 
-    out = Path(output)
+    out = Path(output).absolute()
     listed = list(paths)
-    model_path = str(resolve_model(model).resolve())
-    load_run(model_path)  # a bad model fails here, in one line, not in every actor
+    run = load_run(resolve_model(model))  # a bad model fails here, in one line, not in every actor
+    _check_options(run, load_options)
+    model_path = str(run.source.resolve())
     plan = {
         "inputs": len(listed),
         "inputs_sha256": _inputs_digest(listed),
         "model": model_path,
+        "model_sha256": _model_digest(run),
+        "options": json.loads(json.dumps(load_options)),
         "shard_format": shard_format,
         "liverscan_version": __version__,
     }
@@ -375,53 +484,65 @@ def run_ray_predict(
     todo = [i for i in range(len(listed)) if i not in done]
     summary = RayRunSummary(output=out, inputs=len(listed), predicted_now=len(todo))
     t0 = time.perf_counter()
-    if todo:
-        chunks = [todo[k : k + shard_size] for k in range(0, len(todo), shard_size)]
-        tables = [pa.table({INDEX: pa.array(c, pa.int64()), "path": [listed[i] for i in c]}) for c in chunks]
-        started = _start_ray(ray, address, num_workers * cpus_per_worker)
+    with _folder_lock(out):
+        started = _start_ray(ray, address, num_workers * cpus_per_worker) if todo else False
         try:
-            ds = ray.data.from_arrow(tables)
-            ds = _map(
-                ds,
-                model_path,
-                num_workers,
-                gpus_per_worker,
-                cpus_per_worker,
-                batch_size,
-                threads,
-                shard_size,
-                out,
-                shard_format,
-                load_options,
-            )
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if on_batch is not None:
-                    on_batch(batch.to_pylist())
-        except ray.exceptions.RayError as exc:
-            raise _explained(exc, out) from None
+            previous = _start_output(out, plan, resume)
+            if todo:
+                chunks = [todo[k : k + shard_size] for k in range(0, len(todo), shard_size)]
+                tables = [pa.table({INDEX: pa.array(c, pa.int64()), "path": [listed[i] for i in c]}) for c in chunks]
+                ds = _map(
+                    ray.data.from_arrow(tables),
+                    model_path,
+                    num_workers,
+                    gpus_per_worker,
+                    cpus_per_worker,
+                    batch_size,
+                    threads,
+                    shard_size,
+                    out,
+                    shard_format,
+                    load_options,
+                    base_dir=os.getcwd(),
+                )
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    if on_batch is not None:
+                        on_batch(batch.to_pylist())
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] == "ray":  # Ray's wrappers: say what went wrong, in one line
+                raise _explained(exc, out) from None
+            raise
         finally:
             if started:
                 ray.shutdown()
-    _tally(out, shard_format, summary)
-    summary.seconds = time.perf_counter() - t0
-    missing = set(range(len(listed))) - _done_indices(out, shard_format)
-    if missing:
-        raise RunDirError(f"{out}: {len(missing)} inputs have no record; run again with --resume")
-    write_json_atomic(out / SUMMARY_FILE, {**plan, **_summary_fields(summary)})
+        for tmp in out.glob(f".{SHARD_PREFIX}*"):  # left by a worker that failed while writing
+            tmp.unlink(missing_ok=True)
+        _tally(out, shard_format, summary)
+        summary.seconds = time.perf_counter() - t0
+        missing = set(range(len(listed))) - _done_indices(out, shard_format)
+        if missing:
+            raise RunDirError(f"{out}: {len(missing)} inputs have no record; run again with --resume")
+        write_json_atomic(out / SUMMARY_FILE, {**plan, **_summary_fields(summary)})
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
     return summary
 
 
 def _explained(exc: BaseException, out: Path) -> Exception:
-    """A liverscan error raised in a worker, or one line on what Ray reported."""
+    """A liverscan error or OS error raised in a worker, or one line on what Ray reported."""
+    import re
+
     from liverscan.core.errors import LiverscanError
 
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, LiverscanError):
-            return seen
+        if isinstance(seen, (LiverscanError, OSError)):
+            return seen if isinstance(seen, LiverscanError) else RunDirError(f"{seen}")
         seen = getattr(seen, "cause", None) or seen.__cause__
-    first = next((line for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
-    return RunDirError(f"the Ray run failed ({first.strip()}); finished shards are kept in {out}; finish with --resume")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+    errors = [line.strip() for line in text.splitlines() if re.match(r"\s*[\w.]*(Error|Exception): ", line)]
+    reason = errors[-1] if errors else exc.__class__.__name__
+    return RunDirError(f"the Ray run failed: {reason}; finished shards are kept in {out} (finish with --resume)")
 
 
 def _summary_fields(s: RayRunSummary) -> dict:
@@ -439,7 +560,11 @@ def _tally(out: Path, fmt: str, summary: RayRunSummary) -> None:
     seen: set[tuple] = set()
     shards = shard_files(out)
     for shard in shards:
-        for r in read_shard_rows(shard, [INDEX, "frame", "decision", "in_distribution", "error"]):
+        try:
+            rows = read_shard_rows(shard, [INDEX, "frame", "decision", "in_distribution", "error"])
+        except Exception as exc:  # noqa: BLE001 - name the shard, whatever the reader raised
+            raise RunDirError(f"{shard}: unreadable shard ({exc.__class__.__name__}); remove it and resume") from None
+        for r in rows:
             key = (r[INDEX], r.get("frame"))
             if key in seen:
                 raise RunDirError(f"{shard}: index {r[INDEX]} has a record in two shards")
@@ -464,9 +589,13 @@ def _start_ray(ray, address: str | None, cpus_needed: float) -> bool:
 
     if ray.is_initialized():
         return False
+    import signal
+
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    local = {} if address else {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))}
+    joins = address or os.environ.get("RAY_ADDRESS")
+    local = {} if joins else {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))}
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s}
     ray.init(
         address=address,
         **local,
@@ -476,8 +605,13 @@ def _start_ray(ray, address: str | None, cpus_needed: float) -> bool:
         logging_level=logging.ERROR,
         configure_logging=True,
     )
+    for sig, handler in handlers.items():  # ray.init replaces them; liverscan's clean stop stays in charge
+        if handler is not None:
+            signal.signal(sig, handler)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
+    if hasattr(ctx, "raise_original_map_exception"):
+        ctx.raise_original_map_exception = True
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
     return True

@@ -157,3 +157,5 @@ def load_bytes(
         return [(Prediction(name), decode(data, size=size, max_pixels=max_pixels).array)]
     except ImageDecodeError as exc:
         return [(Prediction(name, error=exc.reason), None)]
+    except Exception as exc:  # noqa: BLE001 - one bad upload or row never stops the others
+        return [(Prediction(name, error=f"unexpected error: {exc.__class__.__name__}: {exc}"), None)]
