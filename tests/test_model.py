@@ -100,19 +100,44 @@ def test_load_model_errors_are_one_line(tmp_path):
         load_model(tmp_path / "missing.keras")
 
 
-def test_weights_set_afterwards_leaves_unset_weights_visible():
-    """Inside the block default initialisers give NaN: a weight nobody overwrote cannot pass unnoticed."""
+def test_built_without_initialising_leaves_unset_weights_visible_and_restores_initialisers():
+    """While building, default initialisers give NaN (a weight nobody overwrote cannot pass unnoticed);
+    afterwards the layers hold their real initialisers again."""
     import keras
 
-    from liverscan.core.model import weights_set_afterwards
+    from liverscan.core.model import built_without_initialising
 
-    with weights_set_afterwards():
+    def build():
         layer = keras.layers.Dense(3)
         layer.build((None, 4))
+        return layer
+
+    layer = built_without_initialising(build)
     assert np.isnan(layer.kernel.numpy()).all() and np.isnan(layer.bias.numpy()).all()
-    outside = keras.layers.Dense(3)
-    outside.build((None, 4))
+    assert type(layer.kernel_initializer) is keras.initializers.GlorotUniform
+    assert type(layer.bias_initializer) is keras.initializers.Zeros
+    outside = build()
     assert np.isfinite(outside.kernel.numpy()).all() and np.abs(outside.kernel.numpy()).sum() > 0
+
+
+def test_model_built_without_initialising_saves_and_loads_like_any_model(tmp_path):
+    """Its saved config names Keras' own initialisers, so plain Keras (and liverscan) load it."""
+    import keras
+
+    from liverscan.core.model import built_without_initialising
+
+    model = built_without_initialising(lambda: build_model(2, 32, weights="none", head="mlp"))
+    reference = build_model(2, 32, weights="none", head="mlp")
+    model.set_weights(reference.get_weights())
+    path = tmp_path / "m.keras"
+    model.save(path)
+    assert "_Unset" not in str(model.get_config())
+    plain = keras.saving.load_model(path, compile=False, safe_mode=True)
+    again = load_model(path)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    want = np.asarray(reference.predict_on_batch(x))
+    assert np.array_equal(np.asarray(plain.predict_on_batch(x)), want)
+    assert np.array_equal(np.asarray(again.predict_on_batch(x)), want)
 
 
 def test_load_model_without_initialising_gives_the_saved_model(tiny_run):

@@ -66,6 +66,33 @@ def test_streaming_keeps_order_and_reports_bad_files(clf, mixed_folder):
     assert sum(r.ok for r in recs) == 5
 
 
+def test_decoding_processes_give_the_thread_records_with_checks_run_where_images_are_decoded(
+    clf, mixed_folder, tmp_path
+):
+    """Processes and threads give the same records; image checks run in the decoders agree with the
+    checks run after the model on the same arrays (a coloured image trips one)."""
+    from PIL import Image
+
+    coloured = tmp_path / "coloured.png"
+    Image.fromarray(
+        np.dstack([np.full((40, 40), 250, np.uint8), np.zeros((40, 40), np.uint8)[..., None].repeat(2, -1)])
+    ).save(coloured)
+    paths = list(expand_inputs([str(mixed_folder)])) + [str(coloured)]
+    by_threads = list(clf.iter_predict(paths, batch_size=3, workers=2, decode="threads"))
+    by_processes = list(clf.iter_predict(paths, batch_size=3, workers=2, decode="processes"))
+    assert [r.to_dict() for r in by_processes] == [r.to_dict() for r in by_threads]
+    assert by_threads[-1].in_distribution is False and by_threads[-1].ood_reason.startswith("colour image")
+    from liverscan.core.images import load_image
+
+    good = [r for r in by_threads if r.ok]
+    arrays = clf.predict([load_image(r.path, clf.image_size) for r in good])  # checks run after the model
+    for a, b in zip(arrays, good):
+        assert (a.in_distribution, a.ood_reason, a.decision) == (b.in_distribution, b.ood_reason, b.decision)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    with pytest.raises(LiverscanError, match="unknown decoding"):
+        list(clf.iter_predict(paths, decode="fibers"))
+
+
 @pytest.mark.slow
 def test_operating_point_and_review_flag(tiny_run, tmp_path):
     from liverscan.evaluation.evaluate import evaluate

@@ -398,13 +398,19 @@ class Verdict:
     reason: str | None  # why it is out of distribution
 
 
-def assess(reference: Reference | None, images: np.ndarray, features: np.ndarray | None) -> list[Verdict]:
+def assess(
+    reference: Reference | None,
+    images: np.ndarray,
+    features: np.ndarray | None,
+    reasons: list[str | None] | None = None,
+) -> list[Verdict]:
     """Image checks first, then the feature score against the reference's threshold.
 
     Without a reference only the image checks run: an image they flag is out of
-    distribution, any other gets ``in_distribution=None`` (unknown).
+    distribution, any other gets ``in_distribution=None`` (unknown).  ``reasons``:
+    the image checks' results when they already ran (where the images were decoded).
     """
-    reasons = image_checks(images)
+    reasons = image_checks(images) if reasons is None else list(reasons)
     values = scores(reference, features) if reference is not None and features is not None else [None] * len(reasons)
     out = []
     for r, v in zip(reasons, values):

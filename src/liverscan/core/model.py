@@ -16,11 +16,11 @@ trained with, and it lives inside the saved model so no caller can get it wrong.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,31 +51,51 @@ def imagenet_weights_file(alpha: float = 1.0, image_size: int = 160) -> Path:
 _INITIALISERS = ("GlorotUniform", "glorot_uniform", "Zeros", "zeros", "Ones", "ones")
 
 
-@contextlib.contextmanager
-def weights_set_afterwards() -> Iterator[None]:
-    """Build layers whose every weight is overwritten next (saved or ImageNet weights) without initialising them.
+def built_without_initialising(build: Callable[[], Any]) -> Any:
+    """``build()`` a model whose every weight is overwritten next (saved or ImageNet weights), without
+    running Keras' weight initialisers.
 
-    Keras initialises each new variable with its initialiser; under JAX every random
-    initialiser is a program compiled per variable shape, which made loading a model
-    take ~14 s of compilation on a CPU before the saved weights replaced them all.
-    Inside this block the default initialisers give NaN instead (no program runs), so a
-    weight that were somehow *not* overwritten would show up as non-finite outputs rather
-    than as a silently wrong model.
+    Keras initialises each new variable; under JAX every random initialiser is a program
+    compiled per variable shape, which made loading a model take ~14 s of compilation on a
+    CPU before the saved weights replaced them all.  While ``build`` runs, the default
+    initialisers give NaN instead (no program runs), so a weight that were somehow *not*
+    overwritten shows up as non-finite outputs rather than as a silently wrong model.
+    Afterwards every layer gets its real initialiser back, so the model saves and
+    retrains exactly as one built the usual way.
     """
     keras = import_keras()
 
-    class _SetAfterwards(keras.initializers.Initializer):
-        def __init__(self, *args, **kwargs) -> None:
-            pass
+    class _Unset(keras.initializers.Initializer):
+        original = ""
+
+        def __init__(self, **kwargs) -> None:
+            self.kwargs = kwargs
 
         def __call__(self, shape, dtype=None):
             return np.full(shape, np.nan, dtype=dtype or "float32")
 
         def get_config(self) -> dict:
-            return {}
+            return dict(self.kwargs)
 
-    with keras.saving.custom_object_scope({name: _SetAfterwards for name in _INITIALISERS}):
-        yield
+    stand_ins = {name: type(f"_Unset{name}", (_Unset,), {"original": name}) for name in _INITIALISERS}
+    with keras.saving.custom_object_scope(stand_ins):
+        model = build()
+    _restore_initialisers(model, _Unset, keras, set())
+    return model
+
+
+def _restore_initialisers(layer, stand_in: type, keras, seen: set[int]) -> None:
+    if id(layer) in seen:
+        return
+    seen.add(id(layer))
+    for key, value in list(vars(layer).items()):
+        if isinstance(value, stand_in):
+            real = keras.initializers.get(
+                {"class_name": value.original, "config": value.kwargs} if value.kwargs else value.original
+            )
+            setattr(layer, key, real)
+    for sub in getattr(layer, "layers", ()):
+        _restore_initialisers(sub, stand_in, keras, seen)
 
 
 def _backbone(image_size: int, weights: str, alpha: float):
@@ -86,10 +106,11 @@ def _backbone(image_size: int, weights: str, alpha: float):
         return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=None)
     if spec.lower() == "imagenet":
         try:
-            with weights_set_afterwards():
-                return keras.applications.MobileNetV2(
+            return built_without_initialising(
+                lambda: keras.applications.MobileNetV2(
                     input_shape=shape, alpha=alpha, include_top=False, weights="imagenet"
                 )
+            )
         except Exception as exc:  # noqa: BLE001 - download failures come in many types
             target = imagenet_weights_file(alpha, image_size)
             raise WeightsUnavailable(
@@ -101,8 +122,9 @@ def _backbone(image_size: int, weights: str, alpha: float):
     if not path.is_file():
         raise WeightsUnavailable(f"{path}: weights file not found (use imagenet, none, or a path to a .h5 file)")
     try:
-        with weights_set_afterwards():
-            return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=str(path))
+        return built_without_initialising(
+            lambda: keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=str(path))
+        )
     except Exception as exc:  # noqa: BLE001
         raise WeightsUnavailable(
             f"{path}: not MobileNetV2 no-top weights for {image_size}x{image_size} ({exc})"
@@ -284,10 +306,11 @@ def load_packed(path: Path):
             weights = [data[f"arr_{i}"].astype("float32") for i in range(len(data.files))]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path}: cannot load packed weights ({exc.__class__.__name__}: {exc})") from None
-    with weights_set_afterwards():
-        model = build_model(
+    model = built_without_initialising(
+        lambda: build_model(
             card.n_classes, card.image_size, "none", b["alpha"], b["dropout"], b["dense_units"], b.get("head", "mlp")
         )
+    )
     try:
         model.set_weights(weights)
     except ValueError as exc:
@@ -341,7 +364,6 @@ def load_model(path: str | Path):
     if path.suffix == ".npz":
         return load_packed(path)
     try:
-        with weights_set_afterwards():
-            return keras.saving.load_model(path, compile=False, safe_mode=True)
+        return built_without_initialising(lambda: keras.saving.load_model(path, compile=False, safe_mode=True))
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: cannot load model ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None

@@ -507,7 +507,11 @@ def predict_cmd(
         typer.Option(help="Flag needs_review when the confidence is below this (default 0.6).", min=0.0, max=1.0),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.", min=1, max=4096)] = 32,
-    workers: Annotated[int, typer.Option(help="Decoding threads.", min=1, max=256)] = 2,
+    workers: Annotated[int, typer.Option(help="Decoding threads (or processes, see --decode).", min=1, max=256)] = 2,
+    decode: Annotated[
+        str,
+        typer.Option(help="Decode in threads or processes; auto: processes from 4 --workers on (cores feeding a GPU)."),
+    ] = "auto",
     runtime: Annotated[
         str, typer.Option(help="auto (an exported model.tflite, else model.onnx, when present), keras, tflite or onnx.")
     ] = "auto",
@@ -595,6 +599,10 @@ def predict_cmd(
     )
     if engine not in ("local", "ray"):
         fail("--engine must be local or ray")
+    from liverscan.serving import DECODERS
+
+    if decode not in DECODERS:
+        fail(f"--decode must be one of {', '.join(DECODERS)}")
     if engine == "ray":
         return _predict_on_ray(
             paths,
@@ -740,6 +748,7 @@ def predict_cmd(
                 batch_size=batch_size,
                 workers=workers,
                 explain_dir=explain,
+                decode=decode,
             ):
                 n_total += 1
                 if studies is not None:

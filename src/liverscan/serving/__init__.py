@@ -23,11 +23,12 @@ from liverscan.serving.outputs import (
     format_for,
     partial_path,
 )
-from liverscan.serving.predict import Classifier
+from liverscan.serving.predict import DECODERS, Classifier
 from liverscan.serving.records import Prediction
 from liverscan.serving.studies import Study, StudyAggregator, group_key, write_studies
 
 __all__ = [
+    "DECODERS",
     "SHARD_FORMATS",
     "RayRunSummary",
     "predict_dataset",

@@ -124,6 +124,21 @@ def load_input(
         return [(Prediction(path, error=f"unexpected error: {exc.__class__.__name__}: {exc}"), None)]
 
 
+def load_checked(
+    path: str, size: int, dicom_tags: tuple[str, ...] = (), max_pixels: int = DEFAULT_MAX_PIXELS, checks: bool = False
+) -> list[tuple[Prediction, np.ndarray | None]]:
+    """:func:`load_input`, plus the guard's image checks on each decoded image when ``checks`` (so they run in
+    the decoding threads or processes, not after the model)."""
+    pairs = load_input(path, size, dicom_tags, max_pixels)
+    if checks:
+        from liverscan.core.guard import image_reason
+
+        for rec, arr in pairs:
+            if arr is not None:
+                rec.image_check = image_reason(arr) or ""
+    return pairs
+
+
 def _frame_records(path: str, frames) -> list[tuple[Prediction, np.ndarray | None]]:
     """(record, model input) for each frame of one DICOM object."""
     return [

@@ -19,12 +19,13 @@ from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, Run
 from liverscan.core.guard import Reference, assess
 from liverscan.core.images import DEFAULT_MAX_PIXELS, decode_array
 from liverscan.serving.dicom import check_tag_names
-from liverscan.serving.inputs import load_bytes, load_input, resolve_model
+from liverscan.serving.inputs import load_bytes, load_checked, resolve_model
 from liverscan.serving.pipeline import decoded_batches
 from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
 
 DEFAULT_REVIEW_CONFIDENCE = 0.6
 RUNTIMES = ("auto", "keras", "tflite", "onnx")
+DECODERS = ("auto", "threads", "processes")
 
 
 class Classifier:
@@ -205,7 +206,9 @@ class Classifier:
         """Set class, confidence, probabilities and review flag of ``records`` from ``images``."""
         probs, feats = self.outputs(images, batch_size)
         idx, shown = self._decide(probs)
-        verdicts = assess(self.reference, images, feats) if self.ood else [None] * len(records)
+        checked = [r.image_check for r in records]
+        reasons = None if None in checked else [c or None for c in checked]
+        verdicts = assess(self.reference, images, feats, reasons) if self.ood else [None] * len(records)
         for rec, k, p, v in zip(records, idx, shown, verdicts):
             if not np.all(np.isfinite(p)):
                 rec.error = "the model gave non-finite probabilities (a damaged model?)"
@@ -220,22 +223,43 @@ class Classifier:
             rec.decision = OUT_OF_DISTRIBUTION if outside else rec.predicted_class
             rec.needs_review = outside or rec.confidence < self.review_confidence
 
-    def _load(self, path: str) -> list[tuple[Prediction, np.ndarray | None]]:
-        return load_input(path, self.image_size, self.include_dicom_tags, self.max_pixels)
+    @property
+    def _load(self):
+        """path -> (record, array) pairs, the guard's image checks included (picklable, for decoding processes)."""
+        return functools.partial(
+            load_checked,
+            size=self.image_size,
+            dicom_tags=self.include_dicom_tags,
+            max_pixels=self.max_pixels,
+            checks=self.ood,
+        )
 
     def iter_predict(
-        self, paths: Iterable[str], batch_size: int = 32, workers: int = 2, explain_dir: str | Path | None = None
+        self,
+        paths: Iterable[str],
+        batch_size: int = 32,
+        workers: int = 2,
+        explain_dir: str | Path | None = None,
+        decode: str = "threads",
     ) -> Iterator[Prediction]:
-        """Stream predictions for paths (in input order); decoding overlaps inference."""
-        for _, rec, _ in self._iter_indexed(paths, batch_size, workers, explain_dir):
+        """Stream predictions for paths (in input order); decoding overlaps inference.
+
+        ``decode``: ``threads``, ``processes`` (``workers`` fresh processes: no shared interpreter lock,
+        for many cores feeding a fast accelerator; a script using them needs the
+        ``if __name__ == "__main__":`` guard) or ``auto`` (processes from 4 workers on).
+        """
+        for _, rec, _ in self._iter_indexed(paths, batch_size, workers, explain_dir, decode=decode):
             yield rec
 
-    def _iter_indexed(self, paths: Iterable, batch_size: int, workers: int, explain_dir, load=None):
+    def _iter_indexed(self, paths: Iterable, batch_size: int, workers: int, explain_dir, load=None, decode="threads"):
         """(input index, record, model input or None) in input order; a DICOM file gives one per frame.
 
         ``load`` turns one input into (record, array) pairs (default: read the path).
         """
-        for items in decoded_batches(paths, load or self._load, batch_size, workers):
+        if decode not in DECODERS:
+            raise ConfigError(f"unknown decoding {decode!r} ({', '.join(DECODERS)})")
+        processes = decode == "processes" or (decode == "auto" and workers >= 4 and load is None)
+        for items in decoded_batches(paths, load or self._load, batch_size, workers, processes=processes):
             good = [(rec, arr) for _, rec, arr in items if arr is not None]
             if good:
                 images = np.stack([a for _, a in good])

@@ -32,6 +32,8 @@ class Prediction:
     #: DICOM study and series UIDs, read for --group-by study|series; written only as a group key
     study_instance_uid: str | None = field(default=None, repr=False)
     series_instance_uid: str | None = field(default=None, repr=False)
+    #: the guard's image checks, run where the image was decoded: None not run yet, "" passed, else the reason
+    image_check: str | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -39,7 +41,7 @@ class Prediction:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("study_instance_uid", "series_instance_uid"):
+        for key in ("study_instance_uid", "series_instance_uid", "image_check"):
             d.pop(key)
         for key in ("dicom_tags", "group"):
             if d[key] is None:
