@@ -26,7 +26,7 @@ def _processes_started_by_this_session() -> list[str]:
         try:
             if SESSION_MARK.encode() in (proc / "environ").read_bytes().split(b"\0"):
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if "multiprocessing.resource_tracker" in cmdline:  # multiprocessing's helper: ends with pytest
+                if "resource_tracker import main" in cmdline:  # multiprocessing's / joblib's helper: ends with pytest
                     continue
                 found.append(f"{proc.name}: {cmdline[:120]}")
         except OSError:  # gone, or a zombie

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,22 @@ def test_bootstrap_over_patients_is_as_wide_as_one_case_per_patient():
     assert by_patient["resampled"] == "groups"
     assert width(by_patient["intervals"]["accuracy"]) == pytest.approx(width(one), abs=0.04)
     assert width(by_frame["intervals"]["accuracy"]) < 0.6 * width(by_patient["intervals"]["accuracy"])
+
+
+def test_bootstrap_in_processes_gives_the_serial_intervals(monkeypatch):
+    """The resamples are drawn in one order whatever the number of processes, so the intervals are identical."""
+    from liverscan.evaluation.metrics import _bootstrap_jobs, bootstrap_intervals
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 120)
+    p = rng.uniform(size=(120, 3)) + 0.4 * np.eye(3)[y]
+    p /= p.sum(1, keepdims=True)
+    groups = np.arange(120) // 2
+    monkeypatch.setenv("LIVERSCAN_JOBS", "2")
+    assert _bootstrap_jobs(500) == min(2, os.cpu_count() or 1) and _bootstrap_jobs(499) == 1
+    parallel = bootstrap_intervals(y, p, ["a", "b", "c"], n_resamples=500, seed=7, groups=groups)
+    monkeypatch.setenv("LIVERSCAN_JOBS", "1")
+    assert _bootstrap_jobs(500) == 1
+    serial = bootstrap_intervals(y, p, ["a", "b", "c"], n_resamples=500, seed=7, groups=groups)
+    assert parallel == serial
+    assert parallel["intervals"]["accuracy"][0] < parallel["intervals"]["accuracy"][1]

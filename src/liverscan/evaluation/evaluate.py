@@ -366,7 +366,9 @@ def evaluate(
         result["group_level"] = _group_level(ds, probs, op, classes, rule, bootstrap, seed, ece_bins)
     if config.ood.enabled:
         result["ood"] = _ood_section(reference, verdicts, ds, probs, classes, ece_bins)
-    result["baseline"] = _baseline(run, model, ds, feats, probs, config, bootstrap, seed, ece_bins)
+    result["baseline"] = _baseline(
+        run, model, ds, feats, probs, config, bootstrap, seed, ece_bins, result["argmax"]["bootstrap"]
+    )
     tuned_pred = None
     cal = None
     if op and op.get("level", "image") == "group":
@@ -665,9 +667,19 @@ def _evaluate_cv(
 
 
 def _baseline(
-    run: LoadedRun, model, ds: LabelledImages, feats, probs, config: Config, bootstrap: int, seed: int, ece_bins: int
+    run: LoadedRun,
+    model,
+    ds: LabelledImages,
+    feats,
+    probs,
+    config: Config,
+    bootstrap: int,
+    seed: int,
+    ece_bins: int,
+    own_bootstrap: dict,
 ) -> dict | None:
-    """The linear probe fitted on the run's own training split, evaluated on the same images as the model."""
+    """The linear probe fitted on the run's own training split, evaluated on the same images as the model
+    (a linear run's probe is the model itself: its metrics and bootstrap, ``own_bootstrap``, are reused)."""
     from liverscan.core.dataset import PreparedData
     from liverscan.core.model import feature_extractor
     from liverscan.core.probe import fit_linear_probe
@@ -675,8 +687,7 @@ def _baseline(
     classes = run.classes
     if run.card.build.get("head") == "linear":
         m = classification_metrics(ds.y, probs, classes, ece_bins=ece_bins)
-        m["bootstrap"] = bootstrap_intervals(ds.y, probs, classes, n_resamples=bootstrap, seed=seed, groups=ds.groups)
-        return {**m, "name": "linear probe (this model's own head)"}
+        return {**m, "bootstrap": own_bootstrap, "name": "linear probe (this model's own head)"}
     try:
         prepared = PreparedData(run.card.prepared_dir or "")
         train = prepared.split("train", run.image_size, config.preprocess.max_pixels)

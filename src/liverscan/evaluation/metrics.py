@@ -121,6 +121,52 @@ def classification_metrics(y_true, probs, classes: list[str], y_pred=None, ece_b
     return out
 
 
+#: resamples per task when the bootstrap runs in several processes
+BOOTSTRAP_CHUNK = 125
+
+
+def _bootstrap_jobs(n_resamples: int) -> int:
+    """Processes for the bootstrap: the cores (up to 8) from 500 resamples on (~8 ms each with scikit-learn's
+    input checks; fewer do not pay for starting the processes), else one.  ``LIVERSCAN_JOBS`` caps it."""
+    import os
+
+    if n_resamples < 500:
+        return 1
+    cap = int(os.environ.get("LIVERSCAN_JOBS", "8") or 8)
+    return max(1, min(os.cpu_count() or 1, cap, -(-n_resamples // BOOTSTRAP_CHUNK)))
+
+
+def _resampled_metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, classes: list[str], indices: list) -> dict:
+    """The bootstrapped metrics of each resample (rows ``indices``) - scikit-learn's, inputs validated once."""
+    import sklearn
+
+    k = len(classes)
+    labels = list(range(k))
+    samples: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "macro_roc_auc": []}
+    for c in classes:
+        for m in ("recall", "precision", "roc_auc"):
+            samples[f"{c}.{m}"] = []
+    # the inputs were validated once; skipping scikit-learn's per-call checks makes 1000 resamples ~5x faster
+    with warnings.catch_warnings(), sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        warnings.simplefilter("ignore")
+        for idx in indices:
+            yb, pb, prb = y[idx], pred[idx], probs[idx]
+            samples["accuracy"].append(accuracy_score(yb, pb))
+            samples["balanced_accuracy"].append(balanced_accuracy_score(yb, pb))
+            prec, rec, _, _ = precision_recall_fscore_support(yb, pb, labels=labels, average=None, zero_division=np.nan)
+            aucs = _auc_per_class(yb, prb, k)
+            # scikit-learn's one-vs-rest macro AUC is the mean of these per-class AUCs (class 1's for two classes)
+            known = [a for a in aucs if a is not None]
+            macro = (aucs[1] if k == 2 else float(np.mean(known))) if len(known) == k else _macro_auc(yb, prb, k)
+            samples["macro_roc_auc"].append(np.nan if macro is None else macro)
+            for i, c in enumerate(classes):
+                present = (yb == i).any()
+                samples[f"{c}.recall"].append(rec[i] if present else np.nan)
+                samples[f"{c}.precision"].append(prec[i])
+                samples[f"{c}.roc_auc"].append(np.nan if aucs[i] is None else aucs[i])
+    return samples
+
+
 def bootstrap_intervals(
     y_true,
     probs,
@@ -140,43 +186,37 @@ def bootstrap_intervals(
     y = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(1) if y_pred is None else np.asarray(y_pred, dtype=int)
-    k = len(classes)
-    labels = list(range(k))
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "macro_roc_auc": []}
-    for c in classes:
-        for m in ("recall", "precision", "roc_auc"):
-            samples[f"{c}.{m}"] = []
     n = len(y)
     members = None
     if groups is not None:
         _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-    import sklearn
 
-    # the inputs were validated once above; skipping scikit-learn's per-call checks makes 1000 resamples ~5x faster
-    with warnings.catch_warnings(), sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        warnings.simplefilter("ignore")
-        for _ in range(n_resamples):
-            if members is None:
-                idx = rng.integers(0, n, size=n)
-            else:
-                idx = np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
-            yb, pb, prb = y[idx], pred[idx], probs[idx]
-            samples["accuracy"].append(accuracy_score(yb, pb))
-            samples["balanced_accuracy"].append(balanced_accuracy_score(yb, pb))
-            prec, rec, _, _ = precision_recall_fscore_support(yb, pb, labels=labels, average=None, zero_division=np.nan)
-            aucs = _auc_per_class(yb, prb, k)
-            # scikit-learn's one-vs-rest macro AUC is the mean of these per-class AUCs (class 1's for two classes)
-            known = [a for a in aucs if a is not None]
-            macro = (aucs[1] if k == 2 else float(np.mean(known))) if len(known) == k else _macro_auc(yb, prb, k)
-            samples["macro_roc_auc"].append(np.nan if macro is None else macro)
-            for i, c in enumerate(classes):
-                present = (yb == i).any()
-                samples[f"{c}.recall"].append(rec[i] if present else np.nan)
-                samples[f"{c}.precision"].append(prec[i])
-                samples[f"{c}.roc_auc"].append(np.nan if aucs[i] is None else aucs[i])
+    def resample() -> np.ndarray:
+        if members is None:
+            return rng.integers(0, n, size=n)
+        return np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
+
+    # the same resamples in the same order whatever the number of processes, so the intervals are too
+    sizes = [min(BOOTSTRAP_CHUNK, n_resamples - s) for s in range(0, n_resamples, BOOTSTRAP_CHUNK)]
+    chunks = ([resample() for _ in range(size)] for size in sizes)
+    jobs = _bootstrap_jobs(n_resamples)
+    if jobs > 1:
+        from joblib import Parallel, delayed
+        from joblib.externals.loky import get_reusable_executor
+
+        try:
+            parts = Parallel(n_jobs=jobs, backend="loky")(
+                delayed(_resampled_metrics)(y, pred, probs, classes, c) for c in chunks
+            )
+        finally:  # no worker process outlives the call
+            get_reusable_executor().shutdown(wait=True)
+    else:
+        parts = [_resampled_metrics(y, pred, probs, classes, c) for c in chunks]
+    parts = parts or [_resampled_metrics(y, pred, probs, classes, [])]
+    samples = {key: [v for part in parts for v in part[key]] for key in parts[0]}
     alpha = (1 - level) / 2
     out = {
         "n_resamples": n_resamples,
