@@ -163,3 +163,17 @@ def test_imagenet_backbone_built_without_initialising_equals_the_plain_build():
     ).get_weights()
     assert len(fast) == len(plain) and all(np.array_equal(a, b) for a, b in zip(fast, plain))
     assert all(np.isfinite(w).all() for w in fast)
+
+
+def test_load_model_runs_no_initialiser(tiny_run, monkeypatch):
+    """Loading a saved model never runs Keras' default initialisers (under JAX each one is a compiled program)."""
+    import keras
+
+    def boom(self, shape, dtype=None):
+        raise AssertionError("an initialiser ran while loading")
+
+    for cls in (keras.initializers.GlorotUniform, keras.initializers.Zeros, keras.initializers.Ones):
+        monkeypatch.setattr(cls, "__call__", boom)
+    model = load_model(tiny_run["run"] / "model.keras")
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert type(model.get_layer("head").get_layer("logits").kernel_initializer) is keras.initializers.GlorotUniform

@@ -72,7 +72,8 @@ def built_without_initialising(build: Callable[[], Any]) -> Any:
             self.kwargs = kwargs
 
         def __call__(self, shape, dtype=None):
-            return np.full(shape, np.nan, dtype=dtype or "float32")
+            dtype = np.dtype(dtype or "float32")
+            return np.full(shape, np.nan if dtype.kind == "f" else 0, dtype=dtype)
 
         def get_config(self) -> dict:
             return dict(self.kwargs)
@@ -355,6 +356,45 @@ def predict_outputs(model, images: np.ndarray, batch_size: int = 64) -> tuple[np
     return p / p.sum(1, keepdims=True), (np.concatenate(feats) if feats else None)
 
 
+def _load_keras_file(keras, path: Path):
+    """``keras.saving.load_model`` in safe mode, with the default initialisers in the saved config named so
+    that :func:`built_without_initialising`'s stand-ins apply (a ``.keras`` config names Keras' own classes
+    with ``registered_name: null``, which bypasses custom objects)."""
+    import io
+    import json
+
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError:  # pragma: no cover - Keras internals moved: load the usual way
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                _name_initialisers(config)
+                data = json.dumps(config).encode("utf-8")
+            zout.writestr(item, data)
+    buf.seek(0)
+    return saving_lib.load_model(buf, compile=False, safe_mode=True)
+
+
+def _name_initialisers(node) -> None:
+    if isinstance(node, dict):
+        if (
+            node.get("module") == "keras.initializers"
+            and node.get("class_name") in _INITIALISERS
+            and node.get("registered_name") is None
+        ):
+            node["registered_name"] = node["class_name"]
+        for value in node.values():
+            _name_initialisers(value)
+    elif isinstance(node, list):
+        for value in node:
+            _name_initialisers(value)
+
+
 def load_model(path: str | Path):
     """Load a saved ``.keras`` model in safe mode (no code embedded in the file runs), or packed weights."""
     keras = import_keras()
@@ -364,6 +404,6 @@ def load_model(path: str | Path):
     if path.suffix == ".npz":
         return load_packed(path)
     try:
-        return built_without_initialising(lambda: keras.saving.load_model(path, compile=False, safe_mode=True))
+        return built_without_initialising(lambda: _load_keras_file(keras, path))
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: cannot load model ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None

@@ -7,6 +7,7 @@ expected calibration error (equal-width confidence bins).
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -126,19 +127,37 @@ BOOTSTRAP_CHUNK = 125
 
 
 def _bootstrap_jobs(n_resamples: int) -> int:
-    """Processes for the bootstrap: the cores (up to 8) from 500 resamples on (~8 ms each with scikit-learn's
-    input checks; fewer do not pay for starting the processes), else one.  ``LIVERSCAN_JOBS`` caps it."""
+    """Processes for the bootstrap: the CPUs this process may use (up to 8) from 500 resamples on (~8 ms each
+    with scikit-learn's input checks; fewer do not pay for starting processes), else one.
+    ``LIVERSCAN_JOBS`` caps it."""
     import os
 
     if n_resamples < 500:
         return 1
-    cap = int(os.environ.get("LIVERSCAN_JOBS", "8") or 8)
-    return max(1, min(os.cpu_count() or 1, cap, -(-n_resamples // BOOTSTRAP_CHUNK)))
+    try:
+        cap = int(os.environ.get("LIVERSCAN_JOBS") or 8)
+    except ValueError:
+        cap = 8
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, cap, -(-n_resamples // BOOTSTRAP_CHUNK)))
 
 
-def _resampled_metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, classes: list[str], indices: list) -> dict:
-    """The bootstrapped metrics of each resample (rows ``indices``) - scikit-learn's, inputs validated once."""
+def _resample(rng: np.random.Generator, n: int, members: list | None) -> np.ndarray:
+    """Rows of one resample: n images, or as many whole groups as there are (all their rows)."""
+    if members is None:
+        return rng.integers(0, n, size=n)
+    return np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
+
+
+def _resampled_metrics(y, pred, probs, classes: list[str], members, task: tuple[dict, int] | None) -> dict:
+    """The metrics of ``task``'s resamples ((generator state, count)) - scikit-learn's, inputs validated once."""
     import sklearn
+
+    indices = []
+    if task is not None:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = task[0]
+        indices = [_resample(rng, len(y), members) for _ in range(task[1])]
 
     k = len(classes)
     labels = list(range(k))
@@ -186,36 +205,29 @@ def bootstrap_intervals(
     y = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(1) if y_pred is None else np.asarray(y_pred, dtype=int)
-    rng = np.random.default_rng(seed)
-    n = len(y)
     members = None
     if groups is not None:
         _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-
-    def resample() -> np.ndarray:
-        if members is None:
-            return rng.integers(0, n, size=n)
-        return np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
-
-    # the same resamples in the same order whatever the number of processes, so the intervals are too
-    sizes = [min(BOOTSTRAP_CHUNK, n_resamples - s) for s in range(0, n_resamples, BOOTSTRAP_CHUNK)]
-    chunks = ([resample() for _ in range(size)] for size in sizes)
+    # each task starts from the generator state where its resamples begin in one serial draw, so the
+    # resamples - and the intervals - are the same whatever the number of processes
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for start in range(0, n_resamples, BOOTSTRAP_CHUNK):
+        size = min(BOOTSTRAP_CHUNK, n_resamples - start)
+        tasks.append((copy.deepcopy(rng.bit_generator.state), size))
+        for _ in range(size):
+            _resample(rng, len(y), members)
     jobs = _bootstrap_jobs(n_resamples)
     if jobs > 1:
-        from joblib import Parallel, delayed
-        from joblib.externals.loky import get_reusable_executor
+        from joblib.externals.loky import ProcessPoolExecutor
 
-        try:
-            parts = Parallel(n_jobs=jobs, backend="loky")(
-                delayed(_resampled_metrics)(y, pred, probs, classes, c) for c in chunks
-            )
-        finally:  # no worker process outlives the call
-            get_reusable_executor().shutdown(wait=True)
+        with ProcessPoolExecutor(max_workers=jobs) as pool:  # its own processes, gone when it ends
+            parts = list(pool.map(_resampled_metrics, *zip(*[(y, pred, probs, classes, members, t) for t in tasks])))
     else:
-        parts = [_resampled_metrics(y, pred, probs, classes, c) for c in chunks]
-    parts = parts or [_resampled_metrics(y, pred, probs, classes, [])]
+        parts = [_resampled_metrics(y, pred, probs, classes, members, t) for t in tasks]
+    parts = parts or [_resampled_metrics(y, pred, probs, classes, members, None)]
     samples = {key: [v for part in parts for v in part[key]] for key in parts[0]}
     alpha = (1 - level) / 2
     out = {

@@ -22,11 +22,34 @@ def _load_all(load: Load, paths: list) -> list[list[tuple[Any, np.ndarray | None
     return [load(p) for p in paths]
 
 
+def _ignore_interrupts() -> None:
+    """Decoding processes leave Ctrl+C to the main process, which stops them (no traceback from each)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _pool(workers: int, processes: bool) -> Executor:
     if not processes:
         return ThreadPoolExecutor(max_workers=workers)
     # spawn: a fresh interpreter per worker (forking a process that runs TensorFlow or JAX threads is unsafe)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
+    )
+
+
+def _result(fut: Future) -> list:
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return fut.result()
+    except BrokenProcessPool:
+        from liverscan.core.errors import LiverscanError
+
+        raise LiverscanError(
+            "a decoding process died (out of memory, or a crash in an image decoder); "
+            "run again with --decode threads or fewer --workers"
+        ) from None
 
 
 def decoded_batches(
@@ -43,7 +66,8 @@ def decoded_batches(
     chunk = PROCESS_CHUNK if processes else 1
     pending: deque[tuple[int, Future]] = deque()
     numbered = enumerate(paths)
-    with _pool(max(1, workers), processes) as pool:
+    pool = _pool(max(1, workers), processes)
+    try:
         in_flight = 0
 
         def refill() -> None:
@@ -62,7 +86,7 @@ def decoded_batches(
             while pending or ready:
                 while pending and n_images < batch_size:
                     first, fut = pending.popleft()
-                    results = fut.result()
+                    results = _result(fut)
                     in_flight -= len(results)
                     for k, items in enumerate(results, start=first):
                         ready.extend((k, rec, arr) for rec, arr in items)
@@ -74,3 +98,5 @@ def decoded_batches(
         finally:  # stopped early (a signal, a closed generator): do not decode the rest of the window
             for _, fut in pending:
                 fut.cancel()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

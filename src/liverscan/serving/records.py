@@ -33,7 +33,7 @@ class Prediction:
     study_instance_uid: str | None = field(default=None, repr=False)
     series_instance_uid: str | None = field(default=None, repr=False)
     #: the guard's image checks, run where the image was decoded: None not run yet, "" passed, else the reason
-    image_check: str | None = field(default=None, repr=False)
+    image_check: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
