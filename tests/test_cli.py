@@ -160,3 +160,13 @@ def test_bad_options_are_one_line_errors(tmp_path):
 def test_error_messages_show_brackets_literally(tmp_path):
     r = runner.invoke(app, ["evaluate", str(tmp_path / "case[i]01" / "[/sub]")])
     _one_line_error(r, "case[i]01/[/sub]")
+
+
+def test_help_names_the_extras_to_install():
+    """Rich markup must not swallow the [extra] of an install hint."""
+    import re
+
+    for command, extra in (("predict", "liverscan[ray]"), ("export", "liverscan[onnx]")):
+        text = runner.invoke(app, [command, "--help"], terminal_width=200).output
+        flat = re.sub(r"[\s│]+", " ", text)
+        assert extra in flat, (command, extra)

@@ -188,6 +188,7 @@ def test_actor_reads_relative_paths_from_the_driver_folder_and_needs_the_output(
         (["--explain", "heat"], "--explain cannot be used with --engine ray"),
         (["--group-by", "folder"], "--group-by cannot be used with --engine ray"),
         (["--format", "csv"], "--format cannot be used"),
+        (["--decode", "processes", "-o", "out"], "--decode processes cannot be used"),
         ([], "needs --output FOLDER"),
     ],
 )

@@ -177,3 +177,11 @@ def test_load_model_runs_no_initialiser(tiny_run, monkeypatch):
     model = load_model(tiny_run["run"] / "model.keras")
     assert all(np.isfinite(w).all() for w in model.get_weights())
     assert type(model.get_layer("head").get_layer("logits").kernel_initializer) is keras.initializers.GlorotUniform
+
+
+def test_damaged_keras_file_is_still_a_one_line_model_error(tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(LiverscanError, match=r"model.keras: cannot load model") as info:
+        load_model(bad)
+    assert "\n" not in str(info.value)

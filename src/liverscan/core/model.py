@@ -365,19 +365,20 @@ def _load_keras_file(keras, path: Path):
 
     try:
         from keras.src.saving import saving_lib
-    except ImportError:  # pragma: no cover - Keras internals moved: load the usual way
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(path) as zin, zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zout:
+            for item in zin.infolist():
+                data = zin.read(item.filename)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    _name_initialisers(config)
+                    data = json.dumps(config).encode("utf-8")
+                zout.writestr(item, data)
+        buf.seek(0)
+        return saving_lib.load_model(buf, compile=False, safe_mode=True)
+    except Exception:  # noqa: BLE001 - Keras internals moved, or a damaged file: the usual way says what is wrong
         return keras.saving.load_model(path, compile=False, safe_mode=True)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "config.json":
-                config = json.loads(data)
-                _name_initialisers(config)
-                data = json.dumps(config).encode("utf-8")
-            zout.writestr(item, data)
-    buf.seek(0)
-    return saving_lib.load_model(buf, compile=False, safe_mode=True)
 
 
 def _name_initialisers(node) -> None:

@@ -46,6 +46,13 @@ def inner_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> li
     return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
+def _threads(n_tasks: int) -> int:
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, n_tasks))
+
+
 def fit_linear_probe(
     features: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, seed: int = 0, inner_folds: int = 5
 ) -> LinearProbe:
@@ -65,7 +72,14 @@ def fit_linear_probe(
             clf = LogisticRegression(C=FALLBACK_C, **common).fit(xs, y)
             c = FALLBACK_C
         else:
-            clf = LogisticRegressionCV(Cs=C_GRID, cv=splits, scoring="neg_log_loss", refit=True, **common).fit(xs, y)
+            from joblib import parallel_config
+
+            # the inner folds are independent fits: threads share them (NumPy and L-BFGS release the
+            # interpreter lock) with the same result, and leave no worker process behind
+            with parallel_config(backend="threading"):
+                clf = LogisticRegressionCV(
+                    Cs=C_GRID, cv=splits, scoring="neg_log_loss", refit=True, n_jobs=_threads(len(splits)), **common
+                ).fit(xs, y)
             c = float(np.ravel(clf.C_)[0])
     coef, intercept = np.asarray(clf.coef_, np.float64), np.asarray(clf.intercept_, np.float64)
     present = list(clf.classes_)

@@ -549,7 +549,7 @@ def predict_cmd(
     engine: Annotated[
         str,
         typer.Option(
-            help='local (this process) or ray (Ray Data actors; needs "liverscan[ray]"; --output is a folder).'
+            help='local (this process) or ray (Ray Data actors; needs "liverscan\\[ray]"; --output is a folder).'
         ),
     ] = "local",
     address: Annotated[
@@ -629,6 +629,7 @@ def predict_cmd(
                 shard_size=shard_size,
             ),
             refused={
+                "--decode processes": decode == "processes",
                 "--format": format_,
                 "--explain": explain,
                 "--group-by": group_by,
@@ -883,7 +884,7 @@ def _predict_on_ray(paths, model, output, load_options: dict, run_options: dict,
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory from 'liverscan train'.")],
     format_: Annotated[
-        str, typer.Option("--format", "-f", help='Export format: tflite, or onnx (needs "liverscan[onnx]").')
+        str, typer.Option("--format", "-f", help='Export format: tflite, or onnx (needs "liverscan\\[onnx]").')
     ] = "tflite",
 ) -> None:
     """Export the model for fast inference; written only when it agrees with Keras (max abs difference <= 1e-4).
