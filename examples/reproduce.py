@@ -89,17 +89,18 @@ def run_experiment(name: str, spec: dict, shared: Path, out: Path, weights: str,
         shutil.rmtree(run)
     cross_validate(cfg, prepared, run)
     ev = evaluate(run, bootstrap=bootstrap, seed=0)
+    metrics = ev.metrics.to_dict()  # metrics.json, as the reproduction records it
     write_report(run)
-    m = ev.metrics["argmax"]
+    m = metrics["argmax"]
     iv = m["bootstrap"]["intervals"]
-    b = ev.metrics["baseline"]
+    b = metrics["baseline"]
     biv = b["bootstrap"]["intervals"]
     result = {
         "title": spec["title"],
         "note": spec["note"],
-        "classes": ev.metrics["classes"],
+        "classes": metrics["classes"],
         "counts": prep.summary["counts"],
-        "n": ev.metrics["n"],
+        "n": metrics["n"],
         "groups": len(set(r["group"] for r in __import__("csv").DictReader(open(run / "oof_predictions.csv")))),
         "head": cfg.model.head,
         "accuracy": m["accuracy"],
@@ -114,7 +115,7 @@ def run_experiment(name: str, spec: dict, shared: Path, out: Path, weights: str,
         "roc_auc": {c: v["roc_auc"] for c, v in m["per_class"].items()},
         "ece": m["calibration"]["ece"],
         "brier": m["calibration"]["brier"],
-        "ood_in_distribution_rate": (ev.metrics.get("ood") or {}).get("in_distribution_rate"),
+        "ood_in_distribution_rate": (metrics.get("ood") or {}).get("in_distribution_rate"),
         "baseline": {
             "name": b["name"],
             "accuracy": b["accuracy"],
@@ -126,7 +127,7 @@ def run_experiment(name: str, spec: dict, shared: Path, out: Path, weights: str,
         "seconds": round(time.perf_counter() - t0, 1),
         "run": str(run),
     }
-    gl = ev.metrics.get("group_level")
+    gl = metrics.get("group_level")
     if gl and gl["kind"] == "patients":  # one case per patient: the unit clinicians decide on
         pm, piv = gl["argmax"], gl["argmax"]["bootstrap"]["intervals"]
         result.update(

@@ -1,7 +1,8 @@
 """Batch screening with the liverscan Python API.
 
-Classifies every image under a folder, writes a CSV of the cases that need a
-radiologist's review (tumor predicted, or low confidence) and prints a summary.
+Classifies every image under a folder with the same loop as ``liverscan predict`` (``predict_files``),
+writes every record to a CSV, a second CSV of the cases that need a radiologist's review (a tumour
+decision, out of distribution, low confidence or unreadable) and prints a summary.
 
     python examples/screening.py examples/images --model runs/xu --out review.csv
     python examples/screening.py examples/images            # the shipped default model
@@ -10,12 +11,9 @@ radiologist's review (tumor predicted, or low confidence) and prints a summary.
 from __future__ import annotations
 
 import argparse
-import csv
-from collections import Counter
 from pathlib import Path
 
-from liverscan import Classifier
-from liverscan.serving import expand_inputs
+from liverscan.serving import Prediction, PredictOptions, predict_files, records_csv
 
 
 def main() -> None:
@@ -23,27 +21,21 @@ def main() -> None:
     ap.add_argument("folder", help="folder of ultrasound images (searched recursively)")
     ap.add_argument("--model", default=None, help="run directory or model file (default: shipped model)")
     ap.add_argument("--out", type=Path, default=Path("review.csv"))
+    ap.add_argument("--all", type=Path, default=None, help="also write every record here (.csv, .json, .jsonl)")
     args = ap.parse_args()
 
-    clf = Classifier.load(args.model)
-    counts: Counter[str] = Counter()
-    flagged = []
-    for p in clf.iter_predict(expand_inputs([args.folder])):
-        if p.error:
-            counts["unreadable"] += 1
-            flagged.append((p.path, "unreadable", "", p.error))
-            continue
-        counts[p.predicted_class] += 1
-        if p.predicted_class == "tumor" or p.needs_review:
-            flagged.append(
-                (p.path, p.predicted_class, f"{p.confidence:.3f}", "low confidence" if p.needs_review else "")
-            )
-    with open(args.out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "predicted_class", "confidence", "note"])
-        writer.writerows(flagged)
-    print(f"model: {clf.source} ({', '.join(clf.classes)})")
-    print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    flagged: list[Prediction] = []
+
+    def keep_for_review(rec: Prediction) -> None:
+        if rec.error or rec.needs_review or rec.decision not in (None, "normal"):
+            flagged.append(rec)
+
+    summary = predict_files(
+        [args.folder], PredictOptions(), model=args.model, output=args.all, on_record=keep_for_review, overwrite=True
+    )
+    args.out.write_text(records_csv(flagged, summary.classes))
+    print(f"{summary.predicted} of {summary.records} images predicted; {summary.failed} unreadable")
+    print("decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.decisions.items())))
     print(f"{len(flagged)} case(s) for review written to {args.out}")
 
 

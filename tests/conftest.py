@@ -35,7 +35,10 @@ def _processes_started_by_this_session() -> list[str]:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Fail the run when a server or any other process started by a test is still running."""
+    """Fail the run when a fast test went over the time limit, or when a server or any other process started
+    by a test is still running."""
+    if _over_time_limit:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if not Path("/proc/self/environ").exists():
         return
     import time
@@ -150,27 +153,134 @@ def separable_dataset(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> dict:
-    """A real (tiny) trained run: 32x32 inputs, random backbone, 3 epochs, shared by evaluate/report tests."""
-    from liverscan.core.config import Config, SourceSpec
-    from liverscan.preparation.prepare import prepare_dataset
-    from liverscan.training.train import train_run
+# ------------------------------------------------------------------ shared tiny runs (built once per session)
 
-    base = tmp_path_factory.mktemp("tinyrun")
-    data = base / "data"
-    for ci, cat in enumerate(["normal", "fatty", "tumor"]):
-        (data / cat).mkdir(parents=True)
-        for k in range(20):
-            class_image(ci, seed=1000 * ci + k).save(data / cat / f"{cat}_{k:02d}.png")
+#: a short C grid for the linear probe in tests whose subject is not the choice of C (the full grid's large-C
+#: fits dominate the run time on 1280 features)
+SHORT_C_GRID = np.logspace(-4, -2, 3)
+
+
+def tiny_config(data: Path):
+    """The configuration of the shared tiny runs: 32x32 inputs, random backbone, one view, two epochs."""
+    from liverscan.core.config import Config, SourceSpec
+
     cfg = Config()
     cfg.data.sources = [SourceSpec(str(data))]
     cfg.data.near_duplicate_distance = -1
     cfg.preprocess.image_size = 32
     cfg.model.weights = "none"
-    cfg.model.head = "mlp"  # the paper's head: epochs, history and curves for the evaluate/report tests
-    cfg.train.views = 2
-    cfg.train.epochs = 3
-    prepare_dataset(cfg, base / "prep")
-    train_run(cfg, base / "prep", base / "run")
-    return {"data": data, "prep": base / "prep", "run": base / "run", "base": base}
+    cfg.train.views = 1
+    cfg.train.epochs = 2
+    cfg.train.export_runtime = "none"
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    """Three separable classes, 20 images each, in class folders (``data``) and prepared at 32x32 (``prep``)."""
+    from liverscan.preparation.prepare import prepare_dataset
+
+    base = tmp_path_factory.mktemp("tinydata")
+    data = base / "data"
+    for ci, cat in enumerate(["normal", "fatty", "tumor"]):
+        (data / cat).mkdir(parents=True)
+        for k in range(20):
+            class_image(ci, seed=1000 * ci + k).save(data / cat / f"{cat}_{k:02d}.png")
+    prepare_dataset(tiny_config(data), base / "prep")
+    return {"data": data, "prep": base / "prep", "base": base}
+
+
+def _tiny_train(tiny_data: dict, run: Path, head: str) -> dict:
+    from liverscan.core import probe
+    from liverscan.core.config import load_config
+    from liverscan.training.train import train_run
+
+    cfg = load_config(tiny_data["prep"] / "config.yaml")
+    cfg.model.head = head
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(probe, "C_GRID", SHORT_C_GRID)
+        train_run(cfg, tiny_data["prep"], run)
+    return {**tiny_data, "run": run}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> dict:
+    """A trained run of the paper's head (two epochs on ``tiny_data``): for tests that need what training
+    gives - epochs, history, curves, the mlp head, a baseline to compare with. Read-only: copy it to change it."""
+    return _tiny_train(tiny_data, tmp_path_factory.mktemp("tinyrun") / "run", "mlp")
+
+
+@pytest.fixture(scope="session")
+def probe_run(tiny_data, tmp_path_factory) -> dict:
+    """A run whose head is the linear probe, set in closed form on ``tiny_data``'s features (no epochs, and
+    ``evaluate`` reuses it as its own baseline): for tests that only need a working run - predict, evaluate,
+    export, guard, damaged files. Same keys (and data) as ``tiny_run``; read-only: copy it to change it."""
+    return _tiny_train(tiny_data, tmp_path_factory.mktemp("proberun") / "run", "linear")
+
+
+@pytest.fixture
+def short_c_grid(monkeypatch):
+    """The linear probe tries three values of C instead of nine."""
+    from liverscan.core import probe
+
+    monkeypatch.setattr(probe, "C_GRID", SHORT_C_GRID)
+
+
+# ------------------------------------------------------------------ the time limit of the fast tier
+
+TIME_LIMIT_VAR = "LIVERSCAN_TEST_TIME_LIMIT"
+DEFAULT_TIME_LIMIT = 8.0
+_over_time_limit: list[str] = []
+
+
+def time_limit() -> float:
+    """Seconds an unmarked test's call may take (``LIVERSCAN_TEST_TIME_LIMIT``; 0 turns the check off)."""
+    value = os.environ.get(TIME_LIMIT_VAR, "").strip()
+    try:
+        return float(value) if value else DEFAULT_TIME_LIMIT
+    except ValueError:
+        raise pytest.UsageError(f"{TIME_LIMIT_VAR}={value!r} is not a number of seconds") from None
+
+
+def pytest_configure(config):
+    time_limit()  # a malformed value stops the run at once
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A passing test of the fast tier whose call took longer than the limit fails, with how to fix it."""
+    outcome = yield
+    report = outcome.get_result()
+    limit = time_limit()
+    if (
+        call.when != "call"
+        or limit <= 0
+        or item.get_closest_marker("slow") is not None
+        or not report.passed
+        or hasattr(report, "wasxfail")
+        or call.duration <= limit
+    ):
+        return
+    message = (
+        f"{item.nodeid} took {call.duration:.1f} s, over the {limit:g} s limit of the fast test tier: "
+        f"speed it up (smaller images, fewer of them, a shared session fixture) or mark it "
+        f"@pytest.mark.slow (limit: {TIME_LIMIT_VAR}, 0 turns the check off)"
+    )
+    _over_time_limit.append(message)
+    report.outcome = "failed"
+    report.longrepr = f"too slow for the fast tier: {message}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _over_time_limit:
+        terminalreporter.section("tests over the fast tier's time limit", sep="=", red=True, bold=True)
+        for message in _over_time_limit:
+            terminalreporter.line(message)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _keras_imported():
+    """Import Keras (and TensorFlow) once, before the first test: a session's cost, not one test's time."""
+    from liverscan.core.keras_env import import_keras
+
+    import_keras().ops.convert_to_tensor(0.0)

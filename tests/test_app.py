@@ -122,6 +122,45 @@ def test_uploads_marked_as_one_study_get_one_aggregated_answer(monkeypatch, tmp_
     assert any("needs review" in w.value for w in at.warning)  # a failed image
 
 
+def test_app_and_cli_give_the_same_study_answer_under_a_patient_level_operating_point(monkeypatch, tmp_path):
+    """A patient-level point decides studies with the aggregation it was fitted with, in the app as in predict."""
+    import json
+
+    from liverscan.serving import default_model_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    card = json.loads((model / "model_card.json").read_text())
+    card["operating_point"] = {
+        "spec": "tumor>=0.99",
+        "level": "group",
+        "group_rule": "max",  # not the default mean: the app must adopt it as predict does
+        "temperature": 1.7,
+        "rule": {"type": "threshold", "class_index": 1, "class": "tumor", "threshold": 0.35},
+        "description": "tumor when the most suspicious image's calibrated p(tumor) >= 0.35 (test rule)",
+    }
+    (model / "model_card.json").write_text(json.dumps(card))
+    paths = [EXAMPLES / "Normal" / "xu-92.jpg", EXAMPLES / "Benign" / "xu-40.jpg"]
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for p in paths:
+        shutil.copy(p, scans / p.name)
+    out = tmp_path / "s.json"
+    args = ["predict", str(scans), "-m", str(model), "--use-operating-point", "--group-by", "folder", "-q"]
+    r = CliRunner().invoke(cli_app, args + ["--study-output", str(out)])
+    assert r.exit_code == 0, r.output
+    (cli_study,) = json.loads(out.read_text())
+    assert cli_study["rule"] == "max" and cli_study["decision_rule"] == "operating point tumor>=0.99"
+    monkeypatch.setenv("LIVERSCAN_APP_OPERATING_POINT", "1")
+    at = _app(monkeypatch, str(model))
+    _upload(at, *paths)
+    at.toggle[1].set_value(True).run()
+    assert not at.exception, at.exception
+    shown = " ".join(m.value for m in at.markdown)
+    answer = f"Study answer: **{cli_study['predicted_class']}** (confidence {cli_study['confidence']:.3f})"
+    assert answer in shown and "rule: max" in shown
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

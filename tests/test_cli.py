@@ -52,7 +52,7 @@ def test_prepare_cli_end_to_end(two_source_dataset, tmp_path):
     out = tmp_path / "prep"
     r = runner.invoke(
         app,
-        ["prepare", f"A={ds['a']}", f"B={ds['csv']}", "--out", str(out), "--split", "60/20/20", "--seed", "3"],
+        ["prepare", f"A={ds['a']}", f"B={ds['csv']}", "--out", str(out), "--split-ratios", "60/20/20", "--seed", "3"],
     )
     assert r.exit_code == 0, r.output
     assert "Images per class and split" in r.stdout and "Class weights" in r.stdout
@@ -140,11 +140,11 @@ def test_bad_options_are_one_line_errors(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train:\n  epochs: [1, 2\n")
     _one_line_error(
-        runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "p"), "--split", "0/0/0"]),
+        runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "p"), "--split-ratios", "0/0/0"]),
         "data.train_ratio must be",
     )
     _one_line_error(
-        runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "p"), "--split", "a/b"]), "three numbers"
+        runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "p"), "--split-ratios", "a/b"]), "three numbers"
     )
     _one_line_error(runner.invoke(app, ["config", "--set", "train.learning_rate=-1"]), "train.learning_rate")
     _one_line_error(runner.invoke(app, ["config", "--set", "train.epochs=many"]), "train.epochs")
@@ -170,3 +170,27 @@ def test_help_names_the_extras_to_install():
         text = runner.invoke(app, [command, "--help"], terminal_width=200).output
         flat = re.sub(r"[\s│]+", " ", text)
         assert extra in flat, (command, extra)
+
+
+def test_renamed_options_keep_their_old_spelling_hidden_and_say_what_replaced_it(tmp_path):
+    """--operating-point (evaluate: a spec; predict: a switch), --split, --resume/--address of predict and
+    --format of export were homonyms; their new names are shown, the old ones still work with a note."""
+    import re
+
+    for command, new, old in (
+        ("evaluate", "--fit-operating-point", "--operating-point"),
+        ("predict", "--use-operating-point", "--operating-point"),
+        ("predict", "--resume-shards", "--resume"),
+        ("predict", "--ray-address", "--address"),
+        ("prepare", "--split-ratios", "--split"),
+        ("export", "--runtime", "--format"),
+    ):
+        text = runner.invoke(app, [command, "--help"], terminal_width=200).output
+        assert new in text and not re.search(rf"{re.escape(old)}(?![\w-])", text), (command, old)
+    src = tmp_path / "src"
+    (src / "normal").mkdir(parents=True)
+    r = runner.invoke(app, ["prepare", str(src), "-o", str(tmp_path / "p"), "--split", "a/b"])
+    assert "--split is now --split-ratios" in r.stderr and "three numbers" in r.stderr
+    r = runner.invoke(app, ["predict", "examples/images", "--operating-point"])
+    assert "--operating-point is now --use-operating-point" in r.stderr
+    assert "liverscan evaluate RUN --fit-operating-point" in r.stderr  # the old switch took effect

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
+from cli_helpers import one_line_error, runner
+from conftest import class_image
 from liverscan.core.config import Config, apply_overrides, load_config
 from liverscan.core.errors import ConfigError
+from liverscan.faces.cli import app
 
 
 def test_defaults_are_the_papers():
@@ -80,3 +85,52 @@ def test_yaml_file_values_are_validated(tmp_path):
     p.write_text("train:\n  epochs: 0\n")
     with pytest.raises(ConfigError, match=r"train\.epochs must be >= 1"):
         load_config(p)
+
+
+def test_bad_configuration_values_are_one_line(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("train:\n  seed: 1 # caf\xe9\n".encode("latin-1"))
+    cases = [
+        (["config", "--set", "data.classes=[a, b"], "not valid YAML"),
+        (["config", "--config", str(latin1)], "UTF-8"),
+        (["config", "--config", str(tmp_path)], "is a directory"),
+        (["config", "--set", "data.workers=-3"], "data.workers"),
+    ]
+    for args, fragment in cases:
+        one_line_error(runner.invoke(app, args), fragment)
+
+
+def test_non_finite_and_negative_learning_rates_and_empty_splits_are_refused(tmp_path):
+    for value in ("nan", "-0.001", "inf"):
+        one_line_error(runner.invoke(app, ["config", "--set", f"train.learning_rate={value}"]), "learning_rate")
+    data = tmp_path / "d"
+    for cls in ("normal", "tumor"):
+        (data / cls).mkdir(parents=True)
+        class_image(0, 1).save(data / cls / "a.png")
+    for split in ("0/0/100", "0/100/0"):
+        one_line_error(runner.invoke(app, ["prepare", str(data), "-o", str(tmp_path / "p"), "--split", split]), "ratio")
+    assert not (tmp_path / "p").exists()
+
+
+def test_readme_config_round_trip_reaches_every_command(tmp_path):
+    """``liverscan config`` prints a file that predict and prepare take back with ``--config``."""
+    r = runner.invoke(app, ["config"])
+    assert r.exit_code == 0 and "review_confidence: 0.6" in r.stdout
+    for value in ("0.0", "1.0"):
+        (tmp_path / f"{value}.yaml").write_text(
+            r.stdout.replace("review_confidence: 0.6", f"review_confidence: {value}")
+        )
+    image = "examples/images/Normal/xu-92.jpg"
+    flags = {}
+    for value in ("0.0", "1.0"):
+        args = ["predict", image, "--format", "jsonl", "--no-ood", "--config", str(tmp_path / f"{value}.yaml")]
+        flags[value] = json.loads(runner.invoke(app, args).stdout)
+    assert flags["0.0"]["needs_review"] is False and flags["1.0"]["needs_review"] is True
+    data = tmp_path / "data"
+    for ci, cls in enumerate(("normal", "tumor")):
+        (data / cls).mkdir(parents=True)
+        for k in range(4):
+            class_image(ci, 10 * ci + k, size=32).save(data / cls / f"{k}.png")
+    r = runner.invoke(app, ["prepare", str(data), "-o", str(tmp_path / "p"), "-c", str(tmp_path / "1.0.yaml")])
+    assert r.exit_code == 0, r.output
+    assert "review_confidence: 1.0" in (tmp_path / "p" / "config.yaml").read_text()

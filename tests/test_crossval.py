@@ -12,6 +12,7 @@ from conftest import class_image
 from liverscan.core.config import Config, SourceSpec
 from liverscan.core.errors import DataError
 from liverscan.core.fileio import read_csv
+from liverscan.core.operating_point import OperatingPoint
 from liverscan.core.probe import fit_linear_probe
 from liverscan.evaluation.crossval import OutOfFold, nested
 from liverscan.faces.cli import app
@@ -94,7 +95,7 @@ def test_nested_fitting_never_sees_the_rows_it_evaluates():
     def fit(y, p):
         seen = set(p[:, 0].astype(int))
         held_of[len(held_of)] = seen
-        return {"temperature": 1.0, "rule": None}
+        return OperatingPoint()
 
     nested(oof, probs, fit)
     assert len(held_of) == 8  # 2 repeats x 4 folds
@@ -177,30 +178,26 @@ def test_cli_folds_evaluates_out_of_fold_and_refuses_a_leaky_split(patients, tmp
 
 
 def test_patient_level_metrics_and_an_operating_point_fitted_on_other_folds_patients(patients, tmp_path, monkeypatch):
-    import sys
-
     from liverscan.evaluation import evaluate
-
-    evaluate_mod = sys.modules["liverscan.evaluation.evaluate"]
 
     base, cfg = patients
     cfg.model.head = "linear"
     run = tmp_path / "cv"
     cross_validate(cfg, base / "prep", run)
     seen_sizes = []
-    real_fit_rule = evaluate_mod.fit_rule
+    real_fit = OperatingPoint.fit.__func__
 
-    def spy(y, probs, goal, classes, *args, **kwargs):
+    def spy(cls, y, probs, goal, classes, *args, **kwargs):
         seen_sizes.append(len(y))
-        return real_fit_rule(y, probs, goal, classes, *args, **kwargs)
+        return real_fit(cls, y, probs, goal, classes, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_mod, "fit_rule", spy)
+    monkeypatch.setattr(OperatingPoint, "fit", classmethod(spy))
     cfg.eval.operating_point_level = "group"
     cfg.eval.bootstrap = 200
     res = evaluate(run, operating_point="tumor>=0.9", config=cfg)
-    gl = res.metrics["group_level"]
-    assert gl["kind"] == "patients" and gl["n_groups"] == 24 and gl["rule"] == "mean"
-    assert gl["argmax"]["bootstrap"]["resampled"] == "groups" and gl["argmax"]["per_fold"]
+    gl = res.metrics.group_level
+    assert gl is not None and gl.kind == "patients" and gl.n_groups == 24 and gl.rule == "mean"
+    assert gl.argmax.bootstrap is not None and gl.argmax.bootstrap.resampled == "groups" and gl.argmax.per_fold
     oof = read_csv(run / "oof_predictions.csv")
     folds = {}
     for r in oof:
@@ -213,6 +210,7 @@ def test_patient_level_metrics_and_an_operating_point_fitted_on_other_folds_pati
     # evaluated again without options, the stored patient rule is re-evaluated per patient, not per image
     cfg.eval.operating_point_level = "image"
     again = evaluate(run, config=cfg)
-    assert "tuned" in again.metrics["group_level"] and "tuned" not in again.metrics
+    assert again.metrics.group_level is not None and again.metrics.group_level.tuned is not None
+    assert again.metrics.tuned is None
     assert card["cross_validation"]["metrics"]["group_level"]["kind"] == "patients"
-    assert "tuned" in gl and "tuned" not in res.metrics  # the rule is a patient-level rule
+    assert gl.tuned is not None and res.metrics.tuned is None  # the rule is a patient-level rule

@@ -96,23 +96,26 @@ def test_broken_dicom(tmp_path):
         read_dicom(tmp_path / "x.dcm")
 
 
-def test_dicom_through_classifier(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def clf(probe_run):
     from liverscan.serving.predict import Classifier
 
+    return Classifier.load(probe_run["run"])
+
+
+def test_dicom_through_classifier(clf, tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, size=(2, 32, 32), dtype=np.uint8)
     uid = write_dicom(tmp_path / "cine.dcm", frames, "MONOCHROME2", frames=2)
-    recs = Classifier.load(tiny_run["run"]).predict([str(tmp_path / "cine.dcm")])
+    recs = clf.predict([str(tmp_path / "cine.dcm")])
     assert [(r.frame, r.sop_instance_uid) for r in recs] == [(1, uid), (2, uid)]
     assert all(r.ok for r in recs)
 
 
-def test_explain_keeps_frames_and_errors_aligned(tiny_run, tmp_path):
-    from liverscan.serving.predict import Classifier
-
+def test_explain_keeps_frames_and_errors_aligned(clf, tmp_path):
     frames = np.random.default_rng(1).integers(0, 255, size=(3, 32, 32), dtype=np.uint8)
     write_dicom(tmp_path / "cine.dcm", frames, "MONOCHROME2", frames=3)
     (tmp_path / "bad.png").write_bytes(b"nope")
-    out = Classifier.load(tiny_run["run"]).explain([str(tmp_path / "bad.png"), str(tmp_path / "cine.dcm")])
+    out = clf.explain([str(tmp_path / "bad.png"), str(tmp_path / "cine.dcm")])
     assert [(r.path.rsplit("/", 1)[-1], r.frame) for r, _ in out] == [
         ("bad.png", None),
         ("cine.dcm", 1),

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from liverscan.faces.cli import app
-from liverscan.serving import Classifier, expand_inputs, read_shard_rows, record_columns, shard_files
+from liverscan.serving import Classifier, PredictOptions, expand_inputs, read_shard_rows, shard_files
+from liverscan.serving.records import record_columns
 from liverscan.serving.distributed import RUN_FILE, SUMMARY_FILE, _start_output, prepare_output
 
 ray = pytest.importorskip("ray", reason='the Ray engine needs "liverscan[ray]"')
@@ -73,7 +74,7 @@ def test_ray_engine_gives_the_single_process_records(tiny_run, tmp_path):
     import pyarrow.parquet as pq
 
     names = pq.read_schema(shards[0]).names
-    assert names == ["index"] + [n for n, _ in record_columns(clf.classes)]
+    assert names == ["index"] + [c.name for c in record_columns(clf.classes)]
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["records"] == len(paths) and summary["failed"] == 2
     # a finished folder is never overwritten by accident
@@ -171,9 +172,10 @@ def test_actor_reads_relative_paths_from_the_driver_folder_and_needs_the_output(
 
     from liverscan.serving.distributed import BatchPredictor
 
+    options = PredictOptions(runtime="keras", batch_size=8, workers=1)
     with pytest.raises(Exception, match="not visible on this worker"):
-        BatchPredictor(str(tiny_run["run"]), {"runtime": "keras"}, 8, 1, shard_dir=str(tmp_path / "nowhere"))
-    predictor = BatchPredictor(str(tiny_run["run"]), {"runtime": "keras"}, 8, 1, base_dir=str(tiny_run["data"]))
+        BatchPredictor(str(tiny_run["run"]), options, shard_dir=str(tmp_path / "nowhere"))
+    predictor = BatchPredictor(str(tiny_run["run"]), options, base_dir=str(tiny_run["data"]))
     monkeypatch.chdir(tmp_path)  # the worker's own folder
     table = predictor(pa.table({"index": [0, 1], "path": ["normal/normal_00.png", "normal/none.png"]}))
     rows = table.to_pylist()
@@ -200,7 +202,7 @@ def test_ray_engine_refuses_what_it_cannot_do(tiny_run, extra, message):
 def test_ray_output_must_be_a_folder_and_resume_needs_ray(tiny_run, tmp_path):
     r = runner.invoke(app, ["predict", str(tiny_run["data"]), "--engine", "ray", "-o", str(tmp_path / "x.csv")])
     assert r.exit_code == 1 and "folder of shards" in r.output
-    r = runner.invoke(app, ["predict", str(tiny_run["data"]), "--resume", "-o", str(tmp_path / "x.csv")])
+    r = runner.invoke(app, ["predict", str(tiny_run["data"]), "--resume-shards", "-o", str(tmp_path / "x.csv")])
     assert r.exit_code == 1 and "--engine ray" in r.output
 
 
@@ -263,7 +265,7 @@ def test_stopped_and_killed_ray_runs_resume_without_duplicates_or_gaps(tiny_run,
     assert "stopped by SIGTERM; finished shards are kept" in err.replace("\n", " ")
     _wait_until_gone(proc.pid)
 
-    proc = _start(cmd + ["--resume"])
+    proc = _start(cmd + ["--resume-shards"])
     try:
         _wait_for_shards(proc, out, len(shard_files(out)) + 3)
     finally:
@@ -274,7 +276,7 @@ def test_stopped_and_killed_ray_runs_resume_without_duplicates_or_gaps(tiny_run,
     assert 3 * 4 <= len(before) < total, "killed midway"
     assert not (out / SUMMARY_FILE).exists()
 
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd + ["--resume-shards"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr  # the broken file is a record, not a stop
     assert f"{total - len(before)} of {total} inputs by this run" in done.stderr.replace("\n", "")
     after = _by_index(out)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from liverscan.core.errors import LiverscanError
 from liverscan.core.fileio import read_csv
-from liverscan.evaluation.evaluate import evaluate, parse_operating_point
+from liverscan.evaluation.evaluate import evaluate
 from liverscan.faces.cli import app
 
 runner = CliRunner()
@@ -79,10 +79,10 @@ def test_operating_point_stored_and_applied(run_copy):
     assert op["rule"]["type"] == "threshold" and op["rule"]["class"] == "tumor"
     assert op["validation"]["tuned"]["recall"]["tumor"] >= 0.9
     assert op["temperature"] > 0
-    assert "tuned" in res.metrics and "tuned_class" in read_csv(res.out_dir / "predictions.csv")[0]
+    assert res.metrics.tuned is not None and "tuned_class" in read_csv(res.out_dir / "predictions.csv")[0]
     # later evaluations reuse the stored operating point without refitting
     again = evaluate(run_copy, split="val", bootstrap=50)
-    assert again.metrics["operating_point"]["spec"] == "tumor>=0.9"
+    assert again.metrics.operating_point is not None and again.metrics.operating_point.spec == "tumor>=0.9"
     assert (run_copy / "eval-val" / "confusion-tuned.png").is_file()
 
 
@@ -94,21 +94,12 @@ def test_evaluate_on_labelled_folders(run_copy, tiny_run, tmp_path):
             shutil.copy(p, folder / cat / p.name)
     (folder / "tumor" / "broken.png").write_bytes(b"nope")
     res = evaluate(run_copy, data=str(folder), out=tmp_path / "ev", bootstrap=50)
-    assert res.metrics["n"] == 6
-    assert res.metrics["skipped"][0]["path"].endswith("broken.png")
-
-
-def test_operating_point_spec_errors():
-    assert parse_operating_point("balanced", ["a", "b"]) == {"goal": "balanced"}
-    assert parse_operating_point("tumor>=0.95", ["normal", "tumor"])["target"] == 0.95
-    with pytest.raises(LiverscanError, match="unknown class"):
-        parse_operating_point("cyst>=0.9", ["normal", "tumor"])
-    with pytest.raises(LiverscanError, match="use 'balanced'"):
-        parse_operating_point("whatever", ["normal", "tumor"])
+    assert res.metrics.n == 6
+    assert res.metrics.skipped[0][0].endswith("broken.png")
 
 
 def test_cli_evaluate(run_copy):
-    r = runner.invoke(app, ["evaluate", str(run_copy), "--bootstrap", "50", "--operating-point", "balanced"])
+    r = runner.invoke(app, ["evaluate", str(run_copy), "--bootstrap", "50", "--fit-operating-point", "balanced"])
     assert r.exit_code == 0, r.output
     assert "Overall" in r.stdout and "Per class" in r.stdout and "operating point" in r.stdout
     r = runner.invoke(app, ["evaluate", str(run_copy / "nope")])

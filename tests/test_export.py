@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not runtime.available(), reason="no TFLite runti
 def test_export_tflite_agrees_with_keras(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run["run"], run)
-    r = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
+    r = CliRunner().invoke(app, ["export", str(run), "--runtime", "tflite"])
     assert r.exit_code == 0, r.output
     card = json.loads((run / "model_card.json").read_text())
     info = card["exports"]["tflite"]
@@ -46,13 +46,13 @@ def test_export_tflite_agrees_with_keras(tiny_run, tmp_path):
 def test_unknown_format_and_missing_exports(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run["run"], run)
-    r = CliRunner().invoke(app, ["export", str(run), "--format", "coreml"])
+    r = CliRunner().invoke(app, ["export", str(run), "--runtime", "coreml"])
     assert r.exit_code == 1 and "unknown export format" in r.stderr
     for name in ("tflite", "onnx"):
         r = CliRunner().invoke(
             app, ["predict", str(tiny_run["data"] / "tumor"), "--model", str(run), "--runtime", name]
         )
-        assert r.exit_code == 1 and f"export it first: liverscan export RUN --format {name}" in " ".join(
+        assert r.exit_code == 1 and f"export it first: liverscan export RUN --runtime {name}" in " ".join(
             r.stderr.split()
         )
 
@@ -61,7 +61,7 @@ def test_unknown_format_and_missing_exports(tiny_run, tmp_path):
 def test_export_onnx_agrees_with_keras_and_predicts_with_onnx_runtime(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run["run"], run)
-    r = CliRunner().invoke(app, ["export", str(run), "--format", "onnx"])
+    r = CliRunner().invoke(app, ["export", str(run), "--runtime", "onnx"])
     assert r.exit_code == 0, r.output
     info = json.loads((run / "model_card.json").read_text())["exports"]["onnx"]
     assert (run / "model.onnx").stat().st_size == info["bytes"] and info["max_abs_difference_vs_keras"] <= 1e-4

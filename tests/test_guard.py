@@ -54,14 +54,14 @@ def features_real():
 
 
 @pytest.fixture(scope="module")
-def features(tiny_run):
+def features(probe_run):
     """Real pooled features of the tiny run's model: its own training images vs other inputs."""
     from liverscan.core.dataset import PreparedData
     from liverscan.core.model import feature_extractor, load_model
     from liverscan.training.features import compute_features
 
-    extractor = feature_extractor(load_model(tiny_run["run"] / "model.keras"))
-    data = PreparedData(tiny_run["prep"])
+    extractor = feature_extractor(load_model(probe_run["run"] / "model.keras"))
+    data = PreparedData(probe_run["prep"])
     train, val = data.split("train", 32), data.split("val", 32)
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, size=(12, 32, 32, 3)).astype(np.uint8)  # unlike any class image
@@ -126,23 +126,24 @@ def test_image_checks_flag_non_bmode_and_pass_bmode():
     assert reasons[3] is not None and ("screenshot" in reasons[3] or "colour" in reasons[3])
 
 
-def test_out_of_distribution_record_needs_review(tiny_run):
-    clf = Classifier.load(tiny_run["run"])
+def test_out_of_distribution_record_needs_review(probe_run):
+    clf = Classifier.load(probe_run["run"])
     assert clf.reference is not None
-    own = np.asarray(Image.open(sorted((tiny_run["data"] / "tumor").glob("*.png"))[0]).convert("RGB"))
+    own = np.asarray(Image.open(sorted((probe_run["data"] / "tumor").glob("*.png"))[0]).convert("RGB"))
     recs = clf.predict([own, screenshot()])
     assert recs[0].in_distribution is not None and recs[0].ood_score is not None
     out = recs[1]
     assert out.in_distribution is False and out.needs_review and out.decision == "out_of_distribution"
     assert out.ood_reason and out.predicted_class in clf.classes and out.probabilities  # kept in the record
-    off = Classifier.load(tiny_run["run"], ood=False).predict([screenshot()])[0]
+    off_guard = clf.options.replace(ood=False)  # the same model in memory, the guard switched off
+    off = Classifier(clf.card, clf.source, clf.model_path, model=clf.model, options=off_guard).predict([screenshot()])[0]
     assert off.in_distribution is None and off.decision == off.predicted_class and "guard off" in off.decision_rule
 
 
-def test_terminal_warns_and_records_carry_the_guard(tiny_run, tmp_path):
+def test_terminal_warns_and_records_carry_the_guard(probe_run, tmp_path):
     Image.fromarray(screenshot()).save(tmp_path / "shot.png")
-    shutil.copy(sorted((tiny_run["data"] / "normal").glob("*.png"))[0], tmp_path / "scan.png")
-    r = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(tiny_run["run"]), "-f", "jsonl"])
+    shutil.copy(sorted((probe_run["data"] / "normal").glob("*.png"))[0], tmp_path / "scan.png")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(probe_run["run"]), "-f", "jsonl"])
     assert r.exit_code == 0, r.output
     recs = {json.loads(line)["path"].split("/")[-1]: json.loads(line) for line in r.stdout.splitlines()}
     assert recs["shot.png"]["decision"] == "out_of_distribution" and recs["shot.png"]["needs_review"]
@@ -150,11 +151,11 @@ def test_terminal_warns_and_records_carry_the_guard(tiny_run, tmp_path):
     assert "out-of-distribution guard: knn" in r.stderr
 
 
-def test_model_without_reference_still_predicts(tiny_run, tmp_path):
+def test_model_without_reference_still_predicts(probe_run, tmp_path):
     run = tmp_path / "old"
-    shutil.copytree(tiny_run["run"], run)
+    shutil.copytree(probe_run["run"], run)
     (run / "ood_reference.npz").unlink()
-    r = CliRunner().invoke(app, ["predict", str(tiny_run["data"] / "normal"), "--model", str(run), "-f", "csv"])
+    r = CliRunner().invoke(app, ["predict", str(probe_run["data"] / "normal"), "--model", str(run), "-f", "csv"])
     assert r.exit_code == 0, r.output
     notices = [line for line in r.stderr.splitlines() if "no out-of-distribution reference" in line]
     assert len(notices) == 2 and notices[1].startswith("note:")  # the model line, and one notice line

@@ -125,3 +125,58 @@ def test_large_jpeg_draft_keeps_quality(tmp_path):
     full = np.asarray(img.resize((160, 160), Image.Resampling.BILINEAR))
     assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
     assert decode(p).width == 1024
+
+
+def test_large_images_decode_close_to_the_full_path_one_at_a_time(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from liverscan.core import images
+
+    y, x = np.mgrid[0:2600, 0:2000]
+    grey = ((x // 9 + y // 7) % 256).astype(np.uint8)
+    sources = {
+        "grey16.png": Image.fromarray(grey.astype(np.uint16) * 257),
+        "palette.png": Image.fromarray(grey).convert("P"),
+        "rgba.png": Image.fromarray(np.stack([grey, grey, grey, grey], -1)),
+    }
+    for name, im in sources.items():
+        im.save(tmp_path / name)
+    active, peak = {"n": 0}, {"n": 0}
+    real_reduced = images._reduced
+
+    def counting(im, size):
+        active["n"] += 1
+        peak["n"] = max(peak["n"], active["n"])
+        try:
+            out = real_reduced(im, size)
+            assert max(out.size) <= 1000, "a large image was not reduced"
+            return out
+        finally:
+            active["n"] -= 1
+
+    monkeypatch.setattr(images, "_reduced", counting)
+    with ThreadPoolExecutor(3) as pool:
+        reduced = list(pool.map(lambda n: images.load_image(tmp_path / n), sources))
+    assert peak["n"] == 1
+    monkeypatch.setattr(images, "_reduced", real_reduced)
+    monkeypatch.setattr(images, "REDUCE_ABOVE_PIXELS", 10**12)
+    for name, got in zip(sources, reduced):
+        full = images.load_image(tmp_path / name).astype(int)
+        assert np.abs(got.astype(int) - full).mean() < 1.0, name
+
+
+def test_large_images_keep_their_exif_orientation(tmp_path, monkeypatch):
+    from liverscan.core import images
+
+    y, x = np.mgrid[0:2400, 0:2000]
+    grey = ((x // 9 + y // 5) % 200).astype(np.uint8)
+    grey[:600, :500] = 255  # a bright corner shows where "up" is
+    im = Image.fromarray(grey)
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored rotated: the viewer turns it 90 degrees clockwise
+    im.save(tmp_path / "rotated.png", exif=exif.tobytes())
+    reduced = images.load_image(tmp_path / "rotated.png").astype(int)
+    monkeypatch.setattr(images, "REDUCE_ABOVE_PIXELS", 10**12)
+    full = images.load_image(tmp_path / "rotated.png").astype(int)
+    assert np.abs(reduced - full).mean() < 1.0
+    assert reduced[:30, -30:].mean() > 240  # the bright corner is now top right, as the viewer shows it

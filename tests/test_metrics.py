@@ -99,29 +99,56 @@ def test_bootstrap_over_patients_is_as_wide_as_one_case_per_patient():
     probs = np.stack([1 - p1, p1], 1)
     frames_y, frames_p = np.repeat(y, 10), np.repeat(probs, 10, axis=0)
     patients = np.repeat(np.arange(30), 10)
-    one = bootstrap_intervals(y, probs, ["a", "b"], n_resamples=300, seed=0)["intervals"]["accuracy"]
-    by_patient = bootstrap_intervals(frames_y, frames_p, ["a", "b"], n_resamples=300, seed=0, groups=patients)
-    by_frame = bootstrap_intervals(frames_y, frames_p, ["a", "b"], n_resamples=300, seed=0)
+    one = bootstrap_intervals(y, probs, ["a", "b"], n_resamples=100, seed=0)["intervals"]["accuracy"]
+    by_patient = bootstrap_intervals(frames_y, frames_p, ["a", "b"], n_resamples=100, seed=0, groups=patients)
+    by_frame = bootstrap_intervals(frames_y, frames_p, ["a", "b"], n_resamples=100, seed=0)
     width = lambda iv: iv[1] - iv[0]  # noqa: E731
     assert by_patient["resampled"] == "groups"
     assert width(by_patient["intervals"]["accuracy"]) == pytest.approx(width(one), abs=0.04)
     assert width(by_frame["intervals"]["accuracy"]) < 0.6 * width(by_patient["intervals"]["accuracy"])
 
 
-def test_bootstrap_in_processes_gives_the_serial_intervals(monkeypatch):
-    """The resamples are drawn in one order whatever the number of processes, so the intervals are identical."""
-    from liverscan.evaluation.metrics import _bootstrap_jobs, bootstrap_intervals
-
+def _bootstrap_case():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 120)
     p = rng.uniform(size=(120, 3)) + 0.4 * np.eye(3)[y]
     p /= p.sum(1, keepdims=True)
-    groups = np.arange(120) // 2
+    return y, p, np.arange(120) // 2
+
+
+def test_bootstrap_runs_in_processes_from_500_resamples(monkeypatch):
+    from liverscan.evaluation.metrics import _bootstrap_jobs
+
     monkeypatch.setenv("LIVERSCAN_JOBS", "2")
     assert _bootstrap_jobs(500) == min(2, os.cpu_count() or 1) and _bootstrap_jobs(499) == 1
-    parallel = bootstrap_intervals(y, p, ["a", "b", "c"], n_resamples=500, seed=7, groups=groups)
     monkeypatch.setenv("LIVERSCAN_JOBS", "1")
     assert _bootstrap_jobs(500) == 1
+
+
+def test_bootstrap_in_processes_gives_the_serial_intervals_for_a_few_resamples(monkeypatch):
+    """Four tasks of 25 resamples in two processes (forced: below 500 resamples they would run serially)."""
+    from liverscan.evaluation import metrics
+
+    y, p, groups = _bootstrap_case()
+    monkeypatch.setattr(metrics, "BOOTSTRAP_CHUNK", 25)
+    monkeypatch.setattr(metrics, "_bootstrap_jobs", lambda n_resamples: 2)
+    parallel = metrics.bootstrap_intervals(y, p, ["a", "b", "c"], n_resamples=100, seed=7, groups=groups)
+    monkeypatch.setattr(metrics, "_bootstrap_jobs", lambda n_resamples: 1)
+    serial = metrics.bootstrap_intervals(y, p, ["a", "b", "c"], n_resamples=100, seed=7, groups=groups)
+    assert parallel == serial
+    assert parallel["intervals"]["accuracy"][0] < parallel["intervals"]["accuracy"][1]
+
+
+@pytest.mark.slow
+def test_bootstrap_in_processes_gives_the_serial_intervals(monkeypatch):
+    """The resamples are drawn in one order whatever the number of processes, so the intervals are identical."""
+    from liverscan.evaluation.metrics import _bootstrap_jobs, bootstrap_intervals
+
+    y, p, groups = _bootstrap_case()
+    monkeypatch.setenv("LIVERSCAN_JOBS", "2")
+    assert _bootstrap_jobs(500) == min(2, os.cpu_count() or 1)
+    parallel = bootstrap_intervals(y, p, ["a", "b", "c"], n_resamples=500, seed=7, groups=groups)
+    monkeypatch.setenv("LIVERSCAN_JOBS", "1")
     serial = bootstrap_intervals(y, p, ["a", "b", "c"], n_resamples=500, seed=7, groups=groups)
     assert parallel == serial
     assert parallel["intervals"]["accuracy"][0] < parallel["intervals"]["accuracy"][1]

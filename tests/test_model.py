@@ -140,11 +140,11 @@ def test_model_built_without_initialising_saves_and_loads_like_any_model(tmp_pat
     assert np.array_equal(np.asarray(again.predict_on_batch(x)), want)
 
 
-def test_load_model_without_initialising_gives_the_saved_model(tiny_run):
+def test_load_model_without_initialising_gives_the_saved_model(probe_run):
     """Loading without running the initialisers gives exactly the saved weights and outputs."""
     import keras
 
-    path = tiny_run["run"] / "model.keras"
+    path = probe_run["run"] / "model.keras"
     fast = load_model(path)
     plain = keras.saving.load_model(path, compile=False, safe_mode=True)
     wf, wp = fast.get_weights(), plain.get_weights()
@@ -165,7 +165,7 @@ def test_imagenet_backbone_built_without_initialising_equals_the_plain_build():
     assert all(np.isfinite(w).all() for w in fast)
 
 
-def test_load_model_runs_no_initialiser(tiny_run, monkeypatch):
+def test_load_model_runs_no_initialiser(probe_run, monkeypatch):
     """Loading a saved model never runs Keras' default initialisers (under JAX each one is a compiled program)."""
     import keras
 
@@ -174,7 +174,7 @@ def test_load_model_runs_no_initialiser(tiny_run, monkeypatch):
 
     for cls in (keras.initializers.GlorotUniform, keras.initializers.Zeros, keras.initializers.Ones):
         monkeypatch.setattr(cls, "__call__", boom)
-    model = load_model(tiny_run["run"] / "model.keras")
+    model = load_model(probe_run["run"] / "model.keras")
     assert all(np.isfinite(w).all() for w in model.get_weights())
     assert type(model.get_layer("head").get_layer("logits").kernel_initializer) is keras.initializers.GlorotUniform
 

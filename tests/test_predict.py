@@ -80,7 +80,11 @@ def test_decoding_processes_give_the_thread_records_with_checks_run_where_images
     paths = list(expand_inputs([str(mixed_folder)])) + [str(coloured)]
     by_threads = list(clf.iter_predict(paths, batch_size=3, workers=2, decode="threads"))
     by_processes = list(clf.iter_predict(paths, batch_size=3, workers=2, decode="processes"))
-    assert [r.to_dict() for r in by_processes] == [r.to_dict() for r in by_threads]
+    # the same records; numbers to float32 precision (the model may batch the arrays differently)
+    for p, t in zip(by_processes, by_threads, strict=True):
+        dp, dt = p.to_dict(), t.to_dict()
+        assert dp.pop("probabilities") == pytest.approx(dt.pop("probabilities"), abs=1e-6)
+        assert dp == pytest.approx(dt, abs=1e-6)
     assert by_threads[-1].in_distribution is False and by_threads[-1].ood_reason.startswith("colour image")
     from liverscan.core.images import load_image
 

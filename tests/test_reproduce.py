@@ -37,3 +37,19 @@ def test_floors_are_below_measured_values_and_check_catches_regressions():
     bad["xu-tumor-vs-normal"]["accuracy"] = 0.5
     failures = mod.check(bad)
     assert len(failures) == 1 and "xu-tumor-vs-normal: accuracy" in failures[0]
+
+
+def test_reproduction_without_data_fails_and_stops_the_chain(tmp_path):
+    chain = (
+        f"{sys.executable} examples/reproduce.py --shared {tmp_path} --out {tmp_path / 'r'} && "
+        f"{sys.executable} examples/ship_default_model.py {tmp_path / 'r' / 'xu-tumor-vs-normal' / 'run'}"
+    )
+    r = subprocess.run(chain, shell=True, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 3 and "nothing reproduced" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [sys.executable, "examples/ship_default_model.py", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

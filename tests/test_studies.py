@@ -14,10 +14,14 @@ from typer.testing import CliRunner
 from conftest import class_image
 from liverscan.core.errors import ConfigError
 from liverscan.faces.cli import app
-from liverscan.serving import Classifier, Prediction, StudyAggregator, group_key
+from liverscan.core.operating_point import OperatingPoint
+from liverscan.serving import Classifier, Prediction
+from liverscan.serving.studies import StudyAggregator, group_key
 
 runner = CliRunner()
 CLASSES = ["normal", "tumor"]
+#: an operating point: tumor whenever its probability >= 0.2
+LOW_TUMOUR_THRESHOLD = OperatingPoint(spec="tumor>=0.2", rule={"type": "threshold", "class_index": 1, "threshold": 0.2})
 
 
 def rec(path: str, p_tumor: float | None, outside: bool = False, frame: int | None = None) -> Prediction:
@@ -80,7 +84,7 @@ def test_aggregator_rules_ood_share_failed_frames_and_most_suspicious_frame():
 
 
 def test_decision_rule_of_the_classifier_decides_the_study():
-    threshold_rule = StudyAggregator(CLASSES, group_key("folder"), decide=lambda p: int(p[1] >= 0.2))
+    threshold_rule = StudyAggregator(CLASSES, group_key("folder"), operating_point=LOW_TUMOUR_THRESHOLD)
     threshold_rule.add(rec("/a/1.png", 0.25))
     assert threshold_rule.studies()[0].predicted_class == "tumor"
 
@@ -135,7 +139,7 @@ def test_dicom_studies_series_and_cine_objects(tiny_run, tmp_path):
     clf = Classifier.load(tiny_run["run"])
 
     def studies(spec: str):
-        agg = StudyAggregator(clf.classes, group_key(spec), decide=clf.decide_shown)
+        agg = clf.study_aggregator(group_key(spec))
         for r in clf.iter_predict([str(tmp_path / n) for n in ("a1.dcm", "a2.dcm", "b.dcm")]):
             agg.add(r)
         return {s.group: s.n_frames for s in agg.studies()}
@@ -148,8 +152,7 @@ def test_dicom_studies_series_and_cine_objects(tiny_run, tmp_path):
 
 
 def test_vote_counts_the_frames_decisions_under_the_models_rule():
-    low_threshold = lambda p: int(p[1] >= 0.2)  # noqa: E731 - an operating point: tumor when p >= 0.2
-    agg = StudyAggregator(CLASSES, group_key("folder"), "vote", decide=low_threshold)
+    agg = StudyAggregator(CLASSES, group_key("folder"), "vote", operating_point=LOW_TUMOUR_THRESHOLD)
     for k in range(3):
         agg.add(rec(f"/a/{k}.png", 0.3))
     (study,) = agg.studies()
@@ -173,7 +176,7 @@ def test_operating_point_and_explanations_reach_the_study(tiny_run, tmp_path):
         shutil.copy(src, scans / f"f{k}.png")
     r = runner.invoke(
         app,
-        ["predict", str(scans.parent), "-m", str(run), "--operating-point", "--group-by", "folder", "-q"]
+        ["predict", str(scans.parent), "-m", str(run), "--use-operating-point", "--group-by", "folder", "-q"]
         + ["--explain", str(tmp_path / "cams"), "--study-output", str(tmp_path / "s.json"), "--no-ood"],
     )
     assert r.exit_code == 0, r.output
@@ -184,7 +187,7 @@ def test_operating_point_and_explanations_reach_the_study(tiny_run, tmp_path):
 
 
 def test_vote_is_the_majority_of_the_frames_decisions_not_the_rule_applied_again():
-    agg = StudyAggregator(CLASSES, group_key("folder"), "vote", decide=lambda p: int(p[1] >= 0.2))
+    agg = StudyAggregator(CLASSES, group_key("folder"), "vote", operating_point=LOW_TUMOUR_THRESHOLD)
     for k, p in enumerate([0.3, 0.1, 0.1, 0.1, 0.1]):  # one frame of five flagged by the low threshold
         agg.add(rec(f"/a/{k}.png", p))
     (study,) = agg.studies()

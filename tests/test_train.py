@@ -20,9 +20,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture
-def tiny_prepared(tiny_run) -> Path:
-    """The shared tiny prepared dataset (32x32 images, random backbone, 2 views); read-only here."""
-    return tiny_run["prep"]
+def tiny_prepared(tiny_data) -> Path:
+    """The shared tiny prepared dataset (32x32 images, random backbone, one view); read-only here."""
+    return tiny_data["prep"]
 
 
 def _cfg(prep: Path, head: str = "mlp", **train) -> Config:
@@ -113,9 +113,9 @@ def test_early_stopping_and_lr_schedule(tmp_path):
     assert lrs[0] == 1e-3 and min(lrs) < 1e-3 and all(b <= a for a, b in zip(lrs, lrs[1:]))
 
 
-def test_train_run_outputs_and_card(tiny_prepared, tmp_path):
-    run = tmp_path / "run"
-    train_run(_cfg(tiny_prepared, epochs=3), tiny_prepared, run)
+def test_train_run_outputs_and_card(tiny_run):
+    """The shared trained run is train_run's output (two epochs of the paper's head on the tiny dataset)."""
+    run, prepared = tiny_run["run"], tiny_run["prep"]
     for name in (
         "model.keras",
         "model_card.json",
@@ -127,7 +127,7 @@ def test_train_run_outputs_and_card(tiny_prepared, tmp_path):
     ):
         assert (run / name).is_file(), name
     card = json.loads((run / "model_card.json").read_text())
-    summary = json.loads((tiny_prepared / "summary.json").read_text())
+    summary = json.loads((prepared / "summary.json").read_text())
     assert card["classes"] == ["normal", "fatty", "tumor"]
     assert card["data"]["manifest_hash"] == summary["manifest_hash"]
     assert card["training"]["class_weights"] == pytest.approx(summary["class_weights"], abs=1e-3)
@@ -135,33 +135,65 @@ def test_train_run_outputs_and_card(tiny_prepared, tmp_path):
     assert card["input"]["size"] == [32, 32, 3] and "Research use only" in card["intended_use"]
     assert {"tensorflow", "keras", "numpy", "python"} <= set(card["versions"])
     hist = read_csv(run / "history.csv")
-    assert len(hist) == 3 and set(hist[0]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert len(hist) == 2 and set(hist[0]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     from liverscan.core.model import load_model
 
     model = load_model(run / "model.keras")
     assert model.output_shape == (None, 3)
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
     with pytest.raises(RunDirError, match="overwrite"):
-        train_run(_cfg(tiny_prepared, epochs=1), tiny_prepared, run)
+        train_run(_cfg(prepared, epochs=1), prepared, run)
+    assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before  # untouched
 
 
-def test_determinism_is_restored_after_training(tiny_prepared, tmp_path):
+def test_determinism_is_on_while_seeded_and_restored_after_training(tiny_prepared, tmp_path):
     from tensorflow.python.framework import config as tf_config
 
-    assert not tf_config.is_op_determinism_enabled()
-    train_run(_cfg(tiny_prepared, epochs=1), tiny_prepared, tmp_path / "run")
-    assert not tf_config.is_op_determinism_enabled()
+    from liverscan.core.keras_env import seeded
 
-
-def test_failed_run_can_be_retried(tiny_prepared, tmp_path):
-    run = tmp_path / "run"
+    assert not tf_config.is_op_determinism_enabled()
+    with seeded(1):
+        assert tf_config.is_op_determinism_enabled()
+    assert not tf_config.is_op_determinism_enabled()
     cfg = _cfg(tiny_prepared, epochs=1)
+    cfg.model.weights = str(tmp_path / "missing.h5")  # training stops inside the seeded block
+    with pytest.raises(LiverscanError):
+        train_run(cfg, tiny_prepared, tmp_path / "run")
+    assert not tf_config.is_op_determinism_enabled()
+
+
+def test_failed_run_can_be_retried(tiny_prepared, tmp_path, short_c_grid):
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_prepared, head="linear")
+    cfg.ood.enabled = False
     cfg.model.weights = str(tmp_path / "missing.h5")
     with pytest.raises(LiverscanError, match="weights file not found"):
         train_run(cfg, tiny_prepared, run)
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     cfg.model.weights = "none"
-    assert train_run(cfg, tiny_prepared, run).card.training["epochs_run"] == 1  # same command, no --overwrite
+    train_run(cfg, tiny_prepared, run)  # same command, no --overwrite
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
+    from liverscan.core.errors import TrainingError
+    from liverscan.core.model import build_head, logits_view
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1280)).astype(np.float32)
+    x[5, 7] = np.inf  # one broken feature row: the loss of that batch is not finite
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 64)]
+    data = epoch_dataset(64, 32, lambda epoch: lambda i: (x[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32]))
+    cfg = Config()
+    with pytest.raises(TrainingError, match="loss became non-finite at epoch 1"):
+        run_stage(
+            Stage("head", 5, 1e-3, data, (x[:8], y[:8]), "test"),
+            lambda rate: compile_trainer(logits_view(build_head(2)), cfg, rate),
+            cfg.train,
+            CheckpointStore(tmp_path),
+            SilentReporter(),
+        )
 
 
 @pytest.mark.slow
@@ -214,7 +246,18 @@ def test_fit_mode_and_fine_tune_stage(tiny_prepared, tmp_path):
     assert res.card.training["mode"] == "fit"
 
 
-def test_cli_train(tiny_prepared, tmp_path):
+def test_cli_train_refuses_what_it_cannot_train_before_writing(tiny_prepared, tmp_path):
+    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 1 and "not a prepared dataset" in r.stderr
+    r = CliRunner().invoke(
+        app, ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r3"), "--loss", "nope"]
+    )
+    assert r.exit_code == 1 and "train.loss must be one of" in r.stderr
+    assert not (tmp_path / "r3").exists()
+
+
+@pytest.mark.slow
+def test_cli_train_writes_the_checked_fast_runtime(tiny_prepared, tmp_path):
     from liverscan.serving import Classifier, runtime
 
     # the checked fast runtime is written with the model, so predict runs at full speed at once (ONNX here:
@@ -232,13 +275,20 @@ def test_cli_train(tiny_prepared, tmp_path):
         card = json.loads((tmp_path / "r" / "model_card.json").read_text())
         assert card["exports"]["onnx"]["max_abs_difference_vs_keras"] <= 1e-4
         assert Classifier.load(tmp_path / "r").runtime == "onnx"
-    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")])
-    assert r.exit_code == 1 and "not a prepared dataset" in r.stderr
-    r = CliRunner().invoke(
-        app, ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r3"), "--loss", "nope"]
-    )
-    assert r.exit_code == 1 and "train.loss must be one of" in r.stderr
-    assert not (tmp_path / "r3").exists()
+
+
+@pytest.mark.slow
+def test_failed_train_is_retried_by_the_same_command(tiny_prepared, tmp_path):
+    from cli_helpers import one_line_error
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_prepared), "--out", str(run), "--head", "mlp", "-q"]
+    args += ["--set", "preprocess.image_size=32", "--set", "train.epochs=1", "--set", "train.views=1"]
+    one_line_error(CliRunner().invoke(app, [*args, "--weights", str(tmp_path / "missing.h5")]), "missing.h5")
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    r = CliRunner().invoke(app, [*args, "--weights", "none"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 
 @pytest.mark.slow

@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from liverscan.core.errors import RunDirError
 from liverscan.core.fileio import read_csv, write_csv_atomic, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:  # numpy stays out of the CLI's start-up
+    from liverscan.core.operating_point import OperatingPoint
 
 # ---- prepared dataset
 MANIFEST = "manifest.csv"
@@ -33,6 +36,8 @@ MODEL_FILE = "model.keras"
 PACKED_FILE = "weights.npz"
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
+#: the fast runtimes a model can be exported to (``liverscan export --format``, ``train.export_runtime``)
+EXPORT_FORMATS = ("tflite", "onnx")
 OOD_FILE = "ood_reference.npz"
 CARD_FILE = "model_card.json"
 CARD_MD_FILE = "model_card.md"
@@ -83,7 +88,7 @@ class ModelCard:
     data: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
-    operating_point: dict[str, Any] | None = None
+    operating_point: OperatingPoint | None = None  # the decision rule fitted by evaluate (None: argmax)
     ood: dict[str, Any] | None = None  # the out-of-distribution guard (method, threshold, retention, file)
     exports: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -114,6 +119,9 @@ class ModelCard:
             known = {f.name for f in fields(cls)} - {"extra", "schema_version", "image_size", "build"}
             kwargs = {k: d.pop(k) for k in list(d) if k in known}
             kwargs.setdefault("exports", {})
+            from liverscan.core.operating_point import OperatingPoint
+
+            kwargs["operating_point"] = OperatingPoint.from_card(kwargs.get("operating_point"))
             return cls(image_size=size, build=build, schema_version=CARD_SCHEMA_VERSION, extra=d, **kwargs)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise RunDirError(f"{where}: malformed model card ({exc.__class__.__name__}: {exc})") from None
@@ -123,6 +131,7 @@ class ModelCard:
         extra = d.pop("extra")
         d.pop("image_size")  # stored once, as input.size
         d["input"] = {**d["input"], "size": [self.image_size, self.image_size, 3]}
+        d["operating_point"] = self.operating_point.to_card() if self.operating_point else None
         order = ["schema_version", "name", "created", "intended_use", "task", "classes", "class_map"]
         out = {k: d.pop(k) for k in order}
         out.update(d)
@@ -168,7 +177,7 @@ class ModelCard:
                 f"balanced accuracy {v.get('balanced_accuracy')}"
             )
         if self.operating_point:
-            lines.append(f"- Operating point: {self.operating_point.get('description', '')}")
+            lines.append(f"- Operating point: {self.operating_point.description}")
         if self.ood:
             o = self.ood
             lines.append(

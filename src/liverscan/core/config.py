@@ -20,6 +20,9 @@ import yaml
 
 from liverscan.core.errors import ConfigError
 
+#: flag ``needs_review`` when an answer's confidence is below this (predict, studies, the app)
+REVIEW_CONFIDENCE = 0.6
+
 #: Source category -> final class, matched case-insensitively.  Consolidates the
 #: usual dataset category names into the three-class scheme of the paper.
 DEFAULT_CLASS_MAP: dict[str, str] = {
@@ -140,9 +143,9 @@ class EvalConfig:
     split: str = "test"
     bootstrap: int = 1000
     ece_bins: int = 15
-    review_confidence: float = 0.6
+    review_confidence: float = REVIEW_CONFIDENCE
     group_rule: str = "mean"  # frames -> one answer per patient / study: mean | max | vote
-    operating_point_level: str = "image"  # fit --operating-point on images or on patients (group)
+    operating_point_level: str = "image"  # fit evaluate --fit-operating-point on images or on patients (group)
 
 
 @dataclass
@@ -187,7 +190,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(value, args[0], where)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return _from_dict(tp, value, where)
@@ -255,7 +258,15 @@ LOSSES = ("weighted", "unweighted", "focal")
 
 
 def validate(cfg: Config) -> Config:
-    """Check every value's range once, when the configuration is built; raises ConfigError naming the key."""
+    """Check every value's range once, when the configuration is built; raises ConfigError naming the key.
+
+    Choices are owned by the modules that use them (imported here, when a configuration is built)."""
+    from liverscan.core.aggregate import RULES
+    from liverscan.core.artifacts import EXPORT_FORMATS, SPLITS
+    from liverscan.core.guard import METHODS
+    from liverscan.core.model import HEADS
+    from liverscan.core.operating_point import LEVELS
+
     problems: list[str] = []
 
     def need(ok: bool, key: str, what: str, value: Any) -> None:
@@ -293,7 +304,7 @@ def validate(cfg: Config) -> Config:
     )
     need(p.scaling in SCALINGS, "preprocess.scaling", f"one of {', '.join(SCALINGS)}", p.scaling)
     need(m.backbone in BACKBONES, "model.backbone", f"one of {', '.join(BACKBONES)}", m.backbone)
-    need(m.head in ("linear", "mlp"), "model.head", "linear or mlp", m.head)
+    need(m.head in HEADS, "model.head", f"one of {', '.join(HEADS)}", m.head)
     need(t.folds == 0 or 2 <= t.folds <= 20, "train.folds", "0 (one split) or 2..20", t.folds)
     need(1 <= t.repeats <= 20, "train.repeats", "in 1..20", t.repeats)
     need(m.alpha in ALPHAS, "model.alpha", f"one of {', '.join(map(str, ALPHAS))}", m.alpha)
@@ -310,7 +321,10 @@ def validate(cfg: Config) -> Config:
     )
     need(t.mode in MODES, "train.mode", f"one of {', '.join(MODES)}", t.mode)
     need(
-        t.export_runtime in ("tflite", "onnx", "none"), "train.export_runtime", "tflite, onnx or none", t.export_runtime
+        t.export_runtime in (*EXPORT_FORMATS, "none"),
+        "train.export_runtime",
+        f"one of {', '.join(EXPORT_FORMATS)} or none",
+        t.export_runtime,
     )
     need(t.loss in LOSSES, "train.loss", f"one of {', '.join(LOSSES)}", t.loss)
     for key in ("epochs", "batch_size", "views", "early_stopping_patience", "lr_patience"):
@@ -331,10 +345,10 @@ def validate(cfg: Config) -> Config:
         ">= 0",
         t.checkpoint_seconds,
     )
-    need(e.split in ("train", "val", "test"), "eval.split", "train, val or test", e.split)
+    need(e.split in SPLITS, "eval.split", f"one of {', '.join(SPLITS)}", e.split)
     need(e.bootstrap >= 0, "eval.bootstrap", ">= 0", e.bootstrap)
     need(e.ece_bins >= 1, "eval.ece_bins", ">= 1", e.ece_bins)
-    need(e.group_rule in ("mean", "max", "vote"), "eval.group_rule", "mean, max or vote", e.group_rule)
+    need(e.group_rule in RULES, "eval.group_rule", f"one of {', '.join(RULES)}", e.group_rule)
     need(
         not (e.operating_point_level == "group" and e.group_rule == "vote"),
         "eval.group_rule",
@@ -342,9 +356,9 @@ def validate(cfg: Config) -> Config:
         e.group_rule,
     )
     need(
-        e.operating_point_level in ("image", "group"),
+        e.operating_point_level in LEVELS,
         "eval.operating_point_level",
-        "image or group",
+        f"one of {', '.join(LEVELS)}",
         e.operating_point_level,
     )
     need(
@@ -354,7 +368,7 @@ def validate(cfg: Config) -> Config:
         e.review_confidence,
     )
     o = cfg.ood
-    need(o.method in ("knn", "mahalanobis"), "ood.method", "knn or mahalanobis", o.method)
+    need(o.method in METHODS, "ood.method", f"one of {', '.join(METHODS)}", o.method)
     need(o.k >= 1, "ood.k", ">= 1", o.k)
     need(finite(o.retention) and 0.5 <= o.retention <= 1, "ood.retention", "in [0.5, 1]", o.retention)
     if problems:

@@ -144,6 +144,17 @@ class Reference:
             self, threshold=calibrate_threshold(self.heldout_scores, retention), retention=float(retention)
         )
 
+    @classmethod
+    def for_model(cls, path: str | Path, retention: float | None = None) -> Reference | None:
+        """The reference stored with a model (None when it was trained without one) — the one rule that predict,
+        evaluate and the app share: its own threshold, or one recomputed for ``retention`` when that is given
+        and differs from the stored retention."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        ref = cls.load(path)
+        return ref if retention is None or retention == ref.retention else ref.with_retention(retention)
+
     def describe(self) -> dict:
         """What the model card records about the guard."""
         return {
@@ -417,7 +428,7 @@ def assess(
         score = None if v is None else float(v)
         if r is None and score is not None and not np.isfinite(score):
             r = "features are not finite"
-        if r is None and score is not None and score > reference.threshold:
+        if r is None and score is not None and reference is not None and score > reference.threshold:
             r = f"unlike the training images (score {score:.3f} > threshold {reference.threshold:.3f})"
         inside = False if r is not None else (None if score is None else True)
         out.append(Verdict(score, inside, r))

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from types import ModuleType
 
 
 def import_keras():
@@ -70,15 +71,14 @@ def seeded(seed: int) -> Iterator[None]:
     """Seed everything and make TensorFlow ops deterministic inside the block; restore determinism after."""
     keras = import_keras()
     keras.utils.set_random_seed(seed)
-    switch = None
+    switch: ModuleType | None = None  # tensorflow's config module when this block switched determinism on
     if keras.backend.backend() == "tensorflow":
         try:  # the public API can only switch it on; the switch itself lives in tensorflow's config module
-            from tensorflow.python.framework import config as switch
+            from tensorflow.python.framework import config as tf_config
 
-            if switch.is_op_determinism_enabled():
-                switch = None  # already on: the caller's setting, left as it is
-            else:
-                switch.enable_op_determinism()
+            if not tf_config.is_op_determinism_enabled():  # if already on, the caller's setting stays as it is
+                tf_config.enable_op_determinism()
+                switch = tf_config
         except (ImportError, AttributeError):  # older TensorFlow: determinism best effort
             switch = None
     try:

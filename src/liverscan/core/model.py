@@ -63,7 +63,7 @@ def built_without_initialising(build: Callable[[], Any]) -> Any:
     Afterwards every layer gets its real initialiser back, so the model saves and
     retrains exactly as one built the usual way.
     """
-    keras = import_keras()
+    keras: Any = import_keras()  # the module, untyped: its classes are bases here
 
     class _Unset(keras.initializers.Initializer):
         original = ""
@@ -85,7 +85,8 @@ def built_without_initialising(build: Callable[[], Any]) -> Any:
     return model
 
 
-def _restore_initialisers(layer, stand_in: type, keras, seen: set[int]) -> None:
+def _restore_initialisers(layer, stand_in: Any, keras, seen: set[int]) -> None:
+    # stand_in: the _Unset class, built on a Keras base at run time (so typed Any)
     if id(layer) in seen:
         return
     seen.add(id(layer))

@@ -13,6 +13,7 @@ same folds are evaluated the same way as the baseline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +21,9 @@ import numpy as np
 
 from liverscan.core.aggregate import aggregate, aggregate_groups, group_indices
 from liverscan.core.artifacts import OOF_FILE, LoadedRun
-from liverscan.core.decision import apply_temperature, predict_with_rule
 from liverscan.core.errors import RunDirError
 from liverscan.core.fileio import read_csv
-from liverscan.evaluation.calibration import fit_temperature
+from liverscan.core.operating_point import OperatingPoint, fit_temperature
 from liverscan.evaluation.metrics import bootstrap_intervals, classification_metrics
 
 
@@ -70,23 +70,24 @@ def read_oof(run: LoadedRun) -> OutOfFold:
         raise RunDirError(f"{path}: malformed out-of-fold predictions ({exc.__class__.__name__}: {exc})") from None
 
 
-def nested(oof: OutOfFold, probs: np.ndarray, fit) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated probabilities, decisions) where each fold's rows use ``fit(y, probs)`` fitted on the
-    other folds of its repeat; ``fit`` returns {"temperature", "rule"}."""
+def nested(
+    oof: OutOfFold, probs: np.ndarray, fit: Callable[[np.ndarray, np.ndarray], OperatingPoint]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated probabilities, decisions) where each fold's rows use the operating point
+    ``fit(y, probs)`` fitted on the other folds of its repeat."""
     cal = np.zeros_like(probs)
     pred = np.zeros(len(probs), int)
     for r in np.unique(oof.repeat):
         for k in np.unique(oof.fold[oof.repeat == r]):
             held = (oof.repeat == r) & (oof.fold == k)
             rest = (oof.repeat == r) & (oof.fold != k)
-            fitted = fit(oof.y[rest], probs[rest])
-            cal[held] = apply_temperature(probs[held], fitted["temperature"])
-            pred[held] = predict_with_rule(cal[held], fitted.get("rule"))
+            pred[held], cal[held] = fit(oof.y[rest], probs[rest]).apply(probs[held])
     return cal, pred
 
 
-def temperature_only(y: np.ndarray, probs: np.ndarray) -> dict:
-    return {"temperature": fit_temperature(y, probs), "rule": None}
+def temperature_only(y: np.ndarray, probs: np.ndarray) -> OperatingPoint:
+    """An operating point of temperature scaling alone (argmax of the calibrated probabilities)."""
+    return OperatingPoint(spec="temperature", temperature=fit_temperature(y, probs))
 
 
 def per_fold(oof: OutOfFold, probs: np.ndarray, classes: list[str], pred: np.ndarray | None = None) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
@@ -149,7 +151,7 @@ def _resample(rng: np.random.Generator, n: int, members: list | None) -> np.ndar
     return np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
 
 
-def _resampled_metrics(y, pred, probs, classes: list[str], members, task: tuple[dict, int] | None) -> dict:
+def _resampled_metrics(y, pred, probs, classes: list[str], members, task: tuple[Mapping[str, Any], int] | None) -> dict:
     """The metrics of ``task``'s resamples ((generator state, count)) - scikit-learn's, inputs validated once."""
     import sklearn
 
@@ -182,7 +184,8 @@ def _resampled_metrics(y, pred, probs, classes: list[str], members, task: tuple[
                 present = (yb == i).any()
                 samples[f"{c}.recall"].append(rec[i] if present else np.nan)
                 samples[f"{c}.precision"].append(prec[i])
-                samples[f"{c}.roc_auc"].append(np.nan if aucs[i] is None else aucs[i])
+                auc = aucs[i]
+                samples[f"{c}.roc_auc"].append(np.nan if auc is None else auc)
     return samples
 
 
@@ -230,19 +233,20 @@ def bootstrap_intervals(
     parts = parts or [_resampled_metrics(y, pred, probs, classes, members, None)]
     samples = {key: [v for part in parts for v in part[key]] for key in parts[0]}
     alpha = (1 - level) / 2
+    intervals: dict[str, list[float] | None] = {}
     out = {
         "n_resamples": n_resamples,
         "seed": seed,
         "level": level,
-        "intervals": {},
+        "intervals": intervals,
         "resampled": "groups" if members is not None else "images",
     }
     for key, vals in samples.items():
         arr = np.asarray(vals, dtype=np.float64)
         arr = arr[~np.isnan(arr)]
         if len(arr) < max(10, n_resamples // 10):
-            out["intervals"][key] = None
+            intervals[key] = None
             continue
         lo, hi = np.quantile(arr, [alpha, 1 - alpha])
-        out["intervals"][key] = [float(lo), float(hi)]
+        intervals[key] = [float(lo), float(hi)]
     return out

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from liverscan.core.artifacts import (
     CARD_FILE,
@@ -20,15 +22,17 @@ from liverscan.core.artifacts import (
     REPORT_HTML,
     REPORT_MD,
     SUMMARY,
+    ModelCard,
     eval_dir_name,
     read_card,
     read_history,
 )
 from liverscan.core.errors import RunDirError
 from liverscan.core.fileio import write_csv_atomic, write_text_atomic
+from liverscan.evaluation.results import EvalMetrics, GroupLevel, Scores, format_value, format_with_ci
 
 #: The published method's test-set figures (a different, unreleased dataset of 2,025 images).
-PAPER = {
+PAPER: dict[str, Any] = {
     "source": "published MobileNetV2 method (test split of its own 2,025-image, 3-class dataset)",
     "accuracy": 0.8961,
     "weighted_precision": 0.9203,
@@ -59,54 +63,77 @@ class Section:
         return self
 
 
-def _f(v, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def _ci(m: dict, key: str) -> str:
-    iv = (m.get("bootstrap") or {}).get("intervals", {}).get(key)
-    return f" ({iv[0]:.3f}–{iv[1]:.3f})" if iv else ""
-
-
 #: Overall metrics shown in reports and terminal tables: (label, value getter, bootstrap CI key).
-OVERALL_METRICS = [
-    ("accuracy", lambda m: m["accuracy"], "accuracy"),
-    ("balanced accuracy", lambda m: m["balanced_accuracy"], "balanced_accuracy"),
-    ("macro ROC-AUC", lambda m: m["macro"]["roc_auc"], "macro_roc_auc"),
-    ("weighted precision", lambda m: m["weighted"]["precision"], None),
-    ("weighted recall", lambda m: m["weighted"]["recall"], None),
-    ("weighted F1", lambda m: m["weighted"]["f1"], None),
-    ("macro F1", lambda m: m["macro"]["f1"], None),
-    ("ECE (15 bins)", lambda m: m["calibration"]["ece"], None),
-    ("Brier score", lambda m: m["calibration"]["brier"], None),
+OVERALL_METRICS: list[tuple[str, Callable[[Scores], float | None], str | None]] = [
+    ("accuracy", lambda s: s.accuracy, "accuracy"),
+    ("balanced accuracy", lambda s: s.balanced_accuracy, "balanced_accuracy"),
+    ("macro ROC-AUC", lambda s: s.macro.roc_auc, "macro_roc_auc"),
+    ("weighted precision", lambda s: s.weighted.precision, None),
+    ("weighted recall", lambda s: s.weighted.recall, None),
+    ("weighted F1", lambda s: s.weighted.f1, None),
+    ("macro F1", lambda s: s.macro.f1, None),
+    ("ECE (15 bins)", lambda s: s.calibration.ece, None),
+    ("Brier score", lambda s: s.calibration.brier, None),
 ]
 
 
-def overall_cells(m: dict, digits: int = 3) -> list[str]:
+def overall_cells(m: Scores, digits: int = 3) -> list[str]:
     """One formatted cell per OVERALL_METRICS row: value, with its 95% CI where there is one."""
-    cells = []
-    for _, get, ci_key in OVERALL_METRICS:
-        v = get(m)
-        iv = (m.get("bootstrap") or {}).get("intervals", {}).get(ci_key) if ci_key else None
-        text = "n/a" if v is None else f"{v:.3f}"
-        cells.append(text + (f" ({iv[0]:.{digits}f}–{iv[1]:.{digits}f})" if iv else ""))
-    return cells
+    return [format_with_ci(get(m), m.ci(key) if key else None, digits) for _, get, key in OVERALL_METRICS]
 
 
-def group_level_section(gl: dict) -> Section:
-    """Metrics with one case per patient (or near-duplicate group), beside the image-level ones."""
-    sec = Section(f"Results per {'patient' if gl['kind'] == 'patients' else 'group'} (n={gl['n_groups']})")
-    sec.p(
-        f"Each {gl['kind'][:-1] if gl['kind'] == 'patients' else 'group'} is one case: its images' probabilities "
-        f"aggregated by the {gl['rule']} rule; intervals from a bootstrap over {gl['kind']}. "
-        + (f"{gl['mixed_label_groups']} group(s) hold images of several classes." if gl["mixed_label_groups"] else "")
-    )
-    variants = [("argmax", gl["argmax"])] + ([("operating point", gl["tuned"])] if "tuned" in gl else [])
-    rows = [
-        [label] + [cells[i] for cells in (overall_cells(x, 3) for _, x in variants)]
-        for i, label in enumerate(label for label, _, _ in OVERALL_METRICS)
+def result_variants(m: EvalMetrics, baseline: bool = True) -> list[tuple[str, Scores]]:
+    """The decisions evaluated, by name: argmax, the operating point, and (``baseline``) the baseline."""
+    variants = [("argmax", m.argmax)] + ([("operating point", m.tuned)] if m.tuned else [])
+    if baseline and m.baseline:
+        variants.append((m.baseline.name or "linear probe", m.baseline))
+    return variants
+
+
+def overall_rows(variants: Sequence[tuple[str, Scores]]) -> list[list[str]]:
+    """One row per OVERALL_METRICS entry: its label, then one cell per variant."""
+    columns = [overall_cells(s) for _, s in variants]
+    return [[label] + [col[i] for col in columns] for i, (label, _, _) in enumerate(OVERALL_METRICS)]
+
+
+PER_CLASS_COLUMNS = ["class", "precision", "recall", "specificity", "F1", "ROC-AUC", "support"]
+
+
+def per_class_rows(m: Scores) -> list[list[str]]:
+    """Per class: precision, recall and ROC-AUC with their 95% CIs, specificity, F1, support."""
+    return [
+        [
+            c,
+            format_with_ci(v.precision, m.ci(f"{c}.precision")),
+            format_with_ci(v.recall, m.ci(f"{c}.recall")),
+            format_value(v.specificity),
+            format_value(v.f1),
+            format_with_ci(v.roc_auc, m.ci(f"{c}.roc_auc")),
+            str(v.support),
+        ]
+        for c, v in m.per_class.items()
     ]
-    sec.table(["metric"] + [v for v, _ in variants], rows)
+
+
+def confusion_rows(m: Scores, classes: list[str]) -> list[list[str]]:
+    """The confusion matrix as rows: true class, then ``count (row %)`` per predicted class."""
+    return [
+        [c] + [f"{n} ({100 * p:.0f}%)" for n, p in zip(counts, pct)]
+        for c, counts, pct in zip(classes, m.confusion_matrix, m.confusion_matrix_normalized)
+    ]
+
+
+def group_level_section(gl: GroupLevel) -> Section:
+    """Metrics with one case per patient (or near-duplicate group), beside the image-level ones."""
+    patients = gl.kind == "patients"
+    sec = Section(f"Results per {'patient' if patients else 'group'} (n={gl.n_groups})")
+    sec.p(
+        f"Each {gl.kind[:-1] if patients else 'group'} is one case: its images' probabilities "
+        f"aggregated by the {gl.rule} rule; intervals from a bootstrap over {gl.kind}. "
+        + (f"{gl.mixed_label_groups} group(s) hold images of several classes." if gl.mixed_label_groups else "")
+    )
+    variants = [("argmax", gl.argmax)] + ([("operating point", gl.tuned)] if gl.tuned else [])
+    sec.table(["metric"] + [v for v, _ in variants], overall_rows(variants))
     return sec
 
 
@@ -120,12 +147,8 @@ def find_eval_dir(run: Path, eval_dir: Path | None = None) -> Path | None:
     return found[0].parent if found else None
 
 
-def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]]:
-    card = read_card(run)
-    t = card.training
-    sections: list[Section] = []
-    title = f"liverscan report: {card.name}"
-    intro = (
+def _summary_section(card: ModelCard) -> Section:
+    return (
         Section("Summary")
         .p(f"**{card.intended_use}**")
         .p(
@@ -133,69 +156,65 @@ def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]
             f"head {card.architecture['head']}."
         )
     )
-    sections.append(intro)
 
-    # dataset
+
+def _dataset_section(card: ModelCard) -> Section:
     ds = Section("Dataset")
     summary_path = Path(card.prepared_dir or "") / SUMMARY
-    if summary_path.is_file():
-        s = json.loads(summary_path.read_text())
-        rows = []
-        for c, r in s["counts"].items():
-            n = sum(r.values())
-            rows.append([c] + [f"{r[k]} ({100 * r[k] / n:.1f}%)" if n else "0" for k in ("train", "val", "test")] + [n])
-        ds.p(
-            f"Sources: {', '.join(s['sources'])}; {s['n_images']} images kept, {s['n_rejected']} rejected, "
-            f"{len(s['exact_duplicates_removed'])} exact duplicates removed; manifest {s['manifest_hash'][:16]}."
+    if not summary_path.is_file():
+        return ds.p(
+            f"Prepared dataset summary not found ({summary_path}); manifest hash {card.data['manifest_hash'][:16]}."
         )
-        ds.table(["class", "train", "val", "test", "total"], rows)
-        ds.p("Class weights (training split): " + ", ".join(f"{c} {w:.3f}" for c, w in s["class_weights"].items()))
-        if s.get("warnings"):
-            ds.p("Audit warnings:")
-            ds.table(["warning"], [[w] for w in s["warnings"]])
-    else:
-        ds.p(f"Prepared dataset summary not found ({summary_path}); manifest hash {card.data['manifest_hash'][:16]}.")
-    sections.append(ds)
-
-    # training
-    tr = Section("Training")
-    bw = card.backbone_weights
-    tr.table(
-        ["setting", "value"],
-        [
-            ["backbone weights", f"{bw['description']} ({bw['spec']})"],
-            [
-                "parameters",
-                f"{card.architecture['parameters']['total']:,} total, "
-                f"{card.architecture['parameters']['trainable']:,} trainable",
-            ],
-            ["input", f"{card.image_size}×{card.image_size}; {card.input.get('scaling', '')}"],
-            ["head", card.architecture.get("head", "")],
-            ["loss", f"{t['loss']} (class weights {', '.join(f'{c} {w:.3f}' for c, w in t['class_weights'].items())})"],
-            ["mode", f"{t['mode']}" + (f", {t['views']} augmented views per image" if t.get("views") else "")],
-        ]
-        + ([["optimizer / batch", f"{t['optimizer']}, batch {t['batch_size']}"]] if "optimizer" in t else [])
-        + (
-            [["regularisation", f"C = {t['C']:.4g} (inner group cross-validation, {t.get('inner_folds')} folds)"]]
-            if t.get("C") is not None
-            else []
-        )
-        + (
-            [
-                [
-                    "epochs",
-                    f"{t['epochs_run']} run (limit {t.get('epoch_limit')}), best epoch {t['best']['epoch']} "
-                    f"({t['best']['stage']}), early stop: {t.get('stopped_early')}",
-                ]
-            ]
-            if t.get("epochs_run")
-            else []
-        )
-        + [
-            ["time", f"{t['seconds']} s on {t['device']} ({t['backend']}), seed {t['seed']}"],
-            ["versions", ", ".join(f"{k} {v}" for k, v in card.versions.items())],
-        ],
+    s = json.loads(summary_path.read_text())
+    rows = []
+    for c, r in s["counts"].items():
+        n = sum(r.values())
+        rows.append([c] + [f"{r[k]} ({100 * r[k] / n:.1f}%)" if n else "0" for k in ("train", "val", "test")] + [n])
+    ds.p(
+        f"Sources: {', '.join(s['sources'])}; {s['n_images']} images kept, {s['n_rejected']} rejected, "
+        f"{len(s['exact_duplicates_removed'])} exact duplicates removed; manifest {s['manifest_hash'][:16]}."
     )
+    ds.table(["class", "train", "val", "test", "total"], rows)
+    ds.p("Class weights (training split): " + ", ".join(f"{c} {w:.3f}" for c, w in s["class_weights"].items()))
+    if s.get("warnings"):
+        ds.p("Audit warnings:")
+        ds.table(["warning"], [[w] for w in s["warnings"]])
+    return ds
+
+
+def _training_rows(card: ModelCard) -> list[list[str]]:
+    """The training settings table: weights, parameters, input, head, loss, mode, and what applies of the rest."""
+    t, bw, params = card.training, card.backbone_weights, card.architecture["parameters"]
+    weights = ", ".join(f"{c} {w:.3f}" for c, w in t["class_weights"].items())
+    rows = [
+        ["backbone weights", f"{bw['description']} ({bw['spec']})"],
+        ["parameters", f"{params['total']:,} total, {params['trainable']:,} trainable"],
+        ["input", f"{card.image_size}×{card.image_size}; {card.input.get('scaling', '')}"],
+        ["head", card.architecture.get("head", "")],
+        ["loss", f"{t['loss']} (class weights {weights})"],
+        ["mode", f"{t['mode']}" + (f", {t['views']} augmented views per image" if t.get("views") else "")],
+    ]
+    if "optimizer" in t:
+        rows.append(["optimizer / batch", f"{t['optimizer']}, batch {t['batch_size']}"])
+    if t.get("C") is not None:
+        rows.append(
+            ["regularisation", f"C = {t['C']:.4g} (inner group cross-validation, {t.get('inner_folds')} folds)"]
+        )
+    if t.get("epochs_run"):
+        rows.append(
+            [
+                "epochs",
+                f"{t['epochs_run']} run (limit {t.get('epoch_limit')}), best epoch {t['best']['epoch']} "
+                f"({t['best']['stage']}), early stop: {t.get('stopped_early')}",
+            ]
+        )
+    rows.append(["time", f"{t['seconds']} s on {t['device']} ({t['backend']}), seed {t['seed']}"])
+    rows.append(["versions", ", ".join(f"{k} {v}" for k, v in card.versions.items())])
+    return rows
+
+
+def _training_section(run: Path, card: ModelCard) -> Section:
+    tr = Section("Training").table(["setting", "value"], _training_rows(card))
     cv = card.extra.get("cross_validation")
     if cv:
         tr.p(
@@ -208,101 +227,93 @@ def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]
         tr.p(f"Best validation accuracy {best['val_accuracy']:.4f} at epoch {int(best['epoch'])}.")
     except (FileNotFoundError, ValueError, KeyError):
         pass
-    tr.img(run / CURVES_FILE, "Training curves: accuracy and loss, training vs validation")
-    sections.append(tr)
+    return tr.img(run / CURVES_FILE, "Training curves: accuracy and loss, training vs validation")
 
-    if eval_dir is None:
-        sections.append(Section("Results").p(f"No evaluation found. Run: liverscan evaluate {run}"))
-        return title, sections
-    m = json.loads((eval_dir / METRICS_FILE).read_text())
-    am = m["argmax"]
-    res = Section(f"Results ({m['split']}, n={m['n']})")
+
+def _results_section(m: EvalMetrics, eval_dir: Path) -> Section:
+    boot = m.argmax.bootstrap
+    res = Section(f"Results ({m.split}, n={m.n})")
     res.p(
-        f"Data: {m['data']}. Intervals are 95% bootstrap CIs "
-        f"({(am.get('bootstrap') or {}).get('n_resamples', 0)} resamples of "
-        f"{(am.get('bootstrap') or {}).get('resampled', 'images')})."
+        f"Data: {m.data}. Intervals are 95% bootstrap CIs "
+        f"({boot.n_resamples if boot else 0} resamples of {boot.resampled if boot else 'images'})."
     )
-    variants = [("argmax", am)] + ([("operating point", m["tuned"])] if "tuned" in m else [])
-    table_variants = variants + (
-        [(m["baseline"].get("name", "linear probe"), m["baseline"])] if m.get("baseline") else []
-    )
-    rows = [
-        [label] + [cells[i] for cells in (overall_cells(x, 3) for _, x in table_variants)]
-        for i, label in enumerate(label for label, _, _ in OVERALL_METRICS)
-    ]
-    res.table(["metric"] + [v for v, _ in table_variants], rows)
-    for name, mm in variants:
+    table_variants = result_variants(m)
+    res.table(["metric"] + [v for v, _ in table_variants], overall_rows(table_variants))
+    for name, s in result_variants(m, baseline=False):
         res.p(f"Per class ({name}):")
-        res.table(
-            ["class", "precision", "recall", "specificity", "F1", "ROC-AUC", "support"],
-            [
-                [
-                    c,
-                    _f(v["precision"]) + _ci(mm, f"{c}.precision"),
-                    _f(v["recall"]) + _ci(mm, f"{c}.recall"),
-                    _f(v["specificity"]),
-                    _f(v["f1"]),
-                    _f(v["roc_auc"]) + _ci(mm, f"{c}.roc_auc"),
-                    v["support"],
-                ]
-                for c, v in mm["per_class"].items()
-            ],
-        )
-        res.table(
-            ["true \\ predicted"] + m["classes"],
-            [
-                [c] + [f"{n} ({100 * p:.0f}%)" for n, p in zip(cnt, pct)]
-                for c, cnt, pct in zip(m["classes"], mm["confusion_matrix"], mm["confusion_matrix_normalized"])
-            ],
-        )
+        res.table(PER_CLASS_COLUMNS, per_class_rows(s))
+        res.table(["true \\ predicted"] + m.classes, confusion_rows(s, m.classes))
     res.img(eval_dir / "confusion.png", "Confusion matrix (argmax)")
     res.img(eval_dir / "confusion-tuned.png", "Confusion matrix (operating point)")
-    res.img(eval_dir / "roc.png", "One-vs-rest ROC curves")
-    sections.append(res)
-    if m.get("group_level"):
-        sections.append(group_level_section(m["group_level"]))
+    return res.img(eval_dir / "roc.png", "One-vs-rest ROC curves")
 
+
+def _calibration_section(m: EvalMetrics, eval_dir: Path) -> Section:
+    c = m.argmax.calibration
     cal = Section("Calibration")
     cal.p(
-        f"Expected calibration error {_f(am['calibration']['ece'])}, Brier score {_f(am['calibration']['brier'])}, "
-        f"log-loss {_f(am['calibration']['log_loss'])} (model probabilities)."
+        f"Expected calibration error {format_value(c.ece)}, Brier score {format_value(c.brier)}, "
+        f"log-loss {format_value(c.log_loss)} (model probabilities)."
     )
-    if "tuned" in m:
+    if m.tuned:
+        temperature = m.operating_point.temperature if m.operating_point else None
+        fitted = "fitted nested, out of fold" if m.cross_validated else "fitted on validation"
         cal.p(
-            f"After temperature scaling (T = {m['operating_point']['temperature']:.3f}, fitted on validation): "
-            f"ECE {_f(m['tuned']['calibration']['ece'])}, Brier {_f(m['tuned']['calibration']['brier'])}."
+            f"After temperature scaling (T = {format_value(temperature)}, {fitted}): "
+            f"ECE {format_value(m.tuned.calibration.ece)}, Brier {format_value(m.tuned.calibration.brier)}."
         )
-    cal.img(eval_dir / "reliability.png", "Reliability diagram")
-    sections.append(cal)
+    return cal.img(eval_dir / "reliability.png", "Reliability diagram")
 
+
+def _operating_point_section(card: ModelCard) -> Section:
     op = Section("Operating point")
-    if card.operating_point:
-        o = card.operating_point
-        op.p(f"{o['spec']}: {o['description']}. Fitted on {o['fitted_on']['data']} (n={o['fitted_on']['n']}).")
-    else:
-        op.p('None fitted (argmax decisions). Fit one with: liverscan evaluate RUN --operating-point "tumor>=0.95"')
-    sections.append(op)
+    o = card.operating_point
+    if o is None:
+        return op.p(
+            'None fitted (argmax decisions). Fit one with: liverscan evaluate RUN --operating-point "tumor>=0.95"'
+        )
+    fitted = o.fitted_on or {}
+    return op.p(f"{o.spec}: {o.description}. Fitted on {fitted.get('data')} (n={fitted.get('n')}).")
 
+
+def _paper_section(m: EvalMetrics) -> Section:
+    am = m.argmax
+    normal = am.per_class.get("normal")
     paper = Section("Published figures beside ours")
     paper.p(
         "The published numbers were measured on a different dataset (the paper's own 2,025 images, three "
         "classes); they are not a like-for-like comparison."
     )
-    normal = am["per_class"].get("normal", {})
+    rows = [
+        ["accuracy", PAPER["accuracy"], am.accuracy],
+        ["weighted precision", PAPER["weighted_precision"], am.weighted.precision],
+        ["weighted recall", PAPER["weighted_recall"], am.weighted.recall],
+        ["weighted F1", PAPER["weighted_f1"], am.weighted.f1],
+        ["macro ROC-AUC", PAPER["macro_roc_auc"], am.macro.roc_auc],
+        ["normal ROC-AUC", PAPER["normal_roc_auc"], normal.roc_auc if normal else None],
+        ["normal precision", PAPER["normal_precision"], normal.precision if normal else None],
+    ]
     paper.table(
-        ["metric", "published (its own data)", f"this run ({m['data']})"],
-        [
-            ["accuracy", _f(PAPER["accuracy"]), _f(am["accuracy"])],
-            ["weighted precision", _f(PAPER["weighted_precision"]), _f(am["weighted"]["precision"])],
-            ["weighted recall", _f(PAPER["weighted_recall"]), _f(am["weighted"]["recall"])],
-            ["weighted F1", _f(PAPER["weighted_f1"]), _f(am["weighted"]["f1"])],
-            ["macro ROC-AUC", _f(PAPER["macro_roc_auc"]), _f(am["macro"]["roc_auc"])],
-            ["normal ROC-AUC", _f(PAPER["normal_roc_auc"]), _f(normal.get("roc_auc"))],
-            ["normal precision", _f(PAPER["normal_precision"]), _f(normal.get("precision"))],
-            ["confidence intervals", "not reported", "95% bootstrap"],
-        ],
+        ["metric", "published (its own data)", f"this run ({m.data})"],
+        [[label, format_value(theirs), format_value(ours)] for label, theirs, ours in rows]
+        + [["confidence intervals", "not reported", "95% bootstrap"]],
     )
-    sections.append(paper)
+    return paper
+
+
+def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]]:
+    """The report's title and sections: the run (summary, dataset, training), then its evaluation."""
+    card = read_card(run)
+    title = f"liverscan report: {card.name}"
+    sections = [_summary_section(card), _dataset_section(card), _training_section(run, card)]
+    if eval_dir is None:
+        sections.append(Section("Results").p(f"No evaluation found. Run: liverscan evaluate {run}"))
+        return title, sections
+    m = EvalMetrics.read(eval_dir / METRICS_FILE)
+    sections.append(_results_section(m, eval_dir))
+    if m.group_level:
+        sections.append(group_level_section(m.group_level))
+    sections += [_calibration_section(m, eval_dir), _operating_point_section(card), _paper_section(m)]
     return title, sections
 
 
@@ -396,43 +407,31 @@ COMPARE_COLUMNS = [
 ]
 
 
-def _with_ci(m: dict, key: str, value) -> str:
-    iv = (m.get("bootstrap") or {}).get("intervals", {}).get(key)
-    return _f(value) + (f" ({iv[0]:.3f}–{iv[1]:.3f})" if iv else "")
-
-
-def compare_rows(runs: list[str | Path]) -> list[list]:
+def compare_rows(runs: Sequence[str | Path]) -> list[list]:
     """One row per run, each followed by its linear-probe baseline (same images, same resampling)."""
-    rows = []
+    rows: list[list] = []
     for r in runs:
         run = Path(r)
         card = read_card(run)
         ev = find_eval_dir(run)
-        m = json.loads((ev / METRICS_FILE).read_text()) if ev else None
+        m = EvalMetrics.read(ev / METRICS_FILE) if ev else None
         head = {"linear": "linear probe", "mlp": "paper head (mlp)"}.get(card.build.get("head", "mlp"), "model")
-        variants = [(head, m["argmax"] if m else None)]
-        if m and m.get("baseline"):
-            variants.append((f"baseline: {m['baseline'].get('name', 'linear probe')}", m["baseline"]))
-        for name, am in variants:
+        variants: list[tuple[str, Scores | None]] = [(head, m.argmax if m else None)]
+        if m and m.baseline:
+            variants.append((f"baseline: {m.baseline.name or 'linear probe'}", m.baseline))
+        for name, s in variants:
+            scores = ["-"] * 4
+            if s is not None:
+                keys = ("accuracy", "balanced_accuracy", "macro_roc_auc")
+                scores = [format_with_ci(s.value(k), s.ci(k)) for k in keys] + [format_value(s.calibration.ece)]
+            evaluated = [m.data, m.split, m.n] if m else ["-", "-", "-"]
             rows.append(
-                [
-                    str(run),
-                    name,
-                    "/".join(card.classes),
-                    m["data"] if m else "-",
-                    m["split"] if m else "-",
-                    m["n"] if m else "-",
-                    _with_ci(am, "accuracy", am["accuracy"]) if am else "-",
-                    _with_ci(am, "balanced_accuracy", am["balanced_accuracy"]) if am else "-",
-                    _with_ci(am, "macro_roc_auc", am["macro"]["roc_auc"]) if am else "-",
-                    _f(am["calibration"]["ece"]) if am else "-",
-                    card.training.get("seconds", "-"),
-                ]
+                [str(run), name, "/".join(card.classes), *evaluated, *scores, card.training.get("seconds", "-")]
             )
     return rows
 
 
-def write_compare(runs: list[str | Path], out_dir: str | Path) -> list[list]:
+def write_compare(runs: Sequence[str | Path], out_dir: str | Path) -> list[list]:
     rows = compare_rows(runs)
     out = Path(out_dir)
     write_csv_atomic(out / "compare.csv", COMPARE_COLUMNS, rows)

@@ -6,8 +6,10 @@ needs-review flag and a Grad-CAM overlay that can be toggled; several give a
 results table and a CSV download identical in content to
 ``liverscan predict --output x.csv``.  The side panel shows the model card.
 
-Run with ``liverscan app [--model RUN] [--port N]``; the model is chosen by the
-``LIVERSCAN_APP_MODEL`` environment variable (empty: the shipped default model).
+Run with ``liverscan app [--model RUN] [--use-operating-point] [--port N]``; the model is chosen by the
+``LIVERSCAN_APP_MODEL`` environment variable (empty: the shipped default model), and
+``LIVERSCAN_APP_OPERATING_POINT=1`` decides by the operating point stored in its card, as
+``liverscan predict --use-operating-point`` does (a patient-level point with its aggregation rule).
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ MAX_UPLOAD_MB = APP_MAX_UPLOAD_MB
 
 
 @st.cache_resource(show_spinner="Loading model…")
-def load_classifier(model: str):
+def load_classifier(model: str, use_operating_point: bool = False):
     """Loaded once per process and shared by every session."""
-    from liverscan.serving import Classifier
+    from liverscan.serving import Classifier, PredictOptions
 
-    return Classifier.load(model or None)
+    return Classifier.load(model or None, PredictOptions(use_operating_point=use_operating_point))
 
 
 def model_card_panel(clf) -> None:
@@ -76,7 +78,7 @@ def model_card_panel(clf) -> None:
             + (f", macro ROC-AUC {metrics['macro_roc_auc']:.3f}" if metrics.get("macro_roc_auc") else "")
         )
     op = card.operating_point
-    st.sidebar.markdown(f"**Operating point:** {op['description'] if op else 'none (argmax)'}")
+    st.sidebar.markdown(f"**Operating point:** {op.description if op else 'none (argmax)'}")
     st.sidebar.markdown(f"**Decision rule in use:** {clf.decision_rule}")
 
 
@@ -90,10 +92,9 @@ def predict_upload(clf, name: str, data: bytes):
 
 
 def results_csv(clf, records) -> str:
-    from liverscan.core.fileio import csv_text
-    from liverscan.serving import csv_header, csv_row
+    from liverscan.serving import records_csv
 
-    return csv_text(csv_header(clf.classes), [csv_row(r, clf.classes) for r in records])
+    return records_csv(records, clf.classes)
 
 
 def show_record(clf, rec, arr, show_cam: bool, data: bytes) -> None:
@@ -143,15 +144,7 @@ def show_record(clf, rec, arr, show_cam: bool, data: bytes) -> None:
 
 def study_of(clf, records):
     """The uploads as one study: the same aggregation as ``liverscan predict --group-by``."""
-    from liverscan.serving import StudyAggregator
-
-    agg = StudyAggregator(
-        clf.classes,
-        lambda rec: "uploaded study",
-        decide=clf.decide_shown,
-        decision_rule=clf.decision_rule,
-        review_confidence=clf.review_confidence,
-    )
+    agg = clf.study_aggregator(lambda rec: "uploaded study")
     for rec in records:
         agg.add(rec)
     return agg.studies()[0]
@@ -185,7 +178,8 @@ def main() -> None:
     st.title("liverscan — liver ultrasound classification")
     st.caption(NOTICE)
     try:
-        clf = load_classifier(os.environ.get("LIVERSCAN_APP_MODEL", ""))
+        use_point = os.environ.get("LIVERSCAN_APP_OPERATING_POINT", "") not in ("", "0")
+        clf = load_classifier(os.environ.get("LIVERSCAN_APP_MODEL", ""), use_point)
     except LiverscanError as exc:
         st.error(f"Cannot load the model: {exc}")
         st.stop()
@@ -199,7 +193,8 @@ def main() -> None:
     one_study = st.toggle(
         "These images are one study (one patient)",
         value=False,
-        help="Adds one aggregated answer for all uploads (mean of the frames' probabilities), beside each image's.",
+        help="Adds one aggregated answer for all uploads (as predict --group-by: mean of the frames' probabilities, "
+        "or the rule a patient-level operating point was fitted with), beside each image's.",
     )
     if not files:
         st.info("Upload one or more images to classify them.")

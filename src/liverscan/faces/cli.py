@@ -6,19 +6,30 @@ every command imports what it needs (TensorFlow included) when it runs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from liverscan import __version__
-from liverscan.core.config import Config, apply_overrides, load_config, set_value
-from liverscan.core.errors import ConfigError, DataError, LiverscanError
+from liverscan.core.artifacts import CONFIG_FILE
+from liverscan.core.config import REVIEW_CONFIDENCE, Config, apply_overrides, load_config, set_value
+from liverscan.core.errors import LiverscanError
+from liverscan.faces.options import (
+    ConfigOpt,
+    ModelOpt,
+    OutDirOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    UseOperatingPointOpt,
+    renamed,
+)
 
 app = typer.Typer(
     name="liverscan",
@@ -31,14 +42,8 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override a configuration value, e.g. --set train.epochs=30 (repeatable)."),
-]
 
-
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error (markup in it is shown literally) and exit."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -140,7 +145,7 @@ def prepare_cmd(
             show_default=False,
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the prepared dataset.")],
+    out: OutDirOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     map_: Annotated[
@@ -154,8 +159,9 @@ def prepare_cmd(
     classes: Annotated[
         Optional[str], typer.Option(help="Class order, comma-separated, e.g. normal,fatty,tumor.")
     ] = None,
-    split: Annotated[Optional[str], typer.Option(help="Train/val/test ratios, e.g. 70/15/15.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the split.")] = None,
+    split_ratios: Annotated[Optional[str], typer.Option(help="Train/val/test ratios, e.g. 70/15/15.")] = None,
+    old_split: Annotated[Optional[str], typer.Option("--split", hidden=True)] = None,
+    seed: SeedOpt = None,
     group_regex: Annotated[
         Optional[str], typer.Option(help="Regex on the file path whose first group names the patient/group.")
     ] = None,
@@ -171,10 +177,10 @@ def prepare_cmd(
         bool, typer.Option("--keep-conflicts", help="Keep images that appear under two labels.")
     ] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not store decoded arrays (images.npy).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing prepared dataset.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")] = False,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Validate, de-duplicate, audit and split images into a manifest.
+    """Validate, de-duplicate, audit and split images into a manifest (written to --out, required).
 
     Example: [bold]liverscan prepare xu=data/xu-liver --out prepared/xu[/]
     or [bold]liverscan prepare "data/xu-liver/{label}/image/*.jpg" --map benign=tumor -o prepared/xu[/]
@@ -185,6 +191,9 @@ def prepare_cmd(
     from liverscan.faces.terminal import print_prepare_summary
     from liverscan.preparation import prepare_dataset
 
+    if out is None:
+        fail("give the output directory: --out DIR")
+    split = renamed("--split", "--split-ratios", old_split, split_ratios, err_console)
     cfg = build_config(
         config,
         set_,
@@ -202,7 +211,7 @@ def prepare_cmd(
         except ValueError:
             ratios = []
         if len(ratios) != 3:
-            fail(f"--split {split!r} must give three numbers like 70/15/15")
+            fail(f"--split-ratios {split!r} must give three numbers like 70/15/15")
         cfg = apply_overrides(cfg, [f"data.{k}_ratio={v!r}" for k, v in zip(("train", "val", "test"), ratios)])
     if class_map is not None:
         cfg.data.class_map = load_class_map(class_map)
@@ -225,7 +234,7 @@ def train_cmd(
     data: Annotated[
         Optional[Path], typer.Option("--data", "-d", help="Prepared dataset directory (from 'prepare').")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    out: OutDirOpt = None,
     resume: Annotated[
         Optional[Path], typer.Option("--resume", help="Continue the interrupted run in this directory.")
     ] = None,
@@ -244,7 +253,7 @@ def train_cmd(
     fine_tune_blocks: Annotated[
         Optional[int], typer.Option(help="Second stage: fine-tune the top N backbone blocks (0 = off).")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for augmentation, initialisation and batching.")] = None,
+    seed: SeedOpt = None,
     head: Annotated[
         Optional[str],
         typer.Option(help="linear (default: the linear probe, chosen by cross-validation) or mlp (the paper's head)."),
@@ -256,12 +265,10 @@ def train_cmd(
     repeats: Annotated[
         Optional[int], typer.Option(help="Cross-validation repeats (different fold assignments).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress display; print only the result line.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Train the MobileNetV2 transfer-learning model on a prepared dataset.
+    """Train the MobileNetV2 transfer-learning model on a prepared dataset into the run directory --out.
 
     Example: [bold]liverscan train --data prepared/xu --out runs/xu --folds 5[/] (cross-validated, then
     refit on all images and evaluated out of fold); [bold]--head mlp[/] for the paper's head; offline: add
@@ -274,7 +281,8 @@ def train_cmd(
     if resume is not None:
         cfg, target = Config(), resume
     else:
-        base = config if config is not None else (data / "config.yaml" if (data / "config.yaml").is_file() else None)
+        assert data is not None and out is not None  # refused above
+        base = config if config is not None else (data / CONFIG_FILE if (data / CONFIG_FILE).is_file() else None)
         cfg = build_config(
             base,
             set_,
@@ -324,19 +332,17 @@ def train_cmd(
         from liverscan.evaluation import evaluate
 
         res = evaluate(result.run_dir, config=cfg)
-        m = res.metrics["argmax"]
-        iv = m["bootstrap"]["intervals"]
-        cells = [
-            f"{label} {m[k] if k != 'macro_roc_auc' else m['macro']['roc_auc']:.3f}"
-            + (f" ({iv[k][0]:.3f}–{iv[k][1]:.3f})" if iv.get(k) else "")
-            for label, k in (
-                ("accuracy", "accuracy"),
-                ("balanced accuracy", "balanced_accuracy"),
-                ("macro ROC-AUC", "macro_roc_auc"),
-            )
-        ]
+        from liverscan.evaluation import format_with_ci
+
+        m = res.metrics.argmax
+        keys = (
+            ("accuracy", "accuracy"),
+            ("balanced accuracy", "balanced_accuracy"),
+            ("macro ROC-AUC", "macro_roc_auc"),
+        )
+        cells = [f"{label} {format_with_ci(m.value(k), m.ci(k))}" for label, k in keys]
         console.print(
-            f"Out of fold ({res.metrics['rows']} predictions, 95% CI over groups): "
+            f"Out of fold ({res.metrics.rows} predictions, 95% CI over groups): "
             + ", ".join(cells)
             + f"; details in {escape(str(res.out_dir))}",
             highlight=False,
@@ -344,24 +350,11 @@ def train_cmd(
     _export_fast_runtime(result.run_dir)
 
 
-def _check_path_lists(items: list[str], group_by: str | None) -> None:
-    """Read every CSV path list given as input, and check a column:NAME grouping against each."""
-    from liverscan.serving import read_path_list
-
-    for item in items:
-        p = Path(item)
-        if p.suffix.lower() != ".csv" or not p.is_file():
-            continue
-        rows = read_path_list(p)
-        if group_by and group_by.startswith("column:") and rows and group_by[7:] not in rows[0][1]:
-            raise ConfigError(f"{p}: no column {group_by[7:]!r} for --group-by (columns: {', '.join(rows[0][1])})")
-
-
 def _export_fast_runtime(run_dir: Path) -> None:
     """Write the run's checked fast runtime (train.export_runtime), so predict runs at full speed at once."""
     from liverscan.core.keras_env import backend_name
 
-    fmt = load_config(Path(run_dir) / "config.yaml").train.export_runtime
+    fmt = load_config(Path(run_dir) / CONFIG_FILE).train.export_runtime
     if fmt == "none":
         return
     if backend_name() != "tensorflow":
@@ -398,38 +391,42 @@ def evaluate_cmd(
     split: Annotated[
         Optional[str], typer.Option(help="Split of a prepared dataset to evaluate (default test).")
     ] = None,
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Output directory (default RUN/eval-SPLIT).")
-    ] = None,
-    operating_point: Annotated[
+    out: OutDirOpt = None,
+    fit_operating_point: Annotated[
         Optional[str],
         typer.Option(
-            "--operating-point",
+            "--fit-operating-point",
             "-p",
-            help="Fit on the validation split and store in the model card: "
+            help="Fit on held-out predictions (the validation split, or out of fold) and store in the model card: "
             "'balanced' or 'CLASS>=SENSITIVITY' (e.g. 'tumor>=0.95').",
         ),
     ] = None,
+    old_operating_point: Annotated[Optional[str], typer.Option("--operating-point", hidden=True)] = None,
     bootstrap: Annotated[
         Optional[int], typer.Option(help="Bootstrap resamples for the 95% CIs (default 1000).", min=0)
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    seed: SeedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only where the results went.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Metrics with 95% CIs, calibration, figures; argmax and tuned operating point side by side.
+    """Metrics with 95% CIs, calibration, figures; argmax and tuned operating point side by side, written to
+    --out (default RUN/eval-SPLIT, or RUN/eval-cv for a cross-validated run).
 
-    Example: [bold]liverscan evaluate runs/xu --operating-point "tumor>=0.95"[/]
+    Example: [bold]liverscan evaluate runs/xu --fit-operating-point "tumor>=0.95"[/]
     """
     from liverscan.evaluation import evaluate
     from liverscan.faces.terminal import print_evaluation
 
     cfg = build_config(config, set_, eval__split=split, eval__bootstrap=bootstrap)
-    res = evaluate(run, data, split=split, out=out, operating_point=operating_point, config=cfg, seed=seed)
+    retention = cfg.ood.retention if (config or set_) else None  # else the model's own, as predict does
+    spec = renamed("--operating-point", "--fit-operating-point", old_operating_point, fit_operating_point, err_console)
+    res = evaluate(
+        run, data, split=split, out=out, operating_point=spec, config=cfg, seed=seed or 0, ood_retention=retention
+    )
     if not quiet:
         print_evaluation(res.metrics, console)
-    for path, reason in ((s["path"], s["reason"]) for s in res.metrics["skipped"]):
+    for path, reason in res.metrics.skipped:
         err_console.print(f"[yellow]skipped:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
     console.print(f"Wrote predictions, metrics and figures to {escape(str(res.out_dir))}", highlight=False)
 
@@ -441,9 +438,10 @@ def report_cmd(
     eval_dir: Annotated[
         Optional[Path], typer.Option("--eval", help="Evaluation directory to report (default RUN/eval-test).")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where --compare writes compare.md/.csv.")] = None,
+    out: OutDirOpt = None,
 ) -> None:
-    """Render a run into report.html (self-contained) and report.md, or compare runs.
+    """Render a run into report.html (self-contained) and report.md, or compare runs (--compare writes
+    compare.md and compare.csv to --out, default liverscan-compare).
 
     Example: [bold]liverscan report runs/xu[/]; [bold]liverscan report --compare runs/a runs/b -o comparison[/]
     """
@@ -487,9 +485,7 @@ def predict_cmd(
             help="Image files, folders (recursive), globs, or - to read paths from standard input.", show_default=False
         ),
     ],
-    model: Annotated[
-        Optional[Path], typer.Option("--model", "-m", help="Run directory or model file (default: the shipped model).")
-    ] = None,
+    model: ModelOpt = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write records to .csv, .json or .jsonl.")
     ] = None,
@@ -499,12 +495,13 @@ def predict_cmd(
     explain: Annotated[
         Optional[Path], typer.Option("--explain", help="Write a Grad-CAM overlay PNG per image into this folder.")
     ] = None,
-    operating_point: Annotated[
-        bool, typer.Option("--operating-point", help="Use the operating point stored in the model card.")
-    ] = False,
+    use_operating_point: UseOperatingPointOpt = False,
+    old_operating_point: Annotated[bool, typer.Option("--operating-point", hidden=True)] = False,
     review_below: Annotated[
         Optional[float],
-        typer.Option(help="Flag needs_review when the confidence is below this (default 0.6).", min=0.0, max=1.0),
+        typer.Option(
+            help=f"Flag needs_review when the confidence is below this (default {REVIEW_CONFIDENCE}).", min=0.0, max=1.0
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.", min=1, max=4096)] = 32,
     workers: Annotated[int, typer.Option(help="Decoding threads (or processes, see --decode).", min=1, max=256)] = 2,
@@ -542,29 +539,29 @@ def predict_cmd(
     study_output: Annotated[
         Optional[Path], typer.Option(help="Write one record per study to .csv, .json or .jsonl.")
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --output file (or a kept FILE.partial).")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress bar.")] = False,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
     engine: Annotated[
         str,
         typer.Option(
             help='local (this process) or ray (Ray Data actors; needs "liverscan\\[ray]"; --output is a folder).'
         ),
     ] = "local",
-    address: Annotated[
+    ray_address: Annotated[
         Optional[str], typer.Option(help="Ray cluster to use: auto or ray://HOST:10001 (default: start a local Ray).")
     ] = None,
+    old_address: Annotated[Optional[str], typer.Option("--address", hidden=True)] = None,
     num_workers: Annotated[int, typer.Option(help="Ray: actors, each holding the model once.", min=1, max=4096)] = 2,
     gpus_per_worker: Annotated[float, typer.Option(help="Ray: GPUs per actor (0: CPU).", min=0.0, max=64.0)] = 0.0,
     shard_size: Annotated[int, typer.Option(help="Ray: inputs per shard file.", min=1, max=1_000_000)] = 1000,
     shard_format: Annotated[str, typer.Option(help="Ray: parquet or jsonl shards.")] = "parquet",
-    resume: Annotated[
+    resume_shards: Annotated[
         bool,
         typer.Option(
-            "--resume", help="Ray: finish a stopped run in --output, predicting only inputs without a record."
+            "--resume-shards", help="Ray: finish a stopped run in --output, predicting only inputs without a record."
         ),
     ] = False,
+    old_resume: Annotated[bool, typer.Option("--resume", hidden=True)] = False,
 ) -> None:
     """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error,
     130/143/129 = stopped by Ctrl+C/SIGTERM/SIGHUP (records so far kept in FILE.partial).
@@ -572,23 +569,15 @@ def predict_cmd(
     Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain heatmaps/[/]
     or [bold]find /archive -name '*.png' | liverscan predict - --format jsonl[/]
     """
-    from liverscan.core.files import Skipped
-    from liverscan.serving import (
-        FORMATS,
-        Classifier,
-        RecordWriter,
-        StudyAggregator,
-        check_output,
-        expand_inputs,
-        format_for,
-        group_key,
-        partial_path,
-        write_studies,
-    )
+    from liverscan.faces.progress import RecordProgress
+    from liverscan.faces.terminal import print_predict_summary
+    from liverscan.serving import PredictJob, PredictOptions, PredictSummary
 
-    if format_ is not None and format_ not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}")
-    tags = tuple(t.strip() for t in dicom_tags.split(",") if t.strip()) if dicom_tags else ()
+    use_operating_point = renamed(
+        "--operating-point", "--use-operating-point", old_operating_point, use_operating_point, err_console
+    )
+    resume = renamed("--resume", "--resume-shards", old_resume, resume_shards, err_console)
+    address = renamed("--address", "--ray-address", old_address, ray_address, err_console)
     cfg = build_config(
         config,
         set_,
@@ -597,230 +586,82 @@ def predict_cmd(
         ood__retention=ood_retention,
         ood__enabled=False if no_ood else None,
     )
-    if engine not in ("local", "ray"):
-        fail("--engine must be local or ray")
-    from liverscan.serving import DECODERS
-
-    if decode not in DECODERS:
-        fail(f"--decode must be one of {', '.join(DECODERS)}")
-    if engine == "ray":
-        return _predict_on_ray(
-            paths,
-            model,
-            output,
-            dict(
-                use_operating_point=operating_point,
-                review_confidence=cfg.eval.review_confidence,
-                include_dicom_tags=tags,
-                runtime=runtime,
-                max_pixels=cfg.preprocess.max_pixels,
-                ood=cfg.ood.enabled,
-                ood_retention=cfg.ood.retention if (ood_retention is not None or config or set_) else None,
-            ),
-            dict(
-                shard_format=shard_format,
-                resume=resume,
-                overwrite=overwrite,
-                address=address,
-                num_workers=num_workers,
-                gpus_per_worker=gpus_per_worker,
-                batch_size=batch_size,
-                threads=workers,
-                shard_size=shard_size,
-            ),
-            refused={
-                "--decode processes": decode == "processes",
-                "--format": format_,
-                "--explain": explain,
-                "--group-by": group_by,
-                "--group-rule": group_rule,
-                "--study-output": study_output,
-            },
-            quiet=quiet,
-        )
-    if resume or address:
-        fail("--resume and --address work with --engine ray")
-    fmt_file = format_for(output) if output else None
-    if output:
-        check_output(output, overwrite)  # before the model loads: never clobber results, fail fast
-    if study_output:
-        check_output(study_output, overwrite)
-        if output and Path(study_output).resolve() == Path(output).resolve():
-            fail("--output and --study-output must be different files")
-    if (study_output or group_rule) and group_by is None:
-        group_by = "object"
-    columns: dict[str, dict] = {}
-    key = group_key(group_by, columns) if group_by else None
-    _check_path_lists(paths, group_by)  # before any work: a bad list or column fails at once
-    from liverscan.serving import check_tag_names
-
-    check_tag_names(tags)
-    clf = Classifier.load(
-        model,
-        use_operating_point=operating_point,
-        review_confidence=cfg.eval.review_confidence,
-        include_dicom_tags=tags,
+    options = PredictOptions.from_config(
+        cfg,
+        retention_given=ood_retention is not None or bool(config or set_),
+        grouped=bool(group_by or study_output or group_rule),
+        use_operating_point=use_operating_point,
+        include_dicom_tags=tuple(t.strip() for t in (dicom_tags or "").split(",") if t.strip()),
         runtime=runtime,
         batch_size=batch_size,
-        max_pixels=cfg.preprocess.max_pixels,
-        ood=cfg.ood.enabled,
-        ood_retention=cfg.ood.retention if (ood_retention is not None or config or set_) else None,
+        workers=workers,
+        decode=decode,
+        explain_dir=explain,
+        group_by=group_by,
+        **({"group_rule": group_rule} if group_rule else {}),
     )
-    err_console.print(
-        f"Model: {escape(str(clf.source))} (classes: {', '.join(clf.classes)}; decision: {clf.decision_rule}; "
-        f"runtime: {clf.runtime}; out-of-distribution guard: {escape(clf.guard_status)})",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if clf.operating_point and clf.operating_point.get("level") == "group" and key is None:
-        err_console.print(
-            "[yellow]note:[/] this operating point was fitted on patients (one answer per study); "
-            "apply it to studies with --group-by — on single images it is only indicative",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if clf.ood and clf.reference is None:
-        err_console.print(
-            "[yellow]note:[/] this model has no out-of-distribution reference (trained before liverscan 0.2): "
-            "in_distribution is left empty unless an image check fires; retrain to get the full guard",
-            highlight=False,
-            soft_wrap=True,
-        )
-    show_table = not quiet and format_ is None
-    n_total = n_failed = n_outside = 0
+    if engine not in ("local", "ray"):
+        fail("--engine must be local or ray")
+    if engine == "ray":
+        refused = {"--decode processes": decode == "processes", "--format": format_, "--explain": explain}
+        refused.update({"--group-by": group_by, "--group-rule": group_rule, "--study-output": study_output})
+        ray = dict(shard_format=shard_format, resume=resume, overwrite=overwrite, address=address)
+        ray.update(num_workers=num_workers, gpus_per_worker=gpus_per_worker, shard_size=shard_size)
+        return _predict_on_ray(paths, model, output, options, ray, refused=refused, quiet=quiet)
+    if resume or address:
+        fail("--resume-shards and --ray-address work with --engine ray")
+    job = PredictJob(paths, options, model=model, output=output, stream_format=format_, study_output=study_output,
+                     overwrite=overwrite)  # fmt: skip
+    note = functools.partial(err_console.print, highlight=False, soft_wrap=True)
+    _print_model(job, note)
+    show_table, summary = not quiet and format_ is None, PredictSummary()
     shown: list = []
-    counts: dict[str, int] = {}
-    skipped = Skipped()
-    file_writer = None
-    studies = None
-    if key is not None:
-        op = clf.operating_point or {}
-        if group_rule is None and op.get("level") == "group" and op.get("group_rule"):
-            cfg = set_value(cfg, "eval.group_rule", op["group_rule"])  # the rule it was fitted with
-        studies = StudyAggregator(
-            clf.classes,
-            key,
-            cfg.eval.group_rule,
-            decide=clf.decide_shown,
-            decision_rule=clf.decision_rule,
-            review_confidence=cfg.eval.review_confidence,
-        )
+
+    def on_record(rec) -> None:
+        if rec.error:
+            note(f"[yellow]skipped:[/] {escape(rec.path)}: {escape(rec.error)}")
+        if show_table and len(shown) < 200:
+            shown.append(rec)
+        progress.tick()
+
     try:
-        with contextlib.ExitStack() as stack:
-            writers = []
-            if output:
-                file_writer = RecordWriter(
-                    fmt_file,
-                    clf.classes,
-                    path=output,
-                    dicom_tags=tags,
-                    overwrite=overwrite,
-                    group_column=key is not None,
-                )
-                writers.append(stack.enter_context(file_writer))
-            if format_:
-                writers.append(
-                    stack.enter_context(
-                        RecordWriter(
-                            format_, clf.classes, stream=sys.stdout, dicom_tags=tags, group_column=key is not None
-                        )
-                    )
-                )
-            progress = None
-            if not quiet and format_ is None and err_console.is_terminal:
-                from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-                progress = stack.enter_context(
-                    Progress(
-                        SpinnerColumn(),
-                        TextColumn("{task.completed} images"),
-                        TextColumn("{task.fields[rate]}"),
-                        TimeElapsedColumn(),
-                        console=err_console,
-                        transient=True,
-                    )
-                )
-                task = progress.add_task("predict", total=None, rate="")
-            import time as _time
-
-            t0 = _time.perf_counter()
-            for rec in clf.iter_predict(
-                expand_inputs(paths, skipped=skipped, columns=columns),
-                batch_size=batch_size,
-                workers=workers,
-                explain_dir=explain,
-                decode=decode,
-            ):
-                n_total += 1
-                if studies is not None:
-                    studies.add(rec)
-                if rec.error:
-                    n_failed += 1
-                    err_console.print(
-                        f"[yellow]skipped:[/] {escape(rec.path)}: {escape(rec.error)}", highlight=False, soft_wrap=True
-                    )
-                else:
-                    counts[rec.decision] = counts.get(rec.decision, 0) + 1
-                    n_outside += rec.in_distribution is False
-                for w in writers:
-                    w.write(rec)
-                if show_table and len(shown) < 200:
-                    shown.append(rec)
-                if progress is not None:
-                    rate = n_total / max(_time.perf_counter() - t0, 1e-9)
-                    progress.update(task, completed=n_total, rate=f"{rate:.1f} images/s")
-            if n_total == 0:  # inside the writers: no empty output file is left behind
-                raise DataError("no input images found")
+        with RecordProgress(err_console, enabled=not quiet and format_ is None) as progress:
+            job.run(on_record, summary)
     except (KeyboardInterrupt, OSError, LiverscanError) as exc:  # a signal, a full disk, a bad input list
-        if skipped.total:
-            err_console.print(f"[yellow]note:[/] {escape(skipped.summary())}", highlight=False, soft_wrap=True)
-        kept = partial_path(output) if file_writer is not None else None
-        where = f"; {file_writer.count} records so far kept in {kept}" if kept is not None and kept.exists() else ""
-        if isinstance(exc, OSError):
-            fail(f"{_os_message(exc)}{where}")
-        if isinstance(exc, LiverscanError):
-            fail(f"{exc}{where}")
-        fail(f"stopped by {_signal_name(exc)}{where}", _signal_code(exc))
-    if skipped.total:
-        err_console.print(f"[yellow]note:[/] {escape(skipped.summary())}", highlight=False, soft_wrap=True)
-    if show_table:
-        from liverscan.faces.terminal import predictions_table
-
-        console.print(predictions_table(shown, clf.classes, n_total))
-    summary = ", ".join(f"{c}: {n}" for c, n in sorted(counts.items()))
-    err_console.print(
-        escape(f"{n_total - n_failed} of {n_total} images predicted ({summary or 'none'})")
-        + (f"; {n_failed} failed" if n_failed else "")
-        + (f"; wrote {escape(str(output))}" if output else ""),
-        highlight=False,
-    )
-    from liverscan.faces.terminal import ood_summary
-
-    warning = ood_summary(n_outside, n_total - n_failed)
-    if warning:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    if studies is not None:
-        results = studies.studies()
-        if show_table:
-            from liverscan.faces.terminal import studies_table
-
-            console.print(studies_table(results, clf.classes))
-        if study_output:
-            write_studies(study_output, results, clf.classes, overwrite=overwrite)
-        review = sum(s.needs_review for s in results)
-        err_console.print(
-            f"{len(results)} studies by {escape(group_by)} ({cfg.eval.group_rule} of their frames); "
-            f"{review} need review" + (f"; wrote {escape(str(study_output))}" if study_output else ""),
-            highlight=False,
-        )
-    if n_failed:
+        _fail_stopped(exc, summary, note)
+    print_predict_summary(console, err_console, summary, summary.classes, shown if show_table else None,
+                          job.options.group_by)  # fmt: skip
+    if summary.failed:
         raise typer.Exit(2)
 
 
-def _predict_on_ray(paths, model, output, load_options: dict, run_options: dict, refused: dict, quiet: bool) -> None:
+def _print_model(job, note) -> None:
+    """Which model predicts, how it decides, and what to know before reading its answers."""
+    clf = job.classifier
+    note(
+        f"Model: {escape(str(clf.source))} (classes: {', '.join(clf.classes)}; decision: {clf.decision_rule}; "
+        f"runtime: {clf.runtime}; out-of-distribution guard: {escape(clf.guard_status)})"
+    )
+    for text in job.notes():
+        note(f"[yellow]note:[/] {escape(text)}")
+
+
+def _fail_stopped(exc: BaseException, summary, note) -> NoReturn:
+    """One line for a stopped prediction run, saying what was kept where; the signal's exit code."""
+    if summary.skipped.total:
+        note(f"[yellow]note:[/] {escape(summary.skipped.summary())}")
+    where = f"; {summary.written} records so far kept in {summary.kept}" if summary.kept else ""
+    if isinstance(exc, OSError):
+        fail(f"{_os_message(exc)}{where}")
+    if isinstance(exc, LiverscanError):
+        fail(f"{exc}{where}")
+    fail(f"stopped by {_signal_name(exc)}{where}", _signal_code(exc))
+
+
+def _predict_on_ray(paths, model, output, options, ray_options: dict, refused: dict, quiet: bool) -> None:
     """``predict --engine ray``: shards in the --output folder, a summary line, exit 2 when some files failed."""
     from liverscan.core.files import Skipped
-    from liverscan.serving import expand_inputs, run_ray_predict
+    from liverscan.serving import check_path_lists, expand_inputs, run_ray_predict
 
     given = [flag for flag, value in refused.items() if value]
     if given:
@@ -829,7 +670,7 @@ def _predict_on_ray(paths, model, output, load_options: dict, run_options: dict,
         fail("--engine ray needs --output FOLDER for its shards")
     if Path(output).suffix.lower() in (".csv", ".json", ".jsonl", ".parquet"):
         fail(f"{output}: with --engine ray the output is a folder of shards, not a file")
-    _check_path_lists(paths, None)
+    check_path_lists(paths)
     skipped = Skipped()
     listed = list(expand_inputs(paths, skipped=skipped))
     if skipped.total:
@@ -848,17 +689,17 @@ def _predict_on_ray(paths, model, output, load_options: dict, run_options: dict,
 
     if not quiet:
         err_console.print(
-            f"Ray engine: {len(listed)} inputs, {run_options['num_workers']} workers, model "
-            f"{escape(str(model or 'the shipped default model'))}, runtime {load_options['runtime']}; shards in "
+            f"Ray engine: {len(listed)} inputs, {ray_options['num_workers']} workers, model "
+            f"{escape(str(model or 'the shipped default model'))}, runtime {options.runtime}; shards in "
             f"{escape(str(output))}",
             highlight=False,
             soft_wrap=True,
         )
     try:
-        s = run_ray_predict(listed, output, model, on_batch=show, **run_options, **load_options)
+        s = run_ray_predict(listed, output, model, options, on_batch=show, **ray_options)
     except KeyboardInterrupt as exc:
         fail(
-            f"stopped by {_signal_name(exc)}; finished shards are kept in {output}; finish with --resume",
+            f"stopped by {_signal_name(exc)}; finished shards are kept in {output}; finish with --resume-shards",
             _signal_code(exc),
         )
     decisions = ", ".join(f"{c}: {n}" for c, n in sorted(s.decisions.items()))
@@ -883,18 +724,21 @@ def _predict_on_ray(paths, model, output, load_options: dict, run_options: dict,
 @command("export")
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory from 'liverscan train'.")],
-    format_: Annotated[
-        str, typer.Option("--format", "-f", help='Export format: tflite, or onnx (needs "liverscan\\[onnx]").')
-    ] = "tflite",
+    runtime: Annotated[
+        Optional[str],
+        typer.Option("--runtime", "-r", help='Fast runtime to export: tflite, or onnx (needs "liverscan\\[onnx]").'),
+    ] = None,
+    old_format: Annotated[Optional[str], typer.Option("--format", "-f", hidden=True)] = None,
 ) -> None:
     """Export the model for fast inference; written only when it agrees with Keras (max abs difference <= 1e-4).
 
-    Example: [bold]liverscan export runs/xu --format tflite[/] or [bold]--format onnx[/]
+    Example: [bold]liverscan export runs/xu --runtime tflite[/] or [bold]--runtime onnx[/]
     (then 'liverscan predict' uses it automatically; --runtime picks one)
     """
     from liverscan.serving import export_model
 
-    info = export_model(run, format_)
+    fmt = renamed("--format", "--runtime", old_format, runtime, err_console) or "tflite"
+    info = export_model(run, fmt)
     console.print(
         f"Wrote {escape(str(run / info['file']))} ({info['bytes'] / 1e6:.1f} MB); max abs difference vs Keras "
         f"{info['max_abs_difference_vs_keras']:.1e} on {info['checked_images']} images",
@@ -904,11 +748,10 @@ def export_cmd(
 
 @command("app")
 def app_cmd(
-    model: Annotated[
-        Optional[Path], typer.Option("--model", "-m", help="Run directory or model file (default: the shipped model).")
-    ] = None,
+    model: ModelOpt = None,
     port: Annotated[int, typer.Option(help="Port to serve on (localhost).")] = 8501,
-    address: Annotated[str, typer.Option(help="Address to bind.")] = "localhost",
+    address: Annotated[str, typer.Option(help="Address to bind the app's server to.")] = "localhost",
+    use_operating_point: UseOperatingPointOpt = False,
 ) -> None:
     """Start the Streamlit web app (needs the extra: pip install "liverscan\\[app]").
 
@@ -927,6 +770,7 @@ def app_cmd(
     target = load_run(resolve_model(model)).source
     script = Path(__file__).resolve().parent / "app.py"
     env = {**os.environ, "LIVERSCAN_APP_MODEL": str(Path(target).resolve())}
+    env["LIVERSCAN_APP_OPERATING_POINT"] = "1" if use_operating_point else ""
     cmd = [
         sys.executable,
         "-m",

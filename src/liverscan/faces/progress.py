@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class RichReporter:
@@ -21,7 +29,7 @@ class RichReporter:
             TimeRemainingColumn(),
             console=console,
         )
-        self.task = None
+        self.task: TaskID | None = None  # the current phase's bar
 
     def __enter__(self):
         self.progress.start()
@@ -36,6 +44,7 @@ class RichReporter:
         self.task = self.progress.add_task(name, total=total, metrics="")
 
     def advance(self, done: int, total: int) -> None:
+        assert self.task is not None, "phase() comes first"
         self.progress.update(self.task, completed=done, total=total)
 
     def epoch(self, row: dict, state, max_epochs: int) -> None:
@@ -44,4 +53,47 @@ class RichReporter:
             f"acc {row['val_accuracy']:.3f} | lr {row['learning_rate']:.1e} | best {state.best_val_accuracy:.3f}"
             f"@{state.best_epoch}"
         )
+        assert self.task is not None, "phase() comes first"
         self.progress.update(self.task, completed=state.next_epoch, total=max_epochs, metrics=metrics)
+
+
+class RecordProgress:
+    """A transient spinner counting records and their rate (nothing when ``enabled`` is false)."""
+
+    def __init__(self, console: Console, enabled: bool):
+        self.enabled = enabled and console.is_terminal
+        self.count = 0
+        self._t0 = 0.0
+        self.progress: Progress | None = None
+        if self.enabled:
+            from rich.progress import SpinnerColumn
+
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.completed} images"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
+
+    def __enter__(self) -> RecordProgress:
+        import time
+
+        self._t0 = time.perf_counter()
+        if self.progress is not None:
+            self.progress.start()
+            self.task = self.progress.add_task("predict", total=None, rate="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def tick(self) -> None:
+        import time
+
+        self.count += 1
+        if self.progress is not None:
+            rate = self.count / max(time.perf_counter() - self._t0, 1e-9)
+            self.progress.update(self.task, completed=self.count, rate=f"{rate:.1f} images/s")

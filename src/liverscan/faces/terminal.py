@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from liverscan.core.artifacts import SPLITS
+
+if TYPE_CHECKING:  # the evaluation package imports scikit-learn: only the commands that evaluate pay for it
+    from liverscan.evaluation.results import EvalMetrics, GroupLevel, OodResult, Scores
 
 
 def counts_table(counts: dict[str, dict[str, int]], title: str = "Images per class and split") -> Table:
@@ -67,107 +72,98 @@ def print_prepare_summary(summary: dict, out: Path, console: Console | None, err
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
 
 
-def _ci(m: dict, key: str) -> str:
-    iv = m.get("bootstrap", {}).get("intervals", {}).get(key)
-    return f" [{iv[0]:.2f}–{iv[1]:.2f}]" if iv else ""
+def overall_table(metrics: EvalMetrics) -> Table:
+    """Overall metrics with 95% CIs; argmax, the operating point and the baseline (when present) side by side."""
+    from liverscan.evaluation.report import overall_rows, result_variants
 
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def overall_table(metrics: dict) -> Table:
-    """Overall metrics with 95% CIs; argmax and (when present) tuned side by side."""
-    variants = [("argmax", metrics["argmax"])] + ([("operating point", metrics["tuned"])] if "tuned" in metrics else [])
-    if metrics.get("baseline"):
-        variants.append((metrics["baseline"].get("name", "linear probe"), metrics["baseline"]))
-    from liverscan.evaluation import OVERALL_METRICS, overall_cells
-
-    resampled = (metrics["argmax"].get("bootstrap") or {}).get("resampled", "images")
-    table = Table(title=f"Overall ({metrics['split']}, n={metrics['n']}; 95% bootstrap CI over {resampled})")
+    variants = result_variants(metrics)
+    boot = metrics.argmax.bootstrap
+    resampled = boot.resampled if boot else "images"
+    table = Table(title=f"Overall ({metrics.split}, n={metrics.n}; 95% bootstrap CI over {resampled})")
     table.add_column("metric")
     for name, _ in variants:
         table.add_column(name, justify="right")
-    columns = [overall_cells(m, 2) for _, m in variants]
-    for i, (label, _, _) in enumerate(OVERALL_METRICS):
-        table.add_row(label, *[col[i] for col in columns])
+    for row in overall_rows(variants):
+        table.add_row(*row)
     return table
 
 
-def per_class_table(m: dict, title: str) -> Table:
+def per_class_table(m: Scores, title: str) -> Table:
+    from liverscan.evaluation.report import per_class_rows
+
     table = Table(title=title)
     for col in ("class", "precision", "recall", "specificity", "F1", "ROC-AUC", "n"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    for c, v in m["per_class"].items():
-        table.add_row(
-            c,
-            _fmt(v["precision"]) + _ci(m, f"{c}.precision"),
-            _fmt(v["recall"]) + _ci(m, f"{c}.recall"),
-            _fmt(v["specificity"]),
-            _fmt(v["f1"]),
-            _fmt(v["roc_auc"]) + _ci(m, f"{c}.roc_auc"),
-            str(v["support"]),
-        )
+    for row in per_class_rows(m):
+        table.add_row(*row)
     return table
 
 
-def confusion_table(m: dict, classes: list[str], title: str) -> Table:
+def confusion_table(m: Scores, classes: list[str], title: str) -> Table:
+    from liverscan.evaluation.report import confusion_rows
+
     table = Table(title=title)
     table.add_column("true \\ predicted")
     for c in classes:
         table.add_column(c, justify="right")
-    for c, counts, pct in zip(classes, m["confusion_matrix"], m["confusion_matrix_normalized"]):
-        table.add_row(c, *[f"{n} ({100 * p:.0f}%)" for n, p in zip(counts, pct)])
+    for row in confusion_rows(m, classes):
+        table.add_row(*row)
     return table
 
 
-def print_evaluation(metrics: dict, console: Console) -> None:
-    console.print(overall_table(metrics))
-    classes = metrics["classes"]
-    console.print(per_class_table(metrics["argmax"], "Per class (argmax)"))
-    spread = metrics["argmax"].get("per_fold")
-    if spread:
-        console.print(
-            "Per fold (mean ± sd over "
-            + str(spread["accuracy"]["n_folds"])
-            + " folds): "
-            + ", ".join(f"{k.replace('_', ' ')} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in spread.items()),
-            highlight=False,
+def _per_fold_line(spread: dict[str, dict[str, float]]) -> str:
+    return f"Per fold (mean ± sd over {spread['accuracy']['n_folds']} folds): " + ", ".join(
+        f"{k.replace('_', ' ')} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in spread.items()
+    )
+
+
+def _group_level_lines(gl: GroupLevel) -> list[str]:
+    """One line per decision rule (argmax, operating point) with one case per patient (or group)."""
+    from liverscan.evaluation.results import format_with_ci
+
+    unit = "patient" if gl.kind == "patients" else "group"
+    keys = (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro ROC-AUC", "macro_roc_auc"))
+    lines = []
+    for name, m in (("argmax", gl.argmax), ("operating point", gl.tuned)):
+        if m is None:
+            continue
+        cells = ", ".join(f"{label} {format_with_ci(m.value(k), m.ci(k))}" for label, k in keys)
+        lines.append(
+            f"Per {unit} ({gl.n_groups} {gl.kind}, {gl.rule} of their images, {name}; 95% CI over {gl.kind}): {cells}"
         )
-    console.print(confusion_table(metrics["argmax"], classes, "Confusion matrix (argmax)"))
-    if metrics.get("ood"):
-        console.print(ood_table(metrics["ood"]))
-    if "tuned" in metrics:
-        op = metrics["operating_point"]
-        console.print(f"Operating point {op['spec']!r}: {op['description']}; temperature {op['temperature']:.3f}")
-        console.print(per_class_table(metrics["tuned"], "Per class (operating point)"))
-        console.print(confusion_table(metrics["tuned"], classes, "Confusion matrix (operating point)"))
-    gl = metrics.get("group_level")
-    if gl:
-        unit = "patient" if gl["kind"] == "patients" else "group"
-        for name in ("argmax", "tuned"):
-            if name in gl:
-                m, iv = gl[name], (gl[name].get("bootstrap") or {}).get("intervals", {})
-
-                def cell(key: str, value) -> str:
-                    ci = iv.get(key)
-                    return _fmt(value) + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
-
-                console.print(
-                    f"Per {unit} ({gl['n_groups']} {gl['kind']}, {gl['rule']} of their images, "
-                    f"{'operating point' if name == 'tuned' else 'argmax'}; 95% CI over {gl['kind']}): "
-                    f"accuracy {cell('accuracy', m['accuracy'])}, balanced accuracy "
-                    f"{cell('balanced_accuracy', m['balanced_accuracy'])}, macro ROC-AUC "
-                    f"{cell('macro_roc_auc', m['macro']['roc_auc'])}",
-                    highlight=False,
-                )
+    return lines
 
 
-def ood_table(ood: dict) -> Table:
+def print_evaluation(metrics: EvalMetrics, console: Console) -> None:
+    """What ``evaluate`` found: overall, per class, per fold, confusion, guard, operating point, per patient."""
+    from liverscan.evaluation.results import format_value
+
+    console.print(overall_table(metrics))
+    classes = metrics.classes
+    console.print(per_class_table(metrics.argmax, "Per class (argmax)"))
+    if metrics.argmax.per_fold:
+        console.print(_per_fold_line(metrics.argmax.per_fold), highlight=False)
+    console.print(confusion_table(metrics.argmax, classes, "Confusion matrix (argmax)"))
+    if metrics.ood:
+        console.print(ood_table(metrics.ood))
+    if metrics.tuned:
+        op = metrics.operating_point
+        if op:
+            console.print(f"Operating point {op.spec!r}: {op.description}; temperature {format_value(op.temperature)}")
+        console.print(per_class_table(metrics.tuned, "Per class (operating point)"))
+        console.print(confusion_table(metrics.tuned, classes, "Confusion matrix (operating point)"))
+    if metrics.group_level:
+        for line in _group_level_lines(metrics.group_level):
+            console.print(line, highlight=False)
+
+
+def ood_table(ood: OodResult) -> Table:
     """In-distribution rate and metrics on all images vs the in-distribution subset, per source."""
+    from liverscan.evaluation.results import format_value
+
     table = Table(
-        title=f"Out-of-distribution guard: {ood['n_out_of_distribution']} flagged, "
-        f"in-distribution rate {_fmt(ood['in_distribution_rate'])}"
+        title=f"Out-of-distribution guard: {ood.n_out_of_distribution} flagged, "
+        f"in-distribution rate {format_value(ood.in_distribution_rate)}"
     )
     for col in (
         "source",
@@ -179,27 +175,27 @@ def ood_table(ood: dict) -> Table:
         "macro AUC (in-distribution)",
     ):
         table.add_column(col)
-    if not ood["per_source"]:
-        i = ood.get("in_distribution") or {}
+    if not ood.per_source:
+        i = ood.in_distribution
         table.add_row(
             "all",
-            str(i.get("n", "")),
-            _fmt(ood["in_distribution_rate"]),
+            str(i.n) if i else "",
+            format_value(ood.in_distribution_rate),
             "",
-            _fmt(i.get("accuracy")),
+            format_value(i.accuracy if i else None),
             "",
-            _fmt(i.get("macro_roc_auc")),
+            format_value(i.macro_roc_auc if i else None),
         )
-    for row in ood["per_source"]:
-        a, i = row["all"] or {}, row["in_distribution"] or {}
+    for row in ood.per_source:
+        a, i = row.all, row.in_distribution
         table.add_row(
-            escape(row["source"]),
-            str(row["n"]),
-            _fmt(row["in_distribution_rate"]),
-            _fmt(a.get("accuracy")),
-            _fmt(i.get("accuracy")),
-            _fmt(a.get("macro_roc_auc")),
-            _fmt(i.get("macro_roc_auc")),
+            escape(row.source),
+            str(row.n),
+            format_value(row.in_distribution_rate),
+            format_value(a.accuracy if a else None),
+            format_value(i.accuracy if i else None),
+            format_value(a.macro_roc_auc if a else None),
+            format_value(i.macro_roc_auc if i else None),
         )
     return table
 
@@ -271,3 +267,35 @@ def studies_table(studies: list, classes: list[str], limit: int = 200) -> Table:
             "[yellow]yes[/]" if s.needs_review else "",
         )
     return table
+
+
+def print_predict_summary(
+    console: Console, err_console: Console, summary, classes: list[str], shown: list | None, group_by: str | None
+) -> None:
+    """After ``predict``: left-out files, the prediction table (``shown``: its rows, None for no table), one
+    summary line, the out-of-distribution warning, and the studies."""
+    say = functools.partial(err_console.print, highlight=False, soft_wrap=True)
+    if summary.skipped.total:
+        say(f"[yellow]note:[/] {escape(summary.skipped.summary())}")
+    if shown is not None:
+        console.print(predictions_table(shown, classes, summary.records))
+    decisions = ", ".join(f"{c}: {n}" for c, n in sorted(summary.decisions.items()))
+    err_console.print(
+        escape(f"{summary.predicted} of {summary.records} images predicted ({decisions or 'none'})")
+        + (f"; {summary.failed} failed" if summary.failed else "")
+        + (f"; wrote {escape(str(summary.output))}" if summary.output else ""),
+        highlight=False,
+    )
+    warning = ood_summary(summary.outside, summary.predicted)
+    if warning:
+        say(f"[bold yellow]warning:[/] {escape(warning)}")
+    if summary.studies is None:
+        return
+    if shown is not None:
+        console.print(studies_table(summary.studies, classes))
+    review = sum(s.needs_review for s in summary.studies)
+    err_console.print(
+        f"{len(summary.studies)} studies by {escape(str(group_by))} ({summary.group_rule} of their frames); "
+        f"{review} need review" + (f"; wrote {escape(str(summary.study_output))}" if summary.study_output else ""),
+        highlight=False,
+    )

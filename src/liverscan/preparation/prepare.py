@@ -22,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.artifacts import CACHE, MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SPLITS, SUMMARY
+from liverscan.core.artifacts import (
+    CACHE,
+    CONFIG_FILE,
+    MANIFEST,
+    MANIFEST_COLUMNS,
+    REJECT_COLUMNS,
+    REJECTS,
+    SPLITS,
+    SUMMARY,
+)
 from liverscan.core.classmap import map_labels, ordered_classes
 from liverscan.core.config import Config
 from liverscan.core.dataset import class_weights
@@ -138,7 +147,7 @@ def prepare_dataset(
     summary = _summary(cfg, rows, rejects, dup_info, conflicts, pairs, classes, source_names, ignored, decoded)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(out / SUMMARY, summary)
-    cfg.save(out / "config.yaml")
+    cfg.save(out / CONFIG_FILE)
     return PrepareResult(out, summary, summary["warnings"])
 
 

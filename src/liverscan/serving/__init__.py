@@ -1,60 +1,48 @@
-"""Stage: predictions for new images — the Classifier, runtimes, explanations, outputs and export."""
+"""Stage: predictions for new images — what a Python user needs to screen scans.
 
-from liverscan.serving.dicom import check_tag_names
+``predict_files`` runs the whole loop (inputs → records and studies → files); ``Classifier`` predicts
+in memory; ``PredictOptions`` says how; ``run_ray_predict`` / ``predict_dataset`` spread the work over
+a Ray cluster; ``export_model`` writes the fast runtimes.
+"""
+
+from liverscan.serving.batch import PredictJob, PredictSummary, predict_files
 from liverscan.serving.distributed import (
     SHARD_FORMATS,
     RayRunSummary,
     predict_dataset,
     read_shard_rows,
-    record_columns,
     run_ray_predict,
     shard_files,
 )
 from liverscan.serving.explain import overlay
 from liverscan.serving.export import export_model
-from liverscan.serving.inputs import default_model_dir, expand_inputs, read_path_list, resolve_model
-from liverscan.serving.outputs import (
-    FORMATS,
-    OutputBusyError,
-    RecordWriter,
-    check_output,
-    csv_header,
-    csv_row,
-    format_for,
-    partial_path,
-)
-from liverscan.serving.predict import DECODERS, Classifier
-from liverscan.serving.records import Prediction
-from liverscan.serving.studies import Study, StudyAggregator, group_key, write_studies
+from liverscan.serving.inputs import check_path_lists, default_model_dir, expand_inputs, resolve_model
+from liverscan.serving.options import PredictOptions
+from liverscan.serving.outputs import FORMATS
+from liverscan.serving.predict import Classifier
+from liverscan.serving.records import Prediction, records_csv
+from liverscan.serving.studies import Study
 
 __all__ = [
-    "DECODERS",
-    "SHARD_FORMATS",
-    "RayRunSummary",
-    "predict_dataset",
-    "read_shard_rows",
-    "record_columns",
-    "run_ray_predict",
-    "shard_files",
     "FORMATS",
+    "SHARD_FORMATS",
     "Classifier",
+    "PredictJob",
+    "PredictOptions",
+    "PredictSummary",
     "Prediction",
-    "RecordWriter",
-    "check_tag_names",
-    "read_path_list",
+    "RayRunSummary",
     "Study",
-    "StudyAggregator",
-    "group_key",
-    "write_studies",
-    "OutputBusyError",
-    "check_output",
-    "partial_path",
-    "csv_header",
-    "csv_row",
+    "check_path_lists",
     "default_model_dir",
     "expand_inputs",
     "export_model",
-    "format_for",
     "overlay",
+    "predict_dataset",
+    "predict_files",
+    "read_shard_rows",
+    "records_csv",
     "resolve_model",
+    "run_ray_predict",
+    "shard_files",
 ]

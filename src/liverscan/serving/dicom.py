@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def _to_8bit(frame: np.ndarray, ds, photometric: str) -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8) if frame.dtype != np.uint8 else frame
 
 
-def read_dicom(path: str | Path, size: int = 160, include_tags: tuple[str, ...] = ()) -> list[DicomFrame]:
+def read_dicom(path: str | Path | BinaryIO, size: int = 160, include_tags: tuple[str, ...] = ()) -> list[DicomFrame]:
     """All frames of a DICOM file as model inputs."""
     pydicom = _require_pydicom()
     label = str(path)

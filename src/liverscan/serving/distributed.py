@@ -25,7 +25,8 @@ from typing import Any
 from liverscan.core.artifacts import ONNX_FILE, TFLITE_FILE
 from liverscan.core.errors import ConfigError, RunDirError
 from liverscan.core.fileio import write_bytes_atomic, write_json_atomic
-from liverscan.serving.records import Prediction
+from liverscan.serving.options import PredictOptions
+from liverscan.serving.records import Prediction, flat_row, record_columns
 
 SHARD_FORMATS = ("parquet", "jsonl")
 INDEX = "index"
@@ -54,46 +55,11 @@ def _require_ray():
 # -- records as rows -------------------------------------------------------------------------------
 
 
-def record_columns(classes: list[str], tags: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """(name, type) of a shard's record columns: ``predict``'s CSV columns, typed."""
-    return (
-        [("path", "string"), ("frame", "int64"), ("sop_instance_uid", "string")]
-        + [("predicted_class", "string"), ("confidence", "float64")]
-        + [(f"p_{c}", "float64") for c in classes]
-        + [("decision_rule", "string"), ("decision", "string"), ("in_distribution", "bool_")]
-        + [("ood_score", "float64"), ("ood_reason", "string"), ("needs_review", "bool_"), ("error", "string")]
-        + [(f"dicom_{t}", "string") for t in tags]
-    )
-
-
-def record_row(rec: Prediction, classes: list[str], tags: tuple[str, ...] = ()) -> dict[str, Any]:
-    """One record as a flat row of :func:`record_columns` (None where ``predict``'s CSV has an empty cell)."""
-    row: dict[str, Any] = {
-        "path": rec.path,
-        "frame": rec.frame,
-        "sop_instance_uid": rec.sop_instance_uid,
-        "predicted_class": rec.predicted_class,
-        "confidence": rec.confidence,
-    }
-    row.update({f"p_{c}": rec.probabilities.get(c) for c in classes})
-    row.update(
-        decision_rule=rec.decision_rule,
-        decision=rec.decision,
-        in_distribution=rec.in_distribution,
-        ood_score=rec.ood_score,
-        ood_reason=rec.ood_reason,
-        needs_review=rec.needs_review,
-        error=rec.error,
-    )
-    row.update({f"dicom_{t}": (rec.dicom_tags or {}).get(t) for t in tags})
-    return row
-
-
 def _schema(passthrough, classes: list[str], tags: tuple[str, ...]):
     import pyarrow as pa
 
     fields = [f for f in passthrough if f.name not in ("path", "bytes")]
-    return pa.schema(fields + [pa.field(n, getattr(pa, t)()) for n, t in record_columns(classes, tags)])
+    return pa.schema(fields + [pa.field(c.name, getattr(pa, c.kind)()) for c in record_columns(classes, tags)])
 
 
 # -- the actor ---------------------------------------------------------------------------------------
@@ -109,9 +75,7 @@ class BatchPredictor:
     def __init__(
         self,
         model: str | None,
-        load_options: dict,
-        batch_size: int,
-        threads: int,
+        options: PredictOptions,
         shard_dir: str | None = None,
         shard_format: str = "parquet",
         base_dir: str | None = None,
@@ -124,9 +88,9 @@ class BatchPredictor:
                 f"{self.shard_dir}: the output folder is not visible on this worker; "
                 "it must be on storage every worker sees at the same path"
             )
-        self.clf = Classifier.load(model, batch_size=batch_size, **load_options)
-        self.batch_size = batch_size
-        self.threads = threads
+        self.clf = Classifier.load(model, options)
+        self.batch_size = options.batch_size
+        self.threads = options.workers
         self.shard_format = shard_format
         self.base_dir = base_dir  # relative input paths are read from here (the driver's folder)
 
@@ -159,9 +123,10 @@ class BatchPredictor:
         keep = [n for n in batch.column_names if n not in ("path", "bytes")]
         kept = {n: batch.column(n).to_pylist() for n in keep}
         rows, records = [], []
+        columns = record_columns(clf.classes, clf.include_dicom_tags)
         for k, rec, _ in clf._iter_indexed(items, self.batch_size, self.threads, None, load=load):
             row = {n: kept[n][k] for n in keep}
-            row.update(record_row(rec, clf.classes, clf.include_dicom_tags))
+            row.update(flat_row(rec, columns))
             rows.append(row)
             records.append(rec)
         schema = _schema(batch.schema, clf.classes, clf.include_dicom_tags)
@@ -195,43 +160,30 @@ def _write_shard(folder: Path, fmt: str, table, records: list[Prediction]) -> Pa
 def predict_dataset(
     ds,
     model: str | Path | None = None,
+    options: PredictOptions | None = None,
     *,
     num_workers: int = 2,
     gpus_per_worker: float = 0,
     cpus_per_worker: float = 1,
-    batch_size: int = 32,
-    threads: int = 2,
     rows_per_batch: int = 1000,
-    **load_options,
+    **changes: Any,
 ):
     """Records for a Ray Dataset with a ``path`` column (and optionally ``bytes``, as from
     ``ray.data.read_binary_files(..., include_paths=True)``), as a lazy Ray Dataset.
 
     Other input columns (an ``index``, a patient id) are kept beside the record columns
-    (:func:`record_columns`).  ``load_options`` are :meth:`Classifier.load`'s (``runtime``,
-    ``use_operating_point``, ``ood``, ...).  Each of ``num_workers`` actors loads the model once.
+    (:func:`~liverscan.serving.records.record_columns`).  ``options`` (keyword ``changes`` replace single
+    ones: ``runtime``, ``use_operating_point``, ``batch_size``, ``workers`` decoding threads, ...) are
+    :class:`~liverscan.serving.options.PredictOptions`.  Each of ``num_workers`` actors loads the model once.
 
     >>> ds = ray.data.read_binary_files("s3://archive/", include_paths=True)   # doctest: +SKIP
     >>> predict_dataset(ds, "runs/xu").write_parquet("s3://results/")        # doctest: +SKIP
     """
-    return _map(
-        ds,
-        model,
-        num_workers,
-        gpus_per_worker,
-        cpus_per_worker,
-        batch_size,
-        threads,
-        rows_per_batch,
-        None,
-        "",
-        load_options,
-    )
+    options = (options or PredictOptions()).replace(**changes)
+    return _map(ds, model, num_workers, gpus_per_worker, cpus_per_worker, rows_per_batch, None, "", options)
 
 
-def _map(
-    ds, model, num_workers, gpus, cpus, batch_size, threads, rows, shard_dir, shard_format, load_options, base_dir=None
-):
+def _map(ds, model, num_workers, gpus, cpus, rows, shard_dir, shard_format, options: PredictOptions, base_dir=None):
     import ray.data
 
     if "path" not in ds.columns():
@@ -245,9 +197,7 @@ def _map(
         num_cpus=cpus,
         fn_constructor_kwargs=dict(
             model=None if model is None else str(model),
-            load_options=load_options,
-            batch_size=batch_size,
-            threads=threads,
+            options=options,
             shard_dir=None if shard_dir is None else str(shard_dir),
             shard_format=shard_format or "parquet",
             base_dir=base_dir,
@@ -414,23 +364,17 @@ def _model_digest(run) -> str:
     return h.hexdigest()
 
 
-def _check_options(run, options: dict) -> None:
+def _check_options(run, options: PredictOptions) -> None:
     """Refuse, on the driver and before Ray starts, what would otherwise fail in every actor."""
-    from liverscan.serving.dicom import check_tag_names
-    from liverscan.serving.predict import RUNTIMES
-
-    runtime = options.get("runtime", "auto")
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown runtime {runtime!r} ({', '.join(RUNTIMES)})")
-    check_tag_names(tuple(options.get("include_dicom_tags", ())))
+    runtime = options.runtime
     if runtime in ("tflite", "onnx"):
         f = run.model_path.with_name(TFLITE_FILE if runtime == "tflite" else ONNX_FILE)
         if not f.is_file():
-            raise RunDirError(f"{run.source}: no {f.name}; export it first: liverscan export RUN --format {runtime}")
-    if options.get("use_operating_point") and not run.card.operating_point:
+            raise RunDirError(f"{run.source}: no {f.name}; export it first: liverscan export RUN --runtime {runtime}")
+    if options.use_operating_point and not run.card.operating_point:
         raise RunDirError(
             f"{run.source}: the model card has no operating point; fit one by evaluating this run "
-            "with an operating-point goal, e.g. liverscan evaluate RUN --operating-point 'tumor>=0.95'"
+            "with an operating-point goal, e.g. liverscan evaluate RUN --fit-operating-point 'tumor>=0.95'"
         )
 
 
@@ -438,6 +382,7 @@ def run_ray_predict(
     paths: Iterable[str],
     output: str | Path,
     model: str | Path | None = None,
+    options: PredictOptions | None = None,
     *,
     shard_format: str = "parquet",
     resume: bool = False,
@@ -446,13 +391,14 @@ def run_ray_predict(
     num_workers: int = 2,
     gpus_per_worker: float = 0,
     cpus_per_worker: float = 1,
-    batch_size: int = 32,
-    threads: int = 2,
     shard_size: int = 1000,
     on_batch: Callable[[list[dict]], None] | None = None,
-    **load_options,
+    **changes: Any,
 ) -> RayRunSummary:
     """Predict ``paths`` on Ray into ``output``/part-*.{parquet,jsonl}; restartable with ``resume``.
+
+    ``options`` (:class:`~liverscan.serving.options.PredictOptions`, keyword ``changes`` replace single
+    ones) are what every actor's classifier applies; its ``workers`` are each actor's decoding threads.
 
     Without ``address`` a local Ray starts on this machine (and stops afterwards).
     ``on_batch`` receives each finished batch's (index, path, decision, error) rows.
@@ -466,17 +412,18 @@ def run_ray_predict(
     from liverscan.core.artifacts import load_run
     from liverscan.serving.inputs import resolve_model
 
+    options = (options or PredictOptions()).replace(**changes)
     out = Path(output).absolute()
     listed = list(paths)
     run = load_run(resolve_model(model))  # a bad model fails here, in one line, not in every actor
-    _check_options(run, load_options)
+    _check_options(run, options)
     model_path = str(run.source.resolve())
     plan = {
         "inputs": len(listed),
         "inputs_sha256": _inputs_digest(listed),
         "model": model_path,
         "model_sha256": _model_digest(run),
-        "options": json.loads(json.dumps(load_options)),
+        "options": options.model_settings(),
         "shard_format": shard_format,
         "liverscan_version": __version__,
     }
@@ -497,12 +444,10 @@ def run_ray_predict(
                     num_workers,
                     gpus_per_worker,
                     cpus_per_worker,
-                    batch_size,
-                    threads,
                     shard_size,
                     out,
                     shard_format,
-                    load_options,
+                    options,
                     base_dir=os.getcwd(),
                 )
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -521,7 +466,7 @@ def run_ray_predict(
         summary.seconds = time.perf_counter() - t0
         missing = set(range(len(listed))) - _done_indices(out, shard_format)
         if missing:
-            raise RunDirError(f"{out}: {len(missing)} inputs have no record; run again with --resume")
+            raise RunDirError(f"{out}: {len(missing)} inputs have no record; run again with --resume-shards")
         write_json_atomic(out / SUMMARY_FILE, {**plan, **_summary_fields(summary)})
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
@@ -542,7 +487,7 @@ def _explained(exc: BaseException, out: Path) -> Exception:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
     errors = [line.strip() for line in text.splitlines() if re.match(r"\s*[\w.]*(Error|Exception): ", line)]
     reason = errors[-1] if errors else exc.__class__.__name__
-    return RunDirError(f"the Ray run failed: {reason}; finished shards are kept in {out} (finish with --resume)")
+    return RunDirError(f"the Ray run failed: {reason}; finished shards are kept in {out} (finish with --resume-shards)")
 
 
 def _summary_fields(s: RayRunSummary) -> dict:

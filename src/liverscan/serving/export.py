@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.artifacts import ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, load_run
+from liverscan.core.artifacts import EXPORT_FORMATS, ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, load_run
 from liverscan.core.errors import ExportError, LiverscanError, RunDirError
 from liverscan.core.fileio import sha256_file, write_bytes_atomic
 from liverscan.core.guard import Reference, assess
 
-FORMATS = ("tflite", "onnx")
+FORMATS = EXPORT_FORMATS
 TOLERANCE = 1e-4
 
 
@@ -122,6 +122,8 @@ def _verified(both, staged: Path, target: Path, runner_class, images: np.ndarray
     try:
         got_p, got_f = runner_class(staged, batch_size=16).run(images)
         ref_p, ref_f = predict_outputs(both, images, batch_size=16)
+        if got_f is None or ref_f is None:
+            raise ExportError(f"{staged.name}: exported without the pooled features")
         diff = float(np.abs(got_p - ref_p).max())
         fdiff = float(np.abs(got_f - ref_f).max() / max(float(np.abs(ref_f).max()), 1e-12))
         same_guard = None

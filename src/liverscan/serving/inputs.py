@@ -174,3 +174,14 @@ def load_bytes(
         return [(Prediction(name, error=exc.reason), None)]
     except Exception as exc:  # noqa: BLE001 - one bad upload or row never stops the others
         return [(Prediction(name, error=f"unexpected error: {exc.__class__.__name__}: {exc}"), None)]
+
+
+def check_path_lists(items: Iterable[str], group_by: str | None = None) -> None:
+    """Read every CSV path list given as input, and check a ``column:NAME`` grouping against each."""
+    for item in items:
+        p = Path(item)
+        if p.suffix.lower() != ".csv" or not p.is_file():
+            continue
+        rows = read_path_list(p)
+        if group_by and group_by.startswith("column:") and rows and group_by[7:] not in rows[0][1]:
+            raise ConfigError(f"{p}: no column {group_by[7:]!r} for --group-by (columns: {', '.join(rows[0][1])})")

@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 from liverscan.core.errors import ConfigError
-from liverscan.serving.records import Prediction
+from liverscan.serving.records import Prediction, csv_cells, record_columns
 
 FORMATS = ("csv", "json", "jsonl")
 
@@ -25,36 +25,6 @@ def format_for(path: str | Path) -> str:
     if ext not in FORMATS:
         raise ConfigError(f"{path}: output must end in .csv, .json or .jsonl")
     return ext
-
-
-def csv_header(classes: list[str], with_tags: list[str] = (), with_group: bool = False) -> list[str]:
-    return (
-        (["group"] if with_group else [])
-        + ["path", "frame", "sop_instance_uid", "predicted_class", "confidence"]
-        + [f"p_{c}" for c in classes]
-        + ["decision_rule", "decision", "in_distribution", "ood_score", "ood_reason", "needs_review", "error"]
-        + ["explanation"]
-        + [f"dicom_{t}" for t in with_tags]
-    )
-
-
-def csv_row(rec: Prediction, classes: list[str], with_tags: list[str] = (), with_group: bool = False) -> list:
-    probs = [f"{rec.probabilities[c]:.6f}" if c in rec.probabilities else "" for c in classes]
-    conf = "" if rec.confidence is None else f"{rec.confidence:.6f}"
-    tags = [(rec.dicom_tags or {}).get(t, "") for t in with_tags]
-    return (
-        ([rec.group or ""] if with_group else [])
-        + [rec.path, rec.frame or "", rec.sop_instance_uid or "", rec.predicted_class or "", conf]
-        + probs
-        + [
-            rec.decision_rule,
-            rec.decision or "",
-            "" if rec.in_distribution is None else str(rec.in_distribution).lower(),
-        ]
-        + ["" if rec.ood_score is None else f"{rec.ood_score:.6f}", rec.ood_reason or ""]
-        + [str(rec.needs_review).lower(), rec.error or "", rec.explanation or ""]
-        + tags
-    )
 
 
 class OutputBusyError(ConfigError):
@@ -85,6 +55,7 @@ class RecordWriter:
             raise ConfigError(f"unknown format {fmt!r} (csv, json, jsonl)")
         self.fmt, self.classes, self.path, self.tags = fmt, classes, Path(path) if path else None, list(dicom_tags)
         self.stream, self.group_column, self.overwrite = stream, group_column, overwrite
+        self.columns = record_columns(classes, self.tags, group_column)
         self.count = 0
         self._fd: int | None = None
         self._good = 0  # bytes of whole records on disk
@@ -94,14 +65,14 @@ class RecordWriter:
 
     def __enter__(self) -> RecordWriter:
         if self.fmt == "csv":
-            self._emit(_csv_line(csv_header(self.classes, self.tags, self.group_column)))
+            self._emit(_csv_line([c.name for c in self.columns]))
         elif self.fmt == "json":
             self._emit("[")
         return self
 
     def write(self, rec: Prediction) -> None:
         if self.fmt == "csv":
-            text = _csv_line(csv_row(rec, self.classes, self.tags, self.group_column))
+            text = _csv_line(csv_cells(rec, self.columns))
         elif self.fmt == "jsonl":
             text = json.dumps(rec.to_dict()) + "\n"
         else:
@@ -111,6 +82,7 @@ class RecordWriter:
 
     def _emit(self, text: str) -> None:
         if self._fd is None:
+            assert self.stream is not None  # a writer has a path or a stream
             self.stream.write(text)
             self.stream.flush()
             return
@@ -130,6 +102,7 @@ class RecordWriter:
             if self.fmt == "json" and (exc_type is None or self.count == 0):  # valid JSON, even when empty
                 self._emit("\n]\n")
             return
+        assert self.path is not None  # a file descriptor is opened for a path only
         try:
             if exc_type is None:
                 if self.fmt == "json":

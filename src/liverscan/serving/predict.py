@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from liverscan.core.artifacts import ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, ModelCard, load_run
 from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, RunDirError
 from liverscan.core.guard import Reference, assess
-from liverscan.core.images import DEFAULT_MAX_PIXELS, decode_array
-from liverscan.serving.dicom import check_tag_names
+from liverscan.core.images import decode_array
+from liverscan.core.operating_point import ARGMAX
 from liverscan.serving.inputs import load_bytes, load_checked, resolve_model
+from liverscan.serving.options import DECODERS, PredictOptions
 from liverscan.serving.pipeline import decoded_batches
 from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
-
-DEFAULT_REVIEW_CONFIDENCE = 0.6
-RUNTIMES = ("auto", "keras", "tflite", "onnx")
-DECODERS = ("auto", "threads", "processes")
+from liverscan.serving.studies import StudyAggregator
 
 
 class Classifier:
@@ -40,15 +39,13 @@ class Classifier:
         card: ModelCard,
         source: Path,
         model_path: Path,
-        model=None,
-        runner=None,
-        use_operating_point: bool = False,
-        review_confidence: float = DEFAULT_REVIEW_CONFIDENCE,
-        include_dicom_tags: tuple[str, ...] = (),
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        model: Any = None,
+        runner: Any = None,
+        options: PredictOptions | None = None,
         reference: Reference | None = None,
-        ood: bool = True,
     ):
+        options = options or PredictOptions()
+        self.options = options
         self.card = card
         self.source = source
         self.model_path = model_path
@@ -57,42 +54,33 @@ class Classifier:
         self.runtime = runner.kind if runner is not None else "keras"
         self.classes: list[str] = list(card.classes)
         self.image_size = card.image_size
-        self.review_confidence = review_confidence
-        check_tag_names(tuple(include_dicom_tags))
-        self.include_dicom_tags = tuple(include_dicom_tags)
-        self.max_pixels = max_pixels
+        self.review_confidence = options.review_confidence
+        self.include_dicom_tags = options.include_dicom_tags
+        self.max_pixels = options.max_pixels
         #: the out-of-distribution guard: off (``ood=False``), image checks only (no reference), or full
-        self.ood = ood
-        self.reference = reference if ood else None
-        self.operating_point = card.operating_point if use_operating_point else None
-        if use_operating_point and not self.operating_point:
+        self.ood = options.ood
+        self.reference = reference if options.ood else None
+        #: the decision rule: the card's operating point with ``use_operating_point``, else argmax
+        self.operating_point = (card.operating_point if options.use_operating_point else None) or ARGMAX
+        if options.use_operating_point and not card.operating_point:
             from liverscan.serving.inputs import default_model_dir
 
             if Path(source).resolve() == default_model_dir().resolve():
                 raise RunDirError(
                     "the shipped default model has no operating point; train a model on your data and fit one "
-                    "with: liverscan evaluate RUN --operating-point 'tumor>=0.95', then predict with --model RUN"
+                    "with: liverscan evaluate RUN --fit-operating-point 'tumor>=0.95', then predict with --model RUN"
                 )
             raise RunDirError(
                 f"{source}: the model card has no operating point; fit one by evaluating this run "
-                "with an operating-point goal, e.g. liverscan evaluate RUN --operating-point 'tumor>=0.95'"
+                "with an operating-point goal, e.g. liverscan evaluate RUN --fit-operating-point 'tumor>=0.95'"
             )
-        self._gradcam = None
+        self._gradcam: Any = None  # the Grad-CAM of the Keras model, built on first use
 
     @classmethod
-    def load(
-        cls,
-        path: str | Path | None = None,
-        use_operating_point: bool = False,
-        review_confidence: float = DEFAULT_REVIEW_CONFIDENCE,
-        include_dicom_tags: tuple[str, ...] = (),
-        runtime: str = "auto",
-        batch_size: int = 32,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        ood: bool = True,
-        ood_retention: float | None = None,
-    ) -> Classifier:
-        """Load a run directory or model file (None: the default model).
+    def load(cls, path: str | Path | None = None, options: PredictOptions | None = None, **changes: Any) -> Classifier:
+        """Load a run directory or model file (None: the default model) with ``options``
+        (:class:`~liverscan.serving.options.PredictOptions`; keyword ``changes`` replace single ones,
+        e.g. ``Classifier.load("runs/xu", runtime="keras")``).
 
         ``runtime``: ``auto`` uses an exported ``model.tflite`` when present and a
         LiteRT interpreter is installed, else an exported ``model.onnx`` when ONNX
@@ -103,21 +91,16 @@ class Classifier:
         """
         from liverscan.serving import runtime as rt
 
-        if runtime not in RUNTIMES:
-            raise ConfigError(f"unknown runtime {runtime!r} ({', '.join(RUNTIMES)})")
+        options = (options or PredictOptions()).replace(**changes) if changes else (options or PredictOptions())
+        runtime = options.runtime
         run = load_run(resolve_model(path))
-        reference = _load_reference(run, ood_retention) if ood else None
+        reference = (
+            Reference.for_model(run.model_path.with_name(OOD_FILE), options.ood_retention) if options.ood else None
+        )
         tflite = run.model_path.with_name(TFLITE_FILE)
         onnx = run.model_path.with_name(ONNX_FILE)
-        kw = dict(
-            use_operating_point=use_operating_point,
-            review_confidence=review_confidence,
-            include_dicom_tags=include_dicom_tags,
-            max_pixels=max_pixels,
-            reference=reference,
-            ood=ood,
-        )
-        candidates = []
+        kw: dict[str, Any] = dict(options=options, reference=reference)
+        candidates: list[tuple[Path, Any, str]] = []
         if runtime == "tflite" or (runtime == "auto" and tflite.is_file() and rt.available()):
             candidates.append((tflite, rt.TFLiteRunner, "tflite"))
         if runtime == "onnx" or (runtime == "auto" and onnx.is_file() and rt.onnx_available()):
@@ -125,9 +108,9 @@ class Classifier:
         for file, runner_class, name in candidates:
             if not file.is_file():
                 raise RunDirError(
-                    f"{run.source}: no {file.name}; export it first: liverscan export RUN --format {name}"
+                    f"{run.source}: no {file.name}; export it first: liverscan export RUN --runtime {name}"
                 )
-            runner = runner_class(file, batch_size=batch_size)
+            runner = runner_class(file, batch_size=options.batch_size)
             if runner.input_shape != (run.image_size, run.image_size, 3):
                 raise ModelError(f"{file}: input {runner.input_shape} does not match the model card")
             if runner.has_features or reference is None:
@@ -166,8 +149,19 @@ class Classifier:
 
     @property
     def decision_rule(self) -> str:
-        rule = f"operating point {self.operating_point['spec']}" if self.operating_point else "argmax"
+        """How records name the rule that decided them."""
+        rule = self.operating_point.describe()
         return rule if self.ood else f"{rule} (out-of-distribution guard off)"
+
+    def study_aggregator(self, key: Callable[[Prediction], str], rule: str | None = None) -> StudyAggregator:
+        """One answer per group of this classifier's records, decided by its own rule.
+
+        ``rule`` (mean, max, vote) defaults to the aggregation a patient-level operating point was
+        fitted with, else ``mean`` — the same for ``predict --group-by``, the app and the Python API."""
+        op = self.operating_point
+        if rule is None:
+            rule = (op.group_rule if op.level == "group" else None) or "mean"
+        return StudyAggregator(self.classes, key, rule, op, self.review_confidence, self.decision_rule)
 
     # -- core -----------------------------------------------------------------
 
@@ -185,27 +179,10 @@ class Classifier:
             return predict_probs(self.model, images, batch_size), None
         return predict_outputs(self._scorer, images, batch_size)
 
-    def _decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class indices, reported probabilities) under the decision rule."""
-        if not self.operating_point:
-            return probs.argmax(1), probs
-        from liverscan.core.decision import apply_temperature, predict_with_rule
-
-        cal = apply_temperature(probs, self.operating_point["temperature"])
-        return predict_with_rule(cal, self.operating_point["rule"]), cal
-
-    def decide_shown(self, probs: np.ndarray) -> int:
-        """The class index for probabilities as records show them (calibrated when an operating point is used)."""
-        if not self.operating_point:
-            return int(np.argmax(probs))
-        from liverscan.core.decision import predict_with_rule
-
-        return int(predict_with_rule(np.asarray(probs)[None], self.operating_point["rule"])[0])
-
     def fill_records(self, records: list[Prediction], images: np.ndarray, batch_size: int) -> None:
         """Set class, confidence, probabilities and review flag of ``records`` from ``images``."""
         probs, feats = self.outputs(images, batch_size)
-        idx, shown = self._decide(probs)
+        idx, shown = self.operating_point.apply(probs)
         checked = [r.image_check for r in records]
         reasons = None if None in checked else [c or None for c in checked]
         verdicts = assess(self.reference, images, feats, reasons) if self.ood else [None] * len(records)
@@ -237,18 +214,23 @@ class Classifier:
     def iter_predict(
         self,
         paths: Iterable[str],
-        batch_size: int = 32,
-        workers: int = 2,
+        batch_size: int | None = None,
+        workers: int | None = None,
         explain_dir: str | Path | None = None,
-        decode: str = "threads",
+        decode: str | None = None,
     ) -> Iterator[Prediction]:
         """Stream predictions for paths (in input order); decoding overlaps inference.
 
-        ``decode``: ``threads``, ``processes`` (``workers`` fresh processes: no shared interpreter lock,
-        for many cores feeding a fast accelerator; a script using them needs the
-        ``if __name__ == "__main__":`` guard) or ``auto`` (processes from 4 workers on).
+        Unset arguments come from the classifier's options.  ``decode``: ``threads``, ``processes``
+        (``workers`` fresh processes: no shared interpreter lock, for many cores feeding a fast
+        accelerator; a script using them needs the ``if __name__ == "__main__":`` guard) or ``auto``
+        (processes from 4 workers on).
         """
-        for _, rec, _ in self._iter_indexed(paths, batch_size, workers, explain_dir, decode=decode):
+        o = self.options
+        explain = explain_dir if explain_dir is not None else o.explain_dir
+        for _, rec, _ in self._iter_indexed(
+            paths, batch_size or o.batch_size, workers or o.workers, explain, decode=decode or o.decode
+        ):
             yield rec
 
     def _iter_indexed(self, paths: Iterable, batch_size: int, workers: int, explain_dir, load=None, decode="threads"):
@@ -316,12 +298,12 @@ class Classifier:
         """
         pairs = self._predict_pairs(inputs, 32)
         out = [(rec, np.zeros((self.image_size, self.image_size))) for rec, _ in pairs]
-        ok = [k for k, (_, arr) in enumerate(pairs) if arr is not None]
+        ok = [(k, rec, arr) for k, (rec, arr) in enumerate(pairs) if arr is not None and rec.predicted_class]
         if ok:
-            cls = [self.classes.index(class_name or pairs[k][0].predicted_class) for k in ok]
-            maps = self.heatmaps(np.stack([pairs[k][1] for k in ok]), cls)
-            for k, heat in zip(ok, maps):
-                out[k] = (pairs[k][0], heat)
+            cls = [self.classes.index(class_name or rec.predicted_class or "") for _, rec, _ in ok]
+            maps = self.heatmaps(np.stack([arr for _, _, arr in ok]), cls)
+            for (k, rec, _), heat in zip(ok, maps):
+                out[k] = (rec, heat)
         return out
 
     def heatmaps(self, images: np.ndarray, class_indices) -> np.ndarray:
@@ -363,14 +345,3 @@ def _load_keras(run: LoadedRun):
             f"match its model card ({run.image_size}px, {len(run.classes)} classes)"
         )
     return model
-
-
-def _load_reference(run: LoadedRun, retention: float | None) -> Reference | None:
-    """The run's out-of-distribution reference (None for a model trained without one)."""
-    path = run.model_path.with_name(OOD_FILE)
-    if not path.is_file():
-        return None
-    ref = Reference.load(path)
-    if retention is not None and retention != ref.retention:
-        ref = ref.with_retention(retention)
-    return ref

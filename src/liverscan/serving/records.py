@@ -1,8 +1,18 @@
-"""The prediction record: one image, or one DICOM frame."""
+"""The prediction record and its one schema: fields, types, CSV flattening and JSON.
+
+Every writer reads the schema from here — the CSV / JSON / JSON Lines writer, the Ray engine's
+Parquet and JSON Lines shards, study records, the app's download — so adding a field is one edit:
+a field of :class:`Prediction` (JSON) and, for a scalar, a :class:`Column` in :func:`record_columns`
+(CSV and shards).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
 
 OUT_OF_DISTRIBUTION = "out_of_distribution"
 
@@ -39,7 +49,8 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record."""
         d = asdict(self)
         for key in ("study_instance_uid", "series_instance_uid", "image_check"):
             d.pop(key)
@@ -47,3 +58,95 @@ class Prediction:
             if d[key] is None:
                 d.pop(key)
         return d
+
+
+@dataclass(frozen=True)
+class Column:
+    """One flat column of a record: its name, its type (a pyarrow type name) and how to read it."""
+
+    name: str
+    kind: str  # "string" | "int64" | "float64" | "bool_"
+    value: Callable[[Any], Any]
+
+    def cell(self, record: Any) -> str:
+        """The CSV cell: floats with 6 decimals, booleans as true/false, None empty."""
+        return format_cell(self.value(record))
+
+
+def format_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v)).lower()
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.6f}"
+    return str(v)
+
+
+def _attr(name: str) -> Callable[[Any], Any]:
+    return lambda r: getattr(r, name)
+
+
+def _probability(c: str) -> Callable[[Any], Any]:
+    return lambda r: r.probabilities.get(c)
+
+
+def _tag(t: str) -> Callable[[Any], Any]:
+    return lambda r: (r.dicom_tags or {}).get(t)
+
+
+def record_columns(classes: Sequence[str], tags: Sequence[str] = (), group: bool = False) -> list[Column]:
+    """The flat columns of a prediction record (``predict``'s CSV header, typed)."""
+    s, f, b = "string", "float64", "bool_"
+    return (
+        ([Column("group", s, _attr("group"))] if group else [])
+        + [Column("path", s, _attr("path")), Column("frame", "int64", _attr("frame"))]
+        + [
+            Column("sop_instance_uid", s, _attr("sop_instance_uid")),
+            Column("predicted_class", s, _attr("predicted_class")),
+        ]
+        + [Column("confidence", f, _attr("confidence"))]
+        + [Column(f"p_{c}", f, _probability(c)) for c in classes]
+        + [Column(n, s, _attr(n)) for n in ("decision_rule", "decision")]
+        + [Column("in_distribution", b, _attr("in_distribution")), Column("ood_score", f, _attr("ood_score"))]
+        + [Column("ood_reason", s, _attr("ood_reason")), Column("needs_review", b, _attr("needs_review"))]
+        + [Column("error", s, _attr("error")), Column("explanation", s, _attr("explanation"))]
+        + [Column(f"dicom_{t}", s, _tag(t)) for t in tags]
+    )
+
+
+def study_columns(classes: Sequence[str]) -> list[Column]:
+    """The flat columns of a study record (:class:`~liverscan.serving.studies.Study`)."""
+    s, i, f = "string", "int64", "float64"
+    return (
+        [Column("group", s, _attr("group"))]
+        + [Column(n, i, _attr(n)) for n in ("n_frames", "n_used", "n_failed", "n_out_of_distribution")]
+        + [Column("ood_share", f, _attr("ood_share")), Column("rule", s, _attr("rule"))]
+        + [Column(n, s, _attr(n)) for n in ("decision_rule", "predicted_class")]
+        + [Column("confidence", f, _attr("confidence"))]
+        + [Column(f"p_{c}", f, _probability(c)) for c in classes]
+        + [Column("decision", s, _attr("decision")), Column("needs_review", "bool_", _attr("needs_review"))]
+        + [Column("most_suspicious_path", s, _attr("most_suspicious_path"))]
+        + [Column("most_suspicious_frame", i, _attr("most_suspicious_frame"))]
+        + [Column(n, s, _attr(n)) for n in ("explanation", "error")]
+    )
+
+
+def flat_row(record: Any, columns: Sequence[Column]) -> dict[str, Any]:
+    """A record as typed values by column name (None where the CSV has an empty cell)."""
+    return {c.name: c.value(record) for c in columns}
+
+
+def csv_cells(record: Any, columns: Sequence[Column]) -> list[str]:
+    """A record as CSV cells."""
+    return [c.cell(record) for c in columns]
+
+
+def records_csv(
+    records: Sequence[Prediction], classes: Sequence[str], tags: Sequence[str] = (), group: bool = False
+) -> str:
+    """Records as one CSV text (``predict``'s columns), e.g. for a download."""
+    from liverscan.core.fileio import csv_text
+
+    columns = record_columns(classes, tags, group)
+    return csv_text([c.name for c in columns], [csv_cells(r, columns) for r in records])

@@ -1,6 +1,6 @@
 """Fast inference with an exported model: TensorFlow Lite (LiteRT) or ONNX Runtime.
 
-``liverscan export RUN --format tflite|onnx`` writes ``model.tflite`` / ``model.onnx``
+``liverscan export RUN --runtime tflite|onnx`` writes ``model.tflite`` / ``model.onnx``
 beside ``model.keras``.  Prediction then runs through the LiteRT interpreter (XNNPACK
 kernels) or an ONNX Runtime session, which start without importing TensorFlow and run
 MobileNetV2 several times faster on a CPU than the Keras graph.  Both runners give

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.aggregate import RULES, aggregate, suspicion
+from liverscan.core.aggregate import RULES, suspicion
 from liverscan.core.errors import ConfigError
-from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
+from liverscan.core.operating_point import ARGMAX, REVIEW_CONFIDENCE, OperatingPoint
+from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction, csv_cells, study_columns
 
 KEYS = ("object", "study", "series", "folder", "regex:PATTERN", "column:NAME")
 
@@ -97,28 +98,6 @@ class Study:
         return asdict(self)
 
 
-def study_header(classes: list[str]) -> list[str]:
-    return (
-        ["group", "n_frames", "n_used", "n_failed", "n_out_of_distribution", "ood_share", "rule", "decision_rule"]
-        + ["predicted_class", "confidence"]
-        + [f"p_{c}" for c in classes]
-        + ["decision", "needs_review", "most_suspicious_path", "most_suspicious_frame", "explanation", "error"]
-    )
-
-
-def study_row(s: Study, classes: list[str]) -> list:
-    def num(v):
-        return "" if v is None else f"{v:.6f}"
-
-    return (
-        [s.group, s.n_frames, s.n_used, s.n_failed, s.n_out_of_distribution, num(s.ood_share), s.rule]
-        + [s.decision_rule, s.predicted_class or "", num(s.confidence)]
-        + [num(s.probabilities.get(c)) for c in classes]
-        + [s.decision or "", str(s.needs_review).lower(), s.most_suspicious_path or ""]
-        + [s.most_suspicious_frame or "", s.explanation or "", s.error or ""]
-    )
-
-
 @dataclass
 class _Frame:
     path: str
@@ -131,8 +110,9 @@ class _Frame:
 class StudyAggregator:
     """Collects frame records by group (any input order) and gives one :class:`Study` per group.
 
-    ``decide(probs)`` maps a study's probabilities (as shown in frame records: calibrated when an
-    operating point is in use) to a class index — the classifier's own decision rule.
+    The study is decided by ``operating_point`` — the classifier's own decision rule, applied to the
+    frames' probabilities as records show them (calibrated when a fitted point is in use): see
+    :meth:`~liverscan.core.operating_point.OperatingPoint.decide_group`.
     """
 
     def __init__(
@@ -140,15 +120,15 @@ class StudyAggregator:
         classes: list[str],
         key: Callable[[Prediction], str],
         rule: str = "mean",
-        decide: Callable[[np.ndarray], int] | None = None,
-        decision_rule: str = "argmax",
-        review_confidence: float = 0.6,
+        operating_point: OperatingPoint = ARGMAX,
+        review_confidence: float = REVIEW_CONFIDENCE,
+        decision_rule: str | None = None,
     ):
         if rule not in RULES:
             raise ConfigError(f"unknown aggregation rule {rule!r} (one of {', '.join(RULES)})")
         self.classes, self.key, self.rule = classes, key, rule
-        self.decide = decide or (lambda p: int(np.argmax(p)))
-        self.decision_rule, self.review_confidence = decision_rule, review_confidence
+        self.operating_point, self.review_confidence = operating_point, review_confidence
+        self.decision_rule = decision_rule or operating_point.describe()
         self._groups: dict[str, list[_Frame]] = {}
 
     def add(self, rec: Prediction) -> str:
@@ -179,13 +159,8 @@ class StudyAggregator:
         if not used:
             s.error = "no frame of this group could be read"
             return s
-        probs = np.stack([f.probs for f in used])
-        if self.rule == "vote":  # each frame decided by the model's rule; the study is the majority
-            agg = aggregate(probs, "vote", self.classes, np.array([self.decide(p) for p in probs]))
-            k = int(np.argmax(agg))
-        else:
-            agg = aggregate(probs, self.rule, self.classes)
-            k = self.decide(agg)
+        probs = np.stack([f.probs for f in used if f.probs is not None])
+        agg, k = self.operating_point.decide_group(probs, self.rule, self.classes)
         worst = used[int(np.argmax(suspicion(probs, self.classes)))]
         s.predicted_class = self.classes[k]
         s.confidence = float(agg[k])
@@ -207,7 +182,8 @@ def write_studies(path: str | Path, studies: list[Study], classes: list[str], ov
     fmt = format_for(path)
     check_output(path, overwrite)
     if fmt == "csv":
-        text = csv_text(study_header(classes), [study_row(s, classes) for s in studies])
+        columns = study_columns(classes)
+        text = csv_text([c.name for c in columns], [csv_cells(s, columns) for s in studies])
     elif fmt == "jsonl":
         text = "".join(json.dumps(s.to_dict()) + "\n" for s in studies)
     else:

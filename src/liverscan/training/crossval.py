@@ -280,6 +280,7 @@ def _write_oof(run: Path, images: Split, classes: list[str], results: list[dict]
     header = ["path", "group", "true_class", "repeat", "fold"] + [f"p_{c}" for c in classes]
     header += [f"baseline_p_{c}" for c in classes] if baseline else []
     header += ["ood_score"]
+    assert images.groups is not None  # PreparedData.split gives every image a group
     rows = []
     for res in results:
         for j, i in enumerate(res["index"]):

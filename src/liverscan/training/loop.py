@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -53,10 +53,10 @@ def epoch_dataset(n_items: int, batch_size: int, make_epoch: Callable[[int], Cal
     the controller sets ``.epoch`` at the start of every epoch, so the content of
     an epoch is a pure function of (seed, epoch) and survives resuming.
     """
-    keras = import_keras()
+    keras: Any = import_keras()  # the module, untyped: its classes are bases here
 
     class _EpochBatches(keras.utils.PyDataset):
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
             self.epoch = 0
             self._made: tuple[int, Callable[[int], tuple]] | None = None
@@ -75,7 +75,7 @@ def epoch_dataset(n_items: int, batch_size: int, make_epoch: Callable[[int], Cal
 def _controller(
     stage: str, state: LoopState, t: TrainConfig, store: CheckpointStore, reporter: Reporter, max_epochs: int, dataset
 ):
-    keras = import_keras()
+    keras: Any = import_keras()  # the module, untyped: its classes are bases here
 
     class _Controller(keras.callbacks.Callback):
         best_weights: list | None = None
@@ -130,7 +130,7 @@ class Stage:
 
 def run_stage(
     stage: Stage,
-    make_trainer: Callable[[float], object],
+    make_trainer: Callable[[float], Any],  # a compiled Keras model
     t: TrainConfig,
     store: CheckpointStore,
     reporter: Reporter,

@@ -250,6 +250,7 @@ def _train_linear_head(model, train: Split, val: Split, cfg: Config, run: Path, 
     ftrain = compute_features(extractor, train.x, reporter=reporter)
     fval = compute_features(extractor, val.x) if len(val.y) else None
     reporter.phase("Fitting the linear probe (C by inner group cross-validation)", None)
+    assert train.groups is not None  # PreparedData.split gives every image a group
     probe = fit_linear_probe(ftrain, train.y, train.groups, model.output_shape[-1], seed=cfg.train.seed)
     set_linear_head(model, probe.weights, probe.bias)
     details = {
@@ -353,6 +354,7 @@ def fit_guard(model, train: Split, val: Split, cfg: Config, run: Path, train_fea
         fval = compute_features(extractor, val.x) if val_features is None else val_features
         ref = guard.calibrate(ref, guard.scores(ref, fval), cfg.ood.retention, f"validation split (n={len(val.y)})")
     else:
+        assert train.groups is not None  # PreparedData.split gives every image a group
         scores = out_of_fold_guard_scores(ftrain, train.y, train.groups, cfg)
         ref = guard.calibrate(ref, scores, cfg.ood.retention, f"training images, out of fold (n={len(train.y)})")
     ref.save(run / art.OOD_FILE)

@@ -1,0 +1,221 @@
+"""The prediction loop: inputs in, records and study records streamed to their writers, one summary out.
+
+This is what ``liverscan predict`` runs (the CLI only parses, calls and prints) and what a Python user
+runs for a folder of scans::
+
+    from liverscan.serving import PredictOptions, predict_files
+
+    summary = predict_files(["scans/"], PredictOptions(group_by="folder"), model="runs/xu",
+                            output="results.csv", study_output="studies.csv")
+    print(summary.predicted, summary.decisions, [s.decision for s in summary.studies])
+
+Everything that can be refused is refused before the model loads: an output that exists (without
+``overwrite``), the same file for records and studies, a bad ``group_by``, an unreadable CSV path list
+or one without the grouping column.  Records reach ``FILE.partial`` as they are made (see
+:class:`~liverscan.serving.outputs.RecordWriter`); when the loop is stopped (a signal, a full disk), the
+exception propagates and :attr:`PredictSummary.kept` says what was kept where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from liverscan.core.errors import ConfigError, DataError
+from liverscan.core.files import Skipped
+from liverscan.serving.inputs import check_path_lists, expand_inputs
+from liverscan.serving.options import PredictOptions
+from liverscan.serving.outputs import FORMATS, RecordWriter, check_output, format_for, partial_path
+from liverscan.serving.predict import Classifier
+from liverscan.serving.records import Prediction
+from liverscan.serving.studies import Study, StudyAggregator, group_key, write_studies
+
+
+@dataclass
+class PredictSummary:
+    """What a prediction run did (filled as it goes, so it is meaningful after a stop too)."""
+
+    classes: list[str] = field(default_factory=list)  # the model's classes, in its order
+    records: int = 0
+    failed: int = 0
+    outside: int = 0  # records the guard found out of distribution
+    decisions: dict[str, int] = field(default_factory=dict)
+    skipped: Skipped = field(default_factory=Skipped)  # files a folder walk left out, by reason
+    studies: list[Study] | None = None
+    group_rule: str | None = None
+    output: Path | None = None
+    study_output: Path | None = None
+    written: int = 0  # records in the output file (or its .partial)
+
+    @property
+    def predicted(self) -> int:
+        return self.records - self.failed
+
+    @property
+    def kept(self) -> Path | None:
+        """Where the records of a stopped run are (``FILE.partial``), or None."""
+        if self.output is None:
+            return None
+        partial = partial_path(self.output)
+        return partial if partial.exists() else None
+
+
+class PredictJob:
+    """One checked, loaded prediction run; :meth:`run` streams it.
+
+    The constructor does every check that needs no model, then loads the classifier (or takes
+    ``classifier``), so a caller can say which model it is before the first image is read.
+    """
+
+    def __init__(
+        self,
+        inputs: Iterable[str],
+        options: PredictOptions | None = None,
+        *,
+        model: str | Path | None = None,
+        classifier: Classifier | None = None,
+        output: str | Path | None = None,
+        stream: IO[str] | None = None,
+        stream_format: str | None = None,
+        study_output: str | Path | None = None,
+        overwrite: bool = False,
+    ):
+        options = options or (classifier.options if classifier is not None else PredictOptions())
+        if stream_format is not None and stream_format not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+        self.inputs = list(inputs) if not isinstance(inputs, (str, Path)) else [str(inputs)]
+        self.output = Path(output) if output else None
+        self.study_output = Path(study_output) if study_output else None
+        self.stream, self.stream_format, self.overwrite = stream, stream_format, overwrite
+        if self.stream_format is not None and self.stream is None:
+            self.stream = sys.stdout
+        if self.output:
+            check_output(self.output, overwrite)  # before the model loads: never clobber results, fail fast
+        if self.study_output:
+            check_output(self.study_output, overwrite)
+            if self.output and self.study_output.resolve() == self.output.resolve():
+                raise ConfigError("--output and --study-output must be different files")
+        if (self.study_output or options.group_rule) and options.group_by is None:
+            options = options.replace(group_by="object")
+        self.options = options
+        self.columns: dict[str, dict] = {}  # CSV path lists' rows, for group_by column:NAME
+        self.key = group_key(options.group_by, self.columns) if options.group_by else None
+        check_path_lists(self.inputs, options.group_by)  # a bad list or column fails before any work
+        self.classifier = classifier or Classifier.load(model, options)
+
+    def notes(self) -> list[str]:
+        """What a user should know about this run before reading its answers."""
+        clf, out = self.classifier, []
+        if clf.operating_point.level == "group" and self.key is None:
+            out.append(
+                "this operating point was fitted on patients (one answer per study); apply it to studies with "
+                "--group-by — on single images it is only indicative"
+            )
+        if clf.ood and clf.reference is None:
+            out.append(
+                "this model has no out-of-distribution reference (trained before liverscan 0.2): in_distribution "
+                "is left empty unless an image check fires; retrain to get the full guard"
+            )
+        return out
+
+    def studies(self) -> StudyAggregator | None:
+        """The study aggregator of this run (None without grouping)."""
+        if self.key is None:
+            return None
+        return self.classifier.study_aggregator(self.key, self.options.group_rule)
+
+    def run(
+        self, on_record: Callable[[Prediction], None] | None = None, summary: PredictSummary | None = None
+    ) -> PredictSummary:
+        """Predict every input in order; each record goes to the writers, then to ``on_record``.
+
+        ``summary`` (optional) is filled as records arrive, so a caller keeps the counts when a signal or
+        a full disk stops the run (the exception propagates; whole records stay in ``FILE.partial``).
+        """
+        clf = self.classifier
+        s = summary if summary is not None else PredictSummary()
+        s.output, s.study_output, s.classes = self.output, self.study_output, list(clf.classes)
+        studies = self.studies()
+        s.group_rule = studies.rule if studies is not None else None
+        group_column = self.key is not None
+        tags = clf.include_dicom_tags
+        file_writer: RecordWriter | None = None
+        with contextlib.ExitStack() as stack:
+            writers = []
+            if self.output:
+                fmt = format_for(self.output)
+                file_writer = RecordWriter(
+                    fmt, clf.classes, path=self.output, dicom_tags=tags, overwrite=self.overwrite,
+                    group_column=group_column,
+                )  # fmt: skip
+                writers.append(stack.enter_context(file_writer))
+            if self.stream_format:
+                writers.append(
+                    stack.enter_context(
+                        RecordWriter(
+                            self.stream_format,
+                            clf.classes,
+                            stream=self.stream,
+                            dicom_tags=tags,
+                            group_column=group_column,
+                        )  # fmt: skip
+                    )
+                )
+            records = clf.iter_predict(expand_inputs(self.inputs, skipped=s.skipped, columns=self.columns))
+            for rec in records:
+                s.records += 1
+                if studies is not None:
+                    studies.add(rec)
+                if rec.error:
+                    s.failed += 1
+                else:
+                    assert rec.decision is not None
+                    s.decisions[rec.decision] = s.decisions.get(rec.decision, 0) + 1
+                    s.outside += rec.in_distribution is False
+                for w in writers:
+                    w.write(rec)
+                if file_writer is not None:
+                    s.written = file_writer.count
+                if on_record is not None:
+                    on_record(rec)
+            if s.records == 0:  # inside the writers: no empty output file is left behind
+                raise DataError("no input images found")
+        if studies is not None:
+            s.studies = studies.studies()
+            if self.study_output:
+                write_studies(self.study_output, s.studies, clf.classes, overwrite=self.overwrite)
+        return s
+
+
+def predict_files(
+    inputs: Iterable[str] | str | Path,
+    options: PredictOptions | None = None,
+    *,
+    model: str | Path | None = None,
+    classifier: Classifier | None = None,
+    output: str | Path | None = None,
+    stream: IO[str] | None = None,
+    stream_format: str | None = None,
+    study_output: str | Path | None = None,
+    overwrite: bool = False,
+    on_record: Callable[[Prediction], None] | None = None,
+) -> PredictSummary:
+    """Predict files, folders (recursive), globs and CSV path lists; write records (``output``: .csv, .json,
+    .jsonl; ``stream``: a text stream in ``stream_format``) and, with ``options.group_by``, study records
+    (``study_output``).  Returns the :class:`PredictSummary` (its ``studies`` too)."""
+    job = PredictJob(
+        [str(inputs)] if isinstance(inputs, (str, Path)) else inputs,
+        options,
+        model=model,
+        classifier=classifier,
+        output=output,
+        stream=stream,
+        stream_format=stream_format,
+        study_output=study_output,
+        overwrite=overwrite,
+    )
+    return job.run(on_record)

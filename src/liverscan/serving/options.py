@@ -1,0 +1,115 @@
+"""What a prediction run is asked to do, typed: how the model is loaded and applied, and how inputs flow.
+
+One :class:`PredictOptions` travels from the CLI, the app, the Python API and the Ray engine's
+actors to :meth:`~liverscan.serving.predict.Classifier.load` and
+:func:`~liverscan.serving.batch.predict_files`; it is checked once, before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from liverscan.core.aggregate import RULES
+from liverscan.core.errors import ConfigError
+from liverscan.core.images import DEFAULT_MAX_PIXELS
+from liverscan.core.operating_point import REVIEW_CONFIDENCE
+
+if TYPE_CHECKING:
+    from liverscan.core.config import Config
+
+RUNTIMES = ("auto", "keras", "tflite", "onnx")
+DECODERS = ("auto", "threads", "processes")
+#: the options that change what a record says (the rest only change how fast it is made)
+MODEL_FIELDS = (
+    "use_operating_point",
+    "review_confidence",
+    "include_dicom_tags",
+    "runtime",
+    "max_pixels",
+    "ood",
+    "ood_retention",
+)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to load and apply a model, and how inputs are decoded, batched and grouped.
+
+    ``use_operating_point``: decide by the operating point stored in the model card (else argmax);
+    ``review_confidence``: flag ``needs_review`` below this confidence; ``include_dicom_tags``: DICOM
+    tags copied into records; ``runtime``: ``auto`` (an exported ``model.tflite``, else ``model.onnx``,
+    when present), ``keras``, ``tflite`` or ``onnx``; ``ood``: the out-of-distribution guard on;
+    ``ood_retention``: recompute the guard's threshold for this retention (None: the model's own);
+    ``decode``: decoding ``threads``, ``processes`` or ``auto`` (processes from 4 ``workers`` on);
+    ``group_by`` / ``group_rule``: one answer per study (see :mod:`liverscan.serving.studies`; the rule
+    defaults to the one a patient-level operating point was fitted with, else ``mean``).
+    """
+
+    use_operating_point: bool = False
+    review_confidence: float = REVIEW_CONFIDENCE
+    include_dicom_tags: tuple[str, ...] = ()
+    runtime: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    ood: bool = True
+    ood_retention: float | None = None
+    batch_size: int = 32
+    workers: int = 2
+    decode: str = "auto"
+    explain_dir: Path | None = None
+    group_by: str | None = None
+    group_rule: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "include_dicom_tags", tuple(self.include_dicom_tags))
+        if self.explain_dir is not None:
+            object.__setattr__(self, "explain_dir", Path(self.explain_dir))
+        self.check()
+
+    def check(self) -> None:
+        """One-line errors for values no run could use."""
+        from liverscan.serving.dicom import check_tag_names
+
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {self.runtime!r} ({', '.join(RUNTIMES)})")
+        if self.decode not in DECODERS:
+            raise ConfigError(f"--decode must be one of {', '.join(DECODERS)}")
+        if self.group_rule is not None and self.group_rule not in RULES:
+            raise ConfigError(f"unknown aggregation rule {self.group_rule!r} (one of {', '.join(RULES)})")
+        if not 0 <= self.review_confidence <= 1:
+            raise ConfigError(f"review confidence must be in [0, 1], not {self.review_confidence}")
+        if self.ood_retention is not None and not 0.5 <= self.ood_retention <= 1:
+            raise ConfigError(f"out-of-distribution retention must be in [0.5, 1], not {self.ood_retention}")
+        if self.batch_size < 1 or self.workers < 1:
+            raise ConfigError("batch size and workers must be at least 1")
+        check_tag_names(self.include_dicom_tags)
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, retention_given: bool = False, grouped: bool = False, **fields: Any):
+        """Options from a configuration (review threshold, decoding limit, guard) and explicit ``fields``.
+
+        The guard keeps the model's own threshold unless ``retention_given`` (the user asked for a
+        retention); the configured study rule counts for ``grouped`` runs when it is not the default (else
+        the rule a patient-level operating point was fitted with, else mean)."""
+        from liverscan.core.config import Config
+
+        rule = cfg.eval.group_rule if grouped and cfg.eval.group_rule != Config().eval.group_rule else None
+        settings: dict[str, Any] = dict(
+            review_confidence=cfg.eval.review_confidence,
+            max_pixels=cfg.preprocess.max_pixels,
+            ood=cfg.ood.enabled,
+            ood_retention=cfg.ood.retention if retention_given else None,
+            group_rule=rule,
+        )
+        return cls(**{**settings, **fields})
+
+    def replace(self, **changes: Any) -> PredictOptions:
+        return dataclasses.replace(self, **changes)
+
+    def model_settings(self) -> dict[str, Any]:
+        """The options that change what a record says, as JSON values (the Ray engine's resume check)."""
+        out = {k: getattr(self, k) for k in MODEL_FIELDS}
+        out["include_dicom_tags"] = list(self.include_dicom_tags)
+        return out

@@ -1,0 +1,27 @@
+"""Evaluating on labelled images that were not prepared (folders, a CSV): the run's own splits stay in charge."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from cli_helpers import runner
+from liverscan.faces.cli import app
+
+
+def test_operating_point_with_unprepared_data_is_fitted_on_the_runs_validation_split(probe_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(probe_run["run"], run)
+    folders = tmp_path / "external"
+    for cls in ("normal", "fatty", "tumor"):
+        (folders / cls).mkdir(parents=True)
+        for image in sorted((probe_run["data"] / cls).glob("*.png"))[:4]:
+            shutil.copy(image, folders / cls / image.name)
+    r = runner.invoke(
+        app,
+        ["evaluate", str(run), "--data", str(folders), "--operating-point", "tumor>=0.9", "-q"]
+        + ["--set", "eval.bootstrap=20"],
+    )
+    assert r.exit_code == 0, r.output
+    fitted_on = json.loads((run / "model_card.json").read_text())["operating_point"]["fitted_on"]
+    assert str(folders) not in fitted_on["data"] and "val" in fitted_on["data"]

@@ -1,0 +1,107 @@
+"""Output files: an unwritable or full output directory is a one-line error, whole records are kept, existing
+results are never overwritten unasked, and two writers never share one output.
+
+A full or read-only output directory is a small tmpfs where the machine allows mounting one, otherwise an
+``OSError`` injected at the write call.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cli_helpers import OsProxy, assert_whole_records, csv_rows, one_line_error, runner, tmpfs
+from conftest import class_image
+from liverscan.faces.cli import app
+
+EXAMPLE = "examples/images/Normal/xu-92.jpg"
+
+
+@pytest.mark.parametrize("command", ["prepare", "evaluate", "report", "predict"])
+def test_read_only_or_full_output_directory_is_one_line(probe_run, tmp_path, monkeypatch, command):
+    target = tmp_path / "ro"
+    args = {
+        "prepare": ["prepare", str(probe_run["data"]), "-o", str(target / "prep")],
+        "evaluate": ["evaluate", str(probe_run["run"]), "--out", str(target / "eval"), "--set", "eval.bootstrap=20"],
+        "report": ["report", "--compare", str(probe_run["run"]), str(probe_run["run"]), "--out", str(target / "cmp")],
+        "predict": ["predict", EXAMPLE, "-o", str(target / "x.csv")],
+    }[command]
+    with tmpfs(target, read_only=True) as mounted:
+        if not mounted:  # no tmpfs here: liverscan's own file creation fails as on a read-only file system
+            import tempfile
+
+            import liverscan.core.fileio as fileio
+            import liverscan.serving.outputs as outputs
+
+            def refuse(*args, **kwargs):
+                raise OSError(errno.EROFS, "Read-only file system", str(target))
+
+            monkeypatch.setattr(fileio, "tempfile", OsProxy(tempfile, mkstemp=refuse))
+            monkeypatch.setattr(outputs, "os", OsProxy(os, open=refuse))
+        one_line_error(runner.invoke(app, args), "Read-only file system")
+        monkeypatch.undo()
+    assert not any(probe_run["run"].glob("eval-*/.*tmp"))
+
+
+def test_full_disk_keeps_whole_records(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(40):
+        class_image(k % 3, k).save(folder / f"img{k:02d}_{'x' * 60}.png")
+    target = tmp_path / "full"
+    with tmpfs(target, size="4k") as mounted:
+        if not mounted:  # inject ENOSPC at the write call after a few records
+            import liverscan.serving.outputs as outputs
+
+            real_write, calls = os.write, {"n": 0}
+
+            def write(fd, data):
+                calls["n"] += 1
+                if calls["n"] > 12:
+                    return real_write(fd, bytes(data)[: len(data) // 2]) and (_ for _ in ()).throw(
+                        OSError(errno.ENOSPC, "No space left on device")
+                    )
+                return real_write(fd, data)
+
+            monkeypatch.setattr(outputs, "os", OsProxy(os, write=write))
+        out = target / "out.csv"
+        r = runner.invoke(app, ["predict", str(folder), "-o", str(out), "-q", "--batch-size", "4"])
+        text = one_line_error(r, "No space left on device")
+        partial = out.with_name("out.csv.partial")
+        n = assert_whole_records(partial)
+        assert 0 < n < 40 and f"{n} records so far kept" in text
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+f = open(sys.argv[1], "w")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_existing_output_needs_overwrite_and_concurrent_writers_are_refused(tmp_path):
+    pytest.importorskip("fcntl")
+    class_image(0, 1).save(tmp_path / "a.png")
+    out = tmp_path / "out.csv"
+    out.write_text("precious results\n")
+    one_line_error(runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(out)]), "--overwrite")
+    assert out.read_text() == "precious results\n"
+    holder = subprocess.Popen(  # another process holds the output's lock, as a running predict does
+        [sys.executable, "-c", HOLD_LOCK, str(out.with_name("out.csv.partial"))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # its readiness line (EOF, not a hang, if it died)
+        r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(out), "--overwrite"])
+        one_line_error(r, "another liverscan process is writing")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.read_text() == "precious results\n"
+    r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(out), "--overwrite", "-q"])
+    assert r.exit_code == 0 and len(csv_rows(out)) == 2

@@ -1,0 +1,160 @@
+"""Signals to real child processes: a stopped command keeps what it wrote whole and says so; servers stop too.
+
+Every wait is for something the program shows (records in FILE.partial, a checkpoint, a listening port),
+with an overall limit, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import (
+    LIVERSCAN,
+    assert_whole_records,
+    finish,
+    one_line_error,
+    runner,
+    start_predict,
+    wait_for_records,
+    wait_until,
+)
+from conftest import class_image
+from liverscan.faces.cli import Stopped, app
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory) -> Path:
+    """4,000 inputs (links to 40 small ultrasound-like images): a predict run long enough to interrupt."""
+    base = tmp_path_factory.mktemp("many")
+    src = base / "src"
+    src.mkdir()
+    for k in range(40):
+        class_image(k % 3, seed=k, size=96).save(src / f"s{k:02d}.png")
+    folder = base / "in"
+    folder.mkdir()
+    for i in range(4000):
+        os.symlink(src / f"s{i % 40:02d}.png", folder / f"img{i:05d}.png")
+    return folder
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_signal_keeps_whole_records_in_partial_and_says_so(many_images, tmp_path, sig, code):
+    out = tmp_path / "out.csv"
+    partial = out.with_name("out.csv.partial")
+    proc = start_predict(many_images, out)
+    wait_for_records(partial, proc)
+    proc.send_signal(sig)
+    err = finish(proc)
+    assert proc.returncode == code, err
+    assert not out.exists() and partial.exists()
+    n = assert_whole_records(partial)
+    assert f"{n} records so far kept in {partial}" in " ".join(err.split()), err
+    assert "Traceback" not in err
+    assert partial.stat().st_mode & 0o044, "the partial file is readable like any output"
+
+
+def test_sigkill_leaves_whole_records_and_a_rerun_never_clobbers_them(many_images, tmp_path):
+    out = tmp_path / "out.csv"
+    partial = out.with_name("out.csv.partial")
+    proc = start_predict(many_images, out)
+    wait_for_records(partial, proc, n=50)
+    proc.kill()
+    proc.wait(timeout=60)
+    n = assert_whole_records(partial)
+    assert n >= 50
+    one_line_error(runner.invoke(app, ["predict", str(many_images), "-o", str(out), "-q"]), "pass --overwrite")
+    assert assert_whole_records(partial) == n  # untouched
+    few = sorted(many_images.iterdir())[:3]
+    r = runner.invoke(app, ["predict", *map(str, few), "-o", str(out), "-q", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert not partial.exists() and assert_whole_records(out) == 3
+
+
+def test_nohup_keeps_ignoring_hangups(many_images, tmp_path):
+    out = tmp_path / "out.csv"
+    partial = out.with_name("out.csv.partial")
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(many_images.iterdir())[:120]:
+        os.symlink(os.readlink(p), few / p.name)
+    proc = start_predict(few, out, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup
+    wait_for_records(partial, proc)
+    proc.send_signal(signal.SIGHUP)  # mid-run: wait_for_records saw it running with records still to write
+    err = finish(proc)
+    assert proc.returncode == 0, err
+    assert assert_whole_records(out) == 120
+
+
+def test_stopped_train_marks_the_run_interrupted_and_says_why_nothing_was_kept(tiny_data, tmp_path, monkeypatch):
+    """The CLI's side of a stopped training (the signal itself arrives in the slow test below)."""
+    import liverscan.training.train as train
+
+    def stopped(cfg, data, run, reporter):
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(train, "_train", stopped)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--data", str(tiny_data["prep"]), "--out", str(run), "-q"])
+    text = one_line_error(r, "stopped by SIGTERM", code=143)
+    assert "no epoch had finished, so nothing was checkpointed" in text
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_sigterm_of_train_marks_the_run_interrupted_and_says_how_to_resume(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    cmd = [*LIVERSCAN, "train", "--data", str(tiny_data["prep"]), "--out", str(run), "--weights", "none"]
+    cmd += ["--head", "mlp", "--set", "preprocess.image_size=32", "--set", "train.epochs=100000"]
+    cmd += ["--set", "train.early_stopping_patience=100000", "--set", "train.lr_patience=100000", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: any(run.glob("checkpoint/*/state.json")), proc, "checkpoint", timeout=300, every=0.1)
+    proc.send_signal(signal.SIGTERM)
+    err = finish(proc)
+    assert proc.returncode == 143, err
+    assert f"liverscan train --resume {run}" in " ".join(err.split()) and "Traceback" not in err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_app_stops_its_server(sig):
+    pytest.importorskip("streamlit")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*LIVERSCAN, "app", "--port", str(port), "--address", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _listening(port), proc, f"server on port {port}", timeout=180, every=0.2)
+        proc.send_signal(sig)
+        finish(proc, timeout=60)
+        deadline = time.monotonic() + 30  # the server may close its socket a moment after liverscan exits
+        while _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _listening(port), "the Streamlit server outlived liverscan app"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

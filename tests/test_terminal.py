@@ -1,0 +1,56 @@
+"""What commands show in the terminal: names and paths literally (no markup eaten), and no library chatter."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from cli_helpers import csv_rows, run_cli, runner
+from conftest import class_image
+from liverscan.faces.cli import app
+
+NOISE = ("absl", "oneDNN", "cuda", "XNNPACK", "INFO:", "TensorSpec", "WARNING")
+
+
+def test_brackets_in_help_names_and_paths_are_shown_literally(tmp_path):
+    assert "liverscan[app]" in runner.invoke(app, ["app", "--help"], terminal_width=200).output
+    folder = tmp_path / "[" / "sub]"  # the path holds '[/sub]'
+    folder.mkdir(parents=True)
+    class_image(0, 1).save(folder / "case[i]01.png")
+    (folder / "broken[b].png").write_bytes(b"not an image")
+    r = runner.invoke(app, ["predict", str(folder), "-o", str(folder / "out[x].csv"), "-q"], terminal_width=400)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "broken[b].png" in r.stderr and "out[x].csv" in r.stderr
+    assert [row[0] for row in csv_rows(folder / "out[x].csv")[1:]] == [
+        str(folder / "broken[b].png"),
+        str(folder / "case[i]01.png"),
+    ]
+
+
+def test_no_library_chatter_with_the_default_model():
+    """A child process: what the libraries print to the terminal's file descriptors shows only there."""
+    r = run_cli("predict", "examples/images", "-q")
+    assert r.returncode == 0, r.stderr
+    for noise in NOISE:
+        assert noise not in r.stderr + r.stdout, (noise, r.stderr)
+
+
+@pytest.mark.slow
+def test_no_library_chatter_with_a_keras_model(probe_run):
+    """The Keras runtime imports TensorFlow in the child process (seconds): the slow tier."""
+    image = str(next((probe_run["data"] / "tumor").glob("*.png")))
+    r = run_cli("predict", image, "--model", str(probe_run["run"]), "-q")
+    assert r.returncode == 0, r.stderr
+    for noise in NOISE:
+        assert noise not in r.stderr + r.stdout, (noise, r.stderr)
+
+
+@pytest.mark.slow
+def test_export_prints_one_line(probe_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(probe_run["run"], run)
+    r = run_cli("export", str(run), timeout=600, env={**os.environ, "COLUMNS": "400"})
+    assert r.returncode == 0, r.stderr
+    assert "TensorSpec" not in r.stdout + r.stderr and len((r.stdout + r.stderr).strip().splitlines()) == 1
