@@ -6,8 +6,12 @@ Side by side in one run, on the shared xu-liver images repeated to N images:
 Prints images/s of each (median of repeats), the ratio, and the child's peak
 resident memory (which for a run of 10,000 images shows that memory stays bounded).
 
-    python benchmarks/predict_speed.py --model runs/xu              # 2,000 images, 3 repeats
+    python benchmarks/predict_speed.py                              # the shipped model, 2,000 images, 3 repeats
     python benchmarks/predict_speed.py --model runs/xu --images 10000 --repeats 1
+    python benchmarks/predict_speed.py --smoke                      # 40 images, 1 repeat: checks it runs
+
+Each repeat writes a fresh output file; a repeat whose command fails (any exit code but 0) stops the
+benchmark with its error instead of timing it.
 """
 
 from __future__ import annotations
@@ -47,25 +51,29 @@ def plain_loop(model, paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def liverscan_cli(model: str, paths: list[str], workdir: Path) -> tuple[float, float]:
-    """(images/s, peak RSS MiB) of `liverscan predict` reading paths from stdin."""
+def liverscan_cli(model: str, paths: list[str], workdir: Path, repeat: int) -> tuple[float, float]:
+    """(images/s, peak RSS MiB) of `liverscan predict` reading paths from stdin, into a fresh output file."""
     listing = workdir / "paths.txt"
     listing.write_text("\n".join(paths) + "\n")
-    out = workdir / "out.csv"
+    out = workdir / f"out-{repeat}.csv"
+    if out.exists():
+        raise SystemExit(f"{out} exists: each repeat needs a fresh output")
     code = (
         "import sys, time, resource; from liverscan.faces.cli import main; sys.argv = ['liverscan', 'predict', '-', "
         f"'--model', {model!r}, '--output', {str(out)!r}, '-q']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "code = 0\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code or 0\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')] if sys.platform == 'linux' else []\n"
         "peak = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print('PEAK_RSS_KB', peak, file=sys.stderr)\n"
+        "sys.exit(code)\n"
     )
     t0 = time.perf_counter()
     with open(listing) as stdin:
         proc = subprocess.run([sys.executable, "-c", code], stdin=stdin, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 2):
-        raise SystemExit(f"liverscan predict failed: {proc.stderr[-2000:]}")
+    if proc.returncode != 0:  # a refused or partly failed repeat is an error, never a figure
+        raise SystemExit(f"liverscan predict failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     # measured inside the child (VmHWM of its own address space): ru_maxrss would carry over
     # the parent's pages from before exec
     rss = int(proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024
@@ -76,11 +84,18 @@ def liverscan_cli(model: str, paths: list[str], workdir: Path) -> tuple[float, f
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="run directory or model file")
+    ap.add_argument("--model", default=None, help="run directory or model file (default: the shipped model)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="40 images, 1 repeat: checks that it runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.images, args.repeats = 40, 1
+    if args.model is None:
+        from liverscan.serving import default_model_dir
+
+        args.model = str(default_model_dir())
     if not args.data.is_dir():
         print(f"skipped: data folder {args.data} not found", file=sys.stderr)
         return 0
@@ -91,9 +106,9 @@ def main() -> int:
     paths = image_list(args.data, args.images)
     work = Path(tempfile.mkdtemp(prefix="liverscan-predict-bench-"))
     plain, ours, rss = [], [], 0.0
-    for _ in range(args.repeats):
+    for k in range(args.repeats):
         plain.append(plain_loop(model, paths))
-        speed, peak = liverscan_cli(args.model, paths, work)
+        speed, peak = liverscan_cli(args.model, paths, work, k)
         ours.append(speed)
         rss = max(rss, peak)
     p, o = statistics.median(plain), statistics.median(ours)

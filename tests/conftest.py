@@ -1,4 +1,6 @@
-"""Shared fixtures: small datasets the tests make themselves."""
+"""Shared fixtures - small datasets and tiny runs the tests make themselves - and the session's checks: no
+process a test started may outlive the run, and no test of the fast tier (not marked ``slow``) may take longer
+than ``LIVERSCAN_TEST_TIME_LIMIT`` seconds (8 by default; 0 turns the check off)."""
 
 from __future__ import annotations
 
@@ -153,6 +155,14 @@ def separable_dataset(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _keras_imported():
+    """Import Keras (and TensorFlow) once, before the first test: a session's cost, not one test's time."""
+    from liverscan.core.keras_env import import_keras
+
+    import_keras().ops.convert_to_tensor(0.0)
+
+
 # ------------------------------------------------------------------ shared tiny runs (built once per session)
 
 #: a short C grid for the linear probe in tests whose subject is not the choice of C (the full grid's large-C
@@ -161,7 +171,8 @@ SHORT_C_GRID = np.logspace(-4, -2, 3)
 
 
 def tiny_config(data: Path):
-    """The configuration of the shared tiny runs: 32x32 inputs, random backbone, one view, two epochs."""
+    """The configuration of the shared tiny runs: 32x32 inputs, random backbone, the paper's head, one view,
+    two epochs, no exported runtime."""
     from liverscan.core.config import Config, SourceSpec
 
     cfg = Config()
@@ -169,6 +180,7 @@ def tiny_config(data: Path):
     cfg.data.near_duplicate_distance = -1
     cfg.preprocess.image_size = 32
     cfg.model.weights = "none"
+    cfg.model.head = "mlp"
     cfg.train.views = 1
     cfg.train.epochs = 2
     cfg.train.export_runtime = "none"
@@ -216,6 +228,21 @@ def probe_run(tiny_data, tmp_path_factory) -> dict:
     ``evaluate`` reuses it as its own baseline): for tests that only need a working run - predict, evaluate,
     export, guard, damaged files. Same keys (and data) as ``tiny_run``; read-only: copy it to change it."""
     return _tiny_train(tiny_data, tmp_path_factory.mktemp("proberun") / "run", "linear")
+
+
+@pytest.fixture(scope="session")
+def evaluated_tiny_run(tiny_run, tmp_path_factory) -> dict:
+    """A copy of ``tiny_run`` evaluated once on its test split with an operating point ("balanced", 30
+    resamples): ``run`` and ``result``. Read-only: copy the run to change it."""
+    from liverscan.core import probe
+    from liverscan.evaluation import evaluate
+
+    run = tmp_path_factory.mktemp("evaluated") / "run"
+    shutil.copytree(tiny_run["run"], run)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(probe, "C_GRID", SHORT_C_GRID)  # the baseline's probe
+        result = evaluate(run, operating_point="balanced", bootstrap=30)
+    return {"run": run, "result": result}
 
 
 @pytest.fixture
@@ -276,11 +303,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("tests over the fast tier's time limit", sep="=", red=True, bold=True)
         for message in _over_time_limit:
             terminalreporter.line(message)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _keras_imported():
-    """Import Keras (and TensorFlow) once, before the first test: a session's cost, not one test's time."""
-    from liverscan.core.keras_env import import_keras
-
-    import_keras().ops.convert_to_tensor(0.0)

@@ -10,8 +10,8 @@ from liverscan.faces.cli import app
 
 
 def test_operating_point_of_the_default_model_points_to_evaluating_a_run():
-    text = one_line_error(runner.invoke(app, ["predict", "examples/images", "--operating-point"]), "default model")
-    assert "site-packages" not in text and "liverscan evaluate RUN --operating-point" in text
+    text = one_line_error(runner.invoke(app, ["predict", "examples/images", "--use-operating-point"]), "default model")
+    assert "site-packages" not in text and "liverscan evaluate RUN --fit-operating-point" in text
 
 
 def test_unmapped_folder_points_to_prepare_map(probe_run, tmp_path):

@@ -170,6 +170,7 @@ def _free_port() -> int:
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_end_to_end_in_a_real_browser():
     playwright = pytest.importorskip("playwright.sync_api")

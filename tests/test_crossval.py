@@ -114,7 +114,8 @@ class _KillAfterFolds(SilentReporter):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("head", ["linear", pytest.param("mlp", marks=pytest.mark.slow)])
+@pytest.mark.slow  # cross-validated training runs (4 folds and a refit)
+@pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_cross_validated_run_resumes_and_covers_every_image(patients, tmp_path, head):
     base, cfg = patients
     cfg.model.head = head
@@ -177,6 +178,7 @@ def test_cli_folds_evaluates_out_of_fold_and_refuses_a_leaky_split(patients, tmp
     assert "baseline: linear probe" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
+@pytest.mark.slow  # a cross-validated training run (4 folds and a refit), then its evaluation
 def test_patient_level_metrics_and_an_operating_point_fitted_on_other_folds_patients(patients, tmp_path, monkeypatch):
     from liverscan.evaluation import evaluate
 

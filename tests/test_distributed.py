@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from liverscan.faces.cli import app
 from liverscan.serving import Classifier, PredictOptions, expand_inputs, read_shard_rows, shard_files
-from liverscan.serving.records import record_columns
 from liverscan.serving.distributed import RUN_FILE, SUMMARY_FILE, _start_output, prepare_output
+from liverscan.serving.records import record_columns
 
 ray = pytest.importorskip("ray", reason='the Ray engine needs "liverscan[ray]"')
 runner = CliRunner()
@@ -53,6 +53,7 @@ def _assert_same(rows: dict[int, dict], expected: list, classes: list[str]) -> N
                 assert abs(got - want) <= 1e-5
 
 
+@pytest.mark.slow  # a local Ray cluster: seconds to start
 def test_ray_engine_gives_the_single_process_records(tiny_run, tmp_path):
     """Parquet shards through the CLI on a local Ray (2 CPUs): same records as predict, bad files included."""
     inputs = _inputs(tiny_run, tmp_path)
@@ -82,6 +83,7 @@ def test_ray_engine_gives_the_single_process_records(tiny_run, tmp_path):
     assert again.exit_code == 1 and "--resume" in again.output
 
 
+@pytest.mark.slow  # a local Ray cluster: seconds to start
 def test_predict_dataset_over_bytes_keeps_columns_and_writes_jsonl(tiny_run, tmp_path):
     """The API over a user's Ray Dataset (bytes + path + own columns), and JSONL shards equal predict's JSONL."""
     from liverscan.serving import predict_dataset, run_ray_predict

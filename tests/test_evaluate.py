@@ -6,24 +6,23 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from liverscan.core.errors import LiverscanError
 from liverscan.core.fileio import read_csv
-from liverscan.evaluation.evaluate import evaluate
+from liverscan.evaluation import evaluate
 from liverscan.faces.cli import app
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    """A private copy of the shared tiny run (evaluate writes into the run directory)."""
+def run_copy(probe_run, tmp_path):
+    """A private copy of the shared probe run (evaluate writes into the run directory; same data as tiny_run)."""
     dst = tmp_path / "run"
-    shutil.copytree(tiny_run["run"], dst)
+    shutil.copytree(probe_run["run"], dst)
     return dst
 
 
 def test_evaluate_writes_predictions_metrics_figures(run_copy, tiny_run):
-    res = evaluate(run_copy, bootstrap=200)
+    res = evaluate(run_copy, bootstrap=50)
     out = run_copy / "eval-test"
     assert res.out_dir == out
     rows = read_csv(out / "predictions.csv")
@@ -68,7 +67,7 @@ def test_evaluate_writes_predictions_metrics_figures(run_copy, tiny_run):
     import yaml
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["eval"]["bootstrap"] == 200 and saved["eval"]["split"] == "test"
+    assert saved["eval"]["bootstrap"] == 50 and saved["eval"]["split"] == "test"
 
 
 @pytest.mark.slow
@@ -99,7 +98,7 @@ def test_evaluate_on_labelled_folders(run_copy, tiny_run, tmp_path):
 
 
 def test_cli_evaluate(run_copy):
-    r = runner.invoke(app, ["evaluate", str(run_copy), "--bootstrap", "50", "--fit-operating-point", "balanced"])
+    r = runner.invoke(app, ["evaluate", str(run_copy), "--bootstrap", "10", "--fit-operating-point", "balanced"])
     assert r.exit_code == 0, r.output
     assert "Overall" in r.stdout and "Per class" in r.stdout and "operating point" in r.stdout
     r = runner.invoke(app, ["evaluate", str(run_copy / "nope")])

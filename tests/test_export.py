@@ -57,6 +57,7 @@ def test_unknown_format_and_missing_exports(tiny_run, tmp_path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not runtime.onnx_available(), reason="ONNX Runtime is not installed")
 def test_export_onnx_agrees_with_keras_and_predicts_with_onnx_runtime(tiny_run, tmp_path):
     run = tmp_path / "run"
@@ -80,6 +81,7 @@ def test_export_onnx_agrees_with_keras_and_predicts_with_onnx_runtime(tiny_run, 
     assert onnx_side[-1].in_distribution is False
 
 
+@pytest.mark.slow
 def test_an_export_that_disagrees_is_not_written(tiny_run, tmp_path):
     from liverscan.core.errors import ExportError
     from liverscan.core.model import load_model, with_features

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from liverscan.core.guard import GuardError, Reference
 from liverscan.faces.cli import app
 from liverscan.serving import Classifier
 
-SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
 
 def screenshot(size: int = 160) -> np.ndarray:
@@ -135,27 +137,33 @@ def test_out_of_distribution_record_needs_review(probe_run):
     out = recs[1]
     assert out.in_distribution is False and out.needs_review and out.decision == "out_of_distribution"
     assert out.ood_reason and out.predicted_class in clf.classes and out.probabilities  # kept in the record
-    off_guard = clf.options.replace(ood=False)  # the same model in memory, the guard switched off
-    off = Classifier(clf.card, clf.source, clf.model_path, model=clf.model, options=off_guard).predict([screenshot()])[0]
+    unguarded = Classifier(  # the same model in memory, the guard switched off
+        clf.card, clf.source, clf.model_path, model=clf.model, options=clf.options.replace(ood=False)
+    )
+    off = unguarded.predict([screenshot()])[0]
     assert off.in_distribution is None and off.decision == off.predicted_class and "guard off" in off.decision_rule
 
 
-def test_terminal_warns_and_records_carry_the_guard(probe_run, tmp_path):
+def test_terminal_warns_and_records_carry_the_guard(tmp_path):
+    """The default model (its exported runtime gives the features too): a scan passes, a screenshot is flagged."""
     Image.fromarray(screenshot()).save(tmp_path / "shot.png")
-    shutil.copy(sorted((probe_run["data"] / "normal").glob("*.png"))[0], tmp_path / "scan.png")
-    r = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(probe_run["run"]), "-f", "jsonl"])
+    shutil.copy(EXAMPLES / "Normal" / "xu-92.jpg", tmp_path / "scan.jpg")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path), "-f", "jsonl"])
     assert r.exit_code == 0, r.output
     recs = {json.loads(line)["path"].split("/")[-1]: json.loads(line) for line in r.stdout.splitlines()}
     assert recs["shot.png"]["decision"] == "out_of_distribution" and recs["shot.png"]["needs_review"]
+    assert recs["scan.jpg"]["in_distribution"] is True
     assert "1 of 2 images look unlike this model's training data" in r.stderr
     assert "out-of-distribution guard: knn" in r.stderr
 
 
-def test_model_without_reference_still_predicts(probe_run, tmp_path):
-    run = tmp_path / "old"
-    shutil.copytree(probe_run["run"], run)
-    (run / "ood_reference.npz").unlink()
-    r = CliRunner().invoke(app, ["predict", str(probe_run["data"] / "normal"), "--model", str(run), "-f", "csv"])
+def test_model_without_reference_still_predicts(tmp_path):
+    from liverscan.serving import default_model_dir
+
+    model = tmp_path / "old"
+    shutil.copytree(default_model_dir(), model)
+    (model / "ood_reference.npz").unlink()
+    r = CliRunner().invoke(app, ["predict", str(EXAMPLES / "Normal"), "--model", str(model), "-f", "csv"])
     assert r.exit_code == 0, r.output
     notices = [line for line in r.stderr.splitlines() if "no out-of-distribution reference" in line]
     assert len(notices) == 2 and notices[1].startswith("note:")  # the model line, and one notice line

@@ -20,7 +20,7 @@ def test_operating_point_with_unprepared_data_is_fitted_on_the_runs_validation_s
     r = runner.invoke(
         app,
         ["evaluate", str(run), "--data", str(folders), "--operating-point", "tumor>=0.9", "-q"]
-        + ["--set", "eval.bootstrap=20"],
+        + ["--set", "eval.bootstrap=0"],
     )
     assert r.exit_code == 0, r.output
     fitted_on = json.loads((run / "model_card.json").read_text())["operating_point"]["fitted_on"]

@@ -26,7 +26,7 @@ def test_read_only_or_full_output_directory_is_one_line(probe_run, tmp_path, mon
     target = tmp_path / "ro"
     args = {
         "prepare": ["prepare", str(probe_run["data"]), "-o", str(target / "prep")],
-        "evaluate": ["evaluate", str(probe_run["run"]), "--out", str(target / "eval"), "--set", "eval.bootstrap=20"],
+        "evaluate": ["evaluate", str(probe_run["run"]), "--out", str(target / "eval"), "--set", "eval.bootstrap=0"],
         "report": ["report", "--compare", str(probe_run["run"]), str(probe_run["run"]), "--out", str(target / "cmp")],
         "predict": ["predict", EXAMPLE, "-o", str(target / "x.csv")],
     }[command]

@@ -99,14 +99,14 @@ def test_decoding_processes_give_the_thread_records_with_checks_run_where_images
 
 @pytest.mark.slow
 def test_operating_point_and_review_flag(tiny_run, tmp_path):
-    from liverscan.evaluation.evaluate import evaluate
+    from liverscan.evaluation import evaluate
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run["run"], run)
     with pytest.raises(LiverscanError, match="no operating point"):
         Classifier.load(run, use_operating_point=True)
     evaluate(run, operating_point="tumor>=0.9", bootstrap=20)
-    tuned = Classifier.load(run, use_operating_point=True, review_confidence=1.01)
+    tuned = Classifier.load(run, use_operating_point=True, review_confidence=1.0)
     rec = tuned.predict(str(next((tiny_run["data"] / "tumor").glob("*.png"))))[0]
     assert rec.decision_rule == "operating point tumor>=0.9" and rec.needs_review
 

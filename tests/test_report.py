@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from liverscan.core.artifacts import METRICS_FILE
 from liverscan.core.fileio import read_csv
 from liverscan.evaluation import EvalMetrics, format_with_ci
-from liverscan.evaluation.evaluate import evaluate
 from liverscan.evaluation.report import write_report
 from liverscan.faces.cli import app
 from liverscan.faces.terminal import print_evaluation
@@ -22,12 +21,9 @@ SECTIONS = ["Summary", "Dataset", "Training", "Results", "Calibration", "Operati
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tiny_run, tmp_path_factory):
+def evaluated_run(evaluated_tiny_run):
     """``tiny_run`` evaluated once on its test split with an operating point. Read-only: copy it to change it."""
-    run = tmp_path_factory.mktemp("reported") / "run"
-    shutil.copytree(tiny_run["run"], run)
-    res = evaluate(run, operating_point="balanced", bootstrap=50)
-    return run, res.out_dir.name
+    return evaluated_tiny_run["run"], evaluated_tiny_run["result"].out_dir.name  # shared with test_results
 
 
 def _copy(evaluated_run, tmp_path):

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import pytest
 
 from liverscan.core.artifacts import METRICS_FILE
-from liverscan.evaluation import EvalMetrics, Scores, evaluate, format_value, format_with_ci
+from liverscan.evaluation import EvalMetrics, Scores, format_value, format_with_ci
 from liverscan.evaluation.results import Bootstrap, ClassScores
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_run, tmp_path_factory):
+def evaluated(evaluated_tiny_run):
     """A copy of ``tiny_run`` evaluated once on its test split, with an operating point: (result, metrics.json)."""
-    run = tmp_path_factory.mktemp("results") / "run"
-    shutil.copytree(tiny_run["run"], run)
-    res = evaluate(run, operating_point="balanced", bootstrap=30)
+    res = evaluated_tiny_run["result"]  # shared with test_report (conftest)
     return res, json.loads((res.out_dir / METRICS_FILE).read_text())
 
 

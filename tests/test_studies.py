@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from conftest import class_image
 from liverscan.core.errors import ConfigError
-from liverscan.faces.cli import app
 from liverscan.core.operating_point import OperatingPoint
+from liverscan.faces.cli import app
 from liverscan.serving import Classifier, Prediction
 from liverscan.serving.studies import StudyAggregator, group_key
 

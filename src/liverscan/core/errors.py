@@ -40,3 +40,12 @@ class ExportError(LiverscanError):
 
 class TrainingError(LiverscanError):
     """Training cannot start or stopped on a fault (e.g. a non-finite loss)."""
+
+
+class AnnotationError(DataError):
+    """A lesion / liver / fan annotation (polygon JSON or mask image) cannot be read or does not fit its image."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

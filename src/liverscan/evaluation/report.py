@@ -270,7 +270,7 @@ def _operating_point_section(card: ModelCard) -> Section:
     o = card.operating_point
     if o is None:
         return op.p(
-            'None fitted (argmax decisions). Fit one with: liverscan evaluate RUN --operating-point "tumor>=0.95"'
+            'None fitted (argmax decisions). Fit one with: liverscan evaluate RUN --fit-operating-point "tumor>=0.95"'
         )
     fitted = o.fitted_on or {}
     return op.p(f"{o.spec}: {o.description}. Fitted on {fitted.get('data')} (n={fitted.get('n')}).")

@@ -13,7 +13,7 @@ from rich.table import Table
 from liverscan.core.artifacts import SPLITS
 
 if TYPE_CHECKING:  # the evaluation package imports scikit-learn: only the commands that evaluate pay for it
-    from liverscan.evaluation.results import EvalMetrics, GroupLevel, OodResult, Scores
+    from liverscan.evaluation import EvalMetrics, GroupLevel, OodResult, Scores
 
 
 def counts_table(counts: dict[str, dict[str, int]], title: str = "Images per class and split") -> Table:
@@ -74,7 +74,7 @@ def print_prepare_summary(summary: dict, out: Path, console: Console | None, err
 
 def overall_table(metrics: EvalMetrics) -> Table:
     """Overall metrics with 95% CIs; argmax, the operating point and the baseline (when present) side by side."""
-    from liverscan.evaluation.report import overall_rows, result_variants
+    from liverscan.evaluation import overall_rows, result_variants
 
     variants = result_variants(metrics)
     boot = metrics.argmax.bootstrap
@@ -89,7 +89,7 @@ def overall_table(metrics: EvalMetrics) -> Table:
 
 
 def per_class_table(m: Scores, title: str) -> Table:
-    from liverscan.evaluation.report import per_class_rows
+    from liverscan.evaluation import per_class_rows
 
     table = Table(title=title)
     for col in ("class", "precision", "recall", "specificity", "F1", "ROC-AUC", "n"):
@@ -100,7 +100,7 @@ def per_class_table(m: Scores, title: str) -> Table:
 
 
 def confusion_table(m: Scores, classes: list[str], title: str) -> Table:
-    from liverscan.evaluation.report import confusion_rows
+    from liverscan.evaluation import confusion_rows
 
     table = Table(title=title)
     table.add_column("true \\ predicted")
@@ -119,7 +119,7 @@ def _per_fold_line(spread: dict[str, dict[str, float]]) -> str:
 
 def _group_level_lines(gl: GroupLevel) -> list[str]:
     """One line per decision rule (argmax, operating point) with one case per patient (or group)."""
-    from liverscan.evaluation.results import format_with_ci
+    from liverscan.evaluation import format_with_ci
 
     unit = "patient" if gl.kind == "patients" else "group"
     keys = (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro ROC-AUC", "macro_roc_auc"))
@@ -136,7 +136,7 @@ def _group_level_lines(gl: GroupLevel) -> list[str]:
 
 def print_evaluation(metrics: EvalMetrics, console: Console) -> None:
     """What ``evaluate`` found: overall, per class, per fold, confusion, guard, operating point, per patient."""
-    from liverscan.evaluation.results import format_value
+    from liverscan.evaluation import format_value
 
     console.print(overall_table(metrics))
     classes = metrics.classes
@@ -159,7 +159,7 @@ def print_evaluation(metrics: EvalMetrics, console: Console) -> None:
 
 def ood_table(ood: OodResult) -> Table:
     """In-distribution rate and metrics on all images vs the in-distribution subset, per source."""
-    from liverscan.evaluation.results import format_value
+    from liverscan.evaluation import format_value
 
     table = Table(
         title=f"Out-of-distribution guard: {ood.n_out_of_distribution} flagged, "

@@ -1,0 +1,278 @@
+"""Lesion localisation: a small decoder on a frozen backbone's multi-scale features, and its post-processing.
+
+Model side (Keras 3, backend agnostic: ``keras.layers`` / ``keras.ops`` only):
+- :func:`multiscale_backbone` - a backbone's named intermediate layers as one multi-output model
+  (MobileNetV2: :data:`MOBILENET_V2_LAYERS`, strides 2..32);
+- :func:`build_decoder` - feature maps -> lesion logits at the finest given scale (an FPN-like top-down path:
+  1x1 lateral convolutions, bilinear upsampling, concatenation, one 3x3 convolution per scale);
+- :func:`build_lesion_model` - pixels (0..255) -> lesion probability at input resolution, for serving;
+- :func:`dice_bce_loss` - soft Dice over the whole batch plus binary cross-entropy, from logits; a batch-level
+  Dice lets images without a lesion (all-zero targets, e.g. normals) take part without a 0/0.
+
+Post-processing (NumPy / SciPy; maps are ``(H, W)`` probabilities; coordinates are continuous map pixels - pixel
+``(row, col)`` covers ``[col, col + 1) x [row, row + 1)`` - so ``annotations.to_original(points, w, h, side)``
+maps them to the image): :func:`peak`, :func:`regions` (connected components with bbox / area fraction / peak /
+outline polygon), :func:`evidence` (max probability, area fraction, count: candidate classifier inputs),
+:func:`outline`, :func:`upsample`, and the scores :func:`dice`, :func:`iou`, :func:`pointing_hit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+MOBILENET_V2_LAYERS = (
+    "block_1_expand_relu",  # stride 2
+    "block_3_expand_relu",  # stride 4
+    "block_6_expand_relu",  # stride 8
+    "block_13_expand_relu",  # stride 16
+    "out_relu",  # stride 32
+)
+DEFAULT_LAYERS = MOBILENET_V2_LAYERS[1:]  # decoder output at stride 4 (40 x 40 at 160 px)
+THRESHOLD = 0.5
+MIN_AREA = 0.002  # regions smaller than this share of the map are dropped (~51 pixels of 160 x 160)
+
+
+# ---------------------------------------------------------------------------------------------- model side
+
+
+def _keras() -> Any:
+    from liverscan.core.keras_env import import_keras
+
+    return import_keras()
+
+
+def multiscale_backbone(backbone, layers: Sequence[str] = DEFAULT_LAYERS, name: str = "multiscale"):
+    """A model sharing ``backbone``'s weights that outputs its named layers, finest first."""
+    keras = _keras()
+    outputs = [backbone.get_layer(n).output for n in layers]
+    return keras.Model(backbone.inputs, outputs, name=name)
+
+
+def build_decoder(
+    shapes: Sequence[Sequence[int | None]],
+    width: int = 32,
+    n_outputs: int = 1,
+    dropout: float = 0.0,
+    name: str = "lesion_decoder",
+):
+    """Decoder from feature maps of ``shapes`` (``(h, w, channels)`` each, finest first, each scale an integer
+    multiple of the next) to ``n_outputs`` logit maps at the finest scale.
+
+    Channels: ``2 * width`` on the coarse half of the path, ``width`` on the fine half.
+    """
+    keras = _keras()
+    layers = keras.layers
+    inputs = [keras.Input(tuple(s), name=f"features_{i}") for i, s in enumerate(shapes)]
+    n = len(inputs)
+    x = inputs[-1]
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="coarse_dropout")(x)
+    x = layers.Conv2D(2 * width, 1, activation="relu", name=f"lateral_{n - 1}")(x)
+    for i in range(n - 2, -1, -1):
+        fine, coarse = shapes[i][0], shapes[i + 1][0]
+        factor = int(fine) // int(coarse) if fine and coarse else 2
+        ch = 2 * width if i >= n // 2 else width
+        x = layers.UpSampling2D(factor, interpolation="bilinear", name=f"up_{i}")(x)
+        lateral = layers.Conv2D(ch, 1, activation="relu", name=f"lateral_{i}")(inputs[i])
+        x = layers.Concatenate(name=f"merge_{i}")([x, lateral])
+        x = layers.Conv2D(ch, 3, padding="same", activation="relu", name=f"smooth_{i}")(x)
+    logits = layers.Conv2D(n_outputs, 1, name="lesion_logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def build_lesion_model(
+    backbone,
+    decoder=None,
+    layers: Sequence[str] = DEFAULT_LAYERS,
+    width: int = 32,
+    n_outputs: int = 1,
+    name: str = "lesion_model",
+):
+    """Pixels ``(N, S, S, 3)`` in 0..255 -> lesion probabilities ``(N, S, S, n_outputs)``.
+
+    ``backbone`` takes inputs in -1..1 (MobileNetV2's scaling); ``decoder`` is built here when not given.
+    """
+    keras = _keras()
+    size = int(backbone.input_shape[1])
+    features = multiscale_backbone(backbone, layers)
+    if decoder is None:
+        decoder = build_decoder([tuple(s[1:]) for s in _as_list(features.output_shape)], width, n_outputs)
+    inp = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(inp)
+    outs = features(x, training=False)
+    logits = decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs])
+    factor = size // int(decoder.output_shape[1])
+    if factor > 1:
+        logits = keras.layers.UpSampling2D(factor, interpolation="bilinear", name="to_input_size")(logits)
+    out = keras.layers.Activation("sigmoid", name="lesion_probability")(logits)
+    return keras.Model(inp, out, name=name)
+
+
+def _as_list(shapes) -> list:
+    """A model's ``output_shape`` as a list of shapes (one output gives a bare shape)."""
+    return list(shapes) if shapes and isinstance(shapes[0], (list, tuple)) else [shapes]
+
+
+def dice_bce_loss(bce_weight: float = 1.0, smooth: float = 1.0):
+    """Loss ``(y_true, logits)``: ``1 - soft Dice`` over the batch (channel by channel, averaged) + weighted BCE."""
+    keras = _keras()
+    ops = keras.ops
+
+    def loss(y_true, logits):
+        y_true = ops.cast(y_true, logits.dtype)
+        prob = ops.sigmoid(logits)
+        axes = (0, 1, 2)
+        inter = ops.sum(y_true * prob, axis=axes)
+        total = ops.sum(y_true, axis=axes) + ops.sum(prob, axis=axes)
+        dice_loss = 1.0 - ops.mean((2.0 * inter + smooth) / (total + smooth))
+        # numerically stable BCE from logits
+        bce = ops.mean(ops.relu(logits) - logits * y_true + ops.log1p(ops.exp(-ops.abs(logits))))
+        return dice_loss + bce_weight * bce
+
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------- post-processing
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected region of a thresholded probability map (continuous map-pixel coordinates)."""
+
+    score: float  # max probability inside
+    mean: float  # mean probability inside
+    area_fraction: float  # share of the whole map
+    peak: tuple[float, float]  # (x, y) of the most probable pixel's centre
+    bbox: tuple[float, float, float, float]  # (x0, y0, x1, y1), pixel edges
+    outline: np.ndarray = field(repr=False)  # (N, 2) [x, y] polygon around the region
+
+
+def upsample(prob: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A ``(h, w)`` map resized (bilinear, squashed like the images) to ``(height, width)`` float32."""
+    im = Image.fromarray(np.asarray(prob, dtype=np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.asarray(im, dtype=np.float32)
+
+
+def peak(prob: np.ndarray, smooth: float = 0.0) -> tuple[float, float, float]:
+    """(x, y, value) of the map's maximum (its pixel centre), after an optional Gaussian ``smooth`` (pixels)."""
+    p = np.asarray(prob, dtype=np.float32)
+    if smooth > 0:
+        from scipy import ndimage
+
+        p = ndimage.gaussian_filter(p, smooth, mode="nearest")
+    row, col = np.unravel_index(int(np.argmax(p)), p.shape)
+    return col + 0.5, row + 0.5, float(np.asarray(prob)[row, col])
+
+
+def outline(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed polygons ``(N, 2)`` [x, y] around the true pixels of ``mask`` (marching squares on the pixel-centre
+    grid, level 0.5; the pixel edge lies between), largest first."""
+    import contourpy
+
+    m = np.pad(np.asarray(mask, dtype=np.float64), 1)
+    gen = contourpy.contour_generator(z=m, line_type=contourpy.LineType.Separate)
+    lines = [np.asarray(line, dtype=np.float64) - 1.0 + 0.5 for line in gen.lines(0.5)]
+    lines = [line[:-1] if len(line) > 1 and np.allclose(line[0], line[-1]) else line for line in lines]
+    from liverscan.core.annotations import polygon_area
+
+    lines = [line for line in lines if len(line) >= 3]
+    return sorted(lines, key=polygon_area, reverse=True)
+
+
+def regions(prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA) -> list[Region]:
+    """Connected regions (8-connectivity) of ``prob >= threshold`` covering at least ``min_area`` of the map,
+    most probable first."""
+    from scipy import ndimage
+
+    p = np.asarray(prob, dtype=np.float32)
+    labels, n = ndimage.label(p >= threshold, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return []
+    found = []
+    total = p.size
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        inside = labels[sl] == k
+        area = int(inside.sum())
+        if area / total < min_area:
+            continue
+        vals = np.where(inside, p[sl], -np.inf)
+        r, c = np.unravel_index(int(np.argmax(vals)), vals.shape)
+        polys = outline(inside)
+        poly = polys[0] + [sl[1].start, sl[0].start] if polys else np.zeros((0, 2))
+        found.append(
+            Region(
+                score=float(vals[r, c]),
+                mean=float(p[sl][inside].mean()),
+                area_fraction=area / total,
+                peak=(sl[1].start + c + 0.5, sl[0].start + r + 0.5),
+                bbox=(float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop)),
+                outline=poly,
+            )
+        )
+    return sorted(found, key=lambda g: g.score, reverse=True)
+
+
+def predicted_mask(prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA) -> np.ndarray:
+    """``prob >= threshold`` without regions smaller than ``min_area`` of the map."""
+    from scipy import ndimage
+
+    p = np.asarray(prob, dtype=np.float32)
+    m = p >= threshold
+    if min_area <= 0 or not m.any():
+        return m
+    labels, n = ndimage.label(m, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_area * p.size
+    keep[0] = False
+    return keep[labels]
+
+
+def evidence(prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA) -> dict[str, float]:
+    """Summary numbers of one map, candidate inputs to a classifier: ``max`` probability, ``area_fraction``
+    of the kept regions, region ``count``, ``mean`` probability, ``top_mean`` (mean of the top 1 % pixels)."""
+    p = np.asarray(prob, dtype=np.float32)
+    mask = predicted_mask(p, threshold, min_area)
+    from scipy import ndimage
+
+    _, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    k = max(1, p.size // 100)
+    top = np.partition(p.ravel(), p.size - k)[-k:]
+    return {
+        "max": float(p.max()),
+        "area_fraction": float(mask.mean()),
+        "count": float(count),
+        "mean": float(p.mean()),
+        "top_mean": float(top.mean()),
+    }
+
+
+def dice(pred: np.ndarray, true: np.ndarray) -> float:
+    """Dice of two bool masks (1.0 when both are empty)."""
+    p, t = np.asarray(pred, bool), np.asarray(true, bool)
+    s = p.sum() + t.sum()
+    return 1.0 if s == 0 else float(2.0 * np.logical_and(p, t).sum() / s)
+
+
+def iou(pred: np.ndarray, true: np.ndarray) -> float:
+    """Intersection over union of two bool masks (1.0 when both are empty)."""
+    p, t = np.asarray(pred, bool), np.asarray(true, bool)
+    u = np.logical_or(p, t).sum()
+    return 1.0 if u == 0 else float(np.logical_and(p, t).sum() / u)
+
+
+def pointing_hit(prob: np.ndarray, true: np.ndarray, smooth: float = 0.0) -> bool:
+    """Whether the map's peak falls inside ``true`` (a bool mask of any size; the map is scaled onto it)."""
+    x, y, _ = peak(prob, smooth)
+    h, w = np.asarray(prob).shape
+    th, tw = true.shape
+    col, row = int(x * tw / w), int(y * th / h)
+    return bool(true[min(row, th - 1), min(col, tw - 1)])

@@ -1,0 +1,152 @@
+"""Lesion localisation: the decoder finds made-up bright blobs; post-processing on synthetic maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from liverscan.core import lesion
+from liverscan.core.annotations import polygon_area
+
+SIZE = 32
+
+
+def _blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dark noisy images with one bright disc each, and the discs' masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    images = np.empty((n, SIZE, SIZE, 3), np.float32)
+    masks = np.empty((n, SIZE, SIZE), bool)
+    for i in range(n):
+        cy, cx = rng.integers(7, SIZE - 7, size=2)
+        r = rng.uniform(3.5, 5.5)
+        masks[i] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        grey = 50 + rng.normal(0, 12, size=(SIZE, SIZE)) + 150 * masks[i]
+        images[i] = np.clip(grey, 0, 255)[..., None]
+    return images, masks
+
+
+def _stand_in_backbone():
+    """A tiny frozen CNN with named stride-2/4/8 layers, in place of MobileNetV2."""
+    from liverscan.core.keras_env import import_keras
+
+    keras = import_keras()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="s2")(inp)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="s4")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="s8")(x)
+    model = keras.Model(inp, x, name="stand_in")
+    model.trainable = False
+    return model
+
+
+def test_decoder_on_frozen_features_finds_bright_blobs():
+    from liverscan.core.keras_env import import_keras
+
+    keras = import_keras()
+    layers = ("s2", "s4", "s8")
+    backbone = _stand_in_backbone()
+    features = lesion.multiscale_backbone(backbone, layers)
+    train_x, train_m = _blobs(32, 1)
+    feats = [np.asarray(f) for f in features.predict_on_batch(train_x / 127.5 - 1.0)]
+    assert [f.shape[1:3] for f in feats] == [(16, 16), (8, 8), (4, 4)]
+    targets = train_m.reshape(-1, 16, 2, 16, 2).mean(axis=(2, 4))[..., None].astype(np.float32)  # area coverage
+    decoder = lesion.build_decoder([f.shape[1:] for f in feats], width=8)
+    assert decoder.output_shape == (None, 16, 16, 1)
+    decoder.compile(optimizer=keras.optimizers.Adam(0.02), loss=lesion.dice_bce_loss())
+    decoder.fit(feats, targets, batch_size=32, epochs=15, verbose=0)  # ~1 s after tracing
+
+    model = lesion.build_lesion_model(backbone, decoder, layers)
+    test_x, test_m = _blobs(20, 2)
+    probs = np.asarray(model.predict_on_batch(test_x))
+    assert probs.shape == (20, SIZE, SIZE, 1) and 0 <= probs.min() and probs.max() <= 1
+    hits = [lesion.pointing_hit(p[..., 0], m) for p, m in zip(probs, test_m)]
+    dices = [lesion.dice(lesion.predicted_mask(p[..., 0]), m) for p, m in zip(probs, test_m)]
+    assert np.mean(hits) >= 0.9
+    assert np.mean(dices) >= 0.5
+
+
+def test_dice_bce_loss_prefers_right_maps_and_takes_empty_targets():
+    from liverscan.core.keras_env import import_keras
+
+    keras = import_keras()
+    loss = lesion.dice_bce_loss()
+    y = np.zeros((2, 8, 8, 1), np.float32)
+    y[0, 2:5, 2:5] = 1.0  # the second image has no lesion (a normal)
+    right = np.where(y > 0, 8.0, -8.0).astype(np.float32)
+    wrong = -right
+    l_right = float(keras.ops.convert_to_numpy(loss(y, right)))
+    l_wrong = float(keras.ops.convert_to_numpy(loss(y, wrong)))
+    assert 0 <= l_right < 0.05 < 1.0 < l_wrong
+    empty = float(keras.ops.convert_to_numpy(loss(np.zeros_like(y), np.full_like(y, -8.0))))
+    assert np.isfinite(empty) and empty < 0.05  # the Dice smoothing term: ~0 probabilities still count
+
+
+def _two_blob_map() -> np.ndarray:
+    p = np.zeros((40, 40), np.float32)
+    p[5:15, 5:15] = 0.9  # 100 px, the most probable
+    p[9, 9] = 0.99
+    p[25:31, 20:36] = 0.7  # 96 px
+    p[38, 38] = 0.8  # one stray pixel: under the minimum area
+    return p
+
+
+def test_peak_regions_and_outlines_on_a_synthetic_map():
+    p = _two_blob_map()
+    assert lesion.peak(p) == (9.5, 9.5, pytest.approx(0.99))
+    found = lesion.regions(p, min_area=0.002)
+    assert len(found) == 2
+    first, second = found
+    assert first.score == pytest.approx(0.99) and first.peak == (9.5, 9.5)
+    assert first.bbox == (5.0, 5.0, 15.0, 15.0) and first.area_fraction == pytest.approx(100 / 1600)
+    assert second.bbox == (20.0, 25.0, 36.0, 31.0) and second.mean == pytest.approx(0.7)
+    for region, area in ((first, 100), (second, 96)):
+        assert polygon_area(region.outline) == pytest.approx(area, rel=0.1)
+        x0, y0, x1, y1 = region.bbox
+        assert region.outline[:, 0].min() >= x0 - 0.5 and region.outline[:, 0].max() <= x1 + 0.5
+        assert region.outline[:, 1].min() >= y0 - 0.5 and region.outline[:, 1].max() <= y1 + 0.5
+    assert len(lesion.regions(p, min_area=0.0)) == 3
+    assert lesion.regions(np.zeros((8, 8))) == []
+
+
+def test_outline_of_a_square_and_two_pieces():
+    m = np.zeros((10, 10), bool)
+    m[2:6, 3:8] = True
+    (poly,) = lesion.outline(m)
+    assert polygon_area(poly) == pytest.approx(20, abs=2.5)  # corners cut by marching squares
+    assert poly[:, 0].min() == pytest.approx(3.0) and poly[:, 0].max() == pytest.approx(8.0)
+    m[8:10, 0:2] = True
+    polys = lesion.outline(m)
+    assert len(polys) == 2 and polygon_area(polys[0]) > polygon_area(polys[1])
+
+
+def test_mask_evidence_and_scores():
+    p = _two_blob_map()
+    mask = lesion.predicted_mask(p)
+    assert mask.sum() == 196 and not mask[38, 38]
+    ev = lesion.evidence(p)
+    assert ev["max"] == pytest.approx(0.99) and ev["count"] == 2
+    assert ev["area_fraction"] == pytest.approx(196 / 1600)
+    assert set(ev) == {"max", "area_fraction", "count", "mean", "top_mean"}
+    quiet = lesion.evidence(np.full((40, 40), 0.1, np.float32))
+    assert quiet["count"] == 0 and quiet["area_fraction"] == 0
+
+    a = np.zeros((10, 10), bool)
+    a[:5] = True
+    b = np.zeros((10, 10), bool)
+    b[:, :5] = True
+    assert lesion.dice(a, b) == pytest.approx(0.5) and lesion.iou(a, b) == pytest.approx(25 / 75)
+    assert lesion.dice(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
+    big = np.zeros((400, 400), bool)
+    big[50:150, 50:150] = True  # the map's first blob, scaled by 10
+    assert lesion.pointing_hit(p, big)
+    assert not lesion.pointing_hit(p, ~big)
+
+
+def test_upsample_squashes_like_the_images():
+    p = np.zeros((4, 4), np.float32)
+    p[:2, :2] = 1.0
+    up = lesion.upsample(p, 80, 60)
+    assert up.shape == (60, 80) and up.dtype == np.float32
+    assert up[5, 5] == pytest.approx(1.0) and up[55, 75] == pytest.approx(0.0)
