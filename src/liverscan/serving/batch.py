@@ -73,7 +73,7 @@ class PredictJob:
 
     def __init__(
         self,
-        inputs: Iterable[str],
+        inputs: Iterable[str] | str | Path,
         options: PredictOptions | None = None,
         *,
         model: str | Path | None = None,
@@ -208,7 +208,7 @@ def predict_files(
     .jsonl; ``stream``: a text stream in ``stream_format``) and, with ``options.group_by``, study records
     (``study_output``).  Returns the :class:`PredictSummary` (its ``studies`` too)."""
     job = PredictJob(
-        [str(inputs)] if isinstance(inputs, (str, Path)) else inputs,
+        inputs,  # a single path is taken as a list of one, as PredictJob does
         options,
         model=model,
         classifier=classifier,

@@ -91,7 +91,9 @@ class Classifier:
         """
         from liverscan.serving import runtime as rt
 
-        options = (options or PredictOptions()).replace(**changes) if changes else (options or PredictOptions())
+        options = options or PredictOptions()
+        if changes:
+            options = options.replace(**changes)
         runtime = options.runtime
         run = load_run(resolve_model(path))
         reference = (
