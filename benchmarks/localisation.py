@@ -1,7 +1,11 @@
 """Where is the lesion?  Out-of-fold localisation designs on the xu-liver outlines, side by side with baselines.
 
-For every image of the xu layout (``<class>/image/<n>.jpg`` with ``<class>/segmentation/{mass,liver,outline}``)
-the frozen ImageNet MobileNetV2's multi-scale features (``block_3/6/13_expand_relu``, ``out_relu``) are computed
+Design ``t`` is the head ``liverscan train`` fits (:func:`liverscan.training.lesion.fit_lesion_model` with the
+default ``lesion`` settings: backbone tuned from ``block_3``, augmentation, 20 epochs), trained on each fold's
+training images and run on its test images at 160 px (``--lesion-epochs`` changes its epochs).
+
+For the frozen-feature designs, for every image of the xu layout (``<class>/image/<n>.jpg`` with
+``<class>/segmentation/{mass,liver,outline}``) the frozen ImageNet MobileNetV2's multi-scale features (``block_3/6/13_expand_relu``, ``out_relu``) are computed
 once - for the image and its horizontal mirror - and cached in memory (float16); only a small decoder
 (:func:`liverscan.core.lesion.build_decoder`) is trained, out of fold:
 
@@ -11,14 +15,18 @@ once - for the image and its horizontal mirror - and cached in memory (float16);
 - training: soft Dice (over the batch) + BCE from logits, targets the lesion's area coverage at the decoder's
   resolution (stride 4), normals as all-zero targets, augmentation = horizontal flip (each sample uses the cached
   features of the mirrored image with a mirrored target, with probability 0.5), Adam 1e-3, batch 16;
-- designs: (a) 160 px input, (b) 224 px input, (c) 160 px with the liver region as a second target (multi-task);
+- frozen-feature designs: (a) 160 px input, (b) 224 px input, (c) 160 px with the liver region as a second target
+  (multi-task);
 - baselines: the image centre, a uniformly random point in the scan fan (its expected pointing = lesion share of
   the fan), and the class activation map of a linear probe (= its Grad-CAM: for a linear head on pooled features
   the gradient is the weight vector) for tumour vs normal.
 
-Scores (tumour images, at the original resolution: maps are squashed back bilinearly): pointing game (peak inside
-the lesion), Dice / IoU of the map thresholded at 0.5 (regions under 0.2 % of the map dropped), the share of the
-map's total heat inside the lesion vs the lesion's share of the fan; normals: the share with any predicted lesion.
+Scores (:func:`liverscan.evaluation.localisation.score_localisation`, the function ``liverscan evaluate`` uses, and
+its table): on tumour images at the original resolution (maps are squashed back bilinearly) the pointing game (peak
+inside the lesion), Dice / IoU of the map thresholded at 0.5 (regions under 0.2 % of the image dropped), the share of
+the map's total heat inside the lesion vs the lesion's share of the fan; on normals the share with any predicted
+lesion; 95 % CIs from a bootstrap over the near-duplicate groups (``--bootstrap``).
+
 Finally the best design's lesion evidence (max probability, area fraction, top-1 % mean) is appended to the probe's
 pooled features: out-of-fold tumour-vs-normal AUC / balanced accuracy with and without it.
 
@@ -26,7 +34,8 @@ pooled features: out-of-fold tumour-vs-normal AUC / balanced accuracy with and w
     python benchmarks/localisation.py --data ../shared/data/xu-liver --smoke    # a handful of images, for CI
 
 Heavy work runs on one thread (``OMP_NUM_THREADS`` / ``TF_NUM_*_THREADS`` default to 1); pin the process to
-one core with ``taskset -c N`` if the machine is shared.
+one core with ``taskset -c N`` if the machine is shared, or set them to 2 for design ``t`` (about 45 minutes for
+five folds on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import argparse  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -51,11 +60,13 @@ from liverscan.core import lesion  # noqa: E402
 from liverscan.core.annotations import image_size, load_annotation, mask_coverage  # noqa: E402
 from liverscan.core.images import load_image  # noqa: E402
 from liverscan.core.keras_env import import_keras  # noqa: E402
+from liverscan.evaluation.localisation import LocalisationMetrics, MapScores, score_localisation  # noqa: E402
+from liverscan.evaluation.results import format_with_ci  # noqa: E402
 from liverscan.preparation.dedup import link_groups, near_duplicate_pairs, perceptual_hash  # noqa: E402
 
 CLASSES = {"Benign": "tumour", "Malignant": "tumour", "Normal": "normal"}
 LAYERS = lesion.DEFAULT_LAYERS
-DEFAULT_DESIGNS = "a,c,b"
+DEFAULT_DESIGNS = "t,a"
 
 
 @dataclass
@@ -214,50 +225,44 @@ def train_predict(
     return np.concatenate(probs)
 
 
-def score_maps(items: list[Item], maps: np.ndarray, threshold_relative: bool = False) -> dict[str, float]:
-    """The table's figures for maps ``(N, side, side)`` (one per item)."""
-    point, dices, ious, heat, share, false = [], [], [], [], [], []
-    for it, p in zip(items, maps):
-        if threshold_relative:  # a CAM has no probability scale: half its maximum
-            p = p / max(float(p.max()), 1e-12)
-        if not it.tumour:
-            if not threshold_relative:  # a map scaled to its own maximum always has a region
-                false.append(bool(lesion.regions(p)))
-            continue
-        assert it.lesion is not None
-        point.append(lesion.pointing_hit(p, it.lesion))
-        up = lesion.upsample(p, it.width, it.height)
-        mask = lesion.predicted_mask(up)
-        dices.append(lesion.dice(mask, it.lesion))
-        ious.append(lesion.iou(mask, it.lesion))
-        heat.append(float((up * it.lesion).sum() / max(float(up.sum()), 1e-12)))
-        if it.fan is not None and it.fan.any():
-            share.append(float(np.logical_and(it.lesion, it.fan).sum() / it.fan.sum()))
-    return {
-        "pointing": float(np.mean(point)),
-        "dice": float(np.mean(dices)),
-        "dice_median": float(np.median(dices)),
-        "iou": float(np.mean(ious)),
-        "heat": float(np.mean(heat)),
-        "share": float(np.mean(share)) if share else float("nan"),
-        "false": float(np.mean(false)) if false else float("nan"),
-    }
+def score(
+    items: list[Item], maps: np.ndarray, groups: np.ndarray, args, cams: np.ndarray | None = None
+) -> LocalisationMetrics:
+    """The figures of maps ``(N, side, side)`` (one per item), with the image centre, a random point in the fan
+    and (``cams``) the linear probe's CAM beside them - ``liverscan evaluate``'s scoring function."""
+    return score_localisation(
+        maps,
+        [it.lesion for it in items],
+        [it.fan for it in items],
+        [not it.tumour for it in items],
+        groups,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        saliency=None if cams is None else {"linear-probe CAM (160 px)": list(cams)},
+    )
 
 
-def baselines(items: list[Item]) -> list[tuple[str, dict[str, float]]]:
-    centre, fan_share = [], []
-    for it in items:
-        if not it.tumour or it.lesion is None:
-            continue
-        centre.append(bool(it.lesion[it.height // 2, it.width // 2]))
-        if it.fan is not None and it.fan.any():
-            fan_share.append(float(np.logical_and(it.lesion, it.fan).sum() / it.fan.sum()))
-    nan = float("nan")
-    row = dict(dice=nan, dice_median=nan, iou=nan, heat=nan, share=nan, false=nan)
-    return [
-        ("image centre", {**row, "pointing": float(np.mean(centre))}),
-        ("random point in the fan", {**row, "pointing": float(np.mean(fan_share))}),
-    ]
+def product_head_maps(
+    items: list[Item], images: np.ndarray, coverage: np.ndarray, tests: list[np.ndarray], args
+) -> np.ndarray:
+    """Out-of-fold maps ``(N, S, S)`` of the head ``liverscan train`` fits (``training.lesion.fit_lesion_model``
+    with the default ``lesion`` settings, ``--lesion-epochs`` aside), one per test fold."""
+    from liverscan.core.config import Config
+    from liverscan.training.lesion import LesionTargets, fit_lesion_model
+
+    cfg = Config()
+    cfg.model.weights = args.weights
+    if args.lesion_epochs:
+        cfg.lesion.epochs = args.lesion_epochs
+    maps = np.zeros(images.shape[:3], np.float32)
+    t = time.perf_counter()
+    for k, test in enumerate(tests):
+        train = np.setdiff1d(np.arange(len(items)), test)
+        targets = LesionTargets(coverage[train], np.ones(len(train), bool))
+        model = fit_lesion_model(images[train], targets, cfg, seed=args.seed + k)
+        maps[test] = lesion.predict_maps(model, images[test])
+        log(f"design t: fold {k + 1}/{len(tests)} done ({time.perf_counter() - t:.0f} s)")
+    return maps
 
 
 def probe_cams(
@@ -302,29 +307,27 @@ def classifier_check(
     return out
 
 
-def fmt(v: float) -> str:
-    return "   -  " if v != v else f"{v:6.3f}"
+def print_table(rows: list[MapScores], base: LocalisationMetrics, n_folds: int, args) -> None:
+    """The table ``liverscan evaluate`` prints (:meth:`LocalisationMetrics.table`), one row per design."""
+    from rich.console import Console
+    from rich.table import Table
 
-
-def print_table(rows: list[tuple[str, dict[str, float]]], n_folds: int, args, n_t: int, n_eval: int) -> None:
-    print()
+    header, cells = replace(base, maps=rows).table()
+    table = Table(
+        title=f"Lesion localisation, out of fold ({n_folds} group-aware folds, {args.epochs} epochs, decoder width "
+        f"{args.width}): {base.n_outlined} tumour images, {base.n_lesion_free} normals; {base.level:.0%} CI over "
+        f"{base.resampled}"
+    )
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in cells:
+        table.add_row(*row)
+    Console(width=200).print(table)
     print(
-        f"Lesion localisation, out of fold ({n_folds} group-aware folds, {args.epochs} epochs, decoder width "
-        f"{args.width}): {n_t} tumour images, {n_eval - n_t} normals"
+        f"lesion's share of the fan {format_with_ci(base.lesion_share_of_fan, base.lesion_share_of_fan_ci)}; "
+        "targets: pointing >= 0.85, mean Dice >= 0.60, false lesions on <= 10 % of normals",
+        flush=True,
     )
-    head = (
-        f"{'design':34s} {'pointing':>8s} {'Dice':>6s} {'Dice~':>6s} {'IoU':>6s} "
-        f"{'heat in':>7s} {'lesion/':>7s} {'false':>6s}"
-    )
-    print(head)
-    print(f"{'':34s} {'':>8s} {'mean':>6s} {'median':>6s} {'mean':>6s} {'lesion':>7s} {'fan':>7s} {'normal':>6s}")
-    print("-" * len(head))
-    for name, r in rows:
-        print(
-            f"{name:34s} {fmt(r['pointing']):>8s} {fmt(r['dice'])} {fmt(r['dice_median'])} {fmt(r['iou'])} "
-            f"{fmt(r['heat']):>7s} {fmt(r['share']):>7s} {fmt(r['false'])}"
-        )
-    print("targets: pointing >= 0.85, mean Dice >= 0.60, false lesions on <= 10 % of normals", flush=True)
 
 
 def print_times(timings: dict[str, float], t0: float) -> None:
@@ -340,13 +343,20 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--width", type=int, default=16, help="decoder channels on its fine half (twice on the coarse)")
-    ap.add_argument("--designs", default=DEFAULT_DESIGNS, help="a: 160 px, b: 224 px, c: 160 px + liver target")
+    ap.add_argument(
+        "--designs",
+        default=DEFAULT_DESIGNS,
+        help="t: the head liverscan train fits (default settings); frozen-feature decoders: a: 160 px, b: 224 px, "
+        "c: 160 px + liver target",
+    )
+    ap.add_argument("--weights", default="imagenet", help="backbone weights for design t (imagenet or a .h5 file)")
+    ap.add_argument("--lesion-epochs", type=int, default=0, help="design t: epochs (0: the default lesion.epochs)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smoke", action="store_true", help="a handful of images, one split, 2 epochs, design a")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of near-duplicate groups for the CIs")
+    ap.add_argument("--smoke", action="store_true", help="a handful of images, one split, 1-2 epochs")
     args = ap.parse_args()
     if args.smoke:
-        args.folds, args.epochs = 1, 2
-        args.designs = "a" if args.designs == DEFAULT_DESIGNS else args.designs
+        args.folds, args.epochs, args.lesion_epochs = 1, 2, 1
     t0 = time.perf_counter()
     keras = import_keras()
     rng = np.random.default_rng(args.seed)
@@ -370,12 +380,18 @@ def main() -> int:
         log(f"features at {size} px: {sum(f.nbytes for f in feats[size]) / 2**20:.0f} MiB")
     timings["features (all sizes, with mirrors)"] = time.perf_counter() - t
 
-    rows: list[tuple[str, dict[str, float]]] = baselines([items[i] for i in evaluated])
+    ev_items = [items[i] for i in evaluated]
+    ev_groups = groups[evaluated]
     cams, _ = probe_cams(pooled[160], feats[160][-1][:, 0], labels, tests)
-    rows.append(("linear-probe CAM (160 px)", score_maps([items[i] for i in evaluated], cams[evaluated], True)))
-
-    names = {"a": "decoder, 160 px", "b": "decoder, 224 px", "c": "decoder, 160 px + liver target"}
+    names = {
+        "t": "liverscan's head (train's default)",
+        "a": "decoder, 160 px",
+        "b": "decoder, 224 px",
+        "c": "decoder, 160 px + liver target",
+    }
     oof_maps: dict[str, np.ndarray] = {}
+    results: dict[str, LocalisationMetrics] = {}
+    base: LocalisationMetrics | None = None
     for d in designs:
         size = 224 if d == "b" else 160
         f = feats[size]
@@ -384,22 +400,29 @@ def main() -> int:
         if d == "c":
             y = np.concatenate([y, targets(items, side, "liver")[..., None]], axis=-1)
         t = time.perf_counter()
-        maps = np.zeros((len(items), side, side), np.float32)
-        for k, test in enumerate(tests):
-            train = np.setdiff1d(np.arange(len(items)), test)
-            maps[test] = train_predict(f, y, train, test, args.epochs, args.seed + k, args.width)
-            log(f"design {d}: fold {k + 1}/{len(tests)} done ({time.perf_counter() - t:.0f} s)")
+        if d == "t":
+            maps = product_head_maps(items, images160, y[:, 0, :, :, 0], tests, args)
+        else:
+            maps = np.zeros((len(items), side, side), np.float32)
+            for k, test in enumerate(tests):
+                train = np.setdiff1d(np.arange(len(items)), test)
+                maps[test] = train_predict(f, y, train, test, args.epochs, args.seed + k, args.width)
+                log(f"design {d}: fold {k + 1}/{len(tests)} done ({time.perf_counter() - t:.0f} s)")
         timings[f"train+predict ({d}) {names[d]}"] = time.perf_counter() - t
         oof_maps[d] = maps
-        rows.append((names[d], score_maps([items[i] for i in evaluated], maps[evaluated])))
-        if d != designs[-1]:
-            print_table(rows, len(tests), args, int(labels[evaluated].sum()), len(evaluated))
+        scored_design = score(ev_items, maps[evaluated], ev_groups, args, cams[evaluated] if base is None else None)
+        base = base or scored_design  # the first design's scores carry the baselines
+        results[d] = scored_design
+        rows = [replace(results[k].head, name=names[k]) for k in results] + base.maps[1:]
+        print_table(rows, base, len(tests), args)
 
-    print_table(rows, len(tests), args, int(labels[evaluated].sum()), len(evaluated))
-    scored = [(names[d], r) for d in designs for n, r in rows if n == names[d]]
-    if scored:
-        best_name, _ = max(scored, key=lambda nr: nr[1]["pointing"] + nr[1]["dice"] - nr[1]["false"])
-        best = next(d for d in designs if names[d] == best_name)
+    if results:
+
+        def merit(m: MapScores) -> float:
+            return (m.pointing or 0.0) + (m.dice_mean or 0.0) - (m.false_lesion_rate or 0.0)
+
+        best = max(results, key=lambda d: merit(results[d].head))
+        best_name = names[best]
         ev = np.array([list(lesion.evidence(m).values()) for m in oof_maps[best]])[:, [0, 1, 4]]
         sub = [np.searchsorted(evaluated, t) for t in tests]
         if len(sub) == 1:  # smoke: one held-out split; the classifier check splits it in two

@@ -81,6 +81,7 @@ def main() -> int:
     t_prep = time.perf_counter() - t0
     cfg.model.weights = args.weights
     cfg.train.seed = args.seed
+    cfg.lesion.head = "off"  # the classifier heads are timed here; benchmarks/localisation.py times the lesion head
     print(f"data: {args.data} (prepare {t_prep:.1f} s); weights: {args.weights}; cpus: {os.cpu_count()}")
     if args.head in ("both", "linear"):
         linear(cfg, prepared, work, folds)

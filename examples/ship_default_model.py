@@ -4,9 +4,11 @@ Writes ``src/liverscan/models/default/``: ``weights.npz`` (float16 weights, rebu
 into the architecture on load), ``model.tflite`` (the same weights, float32 storage, giving
 probabilities and the pooled features the out-of-distribution guard scores),
 ``ood_reference.npz`` (the guard), ``model_card.json`` (with the run's cross-validated
-out-of-fold metrics) and ``README.md`` (classes, data, licence, intended use).
+out-of-fold metrics) and ``README.md`` (classes, data, licence, intended use); when the run has a lesion
+localisation head, also ``lesion.weights.npz`` (its float16 weights) and ``lesion.tflite`` (checked against
+them), with the head's out-of-fold localisation figures in the card.
 
-    python examples/reproduce.py --only xu-tumor-vs-normal
+    python examples/reproduce.py --only xu-tumor-vs-normal --lesion
     python examples/ship_default_model.py runs/reproduce/xu-tumor-vs-normal/run
 """
 
@@ -37,6 +39,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
     ap.add_argument("--target", type=Path, default=TARGET)
+    ap.add_argument(
+        "--lesion-from",
+        type=Path,
+        default=None,
+        help="take the lesion head (and its out-of-fold figures) from this other run of the same prepared data "
+        "(the head does not depend on the classifier), e.g. a reproduction run with --lesion",
+    )
     args = ap.parse_args()
 
     from liverscan.core import guard
@@ -44,7 +53,7 @@ def main() -> int:
     from liverscan.core.dataset import PreparedData
     from liverscan.core.errors import LiverscanError
     from liverscan.core.model import feature_extractor, load_model
-    from liverscan.serving.export import write_tflite
+    from liverscan.serving.export import write_lesion, write_tflite
     from liverscan.training.features import compute_features
 
     try:
@@ -61,6 +70,13 @@ def main() -> int:
             f"{args.run}: needs a cross-validated, evaluated run with an out-of-distribution reference", file=sys.stderr
         )
         return 1
+    lesion_run = args.lesion_from or args.run
+    if args.lesion_from is not None:
+        other = read_card(args.lesion_from)
+        if other.data.get("manifest_hash") != card.data.get("manifest_hash") or not other.lesion:
+            print(f"{args.lesion_from}: not a run with a lesion head on the same prepared data", file=sys.stderr)
+            return 1
+        card.lesion = other.lesion
     model = load_model(args.run / "model.keras")
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "default"
@@ -87,6 +103,29 @@ def main() -> int:
         d["packed"]["guard_flips_vs_float32"] = flips
         d["packed"]["bytes"] = {f.name: f.stat().st_size for f in sorted(staged.iterdir())}
         d["exports"] = {"tflite": {**tflite, "weights": "float32 copy of the float16 weights"}}
+        lesion_line = ""
+        if card.lesion:
+            from liverscan.core import lesion
+            from liverscan.core.artifacts import figures_line
+
+            head = load_model(lesion_run / card.lesion["file"])
+            lesion.save_packed(head, staged / "lesion.weights.npz")
+            packed_head = lesion.load_packed(
+                staged / "lesion.weights.npz", card.image_size, card.lesion["layers"], card.lesion["width"]
+            )
+            check = images[np.linspace(0, len(images) - 1, 32).astype(int)].astype(np.float32)
+            lt = write_lesion(packed_head, staged / "lesion.tflite", "tflite", check, card.lesion["threshold"])
+            d["exports"]["lesion_tflite"] = {**lt, "weights": "float32 copy of the float16 weights"}
+            d["lesion"] = {**card.lesion, "file": "lesion.weights.npz"}
+            d["packed"]["lesion"] = "float16 (lesion.weights.npz), cast to float32 on load"
+            d["packed"]["bytes"] = {f.name: f.stat().st_size for f in sorted(staged.iterdir())}
+            oof = (card.lesion.get("out_of_fold") or {}).get("metrics") or {}
+            if oof:
+                lesion_line = (
+                    "\n- Where: a lesion localisation head (a decoder on the tuned backbone's multi-scale features) "
+                    "gives every prediction a lesion outline, peak and probability map. Out of fold on the outlined "
+                    "tumour images: " + figures_line(oof) + " (95% CIs). The classifier's decision does not use it."
+                )
         card = ModelCard.from_dict(d)
         (staged / "model_card.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
         (staged / "model_card.md").write_text(card.to_markdown())
@@ -104,7 +143,7 @@ def main() -> int:
   no openly licensed whole-frame fatty-liver data was available to train it. To get a three-class
   model (normal / fatty / tumor), prepare and train on your own data (see the project README).
 - Architecture: MobileNetV2 (frozen) + a linear softmax head (the linear probe: L2 logistic regression
-  on the standardised pooled features, C chosen by inner group cross-validation), 160x160 input;
+  on the standardised pooled features of three stages, C chosen by inner group cross-validation), 160x160 input;
   weights stored as float16 (`weights.npz`), plus a TensorFlow Lite twin `model.tflite` (float32 storage
   of the same values, giving probabilities and features) for fast CPU prediction.
 - How good: {cv["folds"]}-fold group-aware cross-validation on {cv["images"]} xu-liver images
@@ -114,7 +153,7 @@ def main() -> int:
   public collection; expect lower accuracy on other scanners and sites.
 - Out-of-distribution guard (`ood_reference.npz`): images unlike the training images (another scanner,
   screenshots, photos) are flagged `in_distribution: false` with the decision `out_of_distribution`.
-- Data and licence: {ATTRIBUTION}
+- Data and licence: {ATTRIBUTION}{lesion_line}
 """)
         if args.target.exists():
             shutil.rmtree(args.target)

@@ -85,6 +85,7 @@ def test_operating_point_stored_and_applied(run_copy):
     assert (run_copy / "eval-val" / "confusion-tuned.png").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_on_labelled_folders(run_copy, tiny_run, tmp_path):
     folder = tmp_path / "ext"
     for cat in ("normal", "tumor"):

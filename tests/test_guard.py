@@ -128,6 +128,7 @@ def test_image_checks_flag_non_bmode_and_pass_bmode():
     assert reasons[3] is not None and ("screenshot" in reasons[3] or "colour" in reasons[3])
 
 
+@pytest.mark.slow
 def test_out_of_distribution_record_needs_review(probe_run):
     clf = Classifier.load(probe_run["run"])
     assert clf.reference is not None

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from cli_helpers import runner
 from liverscan.faces.cli import app
 
 
+@pytest.mark.slow
 def test_operating_point_with_unprepared_data_is_fitted_on_the_runs_validation_split(probe_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(probe_run["run"], run)

@@ -64,6 +64,9 @@ def test_counts_rejections_and_duplicates(prepared):
         "group",
         "width",
         "height",
+        "lesion_annotation",
+        "liver_annotation",
+        "fan_annotation",
     }
     assert {r["source"] for r in rows} == {"A", "B"}
 

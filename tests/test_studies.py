@@ -89,6 +89,7 @@ def test_decision_rule_of_the_classifier_decides_the_study():
     assert threshold_rule.studies()[0].predicted_class == "tumor"
 
 
+@pytest.mark.slow
 def test_cli_group_by_folder_and_csv_column_with_failed_frames(tiny_run, tmp_path):
     root = tmp_path / "scans"
     for patient, cls in (("p1", "normal"), ("p2", "tumor")):
@@ -125,6 +126,7 @@ def test_cli_group_by_folder_and_csv_column_with_failed_frames(tiny_run, tmp_pat
     assert groups == {"P-1", "P-2"}
 
 
+@pytest.mark.slow
 def test_dicom_studies_series_and_cine_objects(tiny_run, tmp_path):
     pytest.importorskip("pydicom")
     from test_dicom import write_dicom

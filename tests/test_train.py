@@ -163,6 +163,7 @@ def test_determinism_is_on_while_seeded_and_restored_after_training(tiny_prepare
     assert not tf_config.is_op_determinism_enabled()
 
 
+@pytest.mark.slow
 def test_failed_run_can_be_retried(tiny_prepared, tmp_path, short_c_grid):
     run = tmp_path / "run"
     cfg = _cfg(tiny_prepared, head="linear")

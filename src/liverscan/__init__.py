@@ -14,7 +14,7 @@ functions that need them.  The public API:
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 _EXPORTS = {
     "Classifier": "liverscan.serving",

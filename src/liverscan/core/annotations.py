@@ -42,6 +42,7 @@ POLYGON_SUFFIXES = {".json"}
 MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
 POINT_TOLERANCE = 2.0  # pixels; or 0.5 % of the image's longer side when that is more
 MAX_ANNOTATION_BYTES = 50_000_000
+PLACEHOLDERS = ("stem", "name", "parent", "kind")  # of an annotation file pattern, e.g. "masks/{stem}.png"
 
 
 @dataclass(frozen=True)
@@ -333,3 +334,31 @@ def _read_text(path: str | Path) -> str:
         raise AnnotationError(path, "not UTF-8 text") from None
     except OSError as exc:
         raise AnnotationError(path, f"cannot read ({exc.strerror or exc})") from None
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot name one annotation per image, or None when it can."""
+    dummy = {k: "x" for k in PLACEHOLDERS}
+    try:
+        pattern.format(**dummy)
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"{pattern!r} is not a valid pattern ({exc.__class__.__name__}: {exc}; placeholders: {_names()})"
+    if "{stem}" not in pattern and "{name}" not in pattern:
+        return f"{pattern!r} must contain {{stem}} or {{name}} (one annotation per image)"
+    return None
+
+
+def _names() -> str:
+    return ", ".join("{" + k + "}" for k in PLACEHOLDERS)
+
+
+def lesion_free_classes(rows) -> set[str]:
+    """Classes in which no manifest row has a lesion annotation: their images teach and are scored as "no lesion"
+    (an image of a lesion class without an outline is unknown, not "nothing there")."""
+    with_lesion = {r["class"] for r in rows if r.get("lesion_annotation")}
+    return {r["class"] for r in rows} - with_lesion
+
+
+def has_lesion_outlines(rows) -> bool:
+    """Whether any manifest row has a lesion annotation."""
+    return any(r.get("lesion_annotation") for r in rows)

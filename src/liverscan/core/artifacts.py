@@ -26,7 +26,21 @@ SUMMARY = "summary.json"
 REJECTS = "rejects.csv"
 CACHE = "images.npy"
 SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ["path", "content_hash", "source", "source_label", "class", "split", "group", "width", "height"]
+#: the annotation file of each kind (lesion, liver, scan fan) per manifest row; empty: the image has none
+ANNOTATION_COLUMNS = {"lesion": "lesion_annotation", "liver": "liver_annotation", "fan": "fan_annotation"}
+MANIFEST_COLUMNS = [
+    "path",
+    "content_hash",
+    "source",
+    "source_label",
+    "class",
+    "split",
+    "group",
+    "width",
+    "height",
+    *ANNOTATION_COLUMNS.values(),
+]
+#: rejected images, and rejected annotation files (their images are kept, without the annotation)
 REJECT_COLUMNS = ["path", "source", "source_label", "reason"]
 
 # ---- run directory
@@ -39,6 +53,10 @@ ONNX_FILE = "model.onnx"
 #: the fast runtimes a model can be exported to (``liverscan export --format``, ``train.export_runtime``)
 EXPORT_FORMATS = ("tflite", "onnx")
 OOD_FILE = "ood_reference.npz"
+LESION_FILE = "lesion.keras"  # the lesion localisation head: pixels -> lesion probability map (when trained)
+LESION_TFLITE_FILE = "lesion.tflite"
+LESION_ONNX_FILE = "lesion.onnx"
+LESION_OOF_FILE = "lesion_oof.npz"  # cross-validated runs: out-of-fold lesion maps (paths, maps at stride 4)
 CARD_FILE = "model_card.json"
 CARD_MD_FILE = "model_card.md"
 HISTORY_FILE = "history.csv"
@@ -90,6 +108,8 @@ class ModelCard:
     validation: dict[str, Any] = field(default_factory=dict)
     operating_point: OperatingPoint | None = None  # the decision rule fitted by evaluate (None: argmax)
     ood: dict[str, Any] | None = None  # the out-of-distribution guard (method, threshold, retention, file)
+    # the lesion localisation head (file, design, threshold, min_area, training, out-of-fold figures); None: none
+    lesion: dict[str, Any] | None = None
     exports: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -151,7 +171,8 @@ class ModelCard:
             f"- Classes: {', '.join(self.classes)}",
             f"- Class map: {', '.join(f'{k} -> {c}' for k, c in self.class_map.items())}",
             f"- Input: {self.image_size}x{self.image_size} RGB; {self.input.get('scaling', '')}",
-            f"- Architecture: {arch.get('backbone')}; head {arch.get('head')}",
+            f"- Architecture: {arch.get('backbone')}; head {arch.get('head')}"
+            + (f"; features {arch['features']}" if arch.get("features") else ""),
         ]
         if arch.get("parameters"):
             p = arch["parameters"]
@@ -184,8 +205,31 @@ class ModelCard:
                 f"- Out-of-distribution guard: {o.get('method')} (k={o.get('k')}) on pooled features + image "
                 f"checks; threshold {o.get('threshold')} keeps {o.get('retention')} of {o.get('calibrated_on')}"
             )
+        if self.lesion:
+            les, lt = self.lesion, self.lesion.get("training") or {}
+            lines.append(
+                f"- Lesion localisation: {les.get('design')}; {lt.get('images_with_lesion')} outlined lesion images "
+                f"and {lt.get('images_without_lesion')} lesion-free images, {lt.get('epochs')} epochs; a lesion is "
+                f"probability >= {les.get('threshold')} over at least {les.get('min_area')} of the image"
+            )
+            oof = (les.get("out_of_fold") or {}).get("metrics")
+            if oof:
+                lines.append(f"- Lesion localisation out of fold: {figures_line(oof)}")
         lines.append("")
         return "\n".join(lines)
+
+
+def figures_line(figures: dict[str, Any]) -> str:
+    """``{"pointing": {"value": 0.7, "ci95": [0.6, 0.8]}, "n_outlined": 507, ...}`` as one readable line."""
+    parts = []
+    for key, v in figures.items():
+        name = key.replace("_", " ")
+        if isinstance(v, dict) and v.get("value") is not None:
+            ci = v.get("ci95")
+            parts.append(f"{name} {v['value']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{name} {v}")
+    return ", ".join(parts)
 
 
 def read_card(run_dir: str | Path) -> ModelCard:

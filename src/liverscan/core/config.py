@@ -73,6 +73,9 @@ class DataConfig:
     keep_conflicts: bool = False
     cache_arrays: bool = True
     workers: int = 0  # decoding threads; 0 = number of CPUs
+    # the lesion annotation of each image, e.g. "masks/{stem}.png" (polygon JSON or mask image; placeholders
+    # {stem} {name} {parent} {kind}; relative to the image's folder); "": the xu layout is found automatically
+    masks: str = ""
 
 
 @dataclass
@@ -98,6 +101,18 @@ class ModelConfig:
     weights: str = "imagenet"  # imagenet | none | path to a weights file
     dropout: float = 0.5
     dense_units: int = 128
+    # the pooled features the head reads: last (the last stage, 1280) | multistage (three stages' pooled outputs
+    # concatenated: block_6_expand_relu, block_13_expand_relu, out_relu; 2048) | auto: multistage for the linear
+    # head (chosen by cross-validation on the shared data), last for the paper's mlp head (as published)
+    features: str = "auto"
+    flip_average: bool = False  # features = mean of the image's and its horizontal mirror's
+
+    @property
+    def feature_set(self) -> str:
+        """``features`` with ``auto`` resolved for this head."""
+        if self.features != "auto":
+            return self.features
+        return "multistage" if self.head == "linear" else "last"
 
 
 @dataclass
@@ -159,6 +174,25 @@ class OODConfig:
 
 
 @dataclass
+class LesionConfig:
+    """The lesion localisation head, trained whenever the prepared data has lesion outlines.
+
+    A decoder on the backbone's multi-scale features (:mod:`liverscan.core.lesion`); the backbone's blocks from
+    ``fine_tune_from`` on are tuned with it (``""``: the backbone stays frozen). Normals and other lesion-free
+    classes teach "no lesion"; tumour images without an outline are left out of this head's training.
+    """
+
+    head: str = "auto"  # auto: train it when the data has lesion outlines | off
+    epochs: int = 20
+    batch_size: int = 16
+    learning_rate: float = 3e-4
+    width: int = 32  # decoder channels on its fine half (twice that on the coarse half)
+    fine_tune_from: str = "block_3_expand"  # first backbone layer tuned with the decoder; "" keeps it frozen
+    threshold: float = 0.5  # probability above which a pixel is lesion
+    min_area: float = 0.002  # regions smaller than this share of the image are dropped
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
@@ -169,6 +203,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ood: OODConfig = field(default_factory=OODConfig)
+    lesion: LesionConfig = field(default_factory=LesionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,6 +290,7 @@ SCALINGS = ("mobilenet_v2",)
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MODES = ("cached", "fit")
 LOSSES = ("weighted", "unweighted", "focal")
+LESION_HEADS = ("auto", "off")
 
 
 def validate(cfg: Config) -> Config:
@@ -264,7 +300,7 @@ def validate(cfg: Config) -> Config:
     from liverscan.core.aggregate import RULES
     from liverscan.core.artifacts import EXPORT_FORMATS, SPLITS
     from liverscan.core.guard import METHODS
-    from liverscan.core.model import HEADS
+    from liverscan.core.model import FEATURE_SETS, HEADS
     from liverscan.core.operating_point import LEVELS
 
     problems: list[str] = []
@@ -295,6 +331,12 @@ def validate(cfg: Config) -> Config:
             re.compile(d.group_regex)
         except re.error as exc:
             problems.append(f"data.group_regex is not a valid regular expression ({exc})")
+    if d.masks:
+        from liverscan.core.annotations import pattern_problem
+
+        problem = pattern_problem(d.masks)
+        if problem:
+            problems.append(f"data.masks {problem}")
     need(32 <= p.image_size <= 1024, "preprocess.image_size", "in 32..1024", p.image_size)
     need(
         p.max_pixels >= p.image_size * p.image_size,
@@ -305,6 +347,9 @@ def validate(cfg: Config) -> Config:
     need(p.scaling in SCALINGS, "preprocess.scaling", f"one of {', '.join(SCALINGS)}", p.scaling)
     need(m.backbone in BACKBONES, "model.backbone", f"one of {', '.join(BACKBONES)}", m.backbone)
     need(m.head in HEADS, "model.head", f"one of {', '.join(HEADS)}", m.head)
+    need(
+        m.features in ("auto", *FEATURE_SETS), "model.features", f"auto or one of {', '.join(FEATURE_SETS)}", m.features
+    )
     need(t.folds == 0 or 2 <= t.folds <= 20, "train.folds", "0 (one split) or 2..20", t.folds)
     need(1 <= t.repeats <= 20, "train.repeats", "in 1..20", t.repeats)
     need(m.alpha in ALPHAS, "model.alpha", f"one of {', '.join(map(str, ALPHAS))}", m.alpha)
@@ -345,6 +390,16 @@ def validate(cfg: Config) -> Config:
         ">= 0",
         t.checkpoint_seconds,
     )
+    les = cfg.lesion
+    need(les.head in LESION_HEADS, "lesion.head", f"one of {', '.join(LESION_HEADS)}", les.head)
+    for key in ("epochs", "batch_size", "width"):
+        v = getattr(les, key)
+        need(v >= 1, f"lesion.{key}", ">= 1", v)
+    need(
+        finite(les.learning_rate) and 0 < les.learning_rate <= 1, "lesion.learning_rate", "in (0, 1]", les.learning_rate
+    )
+    need(finite(les.threshold) and 0 < les.threshold < 1, "lesion.threshold", "in (0, 1)", les.threshold)
+    need(finite(les.min_area) and 0 <= les.min_area < 1, "lesion.min_area", "in [0, 1)", les.min_area)
     need(e.split in SPLITS, "eval.split", f"one of {', '.join(SPLITS)}", e.split)
     need(e.bootstrap >= 0, "eval.bootstrap", ">= 0", e.bootstrap)
     need(e.ece_bins >= 1, "eval.ece_bins", ">= 1", e.ece_bins)

@@ -113,6 +113,34 @@ def build_lesion_model(
     return keras.Model(inp, out, name=name)
 
 
+def save_packed(model, path) -> None:
+    """A lesion model's weights as float16 (``.npz``, about half the size; rebuilt by :func:`load_packed`)."""
+    from pathlib import Path
+
+    target = Path(path)
+    staged = target.with_name(f".{target.name}.tmp")
+    with open(staged, "wb") as fh:
+        np.savez_compressed(fh, *[np.asarray(w).astype(np.float16) for w in model.get_weights()])
+    staged.replace(target)
+
+
+def load_packed(path, size: int, layers: Sequence[str] = DEFAULT_LAYERS, width: int = 32, alpha: float = 1.0):
+    """The lesion model of float16 weights ``path`` (:func:`save_packed`): the architecture of
+    :func:`build_lesion_model` at ``size`` with a random-initialised MobileNetV2, then the weights (as float32)."""
+    from liverscan.core.errors import ModelError
+
+    keras = _keras()
+    backbone = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None)
+    model = build_lesion_model(backbone, layers=layers, width=width)
+    try:
+        with np.load(path) as z:
+            weights = [z[f"arr_{i}"].astype(np.float32) for i in range(len(z.files))]
+        model.set_weights(weights)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: not packed weights of this lesion head ({exc.__class__.__name__})") from None
+    return model
+
+
 def _as_list(shapes) -> list:
     """A model's ``output_shape`` as a list of shapes (one output gives a bare shape)."""
     return list(shapes) if shapes and isinstance(shapes[0], (list, tuple)) else [shapes]
@@ -135,6 +163,24 @@ def dice_bce_loss(bce_weight: float = 1.0, smooth: float = 1.0):
         return dice_loss + bce_weight * bce
 
     return loss
+
+
+def predict_maps(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Lesion probability maps ``(N, S, S)`` float32 of a lesion head (Keras) for ``images`` (pixels 0..255).
+
+    The model is called directly on each batch (no compiled predict function: a one-off pass is faster without
+    tracing one)."""
+    import warnings
+
+    keras = _keras()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = np.asarray(images[start : start + batch_size], np.float32)
+        with warnings.catch_warnings():  # a loaded model's one input is a list of one: the call matches it up
+            warnings.filterwarnings("ignore", message="The structure of `inputs`")
+            y = model(x, training=False)
+        out.append(np.asarray(keras.ops.convert_to_numpy(y), np.float32)[..., 0])
+    return np.concatenate(out) if out else np.zeros((0, *np.shape(images)[1:3]), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- post-processing

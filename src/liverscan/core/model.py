@@ -7,6 +7,11 @@ inference mode) -> GlobalAveragePooling2D (1280) -> head``, where the head is
 The head is its own small model so that it can be trained on cached backbone
 features and then dropped, weights and all, into the full model.
 
+Feature options (``build_model(features=, flip_average=)``), built into the graph: ``multistage`` pools
+three stages (``block_6_expand_relu``, ``block_13_expand_relu``, ``out_relu``) and concatenates them;
+``flip_average`` averages the pooled features of the image and its horizontal mirror.  The layer named
+``pool`` always outputs the vector the head reads.
+
 Preprocessing: the Keras MobileNetV2 ImageNet weights were trained on pixels
 scaled to [-1, 1] (``x / 127.5 - 1``, Keras' ``mobilenet_v2.preprocess_input``).
 The paper's text mentions [0, 1] scaling with ImageNet statistics, which does
@@ -45,6 +50,22 @@ def imagenet_weights_file(alpha: float = 1.0, image_size: int = 160) -> Path:
     except ImportError:  # pragma: no cover - keras internals moved
         home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     return home / "models" / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{image_size}_no_top.h5"
+
+
+#: the input sizes Keras ships ImageNet no-top MobileNetV2 weights for (it uses the 224 file for any other size)
+KERAS_WEIGHT_SIZES = (96, 128, 160, 192, 224)
+
+
+def imagenet_weights_in_use(alpha: float = 1.0, image_size: int = 160) -> Path | None:
+    """The cached file ``weights=imagenet`` loads at ``image_size``, or None when none is cached.
+
+    Keras' own file for that size (the 224 one for sizes it has no file for) when cached, else the cached
+    file of another size (160 first): no-top convolution weights do not depend on the input size, so any
+    of them fits any size (offline, a 224 model gets the 160 weights).
+    """
+    own = imagenet_weights_file(alpha, image_size if image_size in KERAS_WEIGHT_SIZES else 224)
+    others = (imagenet_weights_file(alpha, s) for s in (160, 224, 192, 128, 96))
+    return next((f for f in (own, *others) if f.is_file()), None)
 
 
 #: the initialisers Keras layers name by default (MobileNetV2: convolutions, BatchNorm; Dense)
@@ -100,7 +121,8 @@ def _restore_initialisers(layer, stand_in: Any, keras, seen: set[int]) -> None:
         _restore_initialisers(sub, stand_in, keras, seen)
 
 
-def _backbone(image_size: int, weights: str, alpha: float):
+def build_backbone(image_size: int, weights: str = "imagenet", alpha: float = 1.0):
+    """A MobileNetV2 without its top at ``image_size`` with ``weights`` (imagenet | none | a .h5 file path)."""
     keras = import_keras()
     shape = (image_size, image_size, 3)
     spec = (weights or "none").strip()
@@ -114,6 +136,9 @@ def _backbone(image_size: int, weights: str, alpha: float):
                 )
             )
         except Exception as exc:  # noqa: BLE001 - download failures come in many types
+            cached = imagenet_weights_in_use(alpha, image_size)
+            if cached is not None:  # offline: another input size's cached file has the same layer shapes
+                return build_backbone(image_size, str(cached), alpha)
             target = imagenet_weights_file(alpha, image_size)
             raise WeightsUnavailable(
                 f"cannot download the ImageNet MobileNetV2 weights ({exc.__class__.__name__}). "
@@ -158,6 +183,60 @@ def build_head(
     return keras.Model(inp, out, name=HEAD_NAME)
 
 
+#: the pooled features the head reads: ``last`` = the last stage (1280 at alpha 1.0); ``multistage`` = three
+#: stages' pooled outputs concatenated (192 + 576 + 1280 = 2048 at alpha 1.0)
+FEATURE_SETS = ("last", "multistage")
+STAGES = ("block_6_expand_relu", "block_13_expand_relu", "out_relu")
+
+
+def _flip_layer() -> Any:
+    """The registered horizontal-mirror layer (defined on first use: Keras stays out of module import)."""
+    global _Mirror
+    if _Mirror is None:
+        keras: Any = import_keras()
+
+        @keras.saving.register_keras_serializable(package="liverscan", name="HorizontalMirror")
+        class HorizontalMirror(keras.layers.Layer):
+            """Mirror ``(N, H, W, C)`` images left to right (``keras.ops.flip`` on the width axis)."""
+
+            def call(self, inputs):
+                return keras.ops.flip(inputs, axis=2)
+
+            def compute_output_shape(self, input_shape):
+                return input_shape
+
+        _Mirror = HorizontalMirror
+    return _Mirror
+
+
+_Mirror: Any = None
+
+
+def register_layers() -> None:
+    """Register liverscan's own layers with Keras (needed before loading a model that uses them)."""
+    _flip_layer()
+
+
+def _stage_backbone(backbone, features: str):
+    """``backbone`` itself (``last``) or a model sharing its layers that outputs the three stages' maps."""
+    if features == "last":
+        return backbone
+    keras = import_keras()
+    outputs = [backbone.get_layer(name).output for name in STAGES]
+    return keras.Model(backbone.inputs, outputs, name=backbone.name)
+
+
+def _pooled(keras, maps, suffix: str):
+    """Global-average-pool each map (and concatenate them): the pooled feature vector of one view."""
+    if not isinstance(maps, (list, tuple)):
+        return keras.layers.GlobalAveragePooling2D(name=f"pool{suffix}")(maps)
+    pools = [
+        keras.layers.GlobalAveragePooling2D(name=f"pool_{stage.rsplit('_', 1)[0]}{suffix}")(m)
+        for stage, m in zip(STAGES, maps)
+    ]
+    return keras.layers.Concatenate(name=f"pool{suffix}")(pools)
+
+
 def build_model(
     n_classes: int,
     image_size: int = 160,
@@ -166,19 +245,44 @@ def build_model(
     dropout: float = 0.5,
     dense_units: int = 128,
     head: str = "mlp",
+    features: str = "last",
+    flip_average: bool = False,
 ):
-    """The full classifier: takes ``(N, S, S, 3)`` pixels in 0..255, returns class probabilities."""
+    """The full classifier: takes ``(N, S, S, 3)`` pixels in 0..255, returns class probabilities.
+
+    ``features``: which pooled backbone features the head reads (:data:`FEATURE_SETS`); ``flip_average``:
+    they are the mean of the image's and its horizontal mirror's.  Either way the layer named ``pool``
+    outputs the vector the head reads, so feature caching, the out-of-distribution guard and export
+    see one feature vector per image.
+    """
     keras = import_keras()
-    backbone = _backbone(image_size, weights, alpha)
+    if features not in FEATURE_SETS:
+        raise ModelError(f"unknown features {features!r} ({', '.join(FEATURE_SETS)})")
+    backbone = _stage_backbone(build_backbone(image_size, weights, alpha), features)
     backbone.name = BACKBONE_NAME
     backbone.trainable = False
-    n_features = backbone.output_shape[-1]
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(inp)
-    x = backbone(x, training=False)  # BatchNorm stays in inference mode, even when unfrozen
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    out = build_head(n_classes, dropout, dense_units, n_features, head)(x)
+    # BatchNorm stays in inference mode, even when unfrozen
+    if flip_average:
+        mirrored = _flip_layer()(name="mirror")(x)
+        views = [
+            _pooled(keras, backbone(v, training=False), f"_{name}") for v, name in ((x, "image"), (mirrored, "mirror"))
+        ]
+        pooled = keras.layers.Average(name="pool")(views)
+    else:
+        pooled = _pooled(keras, backbone(x, training=False), "")
+    n_features = int(pooled.shape[-1])
+    out = build_head(n_classes, dropout, dense_units, n_features, head)(pooled)
     return keras.Model(inp, out, name="liverscan_mobilenet_v2")
+
+
+def feature_options(model) -> dict[str, Any]:
+    """``{"features": ..., "flip_average": ...}`` of a built or loaded classifier, read from its layers."""
+    names = {layer.name for layer in model.layers}
+    backbone = model.get_layer(BACKBONE_NAME)
+    multistage = isinstance(backbone.output, (list, tuple))
+    return {"features": "multistage" if multistage else "last", "flip_average": "mirror" in names}
 
 
 def feature_extractor(model):
@@ -268,10 +372,14 @@ def calibrate_batchnorm(model, images) -> None:
     random features carry no information.  With it the random backbone is a
     usable (if weak) fixed feature extractor; pretrained weights never need it.
     """
+    calibrate_backbone_batchnorm(backbone_of(model), images)
+
+
+def calibrate_backbone_batchnorm(backbone, images) -> None:
+    """:func:`calibrate_batchnorm` on a bare backbone (inputs in -1..1)."""
     import numpy as np
 
     keras = import_keras()
-    backbone = backbone_of(model)
     was_trainable = backbone.trainable
     backbone.trainable = True
     bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -310,7 +418,15 @@ def load_packed(path: Path):
         raise ModelError(f"{path}: cannot load packed weights ({exc.__class__.__name__}: {exc})") from None
     model = built_without_initialising(
         lambda: build_model(
-            card.n_classes, card.image_size, "none", b["alpha"], b["dropout"], b["dense_units"], b.get("head", "mlp")
+            card.n_classes,
+            card.image_size,
+            "none",
+            b["alpha"],
+            b["dropout"],
+            b["dense_units"],
+            b.get("head", "mlp"),
+            features=b.get("features", "last"),  # cards written before these options: today's model
+            flip_average=bool(b.get("flip_average", False)),
         )
     )
     try:
@@ -405,6 +521,7 @@ def load_model(path: str | Path):
         raise ModelError(f"{path}: model file not found")
     if path.suffix == ".npz":
         return load_packed(path)
+    register_layers()
     try:
         return built_without_initialising(lambda: _load_keras_file(keras, path))
     except Exception as exc:  # noqa: BLE001

@@ -3,14 +3,15 @@
 Three source kinds:
 - ``folder``: one sub-folder per source category, images anywhere below it;
 - ``glob``: a pattern with a ``{label}`` placeholder, e.g. ``data/xu/{label}/image/*.jpg``;
-- ``csv``: a table with a path column, a label column and optionally a group column.
+- ``csv``: a table with a path column, a label column and optionally a group column and annotation columns
+  (``mask`` or ``lesion_mask``: the lesion annotation, ``liver_mask``, ``fan_mask``; paths relative to the CSV).
 """
 
 from __future__ import annotations
 
 import glob as globlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from liverscan.core.config import SourceSpec
@@ -22,6 +23,12 @@ from liverscan.core.images import IMAGE_SUFFIXES
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
 LABEL_COLUMNS = ("label", "class", "category", "diagnosis", "target")
 GROUP_COLUMNS = ("group", "patient", "patient_id", "subject", "subject_id", "study")
+#: CSV columns naming an image's annotation file, by kind (lesion, liver, fan); the first one present is used
+CSV_ANNOTATION_COLUMNS = {
+    "lesion": ("mask", "lesion_mask", "lesion_annotation"),
+    "liver": ("liver_mask", "liver_annotation"),
+    "fan": ("fan_mask", "fan_annotation"),
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class Candidate:
     source: str
     source_label: str
     group: str = ""
+    annotations: tuple[tuple[str, str], ...] = ()  # (kind, annotation path) given by the source (CSV columns)
 
 
 @dataclass
@@ -162,6 +170,12 @@ def scan_csv(spec: SourceSpec, name: str) -> ScanResult:
     pcol = _pick(columns, spec.path_column, PATH_COLUMNS, "path", path)
     lcol = _pick(columns, spec.label_column, LABEL_COLUMNS, "label", path)
     gcol = _pick(columns, spec.group_column, GROUP_COLUMNS, "group", path)
+    lower = {c.lower(): c for c in columns}
+    acols = {}
+    for kind, names in CSV_ANNOTATION_COLUMNS.items():
+        hit = next((lower[n] for n in names if n in lower), None)
+        if hit is not None:
+            acols[kind] = hit
     base = path.resolve().parent
     candidates, ignored = [], Skipped()
     for k, row in enumerate(rows, start=2):
@@ -172,7 +186,14 @@ def scan_csv(spec: SourceSpec, name: str) -> ScanResult:
         f = Path(raw)
         f = f if f.is_absolute() else base / f
         group = (row.get(gcol) or "").strip() if gcol else ""
-        candidates.append(Candidate(str(f.resolve()), name, (row.get(lcol) or "").strip(), group))
+        annotations = []
+        for kind, col in acols.items():
+            cell = (row.get(col) or "").strip()
+            if cell:
+                a = Path(cell)
+                annotations.append((kind, str((a if a.is_absolute() else base / a).resolve())))
+        label = (row.get(lcol) or "").strip()
+        candidates.append(Candidate(str(f.resolve()), name, label, group, tuple(annotations)))
     return ScanResult(candidates, ignored)
 
 
@@ -201,7 +222,7 @@ def scan_sources(specs: list[SourceSpec]) -> tuple[list[Candidate], Skipped, lis
             unique, k = f"{name}-{k}", k + 1
         names.append(unique)
         if unique != name:
-            result.candidates[:] = [Candidate(c.path, unique, c.source_label, c.group) for c in result.candidates]
+            result.candidates[:] = [replace(c, source=unique) for c in result.candidates]
         all_candidates.extend(result.candidates)
         for reason, paths in result.ignored.by_reason.items():
             for p in paths:

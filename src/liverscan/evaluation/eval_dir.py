@@ -2,7 +2,8 @@
 
 ``predictions.csv`` (one row per evaluated image), ``metrics.json``, ``config.yaml`` (the run's
 configuration with this evaluation's settings) and the figures: ``confusion.png`` (argmax),
-``confusion-tuned.png`` (with an operating point), ``roc.png`` and ``reliability.png``.
+``confusion-tuned.png`` (with an operating point), ``roc.png`` and ``reliability.png``; with a lesion head,
+``localisation.csv`` and ``localisation.png`` (:mod:`~liverscan.evaluation.localisation`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from liverscan.core.artifacts import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 from liverscan.core.config import Config
 from liverscan.core.fileio import write_csv_atomic, write_json_atomic
 from liverscan.evaluation.results import EvalMetrics
+
+if TYPE_CHECKING:
+    from liverscan.evaluation.localisation import Localised
 
 
 @dataclass
@@ -59,9 +63,15 @@ def write_eval_dir(
     classes: list[str],
     figures: Figures | None,
     ece_bins: int,
+    localised: Localised | None = None,
 ) -> None:
-    """Write an evaluation directory (each file atomically); ``figures`` None: no figures."""
+    """Write an evaluation directory (each file atomically); ``figures`` None: no figures.  ``localised``: the
+    lesion maps' scores, added to ``metrics`` as its ``localisation`` section."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if localised is not None:
+        from liverscan.evaluation.localisation import write_outputs
+
+        metrics["localisation"] = write_outputs(localised, out_dir, figures is not None).to_dict()
     write_csv_atomic(out_dir / PREDICTIONS_FILE, header, rows)
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     config.save(out_dir / CONFIG_FILE)

@@ -1,6 +1,7 @@
 """Evaluating a cross-validated run from its out-of-fold predictions: pooled metrics with group-bootstrap
 CIs and the per-fold spread, nested calibration and operating points (image- or patient-level), the
-linear-probe baseline, and the cross-validated estimate written into the model card."""
+linear-probe baseline, the out-of-fold lesion maps' localisation scores (when training wrote them), and the
+cross-validated estimate written into the model card."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from liverscan.evaluation.crossval import (
     temperature_only,
 )
 from liverscan.evaluation.eval_dir import EvalResult, Figures, effective_config, write_eval_dir
+from liverscan.evaluation.localisation import oof_localisation
 from liverscan.evaluation.metrics import classification_metrics
 from liverscan.evaluation.points import nested_group_point, point_summary
 from liverscan.evaluation.results import EvalMetrics
@@ -145,6 +147,10 @@ def evaluate_cv(
                 **headline(gl["tuned"]),
             }
     run.card.extra["cross_validation"] = cv
+    localised = oof_localisation(run, bootstrap, seed)
+    if localised is not None and run.card.lesion is not None:
+        oof_entry = dict(run.card.lesion.get("out_of_fold") or {})
+        run.card.lesion["out_of_fold"] = {**oof_entry, "metrics": localised.metrics.headline()}
     run.save_card()
 
     header = ["path", "group", "repeat", "fold", "true_class", "predicted_class"] + (["tuned_class"] if spec else [])
@@ -166,7 +172,6 @@ def evaluate_cv(
     if figures:
         plots = Figures(oof.y, oof.probs, "out of fold", f"operating point {spec}, nested" if spec else None)
         plots.curves["temperature (nested)"] = (calibrated, result["temperature_nested"]["ece"])
-    write_eval_dir(
-        out_dir, header, rows, result, effective_config(run, "cv", bootstrap, ece_bins), classes, plots, ece_bins
-    )
+    cfg = effective_config(run, "cv", bootstrap, ece_bins)
+    write_eval_dir(out_dir, header, rows, result, cfg, classes, plots, ece_bins, localised)
     return EvalResult(out_dir, EvalMetrics.from_dict(result))

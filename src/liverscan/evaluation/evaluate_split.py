@@ -6,7 +6,8 @@ Input: a run directory (or a model file) and either a prepared dataset split
 :mod:`~liverscan.evaluation.labelled`.  A cross-validated run is evaluated from its out-of-fold
 predictions (:mod:`~liverscan.evaluation.evaluate_cv`); operating points are fitted by
 :mod:`~liverscan.evaluation.points`; the output directory (default ``RUN/eval-<split>``) is written
-by :mod:`~liverscan.evaluation.eval_dir`.
+by :mod:`~liverscan.evaluation.eval_dir`.  A run with a lesion head is also scored for localisation on the
+evaluated images' outlines (:mod:`~liverscan.evaluation.localisation`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from liverscan.evaluation.crossval import (
 from liverscan.evaluation.eval_dir import EvalResult, Figures, effective_config, write_eval_dir
 from liverscan.evaluation.evaluate_cv import evaluate_cv
 from liverscan.evaluation.labelled import LabelledImages, load_labelled
+from liverscan.evaluation.localisation import head_localisation
 from liverscan.evaluation.metrics import bootstrap_intervals, classification_metrics
 from liverscan.evaluation.points import fit_operating_point, point_summary, store_operating_point
 from liverscan.evaluation.results import EvalMetrics
@@ -159,8 +161,9 @@ def evaluate(
         plots = Figures(ds.y, probs, split, f"operating point {op.spec}" if op else None)
         if op and cal is not None:
             plots.curves[f"temperature {op.temperature:.2f}"] = (cal, result["tuned"]["calibration"]["ece"])
+    localised = head_localisation(run, ds, model, bootstrap, seed)
     cfg = effective_config(run, split, bootstrap, ece_bins)
-    write_eval_dir(out_dir, header, rows, result, cfg, classes, plots, ece_bins)
+    write_eval_dir(out_dir, header, rows, result, cfg, classes, plots, ece_bins, localised)
     return EvalResult(out_dir, EvalMetrics.from_dict(result))
 
 

@@ -24,6 +24,8 @@ class LabelledImages:
     skipped: list[tuple[str, str]]
     sources: list[str] | None = None  # per image: the name of the source it came from
     groups: np.ndarray | None = None  # per image: its group from prepare (patient, near-duplicate cluster)
+    rows: list[dict[str, str]] | None = None  # per image: its manifest row (a prepared dataset; annotations)
+    manifest: list[dict[str, str]] | None = None  # every row of that manifest (which classes have outlines)
 
 
 def load_labelled(
@@ -43,9 +45,17 @@ def load_labelled(
         remap = np.array([run.classes.index(c) for c in prepared.classes])
         if len(s.y) == 0:
             raise DataError(f"{target}: split {split!r} is empty")
-        source_of = {r["path"]: r.get("source", "") for r in prepared.rows}
+        row_of = {r["path"]: r for r in prepared.rows}
         return LabelledImages(
-            s.x, remap[s.y], s.paths, f"{target} ({split})", [], [source_of[p] for p in s.paths], s.groups
+            s.x,
+            remap[s.y],
+            s.paths,
+            f"{target} ({split})",
+            [],
+            [row_of[p].get("source", "") for p in s.paths],
+            s.groups,
+            [row_of[p] for p in s.paths],
+            prepared.rows,
         )
     if data is None:
         raise RunDirError(f"{target}: the run's prepared dataset is gone; give the evaluation data explicitly")

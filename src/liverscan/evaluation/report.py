@@ -29,6 +29,7 @@ from liverscan.core.artifacts import (
 )
 from liverscan.core.errors import RunDirError
 from liverscan.core.fileio import write_csv_atomic, write_text_atomic
+from liverscan.evaluation.localisation import LocalisationMetrics
 from liverscan.evaluation.results import EvalMetrics, GroupLevel, Scores, format_value, format_with_ci
 
 #: The published method's test-set figures (a different, unreleased dataset of 2,025 images).
@@ -134,6 +135,30 @@ def group_level_section(gl: GroupLevel) -> Section:
     )
     variants = [("argmax", gl.argmax)] + ([("operating point", gl.tuned)] if gl.tuned else [])
     sec.table(["metric"] + [v for v, _ in variants], overall_rows(variants))
+    return sec
+
+
+def localisation_section(loc: LocalisationMetrics, eval_dir: Path) -> Section:
+    """The lesion head's maps against the outlines, beside the baselines, and the best / median / worst cases."""
+    sec = Section(f"Lesion localisation ({loc.n_outlined} outlined images, {loc.n_lesion_free} lesion-free)")
+    sec.p(loc.describe())
+    header, rows = loc.table()
+    sec.table(header, rows)
+    sec.p(
+        "Pointing: the map's peak falls inside the true outline. Dice / IoU: the predicted mask against the "
+        "outline at the image's own size. Heat in lesion: the share of the map's total inside the outline - "
+        "a random point in the fan scores the lesion's share of the fan on both. False lesions: images of "
+        "lesion-free classes with any region kept. Saliency maps (Grad-CAM) have no probability scale: pointing "
+        "and heat only."
+    )
+    if loc.skipped:
+        sec.p(
+            f"{len(loc.skipped)} image(s) left out, their annotation unreadable: "
+            + "; ".join(f"{p}: {r}" for p, r in loc.skipped[:5])
+            + (" ..." if len(loc.skipped) > 5 else "")
+        )
+    if loc.figure:
+        sec.img(eval_dir / loc.figure, "Best, median and worst image by Dice: true outline, predicted outline, map")
     return sec
 
 
@@ -313,6 +338,8 @@ def build_sections(run: Path, eval_dir: Path | None) -> tuple[str, list[Section]
     sections.append(_results_section(m, eval_dir))
     if m.group_level:
         sections.append(group_level_section(m.group_level))
+    if m.localisation:
+        sections.append(localisation_section(m.localisation, eval_dir))
     sections += [_calibration_section(m, eval_dir), _operating_point_section(card), _paper_section(m)]
     return title, sections
 

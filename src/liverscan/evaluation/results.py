@@ -12,6 +12,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from liverscan.evaluation.localisation import LocalisationMetrics
+
 Interval = tuple[float, float]
 _T = TypeVar("_T")
 
@@ -237,6 +239,7 @@ class EvalMetrics:
     operating_point: PointApplied | None = None
     temperature_nested: Calibration | None = None
     rows: int | None = None  # out-of-fold predictions (every image once per repeat)
+    localisation: LocalisationMetrics | None = None  # lesion maps vs outlines (a run with a lesion head)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the JSON as written
 
@@ -264,6 +267,7 @@ class EvalMetrics:
             operating_point=_build(PointApplied, op) if op else None,
             temperature_nested=_build(Calibration, d["temperature_nested"]) if d.get("temperature_nested") else None,
             rows=d.get("rows"),
+            localisation=LocalisationMetrics.from_dict(d.get("localisation")),
             skipped=[(s["path"], s["reason"]) for s in d.get("skipped") or []],
             raw=d,
         )

@@ -2,7 +2,8 @@
 
 Upload one or many ultrasound images (and DICOM files when ``liverscan[dicom]``
 is installed): each gets its image, predicted class, probability bars, the
-needs-review flag and a Grad-CAM overlay that can be toggled; several give a
+needs-review flag, the predicted lesion outline (when the model has a lesion
+head) and a Grad-CAM overlay that can be toggled; several give a
 results table and a CSV download identical in content to
 ``liverscan predict --output x.csv``.  The side panel shows the model card.
 
@@ -94,7 +95,33 @@ def predict_upload(clf, name: str, data: bytes):
 def results_csv(clf, records) -> str:
     from liverscan.serving import records_csv
 
-    return records_csv(records, clf.classes)
+    return records_csv(records, clf.classes, lesion=clf.has_lesion)
+
+
+def lesion_text(finding) -> str:
+    """One line on where the lesion head points (coordinates in pixels of the uploaded image)."""
+    if not finding.found:
+        return f"No lesion found (max probability {finding.probability:.2f})"
+    x, y = finding.peak
+    regions = f", {finding.count} regions" if finding.count > 1 else ""
+    return (
+        f"Lesion: probability {finding.probability:.2f} at ({x:.0f}, {y:.0f}), "
+        f"{finding.area_fraction:.1%} of the image{regions}"
+    )
+
+
+def with_outline(rec, image):
+    """``image`` (the upload or the model input, PIL or array, any size) with the record's lesion outline drawn on
+    it; the image unchanged when the record has no finding."""
+    if rec.lesion is None:
+        return image
+    import numpy as np
+    from PIL import Image
+
+    from liverscan.serving import draw_finding
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    return draw_finding(img, rec.lesion, rec.source_size or img.size)
 
 
 def show_record(clf, rec, arr, show_cam: bool, data: bytes) -> None:
@@ -113,15 +140,18 @@ def show_record(clf, rec, arr, show_cam: bool, data: bytes) -> None:
                 image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
             except Exception:  # noqa: BLE001 - fall back to the model input
                 image = arr
+        caption = lesion_text(rec.lesion) if rec.lesion is not None else None
         if show_cam:
-            from liverscan.serving import overlay
+            from liverscan.serving import gradcam_caption, overlay
 
             heat = clf.heatmaps(arr[None], [clf.classes.index(rec.predicted_class)])[0]
             import numpy as np
 
-            st.image(overlay(np.asarray(image), heat), caption="Grad-CAM of the predicted class", width="stretch")
+            picture = with_outline(rec, overlay(np.asarray(image), heat))
+            cam = gradcam_caption("Grad-CAM of the predicted class", rec.predicted_class, heat)
+            st.image(picture, caption=cam + (f" · {caption}" if caption else ""), width="stretch")
         else:
-            st.image(image, width="stretch")
+            st.image(with_outline(rec, image), caption=caption, width="stretch")
     with right:
         if rec.in_distribution is False:
             st.markdown("### Prediction: **none — out of distribution**")
@@ -223,6 +253,7 @@ def main() -> None:
                 "decision": r.decision or "error",
                 "in distribution": r.in_distribution,
                 "needs review": r.needs_review,
+                **({"lesion": lesion_text(r.lesion) if r.lesion else ""} if clf.has_lesion else {}),
                 "error": r.error or "",
             }
             for r in records

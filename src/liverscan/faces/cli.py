@@ -173,6 +173,14 @@ def prepare_cmd(
     near_duplicate_distance: Annotated[
         Optional[int], typer.Option(help="Max perceptual-hash distance (of 64 bits) for near-duplicates; -1 disables.")
     ] = None,
+    masks: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Lesion annotation of each image, e.g. 'masks/{stem}.png' (polygon JSON or binary mask; "
+            "{stem} {name} {parent} {kind}; relative to the image's folder; with {kind} also liver and fan). "
+            "Without it the xu layout (<class>/segmentation/mass/<stem>.json) is found automatically.",
+        ),
+    ] = None,
     keep_conflicts: Annotated[
         bool, typer.Option("--keep-conflicts", help="Keep images that appear under two labels.")
     ] = False,
@@ -200,6 +208,7 @@ def prepare_cmd(
         data__seed=seed,
         data__group_regex=group_regex,
         data__near_duplicate_distance=near_duplicate_distance,
+        data__masks=masks,
         data__classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
         data__keep_conflicts=True if keep_conflicts else None,
         data__cache_arrays=False if no_cache else None,
@@ -227,6 +236,23 @@ def prepare_cmd(
     cfg.data.sources = specs
     result = _with_progress(lambda cb: prepare_dataset(cfg, out, overwrite=overwrite, progress=cb), "Decoding", quiet)
     print_prepare_summary(result.summary, out, console=console if not quiet else None, err=err_console)
+    _print_outlines(result.summary.get("annotations") or {}, quiet)
+
+
+def _print_outlines(counts: dict, quiet: bool) -> None:
+    """One line: how many images have lesion / liver / fan outlines, and how many annotation files were rejected."""
+    if not any(counts.values()):
+        return
+    if not quiet:
+        have = ", ".join(f"{kind} {counts.get(kind, 0)}" for kind in ("lesion", "liver", "fan"))
+        console.print(f"Images with outlines: {have}", highlight=False)
+    bad = counts.get("rejected", 0)
+    if bad:
+        err_console.print(
+            f"[yellow]note:[/] {bad} annotation file{'s' if bad != 1 else ''} rejected (see rejects.csv); "
+            "their images were kept without them",
+            highlight=False,
+        )
 
 
 @command("train")
@@ -257,6 +283,27 @@ def train_cmd(
     head: Annotated[
         Optional[str],
         typer.Option(help="linear (default: the linear probe, chosen by cross-validation) or mlp (the paper's head)."),
+    ] = None,
+    features: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Pooled backbone features the head reads: auto (default: multistage for the linear head, "
+            "chosen by cross-validation; last for the paper's mlp head), last (the last stage, 1280) or "
+            "multistage (three stages concatenated, 2048)."
+        ),
+    ] = None,
+    flip_average: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--flip-average/--no-flip-average",
+            help="Average the features of each image and its horizontal mirror (inside the model).",
+        ),
+    ] = None,
+    lesion_head: Annotated[
+        Optional[str],
+        typer.Option(
+            help="auto (default: also fit the lesion localisation head when the data has lesion outlines) or off."
+        ),
     ] = None,
     folds: Annotated[
         Optional[int],
@@ -294,6 +341,9 @@ def train_cmd(
             train__fine_tune_blocks=fine_tune_blocks,
             train__seed=seed,
             model__head=head,
+            model__features=features,
+            model__flip_average=flip_average,
+            lesion__head=lesion_head,
             train__folds=folds,
             train__repeats=repeats,
         )
@@ -328,6 +378,13 @@ def train_cmd(
     what = f"Trained {t['epochs_run']} epochs" if t.get("epochs_run") else f"Fitted the {t['mode']}"
     shown = f"; val accuracy {v['accuracy']:.4f} (balanced {v['balanced_accuracy']:.4f})" if v else ""
     console.print(f"{what} in {t['seconds']:.1f} s{shown} -> {escape(str(result.run_dir))}", highlight=False)
+    if result.card.lesion:
+        lt = result.card.lesion["training"]
+        console.print(
+            f"Lesion localisation head: {lt['images_with_lesion']} outlined lesions, {lt['images_without_lesion']} "
+            f"lesion-free images, {lt['seconds']:.0f} s",
+            highlight=False,
+        )
     if cv:
         from liverscan.evaluation import evaluate
 
@@ -370,9 +427,11 @@ def _export_fast_runtime(run_dir: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - the model is trained and saved; predict falls back to Keras
         err_console.print(f"[yellow]warning:[/] no fast runtime written: {escape(str(exc))}", highlight=False)
         return
+    lesion = info.get("lesion")
+    also = f"; lesion head too (masks differ on {lesion['mask_pixels_differing']:.2%} of pixels)" if lesion else ""
     console.print(
         f"Wrote the {fmt} runtime (max abs difference vs Keras {info['max_abs_difference_vs_keras']:.1e} on "
-        f"{info['checked_images']} images); predict uses it",
+        f"{info['checked_images']} images){also}; predict uses it",
         highlight=False,
     )
 
@@ -493,7 +552,29 @@ def predict_cmd(
         Optional[str], typer.Option("--format", "-f", help="Print records to standard output as csv, json or jsonl.")
     ] = None,
     explain: Annotated[
-        Optional[Path], typer.Option("--explain", help="Write a Grad-CAM overlay PNG per image into this folder.")
+        Optional[Path],
+        typer.Option(
+            "--explain",
+            help="Write an overlay PNG per image into this folder: the lesion probability map and outline when the "
+            "model has a lesion head, else Grad-CAM (see --explain-method).",
+        ),
+    ] = None,
+    explain_method: Annotated[
+        str,
+        typer.Option(help="What --explain shows: auto (lesion when the model has a lesion head), gradcam or lesion."),
+    ] = "auto",
+    no_lesion: Annotated[
+        bool,
+        typer.Option(
+            "--no-lesion",
+            help="Skip the model's lesion head (records then do not say where; faster).",
+        ),
+    ] = False,
+    lesion_masks: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Write each image's predicted lesion mask into this folder (8-bit PNG at the image's size, 255 = lesion)."
+        ),
     ] = None,
     use_operating_point: UseOperatingPointOpt = False,
     old_operating_point: Annotated[bool, typer.Option("--operating-point", hidden=True)] = False,
@@ -566,7 +647,7 @@ def predict_cmd(
     """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error,
     130/143/129 = stopped by Ctrl+C/SIGTERM/SIGHUP (records so far kept in FILE.partial).
 
-    Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain heatmaps/[/]
+    Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain overlays/[/]
     or [bold]find /archive -name '*.png' | liverscan predict - --format jsonl[/]
     """
     from liverscan.faces.progress import RecordProgress
@@ -598,12 +679,16 @@ def predict_cmd(
         decode=decode,
         explain_dir=explain,
         group_by=group_by,
+        lesion=not no_lesion,
+        lesion_masks=lesion_masks,
+        explain_method=explain_method,
         **({"group_rule": group_rule} if group_rule else {}),
     )
     if engine not in ("local", "ray"):
         fail("--engine must be local or ray")
     if engine == "ray":
         refused = {"--decode processes": decode == "processes", "--format": format_, "--explain": explain}
+        refused["--lesion-masks"] = lesion_masks
         refused.update({"--group-by": group_by, "--group-rule": group_rule, "--study-output": study_output})
         ray = dict(shard_format=shard_format, resume=resume, overwrite=overwrite, address=address)
         ray.update(num_workers=num_workers, gpus_per_worker=gpus_per_worker, shard_size=shard_size)
@@ -640,7 +725,8 @@ def _print_model(job, note) -> None:
     clf = job.classifier
     note(
         f"Model: {escape(str(clf.source))} (classes: {', '.join(clf.classes)}; decision: {clf.decision_rule}; "
-        f"runtime: {clf.runtime}; out-of-distribution guard: {escape(clf.guard_status)})"
+        f"runtime: {clf.runtime}; out-of-distribution guard: {escape(clf.guard_status)}"
+        + (f"; lesion head: {escape(clf.lesion_status)})" if clf.lesion_status else ")")
     )
     for text in job.notes():
         note(f"[yellow]note:[/] {escape(text)}")
@@ -733,7 +819,8 @@ def export_cmd(
     """Export the model for fast inference; written only when it agrees with Keras (max abs difference <= 1e-4).
 
     Example: [bold]liverscan export runs/xu --runtime tflite[/] or [bold]--runtime onnx[/]
-    (then 'liverscan predict' uses it automatically; --runtime picks one)
+    (then 'liverscan predict' uses it automatically; --runtime picks one).
+    A run with a lesion head also gets lesion.tflite / lesion.onnx, written only when its maps agree too.
     """
     from liverscan.serving import export_model
 
@@ -744,6 +831,13 @@ def export_cmd(
         f"{info['max_abs_difference_vs_keras']:.1e} on {info['checked_images']} images",
         highlight=False,
     )
+    if lesion := info.get("lesion"):
+        console.print(
+            f"Wrote {escape(str(run / lesion['file']))} ({lesion['bytes'] / 1e6:.1f} MB); lesion maps: max abs "
+            f"difference vs Keras {lesion['max_abs_difference_vs_keras']:.1e}, masks differ on "
+            f"{lesion['mask_pixels_differing']:.2%} of pixels (Dice {lesion['mask_dice_vs_keras']:.3f})",
+            highlight=False,
+        )
 
 
 @command("app")

@@ -155,6 +155,32 @@ def print_evaluation(metrics: EvalMetrics, console: Console) -> None:
     if metrics.group_level:
         for line in _group_level_lines(metrics.group_level):
             console.print(line, highlight=False)
+    print_localisation(metrics, console)
+
+
+def print_localisation(metrics: EvalMetrics, console: Console) -> None:
+    """The lesion maps against the outlines, beside the baselines (the report's table); nothing without them."""
+    loc = metrics.localisation
+    if loc is None:
+        return
+    header, rows = loc.table()
+    table = Table(
+        title=f"Lesion localisation ({loc.n_outlined} outlined, {loc.n_lesion_free} lesion-free images; "
+        f"{loc.level:.0%} CI over {loc.resampled})"
+    )
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    console.print(table)
+    console.print(escape(loc.describe()), highlight=False, soft_wrap=True)
+    if loc.skipped:
+        console.print(
+            f"[yellow]note:[/] {len(loc.skipped)} image(s) left out, their annotation unreadable: "
+            + escape("; ".join(f"{p}: {r}" for p, r in loc.skipped[:3])),
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def ood_table(ood: OodResult) -> Table:
@@ -215,13 +241,15 @@ def _results_table(title: str, first: str, classes: list[str], extra: list[str])
 
 
 def predictions_table(records: list, classes: list[str], total: int) -> Table:
-    """File, decision, confidence, per-class probabilities and review flag (first rows only for big runs)."""
+    """File, decision, confidence, per-class probabilities, where the lesion is (a model with a lesion head) and
+    review flag (first rows only for big runs)."""
     title = "Predictions" + (f" (first {len(records)} of {total})" if total > len(records) else "")
-    table = _results_table(title, "file", classes, [])
+    lesion = any(getattr(r, "lesion", None) is not None for r in records)
+    table = _results_table(title, "file", classes, ["lesion"] if lesion else [])
     for r in records:
         name = escape(r.path) + (f" \\[frame {r.frame}]" if r.frame else "")
         if r.error:
-            table.add_row(name, "[red]error[/]", "", *[""] * len(classes), escape(r.error))
+            table.add_row(name, "[red]error[/]", "", *[""] * (len(classes) + lesion), escape(r.error))
             continue
         outside = r.in_distribution is False
         table.add_row(
@@ -229,11 +257,22 @@ def predictions_table(records: list, classes: list[str], total: int) -> Table:
             "[red]out of distribution[/]" if outside else escape(r.predicted_class),
             f"{r.confidence:.3f}",
             *[f"{r.probabilities[c]:.3f}" for c in classes],
+            *([lesion_cell(r.lesion)] if lesion else []),
             "[yellow]yes[/]" + (f" ({escape(r.ood_reason)})" if outside and r.ood_reason else "")
             if r.needs_review
             else "",
         )
     return table
+
+
+def lesion_cell(finding) -> str:
+    """Where the lesion head points, in a table cell: probability and peak (image pixels), or none."""
+    if finding is None:
+        return ""
+    if not finding.found:
+        return f"none (max {finding.probability:.2f})"
+    x, y = finding.peak
+    return f"{finding.probability:.2f} at ({x:.0f}, {y:.0f})" + (f" +{finding.count - 1}" if finding.count > 1 else "")
 
 
 def ood_summary(n_outside: int, n_predicted: int) -> str | None:

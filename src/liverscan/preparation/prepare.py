@@ -1,9 +1,11 @@
 """``prepare``: consolidate sources into a validated, de-duplicated, split manifest.
 
 Output directory contract:
-- ``manifest.csv``: path, content_hash, source, source_label, class, split, group, width, height
-- ``rejects.csv``: path, source, source_label, reason
-- ``summary.json``: counts, class weights, duplicates, audit, warnings, versions
+- ``manifest.csv``: path, content_hash, source, source_label, class, split, group, width, height, and the
+  lesion / liver / fan annotation file of each image (empty: none; :mod:`liverscan.preparation.annotate`)
+- ``rejects.csv``: path, source, source_label, reason - rejected images, and annotation files that do not fit
+  their image (the image is kept, without that annotation)
+- ``summary.json``: counts, class weights, duplicates, annotation counts, audit, warnings, versions
 - ``config.yaml``: the effective configuration
 - ``images.npy``: decoded, resized uint8 arrays in manifest row order (when caching is on)
 """
@@ -17,12 +19,14 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from liverscan.core.annotations import KINDS, pattern_problem
 from liverscan.core.artifacts import (
+    ANNOTATION_COLUMNS,
     CACHE,
     CONFIG_FILE,
     MANIFEST,
@@ -42,6 +46,7 @@ from liverscan.core.images import decode
 from liverscan.core.runinfo import utc_now, versions
 from liverscan.core.sources import Candidate, scan_sources
 from liverscan.preparation import audit as audit_mod
+from liverscan.preparation.annotate import Annotations, check, locate_all, reject_reason
 from liverscan.preparation.dedup import link_groups, near_duplicate_pairs, perceptual_hash
 from liverscan.preparation.split import assign_splits
 
@@ -55,6 +60,7 @@ class _Decoded:
     mean: float = 0.0
     phash: int = 0
     error: str = ""
+    annotations: Annotations = field(default_factory=Annotations)
 
 
 @dataclass
@@ -64,11 +70,16 @@ class PrepareResult:
     warnings: list[str]
 
 
-def manifest_hash(rows: list[dict]) -> str:
-    """Location-independent hash of a manifest: content, class, split and group of every row."""
+def manifest_hash(rows: list[dict], annotation_hashes: list[dict[str, str]] | None = None) -> str:
+    """Location-independent hash of a manifest: content, class, split and group of every row, and the content of
+    its annotation files (``annotation_hashes[i]``: kind -> sha256) when it has any."""
     h = hashlib.sha256()
-    for r in rows:
-        h.update(f"{r['content_hash']},{r['class']},{r['split']},{r['group']}\n".encode())
+    for i, r in enumerate(rows):
+        line = f"{r['content_hash']},{r['class']},{r['split']},{r['group']}"
+        ann = annotation_hashes[i] if annotation_hashes else {}
+        if ann:  # rows without annotations hash as they always did
+            line += "".join(f",{kind}={ann[kind]}" for kind in KINDS if kind in ann)
+        h.update(f"{line}\n".encode())
     return h.hexdigest()
 
 
@@ -109,8 +120,12 @@ def prepare_dataset(
             group_re = re.compile(data.group_regex)
         except re.error as exc:
             raise DataError(f"invalid --group-regex {data.group_regex!r}: {exc}") from None
+    problem = pattern_problem(data.masks) if data.masks else None
+    if problem:
+        raise DataError(f"--masks {problem}")
 
     candidates, ignored, source_names = scan_sources(data.sources)
+    candidates, located = locate_all(candidates, data.masks, ignored)
     if not candidates:
         raise DataError("the sources contain no image files")
     label_to_class = map_labels([c.source_label for c in candidates], data.class_map)
@@ -121,9 +136,9 @@ def prepare_dataset(
     tmp_cache = out / ".images.tmp.npy"
     buffer = np.lib.format.open_memmap(tmp_cache, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
     try:
-        decoded = _decode_all(candidates, buffer, size, cfg.preprocess.max_pixels, data.workers, progress)
+        decoded = _decode_all(candidates, located, buffer, size, cfg.preprocess.max_pixels, data.workers, progress)
         result = _consolidate(cfg, candidates, decoded, label_to_class, group_re)
-        rows, rejects, dup_info, conflicts, pairs = result
+        rows, rejects, ann_rejects, dup_info, conflicts, pairs = result
         classes = ordered_classes({r["class"] for r in rows}, data.classes)
         if not rows:
             raise DataError("no valid images left after validation and de-duplication")
@@ -135,7 +150,8 @@ def prepare_dataset(
         # write outputs ---------------------------------------------------
         manifest_rows = [[r[c] for c in MANIFEST_COLUMNS] for r in rows]
         write_text_atomic(out / MANIFEST, csv_text(MANIFEST_COLUMNS, manifest_rows))
-        write_text_atomic(out / REJECTS, csv_text(REJECT_COLUMNS, rejects))
+        all_rejects = sorted(rejects + ann_rejects, key=lambda r: (r[0], r[1]))
+        write_text_atomic(out / REJECTS, csv_text(REJECT_COLUMNS, all_rejects))
         if data.cache_arrays:
             _write_cache(out / CACHE, buffer, [r["_index"] for r in rows])
         elif (out / CACHE).exists():
@@ -144,14 +160,18 @@ def prepare_dataset(
         del buffer
         tmp_cache.unlink(missing_ok=True)
 
-    summary = _summary(cfg, rows, rejects, dup_info, conflicts, pairs, classes, source_names, ignored, decoded)
+    summary = _summary(
+        cfg, rows, rejects, len(ann_rejects), dup_info, conflicts, pairs, classes, source_names, ignored, decoded
+    )
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(out / SUMMARY, summary)
     cfg.save(out / CONFIG_FILE)
     return PrepareResult(out, summary, summary["warnings"])
 
 
-def _decode_one(c: Candidate, index: int, buffer: np.ndarray, size: int, max_pixels: int) -> _Decoded:
+def _decode_one(
+    c: Candidate, annotations: dict[str, str], index: int, buffer: np.ndarray, size: int, max_pixels: int
+) -> _Decoded:
     rec = _Decoded(index)
     try:
         raw = Path(c.path).read_bytes()
@@ -174,14 +194,18 @@ def _decode_one(c: Candidate, index: int, buffer: np.ndarray, size: int, max_pix
     rec.width, rec.height = img.width, img.height
     rec.mean = float(img.array.mean())
     rec.phash = perceptual_hash(img.array)
+    rec.annotations = check(annotations, img.width, img.height)
     return rec
 
 
-def _decode_all(candidates, buffer, size, max_pixels, workers, progress) -> list[_Decoded]:
+def _decode_all(candidates, located, buffer, size, max_pixels, workers, progress) -> list[_Decoded]:
     workers = workers or (os.cpu_count() or 1)
     out: list[_Decoded] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_decode_one, c, i, buffer, size, max_pixels) for i, c in enumerate(candidates)]
+        futures = [
+            pool.submit(_decode_one, c, a, i, buffer, size, max_pixels)
+            for i, (c, a) in enumerate(zip(candidates, located))
+        ]
         for k, fut in enumerate(futures):
             out.append(fut.result())
             if progress:
@@ -192,7 +216,8 @@ def _decode_all(candidates, buffer, size, max_pixels, workers, progress) -> list
 def _consolidate(cfg: Config, candidates, decoded, label_to_class, group_re):
     """Reject, de-duplicate, detect conflicts and build groups. Returns manifest rows etc."""
     data = cfg.data
-    rejects = []
+    rejects: list[list[str]] = []
+    annotation_rejects: list[list[str]] = []  # annotation files that do not fit their (kept) image
     valid = []
     for c, d in zip(candidates, decoded):
         if d.error:
@@ -234,9 +259,11 @@ def _consolidate(cfg: Config, candidates, decoded, label_to_class, group_re):
                 continue
             kept.extend(unique)  # all copies kept, grouped together below
             continue
-        kept.append(unique[0])
+        kept.append((unique[0][0], _with_duplicates_annotations(unique)))
         for c, _ in unique[1:]:
             duplicates.append({"path": c.path, "source": c.source, "duplicate_of": unique[0][0].path})
+        for c, d in unique[1:]:  # a duplicate's annotation that does not fit is still reported
+            annotation_rejects.extend(_annotation_rejects(c, d))
     kept.sort(key=lambda cd: (cd[0].path, cd[0].source))
 
     # groups: near-duplicates + explicit keys + identical content (kept conflicts)
@@ -255,6 +282,7 @@ def _consolidate(cfg: Config, candidates, decoded, label_to_class, group_re):
 
     rows = []
     for i, (c, d) in enumerate(kept):
+        annotation_rejects.extend(_annotation_rejects(c, d))
         rows.append(
             {
                 "path": c.path,
@@ -266,12 +294,32 @@ def _consolidate(cfg: Config, candidates, decoded, label_to_class, group_re):
                 "group": group_name[roots[i]],
                 "width": d.width,
                 "height": d.height,
+                **{col: d.annotations.paths.get(kind, "") for kind, col in ANNOTATION_COLUMNS.items()},
                 "_index": d.index,
                 "_mean": d.mean,
+                "_annotation_hashes": d.annotations.hashes,
             }
         )
     rejects.sort(key=lambda r: (r[0], r[1]))
-    return rows, rejects, duplicates, conflicts, pairs
+    return rows, rejects, annotation_rejects, duplicates, conflicts, pairs
+
+
+def _annotation_rejects(c: Candidate, d: _Decoded) -> list[list[str]]:
+    return [[p, c.source, c.source_label, reject_reason(k, c.path, why)] for k, p, why in d.annotations.problems]
+
+
+def _with_duplicates_annotations(unique: list[tuple[Candidate, _Decoded]]) -> _Decoded:
+    """The kept copy of identical files, with the valid annotations its duplicates have and it lacks."""
+    first = unique[0][1]
+    merged = Annotations(dict(first.annotations.paths), dict(first.annotations.hashes), first.annotations.problems)
+    for _, d in unique[1:]:
+        for kind, path in d.annotations.paths.items():
+            if kind not in merged.paths:
+                merged.paths[kind] = path
+                merged.hashes[kind] = d.annotations.hashes[kind]
+    if merged.paths == first.annotations.paths:
+        return first
+    return replace(first, annotations=merged)
 
 
 def _merge_same_hash(roots: list[int], hashes: list[str]) -> list[int]:
@@ -303,7 +351,9 @@ def _write_cache(path: Path, buffer: np.ndarray, indices: list[int]) -> None:
     os.replace(tmp, path)
 
 
-def _summary(cfg, rows, rejects, duplicates, conflicts, pairs, classes, source_names, ignored, decoded) -> dict:
+def _summary(
+    cfg, rows, rejects, n_annotation_rejects, duplicates, conflicts, pairs, classes, source_names, ignored, decoded
+) -> dict:
     counts = {c: {s: 0 for s in SPLITS} for c in classes}
     for r in rows:
         counts[r["class"]][r["split"]] += 1
@@ -350,17 +400,19 @@ def _summary(cfg, rows, rejects, duplicates, conflicts, pairs, classes, source_n
     audit["shortcut"] = asdict(shortcut) if shortcut else None
     reasons = Counter(r[3].split(":")[0] for r in rejects)
     public_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    annotations = {kind: sum(1 for r in rows if r[col]) for kind, col in ANNOTATION_COLUMNS.items()}
+    annotations["rejected"] = n_annotation_rejects
     return {
         "created": utc_now(),
         "versions": versions(),
-        "manifest_hash": manifest_hash(public_rows),
+        "manifest_hash": manifest_hash(public_rows, [r["_annotation_hashes"] for r in rows]),
         "sources": source_names,
         "classes": classes,
         "image_size": cfg.preprocess.image_size,
         "cache": CACHE if cfg.data.cache_arrays else None,
         "n_candidates": len(decoded),
         "n_images": len(rows),
-        "n_rejected": len(rejects),
+        "n_rejected": len(rejects),  # images; rejected annotation files are counted in "annotations"
         "reject_reasons": dict(sorted(reasons.items())),
         "n_ignored_non_image_files": len(ignored.by_reason.get(UNSUPPORTED, [])),
         "ignored_files": ignored.counts(),
@@ -368,6 +420,8 @@ def _summary(cfg, rows, rejects, duplicates, conflicts, pairs, classes, source_n
         "counts": counts,
         "source_label_counts": dict(sorted(Counter(f"{r['source']}:{r['source_label']}" for r in rows).items())),
         "class_weights": {c: round(w, 4) for c, w in weights.items()},
+        # images with a valid annotation of each kind, and annotation files rejected (their images kept)
+        "annotations": annotations,
         "audit": audit,
         "warnings": audit_mod.build_warnings(audit),
     }

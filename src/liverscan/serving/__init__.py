@@ -14,9 +14,10 @@ from liverscan.serving.distributed import (
     run_ray_predict,
     shard_files,
 )
-from liverscan.serving.explain import overlay
+from liverscan.serving.explain import gradcam_caption, overlay
 from liverscan.serving.export import export_model
 from liverscan.serving.inputs import check_path_lists, default_model_dir, expand_inputs, resolve_model
+from liverscan.serving.lesion import LesionFinding, draw_finding
 from liverscan.serving.options import PredictOptions
 from liverscan.serving.outputs import FORMATS
 from liverscan.serving.predict import Classifier
@@ -27,6 +28,7 @@ __all__ = [
     "FORMATS",
     "SHARD_FORMATS",
     "Classifier",
+    "LesionFinding",
     "PredictJob",
     "PredictOptions",
     "PredictSummary",
@@ -35,8 +37,10 @@ __all__ = [
     "Study",
     "check_path_lists",
     "default_model_dir",
+    "draw_finding",
     "expand_inputs",
     "export_model",
+    "gradcam_caption",
     "overlay",
     "predict_dataset",
     "predict_files",

@@ -150,7 +150,7 @@ class PredictJob:
                 fmt = format_for(self.output)
                 file_writer = RecordWriter(
                     fmt, clf.classes, path=self.output, dicom_tags=tags, overwrite=self.overwrite,
-                    group_column=group_column,
+                    group_column=group_column, lesion=clf.has_lesion,
                 )  # fmt: skip
                 writers.append(stack.enter_context(file_writer))
             if self.stream_format:
@@ -162,6 +162,7 @@ class PredictJob:
                             stream=self.stream,
                             dicom_tags=tags,
                             group_column=group_column,
+                            lesion=clf.has_lesion,
                         )  # fmt: skip
                     )
                 )
@@ -187,7 +188,9 @@ class PredictJob:
         if studies is not None:
             s.studies = studies.studies()
             if self.study_output:
-                write_studies(self.study_output, s.studies, clf.classes, overwrite=self.overwrite)
+                write_studies(
+                    self.study_output, s.studies, clf.classes, overwrite=self.overwrite, lesion=clf.has_lesion
+                )
         return s
 
 

@@ -30,6 +30,7 @@ class DicomFrame:
     tags: dict[str, str]
     study_instance_uid: str = ""
     series_instance_uid: str = ""
+    size: tuple[int, int] | None = None  # (width, height) of the frame: its columns and rows
 
 
 def is_dicom_path(path: str | Path) -> bool:
@@ -126,5 +127,6 @@ def read_dicom(path: str | Path | BinaryIO, size: int = 160, include_tags: tuple
     out = []
     for i, frame in enumerate(frames):
         arr8 = _to_8bit(np.asarray(frame), ds, photometric)
-        out.append(DicomFrame(decode_array(arr8, size=size, label=label), i + 1, uid, tags, study, series))
+        array = decode_array(arr8, size=size, label=label)
+        out.append(DicomFrame(array, i + 1, uid, tags, study, series, (arr8.shape[1], arr8.shape[0])))
     return out

@@ -55,11 +55,12 @@ def _require_ray():
 # -- records as rows -------------------------------------------------------------------------------
 
 
-def _schema(passthrough, classes: list[str], tags: tuple[str, ...]):
+def _schema(passthrough, classes: list[str], tags: tuple[str, ...], lesion: bool = False):
     import pyarrow as pa
 
     fields = [f for f in passthrough if f.name not in ("path", "bytes")]
-    return pa.schema(fields + [pa.field(c.name, getattr(pa, c.kind)()) for c in record_columns(classes, tags)])
+    columns = record_columns(classes, tags, lesion=lesion)
+    return pa.schema(fields + [pa.field(c.name, getattr(pa, c.kind)()) for c in columns])
 
 
 # -- the actor ---------------------------------------------------------------------------------------
@@ -123,13 +124,13 @@ class BatchPredictor:
         keep = [n for n in batch.column_names if n not in ("path", "bytes")]
         kept = {n: batch.column(n).to_pylist() for n in keep}
         rows, records = [], []
-        columns = record_columns(clf.classes, clf.include_dicom_tags)
+        columns = record_columns(clf.classes, clf.include_dicom_tags, lesion=clf.has_lesion)
         for k, rec, _ in clf._iter_indexed(items, self.batch_size, self.threads, None, load=load):
             row = {n: kept[n][k] for n in keep}
             row.update(flat_row(rec, columns))
             rows.append(row)
             records.append(rec)
-        schema = _schema(batch.schema, clf.classes, clf.include_dicom_tags)
+        schema = _schema(batch.schema, clf.classes, clf.include_dicom_tags, clf.has_lesion)
         table = pa.Table.from_pylist(rows, schema=schema)
         if self.shard_dir is None:
             return table

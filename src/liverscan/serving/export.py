@@ -1,4 +1,5 @@
-"""``export``: write a run's model in a dedicated inference format, verified against Keras."""
+"""``export``: write a run's model (and its lesion head, when it has one) in a dedicated inference format,
+verified against Keras."""
 
 from __future__ import annotations
 
@@ -6,13 +7,30 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.artifacts import EXPORT_FORMATS, ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, load_run
-from liverscan.core.errors import ExportError, LiverscanError, RunDirError
+from liverscan.core.artifacts import (
+    EXPORT_FORMATS,
+    LESION_FILE,
+    LESION_ONNX_FILE,
+    LESION_TFLITE_FILE,
+    ONNX_FILE,
+    OOD_FILE,
+    TFLITE_FILE,
+    LoadedRun,
+    load_run,
+)
+from liverscan.core.errors import ExportError, LiverscanError, ModelError, RunDirError
 from liverscan.core.fileio import sha256_file, write_bytes_atomic
 from liverscan.core.guard import Reference, assess
 
 FORMATS = EXPORT_FORMATS
 TOLERANCE = 1e-4
+LESION_TOLERANCE = 1e-3  # max abs difference of the lesion probability maps (per pixel; no pooling averages it)
+MASK_TOLERANCE = 1e-3  # share of map pixels whose thresholded mask value may differ
+
+
+def lesion_export_key(fmt: str) -> str:
+    """The model card's ``exports`` key of the lesion head's ``fmt`` export (``lesion_tflite``, ``lesion_onnx``)."""
+    return f"lesion_{fmt}"
 
 
 def check_images(run: LoadedRun, n: int = 32) -> np.ndarray:
@@ -36,6 +54,10 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     The exported graph gives the probabilities and the pooled features the
     out-of-distribution guard scores; a model whose probabilities differ by more
     than 1e-4, or whose guard answer differs on any checked image, is not written.
+    A run with a lesion head (``lesion.keras``) also gets ``lesion.<fmt>``, checked on the
+    same images (:func:`check_lesion`); both files are written or neither.  Returns the
+    classifier's figures (as in ``card.exports[fmt]``), with ``lesion``: the head's
+    (``card.exports["lesion_<fmt>"]``) when the run has one.
     """
     from liverscan.core.keras_env import backend_name
     from liverscan.core.model import load_model
@@ -51,68 +73,168 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     if (run.run_dir / OOD_FILE).is_file():
         reference = Reference.load(run.run_dir / OOD_FILE)
     images = np.asarray(check_images(run) if images is None else images, dtype=np.float32)
-    write = write_tflite if fmt == "tflite" else write_onnx
-    info = write(
-        load_model(run.model_path), run.run_dir / (TFLITE_FILE if fmt == "tflite" else ONNX_FILE), images, reference
-    )
-    run.card.exports[fmt] = info
+    head = run.run_dir / LESION_FILE
+    staged = None
+    try:
+        if head.is_file():
+            threshold = float((run.card.lesion or {}).get("threshold", 0.5))
+            lesion_target = run.run_dir / (LESION_TFLITE_FILE if fmt == "tflite" else LESION_ONNX_FILE)
+            staged, figures = _staged_lesion(load_model(head), lesion_target, fmt, images, threshold)
+        write = write_tflite if fmt == "tflite" else write_onnx
+        info = write(
+            load_model(run.model_path), run.run_dir / (TFLITE_FILE if fmt == "tflite" else ONNX_FILE), images, reference
+        )
+        run.card.exports[fmt] = info
+        if staged is not None:
+            staged.replace(lesion_target)
+            lesion_info = {**_file_figures(lesion_target), **figures}
+            run.card.exports[lesion_export_key(fmt)] = lesion_info
+            info = {**info, "lesion": lesion_info}
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
     run.save_card()
     return info
 
 
+def write_lesion(model, target: Path, fmt: str, images: np.ndarray, threshold: float = 0.5) -> dict:
+    """Convert lesion head ``model`` to ``fmt`` at ``target`` once its maps agree with Keras on ``images``
+    (:func:`check_lesion`); returns the figures recorded in the card."""
+    staged, figures = _staged_lesion(model, target, fmt, images, threshold)
+    try:
+        staged.replace(target)
+    finally:
+        staged.unlink(missing_ok=True)
+    return {**_file_figures(target), **figures}
+
+
+def _staged_lesion(model, target: Path, fmt: str, images: np.ndarray, threshold: float) -> tuple[Path, dict]:
+    """Convert ``model`` beside ``target`` (a hidden ``.check`` file) and check it: (staged file, figures).
+    Raises :class:`ExportError` naming ``target`` (and leaves no staged file) when either fails."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} (supported: {', '.join(FORMATS)})")
+    staged = target.with_name(f".{target.name}.check")
+    try:
+        try:
+            if fmt == "tflite":
+                write_bytes_atomic(staged, _tflite_blob(model))
+            else:
+                _onnx_file(model, staged)
+        except ExportError as exc:
+            raise ExportError(f"{target.name}: {exc}") from None
+        try:
+            figures = check_lesion(model, staged, fmt, images, threshold)
+        except ModelError as exc:
+            reason = str(exc).removeprefix(f"{staged}: ")
+            raise ExportError(f"{target.name}: the exported lesion head does not run ({reason})") from None
+        if (
+            figures["max_abs_difference_vs_keras"] > LESION_TOLERANCE
+            or figures["mask_pixels_differing"] > MASK_TOLERANCE
+        ):
+            raise ExportError(
+                f"{target.name}: exported lesion head disagrees with Keras (max abs difference "
+                f"{figures['max_abs_difference_vs_keras']:.2e}, tolerance {LESION_TOLERANCE}; masks differ on "
+                f"{figures['mask_pixels_differing']:.2%} of pixels, tolerance {MASK_TOLERANCE:.2%})"
+            )
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return staged, figures
+
+
+def check_lesion(model, exported: Path, fmt: str, images: np.ndarray, threshold: float = 0.5) -> dict:
+    """How the exported lesion head at ``exported`` agrees with Keras ``model`` on ``images``: the maps' max
+    absolute difference, the share of pixels whose mask (``map >= threshold``) differs, and the Dice of the
+    runtime's masks against Keras' over all images (1.0 when both are empty)."""
+    from liverscan.core.lesion import dice, predict_maps
+    from liverscan.serving.runtime import MapRunner
+
+    got = MapRunner(exported, batch_size=16, kind=fmt).maps(images)
+    ref = predict_maps(model, images)
+    diff = float(np.abs(got - ref).max()) if got.size else 0.0
+    mg, mr = got >= threshold, ref >= threshold
+    return {
+        "outputs": ["lesion probability"],
+        "max_abs_difference_vs_keras": diff,
+        "threshold": float(threshold),
+        "mask_pixels_differing": float(np.mean(mg != mr)) if mg.size else 0.0,
+        "mask_dice_vs_keras": dice(mg, mr),
+        "checked_images": int(len(images)),
+    }
+
+
+def _file_figures(path: Path) -> dict:
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def write_tflite(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
     """Convert ``model`` (probabilities + features) to TFLite at ``target`` once it agrees with Keras on ``images``."""
-    import contextlib
-    import io
-
-    from liverscan.core.keras_env import import_keras, native_stderr_silenced
     from liverscan.core.model import with_features
-
-    import_keras()
-    import tensorflow as tf
-
     from liverscan.serving.runtime import TFLiteRunner
 
     both = with_features(model)
-    chatter = io.StringIO()  # the converter prints every TensorSpec of the traced graph
-    try:
-        with contextlib.redirect_stdout(chatter), native_stderr_silenced():
-            blob = tf.lite.TFLiteConverter.from_keras_model(both).convert()
-    except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"TFLite conversion failed ({exc.__class__.__name__}: {exc})") from None
+    blob = _tflite_blob(both)
     staged = target.with_name(f".{target.name}.check")
     write_bytes_atomic(staged, blob)
     return _verified(both, staged, target, TFLiteRunner, images, reference)
 
 
+def _tflite_blob(model) -> bytes:
+    """``model`` (nested functional backbones included) converted to a TFLite flatbuffer."""
+    import contextlib
+    import io
+
+    from liverscan.core.keras_env import import_keras, native_stderr_silenced
+
+    import_keras()
+    import tensorflow as tf
+
+    chatter = io.StringIO()  # the converter prints every TensorSpec of the traced graph
+    try:
+        with contextlib.redirect_stdout(chatter), native_stderr_silenced():
+            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"TFLite conversion failed ({exc.__class__.__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def write_onnx(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
     """Convert ``model`` (probabilities + features) to ONNX at ``target`` once it agrees with Keras on ``images``."""
-    import contextlib
-    import importlib.util
-    import io
-    import sys
-    import warnings
-
-    from liverscan.core.keras_env import native_stderr_silenced
     from liverscan.core.model import with_features
     from liverscan.serving.runtime import OnnxRunner
 
-    if importlib.util.find_spec("tf2onnx") is None or importlib.util.find_spec("onnxruntime") is None:
-        raise ExportError('ONNX export needs tf2onnx and onnxruntime: pip install "liverscan[onnx]"')
     both = with_features(model)
     staged = target.with_name(f".{target.name}.check")
+    _onnx_file(both, staged)
+    return _verified(both, staged, target, OnnxRunner, images, reference)
+
+
+def _onnx_file(model, staged: Path) -> None:
+    """Write ``model`` converted to ONNX at ``staged`` (nothing left there when conversion fails)."""
+    import contextlib
+    import importlib.util
+    import io
+    import warnings
+
+    from liverscan.core.keras_env import native_stderr_silenced
+
+    if importlib.util.find_spec("tf2onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        raise ExportError('ONNX export needs tf2onnx and onnxruntime: pip install "liverscan[onnx]"')
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter), native_stderr_silenced(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # input-structure and tf2onnx deprecation warnings
-            both(np.zeros((1, *both.input_shape[1:]), np.float32))  # Keras exports only a called model
-            both.export(str(staged), format="onnx", verbose=False)
+            model(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras exports only a called model
+            model.export(str(staged), format="onnx", verbose=False)
+        if not staged.is_file():
+            raise RuntimeError("no file written")
     except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"ONNX conversion failed ({exc.__class__.__name__}: {exc})") from None
-    finally:
-        if not staged.is_file() or sys.exc_info()[0] is not None:
-            staged.unlink(missing_ok=True)
-    return _verified(both, staged, target, OnnxRunner, images, reference)
+        staged.unlink(missing_ok=True)
+        raise ExportError(f"ONNX conversion failed ({exc.__class__.__name__}: {_first_line(exc)})") from None
 
 
 def _verified(both, staged: Path, target: Path, runner_class, images: np.ndarray, reference) -> dict:

@@ -13,7 +13,7 @@ from liverscan.core.artifacts import CARD_FILE
 from liverscan.core.errors import ConfigError, ImageDecodeError, RunDirError
 from liverscan.core.fileio import read_csv
 from liverscan.core.files import Skipped, file_problem, walk_files
-from liverscan.core.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_image
+from liverscan.core.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode
 from liverscan.serving.records import Prediction
 
 
@@ -117,7 +117,8 @@ def load_input(
             raise ImageDecodeError(path, problem)
         if is_dicom_path(p):
             return _frame_records(path, read_dicom(p, size, dicom_tags))
-        return [(Prediction(path), load_image(p, size, max_pixels=max_pixels))]
+        image = decode(p, size=size, max_pixels=max_pixels)
+        return [(Prediction(path, source_size=(image.width, image.height)), image.array)]
     except ImageDecodeError as exc:
         return [(Prediction(path, error=exc.reason), None)]
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
@@ -150,6 +151,7 @@ def _frame_records(path: str, frames) -> list[tuple[Prediction, np.ndarray | Non
                 dicom_tags=f.tags or None,
                 study_instance_uid=f.study_instance_uid or None,
                 series_instance_uid=f.series_instance_uid or None,
+                source_size=f.size,
             ),
             f.array,
         )
@@ -163,13 +165,13 @@ def load_bytes(
     """Like :func:`load_input` for an in-memory file (an upload): image or DICOM by name or magic bytes."""
     import io
 
-    from liverscan.core.images import decode
     from liverscan.serving.dicom import read_dicom
 
     try:
         if name.lower().endswith((".dcm", ".dicom")) or data[128:132] == b"DICM":
             return _frame_records(name, read_dicom(io.BytesIO(data), size, dicom_tags))
-        return [(Prediction(name), decode(data, size=size, max_pixels=max_pixels).array)]
+        image = decode(data, size=size, max_pixels=max_pixels)
+        return [(Prediction(name, source_size=(image.width, image.height)), image.array)]
     except ImageDecodeError as exc:
         return [(Prediction(name, error=exc.reason), None)]
     except Exception as exc:  # noqa: BLE001 - one bad upload or row never stops the others

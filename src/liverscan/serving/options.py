@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 RUNTIMES = ("auto", "keras", "tflite", "onnx")
 DECODERS = ("auto", "threads", "processes")
+EXPLAIN_METHODS = ("auto", "gradcam", "lesion")
 #: the options that change what a record says (the rest only change how fast it is made)
 MODEL_FIELDS = (
     "use_operating_point",
@@ -31,6 +32,7 @@ MODEL_FIELDS = (
     "max_pixels",
     "ood",
     "ood_retention",
+    "lesion",
 )
 
 
@@ -45,7 +47,11 @@ class PredictOptions:
     ``ood_retention``: recompute the guard's threshold for this retention (None: the model's own);
     ``decode``: decoding ``threads``, ``processes`` or ``auto`` (processes from 4 ``workers`` on);
     ``group_by`` / ``group_rule``: one answer per study (see :mod:`liverscan.serving.studies`; the rule
-    defaults to the one a patient-level operating point was fitted with, else ``mean``).
+    defaults to the one a patient-level operating point was fitted with, else ``mean``);
+    ``lesion``: apply the model's lesion head when it has one (every record says where); ``lesion_masks``: write
+    each image's predicted lesion mask there (an 8-bit PNG at the image's size, 255 = lesion);
+    ``explain_method``: what ``explain_dir`` overlays show - ``lesion`` (the lesion probability map and its
+    outline), ``gradcam``, or ``auto`` (lesion when the model has a head, else Grad-CAM).
     """
 
     use_operating_point: bool = False
@@ -61,11 +67,15 @@ class PredictOptions:
     explain_dir: Path | None = None
     group_by: str | None = None
     group_rule: str | None = None
+    lesion: bool = True
+    lesion_masks: Path | None = None
+    explain_method: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include_dicom_tags", tuple(self.include_dicom_tags))
-        if self.explain_dir is not None:
-            object.__setattr__(self, "explain_dir", Path(self.explain_dir))
+        for key in ("explain_dir", "lesion_masks"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, Path(getattr(self, key)))
         self.check()
 
     def check(self) -> None:
@@ -82,6 +92,12 @@ class PredictOptions:
             raise ConfigError(f"review confidence must be in [0, 1], not {self.review_confidence}")
         if self.ood_retention is not None and not 0.5 <= self.ood_retention <= 1:
             raise ConfigError(f"out-of-distribution retention must be in [0.5, 1], not {self.ood_retention}")
+        if self.explain_method not in EXPLAIN_METHODS:
+            raise ConfigError(f"--explain-method must be one of {', '.join(EXPLAIN_METHODS)}")
+        if not self.lesion and self.lesion_masks is not None:
+            raise ConfigError("--lesion-masks needs the lesion head: drop --no-lesion")
+        if not self.lesion and self.explain_method == "lesion":
+            raise ConfigError("--explain-method lesion needs the lesion head: drop --no-lesion")
         if self.batch_size < 1 or self.workers < 1:
             raise ConfigError("batch size and workers must be at least 1")
         check_tag_names(self.include_dicom_tags)

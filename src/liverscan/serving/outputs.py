@@ -39,6 +39,7 @@ class RecordWriter:
     (a full disk) cuts the file back to the last whole record.  The ``.partial`` file is
     locked while it is written, so two runs never write the same output.  An existing
     ``FILE`` or a ``FILE.partial`` left by a stopped run is replaced only with ``overwrite``.
+    ``lesion``: the model has a lesion head (the CSV gets its columns).
     """
 
     def __init__(
@@ -50,12 +51,13 @@ class RecordWriter:
         dicom_tags: tuple[str, ...] = (),
         overwrite: bool = False,
         group_column: bool = False,
+        lesion: bool = False,
     ):
         if fmt not in FORMATS:
             raise ConfigError(f"unknown format {fmt!r} (csv, json, jsonl)")
         self.fmt, self.classes, self.path, self.tags = fmt, classes, Path(path) if path else None, list(dicom_tags)
         self.stream, self.group_column, self.overwrite = stream, group_column, overwrite
-        self.columns = record_columns(classes, self.tags, group_column)
+        self.columns = record_columns(classes, self.tags, group_column, lesion)
         self.count = 0
         self._fd: int | None = None
         self._good = 0  # bytes of whole records on disk

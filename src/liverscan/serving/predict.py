@@ -11,7 +11,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from liverscan.core.guard import Reference, assess
 from liverscan.core.images import decode_array
 from liverscan.core.operating_point import ARGMAX
 from liverscan.serving.inputs import load_bytes, load_checked, resolve_model
+from liverscan.serving.lesion import LesionHead
 from liverscan.serving.options import DECODERS, PredictOptions
 from liverscan.serving.pipeline import decoded_batches
 from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
@@ -43,6 +44,7 @@ class Classifier:
         runner: Any = None,
         options: PredictOptions | None = None,
         reference: Reference | None = None,
+        lesion: LesionHead | None = None,
     ):
         options = options or PredictOptions()
         self.options = options
@@ -75,6 +77,10 @@ class Classifier:
                 "with an operating-point goal, e.g. liverscan evaluate RUN --fit-operating-point 'tumor>=0.95'"
             )
         self._gradcam: Any = None  # the Grad-CAM of the Keras model, built on first use
+        #: the lesion head (None: the model has none, or ``options.lesion`` is off): every record says where
+        self.lesion = lesion if options.lesion else None
+        if self.lesion is None and options.lesion and (options.lesion_masks or options.explain_method == "lesion"):
+            _no_head(source, options)
 
     @classmethod
     def load(cls, path: str | Path | None = None, options: PredictOptions | None = None, **changes: Any) -> Classifier:
@@ -88,6 +94,8 @@ class Classifier:
         model, which is always loaded in safe mode (no embedded code runs).
         ``ood``: apply the out-of-distribution guard stored with the model;
         ``ood_retention`` recomputes its threshold for another retention.
+        ``lesion``: load the run's lesion head when its card has one (on the exported
+        ``lesion.tflite`` / ``lesion.onnx`` when that runtime is chosen and the file exists).
         """
         from liverscan.serving import runtime as rt
 
@@ -96,12 +104,16 @@ class Classifier:
             options = options.replace(**changes)
         runtime = options.runtime
         run = load_run(resolve_model(path))
+        if options.lesion and not run.card.lesion and (options.lesion_masks or options.explain_method == "lesion"):
+            _no_head(run.source, options)
         reference = (
             Reference.for_model(run.model_path.with_name(OOD_FILE), options.ood_retention) if options.ood else None
         )
         tflite = run.model_path.with_name(TFLITE_FILE)
         onnx = run.model_path.with_name(ONNX_FILE)
         kw: dict[str, Any] = dict(options=options, reference=reference)
+        if options.lesion:
+            kw["lesion"] = LesionHead.load(run.card, run.model_path, runtime, options.batch_size)
         candidates: list[tuple[Path, Any, str]] = []
         if runtime == "tflite" or (runtime == "auto" and tflite.is_file() and rt.available()):
             candidates.append((tflite, rt.TFLiteRunner, "tflite"))
@@ -122,6 +134,18 @@ class Classifier:
                     f"{file}: exported without the features the out-of-distribution guard needs; export it again"
                 )
         return cls(run.card, run.source, run.model_path, model=_load_keras(run), **kw)
+
+    @property
+    def has_lesion(self) -> bool:
+        """Whether records say where (the model's lesion head is in use)."""
+        return self.lesion is not None
+
+    @property
+    def lesion_status(self) -> str | None:
+        """One line on the lesion head (None when the model has none)."""
+        if self.lesion is not None:
+            return self.lesion.describe()
+        return "off" if self.card.lesion else None
 
     @property
     def guard_status(self) -> str:
@@ -181,8 +205,9 @@ class Classifier:
             return predict_probs(self.model, images, batch_size), None
         return predict_outputs(self._scorer, images, batch_size)
 
-    def fill_records(self, records: list[Prediction], images: np.ndarray, batch_size: int) -> None:
-        """Set class, confidence, probabilities and review flag of ``records`` from ``images``."""
+    def fill_records(self, records: list[Prediction], images: np.ndarray, batch_size: int) -> np.ndarray | None:
+        """Set class, confidence, probabilities, review flag and lesion finding of ``records`` from ``images``;
+        returns the lesion maps ``(N, S, S)`` (None without a lesion head)."""
         probs, feats = self.outputs(images, batch_size)
         idx, shown = self.operating_point.apply(probs)
         checked = [r.image_check for r in records]
@@ -201,6 +226,20 @@ class Classifier:
             outside = rec.in_distribution is False
             rec.decision = OUT_OF_DISTRIBUTION if outside else rec.predicted_class
             rec.needs_review = outside or rec.confidence < self.review_confidence
+        if self.lesion is None:
+            return None
+        maps = self.lesion.maps(images)
+        for rec, m in zip(records, maps):
+            if rec.error is None:
+                width, height = rec.source_size or (self.image_size, self.image_size)
+                rec.lesion = self.lesion.finding(m, width, height)
+        return maps
+
+    def lesion_maps(self, images: np.ndarray) -> np.ndarray:
+        """Lesion probability maps ``(N, S, S)`` of the model's lesion head for ``(N, S, S, 3)`` 0..255 images."""
+        if self.lesion is None:
+            raise ModelError(f"{self.source}: this model has no lesion head (or it is turned off)")
+        return self.lesion.maps(images)
 
     @property
     def _load(self):
@@ -231,14 +270,17 @@ class Classifier:
         o = self.options
         explain = explain_dir if explain_dir is not None else o.explain_dir
         for _, rec, _ in self._iter_indexed(
-            paths, batch_size or o.batch_size, workers or o.workers, explain, decode=decode or o.decode
+            paths, batch_size or o.batch_size, workers or o.workers, explain, decode or o.decode, o.lesion_masks
         ):
             yield rec
 
-    def _iter_indexed(self, paths: Iterable, batch_size: int, workers: int, explain_dir, load=None, decode="threads"):
+    def _iter_indexed(
+        self, paths: Iterable, batch_size: int, workers: int, explain_dir, decode="threads", masks=None, load=None
+    ):
         """(input index, record, model input or None) in input order; a DICOM file gives one per frame.
 
-        ``load`` turns one input into (record, array) pairs (default: read the path).
+        ``load`` turns one input into (record, array) pairs (default: read the path); ``masks``: the folder
+        for lesion mask PNGs (None: none written).
         """
         if decode not in DECODERS:
             raise ConfigError(f"unknown decoding {decode!r} ({', '.join(DECODERS)})")
@@ -247,9 +289,11 @@ class Classifier:
             good = [(rec, arr) for _, rec, arr in items if arr is not None]
             if good:
                 images = np.stack([a for _, a in good])
-                self.fill_records([r for r, _ in good], images, batch_size)
+                maps = self.fill_records([r for r, _ in good], images, batch_size)
+                if masks is not None and maps is not None:
+                    self._write_masks(good, maps, Path(masks))
                 if explain_dir is not None:
-                    self._write_explanations(good, images, Path(explain_dir))
+                    self._write_explanations(good, images, Path(explain_dir), maps)
             yield from items
 
     def predict_bytes(self, name: str, data: bytes) -> list[tuple[Prediction, np.ndarray | None]]:
@@ -279,6 +323,7 @@ class Classifier:
             rec = Prediction(f"<array {i}>")
             try:
                 arr = decode_array(x, self.image_size, rec.path)
+                rec.source_size = (int(x.shape[1]), int(x.shape[0]))
                 good.append((rec, arr))
                 slots[i].append((rec, arr))
             except ImageDecodeError as exc:
@@ -316,23 +361,72 @@ class Classifier:
             self._gradcam = GradCam(self.model)
         return self._gradcam(images, class_indices)
 
-    def _write_explanations(self, good, images: np.ndarray, folder: Path) -> None:
+    def explain_method(self) -> str:
+        """What overlays show: ``lesion`` or ``gradcam`` (``auto``: lesion when the model has a lesion head)."""
+        method = self.options.explain_method
+        if method == "auto":
+            return "lesion" if self.lesion is not None else "gradcam"
+        return method
+
+    def _write_explanations(self, good, images: np.ndarray, folder: Path, maps: np.ndarray | None = None) -> None:
         from liverscan.core.images import display_image
-        from liverscan.serving.explain import save_overlay
+        from liverscan.serving.explain import gradcam_caption, save_image, save_overlay
 
         folder.mkdir(parents=True, exist_ok=True)
-        cls = [self.classes.index(r.predicted_class) for r, _ in good]
-        maps = self.heatmaps(images, cls)
-        for (rec, arr), heat in zip(good, maps):
-            stem = Path(rec.path).stem + (f"-frame{rec.frame}" if rec.frame else "")
-            digest = hashlib.sha1(f"{Path(rec.path).resolve()}#{rec.frame}".encode()).hexdigest()[:8]
+        lesion = self.lesion if self.explain_method() == "lesion" else None
+        if lesion is None:
+            heats = self.heatmaps(images, [self.classes.index(r.predicted_class or self.classes[0]) for r, _ in good])
+        for k, (rec, arr) in enumerate(good):
+            if rec.error:  # e.g. non-finite probabilities: nothing to explain
+                continue
             try:
                 base = display_image(rec.path) if rec.frame is None else np.repeat(np.repeat(arr, 2, 0), 2, 1)
             except ImageDecodeError:
                 base = arr
-            target = folder / f"{stem}-{digest}.png"
-            save_overlay(base, heat, target, f"{rec.predicted_class} {rec.confidence:.2f} (Grad-CAM)")
+            target = folder / f"{output_stem(rec)}.png"
+            head = f"{rec.predicted_class} {rec.confidence:.2f}"
+            if lesion is not None and maps is not None and rec.lesion is not None:
+                from liverscan.serving.lesion import lesion_picture
+
+                picture = lesion_picture(base, maps[k], lesion.threshold, lesion.min_area)
+                save_image(picture, target, f"{head} | {rec.lesion.caption(lesion.threshold)}")
+            else:
+                save_overlay(base, heats[k], target, gradcam_caption(head, rec.predicted_class or "", heats[k]))
             rec.explanation = str(target)
+
+    def _write_masks(self, good, maps: np.ndarray, folder: Path) -> None:
+        """Each image's predicted lesion mask as an 8-bit PNG at its own size (255 = lesion), written atomically."""
+        import io
+
+        from liverscan.core.fileio import write_bytes_atomic
+        from liverscan.serving.lesion import mask_image
+
+        assert self.lesion is not None  # masks come from the lesion head's maps
+        folder.mkdir(parents=True, exist_ok=True)
+        for (rec, _), prob in zip(good, maps):
+            if rec.error:
+                continue
+            width, height = rec.source_size or (self.image_size, self.image_size)
+            buf = io.BytesIO()
+            mask_image(prob, width, height, self.lesion.threshold, self.lesion.min_area).save(buf, format="PNG")
+            target = folder / f"{output_stem(rec)}-mask.png"
+            write_bytes_atomic(target, buf.getvalue())
+            rec.lesion_mask = str(target)
+
+
+def output_stem(rec: Prediction) -> str:
+    """A file name stem for what is written about one record: the image's stem (and frame), and a digest of its
+    full path and frame, so two images of the same name in different folders never collide."""
+    stem = Path(rec.path).stem + (f"-frame{rec.frame}" if rec.frame else "")
+    digest = hashlib.sha1(f"{Path(rec.path).resolve()}#{rec.frame}".encode()).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def _no_head(source: Path, options: PredictOptions) -> NoReturn:
+    asked = "--lesion-masks" if options.lesion_masks else "--explain-method lesion"
+    raise RunDirError(
+        f"{source}: this model has no lesion head, which {asked} needs; train on data with lesion outlines"
+    )
 
 
 def _load_keras(run: LoadedRun):

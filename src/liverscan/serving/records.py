@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from liverscan.serving.lesion import LesionFinding
 
 OUT_OF_DISTRIBUTION = "out_of_distribution"
 
@@ -42,8 +45,13 @@ class Prediction:
     #: DICOM study and series UIDs, read for --group-by study|series; written only as a group key
     study_instance_uid: str | None = field(default=None, repr=False)
     series_instance_uid: str | None = field(default=None, repr=False)
+    #: where the model's lesion head points (None: the model has no head, it was skipped, or the image failed)
+    lesion: LesionFinding | None = None
+    lesion_mask: str | None = None  # path of the lesion mask PNG, when written (predict --lesion-masks)
     #: the guard's image checks, run where the image was decoded: None not run yet, "" passed, else the reason
     image_check: str | None = field(default=None, repr=False, compare=False)
+    #: (width, height) of the image as given (a DICOM frame's columns and rows): lesion coordinates are in it
+    source_size: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -52,12 +60,26 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """The JSON record."""
         d = asdict(self)
-        for key in ("study_instance_uid", "series_instance_uid", "image_check"):
+        for key in ("study_instance_uid", "series_instance_uid", "image_check", "source_size"):
             d.pop(key)
         for key in ("dicom_tags", "group"):
             if d[key] is None:
                 d.pop(key)
-        return d
+        return without_empty_lesion(d)
+
+
+def without_empty_lesion(d: dict[str, Any]) -> dict[str, Any]:
+    """A JSON record without its lesion fields when it has none (a model without a lesion head writes what it
+    always wrote); tuples as lists."""
+    if d.get("lesion") is None and d.get("lesion_mask") is None:
+        d.pop("lesion", None)
+        d.pop("lesion_mask", None)
+    elif d["lesion"] is not None:
+        les = d["lesion"]
+        d["lesion"] = {**les, "peak": list(les["peak"]), "outline": [list(p) for p in les["outline"]]}
+        if les["bbox"] is not None:
+            d["lesion"]["bbox"] = list(les["bbox"])
+    return d
 
 
 @dataclass(frozen=True)
@@ -95,8 +117,34 @@ def _tag(t: str) -> Callable[[Any], Any]:
     return lambda r: (r.dicom_tags or {}).get(t)
 
 
-def record_columns(classes: Sequence[str], tags: Sequence[str] = (), group: bool = False) -> list[Column]:
-    """The flat columns of a prediction record (``predict``'s CSV header, typed)."""
+def _lesion(get: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda r: None if r.lesion is None else get(r.lesion)
+
+
+def _corner(k: int) -> Callable[[Any], Any]:
+    return _lesion(lambda les: None if les.bbox is None else les.bbox[k])
+
+
+def lesion_columns() -> list[Column]:
+    """The flat columns of a record's (or a study's) lesion finding: scalars only, the outline stays in JSON."""
+    f = "float64"
+    return (
+        [Column("lesion_found", "bool_", _lesion(lambda les: les.found))]
+        + [Column("lesion_probability", f, _lesion(lambda les: les.probability))]
+        + [Column("lesion_peak_x", f, _lesion(lambda les: les.peak[0]))]
+        + [Column("lesion_peak_y", f, _lesion(lambda les: les.peak[1]))]
+        + [Column(f"lesion_bbox_{n}", f, _corner(k)) for k, n in enumerate(("x0", "y0", "x1", "y1"))]
+        + [Column("lesion_area_fraction", f, _lesion(lambda les: les.area_fraction))]
+        + [Column("lesion_count", "int64", _lesion(lambda les: les.count))]
+        + [Column("lesion_mask", "string", _attr("lesion_mask"))]
+    )
+
+
+def record_columns(
+    classes: Sequence[str], tags: Sequence[str] = (), group: bool = False, lesion: bool = False
+) -> list[Column]:
+    """The flat columns of a prediction record (``predict``'s CSV header, typed); ``lesion``: the model has a
+    lesion head (its columns follow ``explanation``)."""
     s, f, b = "string", "float64", "bool_"
     return (
         ([Column("group", s, _attr("group"))] if group else [])
@@ -111,12 +159,14 @@ def record_columns(classes: Sequence[str], tags: Sequence[str] = (), group: bool
         + [Column("in_distribution", b, _attr("in_distribution")), Column("ood_score", f, _attr("ood_score"))]
         + [Column("ood_reason", s, _attr("ood_reason")), Column("needs_review", b, _attr("needs_review"))]
         + [Column("error", s, _attr("error")), Column("explanation", s, _attr("explanation"))]
+        + (lesion_columns() if lesion else [])
         + [Column(f"dicom_{t}", s, _tag(t)) for t in tags]
     )
 
 
-def study_columns(classes: Sequence[str]) -> list[Column]:
-    """The flat columns of a study record (:class:`~liverscan.serving.studies.Study`)."""
+def study_columns(classes: Sequence[str], lesion: bool = False) -> list[Column]:
+    """The flat columns of a study record (:class:`~liverscan.serving.studies.Study`); ``lesion``: the lesion
+    of the frame the head found most probable, and which frame it was."""
     s, i, f = "string", "int64", "float64"
     return (
         [Column("group", s, _attr("group"))]
@@ -129,6 +179,12 @@ def study_columns(classes: Sequence[str]) -> list[Column]:
         + [Column("most_suspicious_path", s, _attr("most_suspicious_path"))]
         + [Column("most_suspicious_frame", i, _attr("most_suspicious_frame"))]
         + [Column(n, s, _attr(n)) for n in ("explanation", "error")]
+        + (
+            [Column("lesion_path", s, _attr("lesion_path")), Column("lesion_frame", i, _attr("lesion_frame"))]
+            if lesion
+            else []
+        )
+        + (lesion_columns() if lesion else [])
     )
 
 
@@ -143,10 +199,14 @@ def csv_cells(record: Any, columns: Sequence[Column]) -> list[str]:
 
 
 def records_csv(
-    records: Sequence[Prediction], classes: Sequence[str], tags: Sequence[str] = (), group: bool = False
+    records: Sequence[Prediction],
+    classes: Sequence[str],
+    tags: Sequence[str] = (),
+    group: bool = False,
+    lesion: bool = False,
 ) -> str:
     """Records as one CSV text (``predict``'s columns), e.g. for a download."""
     from liverscan.core.fileio import csv_text
 
-    columns = record_columns(classes, tags, group)
+    columns = record_columns(classes, tags, group, lesion)
     return csv_text([c.name for c in columns], [csv_cells(r, columns) for r in records])

@@ -4,7 +4,9 @@
 beside ``model.keras``.  Prediction then runs through the LiteRT interpreter (XNNPACK
 kernels) or an ONNX Runtime session, which start without importing TensorFlow and run
 MobileNetV2 several times faster on a CPU than the Keras graph.  Both runners give
-``run(images) -> (probabilities, features or None)``.
+``run(images) -> (probabilities, features or None)``.  A run with a lesion head also gets
+``lesion.tflite`` / ``lesion.onnx``; :class:`MapRunner` runs either on the same plumbing and gives
+``maps(images) -> (N, S, S)`` lesion probabilities.
 """
 
 from __future__ import annotations
@@ -87,10 +89,21 @@ class TFLiteRunner:
         """Probabilities for any number of images."""
         return self.run(images)[0]
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one image's first (narrowest) output."""
+        interp, _, out, _ = self._interpreter(self.batch_size)
+        detail = next(d for d in interp.get_output_details() if d["index"] == out)
+        return tuple(int(v) for v in detail["shape"][1:])
+
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, features or None): full batches, then the rest one image at a time."""
+        return _normalised(*self.outputs(images))
+
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The raw outputs (first, second or None) as float32: full batches, then the rest one image at a time."""
         images = np.asarray(images, dtype=np.float32)
-        probs, feats = [], []
+        first, second = [], []
         start = 0
         while start < len(images):
             size = self.batch_size if len(images) - start >= self.batch_size // 2 else 1
@@ -101,13 +114,21 @@ class TFLiteRunner:
                 batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), np.float32)])
             interp.set_tensor(inp, batch)
             interp.invoke()
-            probs.append(np.array(interp.get_tensor(out_p)[:n], dtype=np.float64))
+            first.append(np.array(interp.get_tensor(out_p)[:n], dtype=np.float32))
             if out_f is not None:
-                feats.append(np.array(interp.get_tensor(out_f)[:n], dtype=np.float32))
+                second.append(np.array(interp.get_tensor(out_f)[:n], dtype=np.float32))
             start += n
-        p = np.concatenate(probs) if probs else np.zeros((0, 0))
-        p = p / p.sum(1, keepdims=True) if len(p) else p
-        return p, (np.concatenate(feats) if feats else None)
+        return _joined(first), (np.concatenate(second) if second else None)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _normalised(p: np.ndarray, feats: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities in float64, renormalised to sum to one (float32 softmax sums drift by ~1e-7)."""
+    p = p.astype(np.float64)
+    return (p / p.sum(1, keepdims=True) if len(p) else p), feats
 
 
 def onnx_available() -> bool:
@@ -147,16 +168,61 @@ class OnnxRunner:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)[0]
 
+    @property
+    def output_shape(self) -> tuple[int | None, ...]:
+        """Shape of one image's first (narrowest) output (None where the graph leaves a size open)."""
+        shape = next(o.shape for o in self.session.get_outputs() if o.name == self._probs)
+        return tuple(v if isinstance(v, int) else None for v in shape[1:])
+
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, features or None), in batches of ``batch_size``."""
+        return _normalised(*self.outputs(images))
+
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The raw outputs (first, second or None) as float32, in batches of ``batch_size``."""
         images = np.asarray(images, dtype=np.float32)
         names = [self._probs] + ([self._feats] if self._feats else [])
-        probs, feats = [], []
+        first, second = [], []
         for start in range(0, len(images), self.batch_size):
             out = self.session.run(names, {self._input: images[start : start + self.batch_size]})
-            probs.append(np.asarray(out[0], dtype=np.float64))
+            first.append(np.asarray(out[0], dtype=np.float32))
             if self._feats:
-                feats.append(np.asarray(out[1], dtype=np.float32))
-        p = np.concatenate(probs) if probs else np.zeros((0, 0))
-        p = p / p.sum(1, keepdims=True) if len(p) else p
-        return p, (np.concatenate(feats) if feats else None)
+                second.append(np.asarray(out[1], dtype=np.float32))
+        return _joined(first), (np.concatenate(second) if second else None)
+
+
+class MapRunner:
+    """Runs an exported lesion head (``lesion.tflite`` or ``lesion.onnx``): pixels ``(N, S, S, 3)`` in 0..255
+    -> lesion probability maps ``(N, S, S)`` float32, on the interpreter / session of :class:`TFLiteRunner` /
+    :class:`OnnxRunner`.  ``kind`` (tflite | onnx) defaults to the file's suffix."""
+
+    def __init__(self, path: str | Path, batch_size: int = 32, threads: int | None = None, kind: str | None = None):
+        self.path = Path(path)
+        kind = kind or self.path.suffix.lstrip(".").lower()
+        runners: dict[str, type[TFLiteRunner] | type[OnnxRunner]] = {"tflite": TFLiteRunner, "onnx": OnnxRunner}
+        if kind not in runners:
+            raise ModelError(f"{self.path}: not a .tflite or .onnx lesion model")
+        self.kind = kind
+        self.runner: TFLiteRunner | OnnxRunner = runners[kind](self.path, batch_size=batch_size, threads=threads)
+        self.input_shape: tuple[int, ...] = self.runner.input_shape
+        out = self.runner.output_shape
+        side = self.input_shape[:2]
+        if (
+            self.runner.has_features
+            or len(out) != 3
+            or out[2] != 1
+            or any(o not in (s, None) for o, s in zip(out, side))
+        ):
+            raise ModelError(
+                f"{self.path}: not a lesion map model (output {tuple(out)} per image, expected {(*side, 1)})"
+            )
+
+    def maps(self, images: np.ndarray) -> np.ndarray:
+        """Lesion probability maps ``(N, S, S)`` float32 for ``images`` ``(N, S, S, 3)`` (uint8 or float pixels)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.input_shape):
+            wanted = ", ".join(str(v) for v in ("N", *self.input_shape))
+            raise ModelError(f"{self.path}: images of shape {tuple(images.shape)} given, the model takes ({wanted})")
+        if not len(images):
+            return np.zeros((0, *self.input_shape[:2]), np.float32)
+        return self.runner.outputs(images)[0][..., 0]

@@ -13,7 +13,9 @@ Group keys:
 A study's probabilities come from its usable frames by the rule of :mod:`liverscan.core.aggregate`
 (mean, max or vote — as ``evaluate`` aggregates patients). A study whose frames are mostly
 (more than half) out of distribution gets the decision ``out_of_distribution``; a study needs review
-when that happens, when a frame failed, or when its confidence is below the review threshold.
+when that happens, when a frame failed, or when its confidence is below the review threshold.  With a
+lesion head, a study carries the lesion of its frame with the highest lesion probability (``lesion_path``,
+``lesion_frame`` say which).
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from liverscan.core.aggregate import RULES, suspicion
 from liverscan.core.errors import ConfigError
 from liverscan.core.operating_point import ARGMAX, REVIEW_CONFIDENCE, OperatingPoint
-from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction, csv_cells, study_columns
+from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction, csv_cells, study_columns, without_empty_lesion
+
+if TYPE_CHECKING:
+    from liverscan.serving.lesion import LesionFinding
 
 KEYS = ("object", "study", "series", "folder", "regex:PATTERN", "column:NAME")
 
@@ -93,9 +99,17 @@ class Study:
     most_suspicious_frame: int | None = None
     explanation: str | None = None
     error: str | None = None
+    lesion: LesionFinding | None = None  # the lesion of the frame with the highest lesion probability
+    lesion_path: str | None = None
+    lesion_frame: int | None = None
+    lesion_mask: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.lesion is None:
+            for key in ("lesion_path", "lesion_frame"):
+                d.pop(key)
+        return without_empty_lesion(d)
 
 
 @dataclass
@@ -105,6 +119,8 @@ class _Frame:
     probs: np.ndarray | None
     outside: bool
     explanation: str | None
+    lesion: LesionFinding | None = None
+    lesion_mask: str | None = None
 
 
 class StudyAggregator:
@@ -136,7 +152,9 @@ class StudyAggregator:
         group = self.key(rec)
         rec.group = group
         probs = None if rec.error else np.array([rec.probabilities[c] for c in self.classes])
-        frame = _Frame(rec.path, rec.frame, probs, rec.in_distribution is False, rec.explanation)
+        frame = _Frame(
+            rec.path, rec.frame, probs, rec.in_distribution is False, rec.explanation, rec.lesion, rec.lesion_mask
+        )
         self._groups.setdefault(group, []).append(frame)
         return group
 
@@ -169,11 +187,18 @@ class StudyAggregator:
         s.decision = OUT_OF_DISTRIBUTION if mostly_outside else s.predicted_class
         s.needs_review = bool(mostly_outside or s.n_failed or s.confidence < self.review_confidence)
         s.most_suspicious_path, s.most_suspicious_frame, s.explanation = worst.path, worst.frame, worst.explanation
+        seen = [f for f in used if f.lesion is not None]
+        if seen:
+            top = max(seen, key=lambda f: f.lesion.probability if f.lesion is not None else -1.0)
+            s.lesion, s.lesion_path, s.lesion_frame, s.lesion_mask = top.lesion, top.path, top.frame, top.lesion_mask
         return s
 
 
-def write_studies(path: str | Path, studies: list[Study], classes: list[str], overwrite: bool = False) -> None:
-    """Write study records as .csv, .json or .jsonl, atomically (whole file or nothing)."""
+def write_studies(
+    path: str | Path, studies: list[Study], classes: list[str], overwrite: bool = False, lesion: bool = False
+) -> None:
+    """Write study records as .csv, .json or .jsonl, atomically (whole file or nothing); ``lesion``: the model
+    has a lesion head (the CSV gets its columns)."""
     import json
 
     from liverscan.core.fileio import csv_text, write_text_atomic
@@ -182,7 +207,7 @@ def write_studies(path: str | Path, studies: list[Study], classes: list[str], ov
     fmt = format_for(path)
     check_output(path, overwrite)
     if fmt == "csv":
-        columns = study_columns(classes)
+        columns = study_columns(classes, lesion)
         text = csv_text([c.name for c in columns], [csv_cells(s, columns) for s in studies])
     elif fmt == "jsonl":
         text = "".join(json.dumps(s.to_dict()) + "\n" for s in studies)

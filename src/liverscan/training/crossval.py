@@ -99,6 +99,8 @@ def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Report
         cfg.model.dropout,
         cfg.model.dense_units,
         cfg.model.head,
+        features=cfg.model.feature_set,
+        flip_average=cfg.model.flip_average,
     )
     if cfg.model.weights.strip().lower() == "none":
         sample = np.random.default_rng(t.seed).permutation(len(y))[:256]
@@ -115,6 +117,7 @@ def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Report
             results.append(_fold(cfg, folder, r, k, train_idx, test_idx, y, groups, plain, views, n_classes))
             reporter.advance(len(results), n_jobs)
     _write_oof(run, images, classes, results, baseline=cfg.model.head != "linear")
+    lesion_card = _lesion_cross_validated(cfg, data, images, splits, run, reporter)
 
     # ---- refit on all images with the settings cross-validation chose
     reporter.phase("Refit on all images", None)
@@ -169,8 +172,30 @@ def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Report
         ref = guard.calibrate(ref, oof_scores, cfg.ood.retention, f"out-of-fold images (n={len(oof_scores)})")
         ref.save(run / art.OOD_FILE)
         card.ood = ref.describe()
+    card.lesion = lesion_card
     art.write_card(run, card)
     return TrainResult(run, card, fit.history)
+
+
+def _lesion_cross_validated(cfg: Config, data: PreparedData, images: Split, splits, run: Path, reporter: Reporter):
+    """When the data has lesion outlines: out-of-fold lesion maps (first repeat's folds) into ``lesion_oof.npz``,
+    then the head refit on all images; its card section, or None."""
+    from liverscan.training import lesion as lesion_training
+
+    by_path = {r["path"]: r for r in data.rows}
+    rows = [by_path[p] for p in images.paths]
+    if not lesion_training.wanted(cfg, rows):
+        return None
+
+    def log(msg: str) -> None:
+        reporter.phase(msg, None)
+
+    log(f"Lesion localisation head: {len(splits[0])} folds, then a refit on all images")
+    maps, done = lesion_training.out_of_fold_maps(cfg, rows, images.x, splits[0], run / FOLDS_DIR / "lesion", log)
+    lesion_training.write_oof(run, images.paths, maps, done)
+    entry = lesion_training.train_for_run(cfg, rows, images.x, run, log)
+    entry["out_of_fold"] = {"file": art.LESION_OOF_FILE, "folds": len(splits[0]), "metrics": None}
+    return entry
 
 
 def _features(model, images: Split, cfg: Config, run: Path, reporter: Reporter):

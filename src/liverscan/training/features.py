@@ -72,6 +72,8 @@ def cache_key(cfg: Config, views: int, **counts: int) -> dict:
         "seed": cfg.train.seed,
         "weights": cfg.model.weights,
         "size": cfg.preprocess.image_size,
+        "features": cfg.model.feature_set,
+        "flip_average": cfg.model.flip_average,
         "augment": vars(cfg.augment),
     }
 

@@ -94,7 +94,7 @@ def _start_run_dir(run: Path, overwrite: bool) -> None:
 
 
 def _weights_source(spec: str, cfg: Config) -> dict:
-    from liverscan.core.model import imagenet_weights_file
+    from liverscan.core.model import imagenet_weights_in_use
 
     s = spec.strip()
     if s.lower() == "none":
@@ -103,10 +103,10 @@ def _weights_source(spec: str, cfg: Config) -> dict:
             "description": "random initialisation, BatchNorm statistics calibrated on training images",
         }
     if s.lower() == "imagenet":
-        f = imagenet_weights_file(cfg.model.alpha, cfg.preprocess.image_size)
+        f = imagenet_weights_in_use(cfg.model.alpha, cfg.preprocess.image_size)
         out = {"spec": "imagenet", "description": "ImageNet (Keras MobileNetV2 release, via the Keras cache)"}
-        if f.is_file():
-            out["sha256"] = sha256_file(f)
+        if f is not None:
+            out.update(file=f.name, sha256=sha256_file(f))
         return out
     return {"spec": str(Path(s).resolve()), "description": "weights file", "sha256": sha256_file(s)}
 
@@ -192,6 +192,8 @@ def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> Tr
         cfg.model.dropout,
         cfg.model.dense_units,
         cfg.model.head,
+        features=cfg.model.feature_set,
+        flip_average=cfg.model.flip_average,
     )
     params = count_params(model)
     if cfg.model.weights.strip().lower() == "none":
@@ -223,8 +225,24 @@ def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> Tr
     if cfg.ood.enabled:
         reporter.phase("Fitting the out-of-distribution reference", None)
         card.ood = fit_guard(model, train, val, cfg, run, fit.train_features, fit.val_features)
+    card.lesion = _lesion_head(cfg, data, train, val, run, reporter)
     write_card(run, card)
     return TrainResult(run, card, fit.history)
+
+
+def _lesion_head(cfg: Config, data: PreparedData, train: Split, val: Split, run: Path, reporter: Reporter):
+    """Fit the lesion localisation head on the training and validation images when the data has outlines
+    (the head has no early stopping, so the validation images only add examples); its card section or None."""
+    from liverscan.training import lesion as lesion_training
+
+    rows = [r for r in data.rows if r["split"] in ("train", "val")]
+    if not lesion_training.wanted(cfg, rows):
+        return None
+    by_path = {r["path"]: r for r in rows}
+    ordered = [by_path[p] for p in [*train.paths, *val.paths]]
+    images = np.concatenate([train.x, val.x]) if len(val.y) else train.x
+    reporter.phase(f"Lesion localisation head ({cfg.lesion.epochs} epochs)", None)
+    return lesion_training.train_for_run(cfg, ordered, images, run, lambda msg: reporter.phase(msg, None))
 
 
 @dataclass
@@ -495,6 +513,8 @@ def _model_card(
         architecture={
             "backbone": f"MobileNetV2 alpha {cfg.model.alpha}, frozen, BatchNorm in inference mode",
             "head": head_description(cfg, len(data.classes)),
+            "features": cfg.model.feature_set,
+            "flip_average": cfg.model.flip_average,
             "parameters": params,
         },
         backbone_weights=_weights_source(cfg.model.weights, cfg),
@@ -503,6 +523,8 @@ def _model_card(
             "dropout": cfg.model.dropout,
             "dense_units": cfg.model.dense_units,
             "head": cfg.model.head,
+            "features": cfg.model.feature_set,
+            "flip_average": cfg.model.flip_average,
         },
         data={
             "prepared_dir": str(data.dir.resolve()),

@@ -1,0 +1,242 @@
+"""Where the lesion is: a run's lesion head applied to each image, and its map turned into a finding.
+
+The head (``lesion.keras``, or an exported ``lesion.tflite`` / ``lesion.onnx``) maps the classifier's input
+``(N, S, S, 3)`` to a lesion probability per input pixel.  Images are squashed to ``S x S``, so a finding's
+coordinates are converted back to pixels of the image as given (its original width and height, EXIF
+orientation applied; a DICOM frame's columns and rows) with :func:`liverscan.core.annotations.to_original`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from liverscan.core import lesion as core
+from liverscan.core.annotations import to_original
+from liverscan.core.errors import ModelError
+
+#: the colour of the predicted outline drawn over an image
+OUTLINE_COLOUR = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class LesionFinding:
+    """Where the lesion head points in one image (pixels of the image as given; ``[x, y]``, continuous).
+
+    ``probability``: the map's maximum; ``found``: a region of ``p >= threshold`` at least ``min_area`` of the
+    image remains; ``peak``: the most probable pixel's centre (of the strongest region when found);
+    ``bbox`` ``[x0, y0, x1, y1]`` and ``outline`` (polygon, the region's largest component): the strongest
+    region (None / empty when none); ``area_fraction``: the share of the image all kept regions cover;
+    ``count``: regions kept.
+    """
+
+    found: bool
+    probability: float
+    peak: tuple[float, float]
+    bbox: tuple[float, float, float, float] | None
+    area_fraction: float
+    outline: tuple[tuple[float, float], ...]
+    count: int
+
+    def caption(self, threshold: float = core.THRESHOLD) -> str:
+        """One line for an overlay or a table."""
+        if self.found:
+            return f"lesion probability (outline: p >= {threshold:g})"
+        return f"no lesion found (max probability {self.probability:.2f})"
+
+
+def _square(prob_map: np.ndarray) -> np.ndarray:
+    p = np.asarray(prob_map, dtype=np.float32)
+    if p.ndim != 2 or p.shape[0] != p.shape[1] or not p.size:
+        raise ValueError(f"a lesion map must be square (S, S), not {p.shape}")
+    return p
+
+
+def _points(points, width: int, height: int, side: int) -> list[tuple[float, float]]:
+    return [(round(float(x), 2), round(float(y), 2)) for x, y in to_original(points, width, height, side)]
+
+
+def find_lesion(
+    prob_map: np.ndarray,
+    width: int,
+    height: int,
+    threshold: float = core.THRESHOLD,
+    min_area: float = core.MIN_AREA,
+) -> LesionFinding:
+    """The finding of one ``(S, S)`` probability map, in pixels of a ``width`` x ``height`` image."""
+    p = _square(prob_map)
+    side = p.shape[0]
+    kept = core.regions(p, threshold, min_area)
+    if kept:
+        top = kept[0]
+        (peak,) = _points([top.peak], width, height, side)
+        corners = _points([top.bbox[:2], top.bbox[2:]], width, height, side)
+        outline = tuple(_points(top.outline, width, height, side))
+        return LesionFinding(
+            found=True,
+            probability=round(float(p.max()), 6),
+            peak=peak,
+            bbox=(*corners[0], *corners[1]),
+            area_fraction=round(float(sum(r.area_fraction for r in kept)), 6),
+            outline=outline,
+            count=len(kept),
+        )
+    x, y, value = core.peak(p)
+    (peak,) = _points([(x, y)], width, height, side)
+    return LesionFinding(False, round(value, 6), peak, None, 0.0, (), 0)
+
+
+def mask_image(
+    prob_map: np.ndarray,
+    width: int,
+    height: int,
+    threshold: float = core.THRESHOLD,
+    min_area: float = core.MIN_AREA,
+) -> Image.Image:
+    """The predicted lesion mask at the image's own size: an 8-bit greyscale image, 255 = lesion, 0 elsewhere."""
+    p = core.upsample(_square(prob_map), width, height)
+    mask = core.predicted_mask(p, threshold, min_area)
+    return Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+
+
+def outlines(prob_map: np.ndarray, width: int, height: int, threshold: float, min_area: float) -> list[np.ndarray]:
+    """The outline polygons ``(N, 2)`` [x, y] of every kept region, in pixels of a ``width`` x ``height`` image."""
+    p = _square(prob_map)
+    return [to_original(r.outline, width, height, p.shape[0]) for r in core.regions(p, threshold, min_area)]
+
+
+def draw_outlines(image: Image.Image, polygons: list[np.ndarray], colour=OUTLINE_COLOUR) -> Image.Image:
+    """A copy of ``image`` (RGB) with closed ``polygons`` (its pixel coordinates) drawn on it."""
+    from PIL import ImageDraw
+
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(max(out.size) / 256))
+    for poly in polygons:
+        pts = [(float(x), float(y)) for x, y in np.asarray(poly).reshape(-1, 2)]
+        if len(pts) >= 3:
+            draw.line(pts + pts[:1], fill=colour, width=width)
+    return out
+
+
+def draw_finding(image: np.ndarray | Image.Image, finding: LesionFinding, source_size: tuple[int, int]) -> Image.Image:
+    """``image`` (the image of ``source_size`` = (width, height), shown at any size) with the finding's outline."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    if not finding.outline:
+        return img.convert("RGB")
+    scale = np.array([img.width / source_size[0], img.height / source_size[1]])
+    return draw_outlines(img, [np.asarray(finding.outline, dtype=np.float64) * scale])
+
+
+def lesion_picture(image: np.ndarray | Image.Image, prob_map: np.ndarray, threshold: float, min_area: float):
+    """The lesion overlay of one image: its probability map in colour and the predicted outline on top."""
+    from liverscan.serving.explain import overlay
+
+    base = np.asarray(image)
+    h, w = base.shape[:2]
+    picture = overlay(base, np.clip(np.asarray(prob_map, dtype=np.float32), 0.0, 1.0))
+    return draw_outlines(picture, outlines(prob_map, w, h, threshold, min_area))
+
+
+class LesionHead:
+    """A run's lesion head: ``maps(images)`` gives ``(N, S, S)`` probabilities for ``(N, S, S, 3)`` pixels 0..255.
+
+    Runs on the Keras model, or on an exported ``lesion.tflite`` / ``lesion.onnx`` through
+    :class:`~liverscan.serving.runtime.MapRunner` when that runtime was chosen and the file exists.
+    """
+
+    def __init__(self, path: Path, size: int, threshold: float, min_area: float, model=None, runner=None):
+        self.path, self.size = Path(path), size
+        self.threshold, self.min_area = threshold, min_area
+        self._model, self._runner = model, runner
+        self.kind = "keras" if runner is None else str(getattr(runner, "kind", Path(path).suffix.lstrip(".")))
+        self.batch_size = 32
+
+    @classmethod
+    def load(cls, card, model_path: Path, runtime: str = "keras", batch_size: int = 32) -> LesionHead | None:
+        """The head the card describes (None when the run has none), on ``runtime`` where it was exported
+        (``auto``: an exported file whose runtime is installed; else the Keras model)."""
+        from liverscan.core.artifacts import LESION_FILE, LESION_ONNX_FILE, LESION_TFLITE_FILE
+
+        entry = card.lesion
+        if not entry:
+            return None
+        folder = Path(model_path).parent
+        keep = dict(
+            size=card.image_size,
+            threshold=float(entry.get("threshold", core.THRESHOLD)),
+            min_area=float(entry.get("min_area", core.MIN_AREA)),
+        )
+        runner = _exported(folder / LESION_TFLITE_FILE, folder / LESION_ONNX_FILE, runtime, batch_size)
+        if runner is not None:
+            if tuple(runner.input_shape) != (card.image_size, card.image_size, 3):
+                raise ModelError(f"{runner.path}: input {tuple(runner.input_shape)} does not match the model card")
+            head = cls(runner.path, runner=runner, **keep)
+        else:
+            path = folder / str(entry.get("file") or LESION_FILE)
+            head = cls(path, model=_load_keras_head(path, card.image_size, entry), **keep)
+        head.batch_size = batch_size
+        return head
+
+    def maps(self, images: np.ndarray) -> np.ndarray:
+        """Lesion probability maps ``(N, S, S)`` float32 for ``(N, S, S, 3)`` images."""
+        x = np.asarray(images, dtype=np.float32)
+        if self._runner is not None:
+            return np.asarray(self._runner.maps(x), dtype=np.float32).reshape(len(x), self.size, self.size)
+        from liverscan.core.model import pad_batch
+
+        out = []
+        for start in range(0, len(x), self.batch_size):
+            chunk = x[start : start + self.batch_size]
+            pred = np.asarray(self._model.predict_on_batch(pad_batch(chunk, self.batch_size)), dtype=np.float32)
+            out.append(pred[: len(chunk), ..., 0])
+        return np.concatenate(out) if out else np.zeros((0, self.size, self.size), np.float32)
+
+    def finding(self, prob_map: np.ndarray, width: int, height: int) -> LesionFinding:
+        return find_lesion(prob_map, width, height, self.threshold, self.min_area)
+
+    def describe(self) -> str:
+        return f"{self.kind}, outline p >= {self.threshold:g}"
+
+
+def _exported(tflite: Path, onnx: Path, runtime: str, batch_size: int) -> Any:
+    """A MapRunner on the exported head the runtime asks for, when it exists (None: use the Keras head)."""
+    from liverscan.serving import runtime as rt
+
+    runner_class = getattr(rt, "MapRunner", None)
+    if runner_class is None or runtime == "keras":
+        return None
+    if runtime == "tflite" or (runtime == "auto" and rt.available()):
+        if tflite.is_file():
+            return runner_class(tflite, batch_size=batch_size)
+    if runtime == "onnx" or (runtime == "auto" and rt.onnx_available()):
+        if onnx.is_file():
+            return runner_class(onnx, batch_size=batch_size)
+    return None
+
+
+def _load_keras_head(path: Path, size: int, entry: dict | None = None):
+    from liverscan.core.model import load_model
+
+    if not path.is_file():
+        raise ModelError(f"{path}: the model card names a lesion head but the file is missing (or predict --no-lesion)")
+    try:
+        if path.suffix == ".npz":  # packed float16 weights (the shipped default model): rebuilt from the card
+            e = entry or {}
+            layers = e.get("layers") or core.DEFAULT_LAYERS
+            model = core.load_packed(path, size, layers, int(e.get("width") or 32))
+        else:
+            model = load_model(path)
+    except ModelError as exc:
+        raise ModelError(f"{exc}; predict without the lesion head with --no-lesion") from None
+    shape_in, shape_out = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
+    if shape_in != (size, size, 3) or shape_out != (size, size, 1):
+        raise ModelError(
+            f"{path}: lesion head {shape_in} -> {shape_out} does not match the model card's {size}px input "
+            f"(expected ({size}, {size}, 3) -> ({size}, {size}, 1))"
+        )
+    return model

@@ -1,0 +1,281 @@
+"""Training the lesion localisation head (:mod:`liverscan.core.lesion`) on a prepared directory's outlines.
+
+Targets: the share of each decoder pixel (stride 4) inside the lesion outline.  Images of classes in which no
+image has a lesion outline (normal, fatty) teach "no lesion" (all-zero targets); an image of a lesion class
+without an outline is left out (unknown, not "nothing there"); an explicit empty outline is "nothing there".
+
+Training: the decoder and the backbone's blocks from ``lesion.fine_tune_from`` on (BatchNorm statistics stay
+frozen) with soft Dice + BCE from logits, Adam with cosine decay, batch ``lesion.batch_size``, augmentation by
+horizontal flip plus a small zoom / shift and brightness / contrast change applied to image and target alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liverscan.core import lesion
+from liverscan.core.annotations import has_lesion_outlines, lesion_free_classes
+from liverscan.core.config import Config
+
+STRIDE = 4  # the decoder's output stride with lesion.DEFAULT_LAYERS
+
+
+@dataclass
+class LesionTargets:
+    """Training targets of one split: ``coverage`` ``(N, side, side)`` float32 and ``known`` ``(N,)`` bool."""
+
+    coverage: np.ndarray
+    known: np.ndarray
+
+    @property
+    def n_lesion(self) -> int:
+        return int((self.coverage.reshape(len(self.coverage), -1).max(axis=1) > 0)[self.known].sum())
+
+    @property
+    def n_free(self) -> int:
+        return int(self.known.sum()) - self.n_lesion
+
+
+def lesion_targets(rows: Sequence[dict[str, str]], side: int, free: set[str] | None = None) -> LesionTargets:
+    """Targets for manifest ``rows`` (with ``lesion_annotation``, ``width``, ``height``, ``class``)."""
+    from liverscan.core.annotations import read_annotation
+
+    free = lesion_free_classes(rows) if free is None else free
+    cov = np.zeros((len(rows), side, side), np.float32)
+    known = np.zeros(len(rows), bool)
+    for i, r in enumerate(rows):
+        path = r.get("lesion_annotation") or ""
+        if path:
+            ann = read_annotation(path, int(r["width"]), int(r["height"]), "lesion")
+            cov[i] = ann.coverage(side)
+            known[i] = True
+        elif r["class"] in free:
+            known[i] = True
+    return LesionTargets(cov, known)
+
+
+def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One training view of image ``x`` (S, S, 3) and target ``t`` (side, side)."""
+    if rng.random() < 0.5:
+        x, t = x[:, ::-1], t[:, ::-1]
+    x = x.astype(np.float32)
+    if not full:
+        return x, t
+    from scipy import ndimage
+
+    zoom = rng.uniform(0.85, 1.15)
+    shift = rng.uniform(-0.08, 0.08, 2)
+
+    def warp(a: np.ndarray) -> np.ndarray:
+        n = a.shape[0]
+        c = (n - 1) / 2
+        mat = np.eye(2) / zoom
+        off = np.array([c, c]) - mat @ np.array([c, c]) - shift * n / zoom
+        if a.ndim == 3:
+            return np.stack([ndimage.affine_transform(a[..., k], mat, off, order=1) for k in range(a.shape[2])], -1)
+        return ndimage.affine_transform(a, mat, off, order=1)
+
+    x, t = warp(x), warp(np.ascontiguousarray(t))
+    x = np.clip(x * rng.uniform(0.8, 1.25) + rng.uniform(-20, 20), 0, 255)
+    return x.astype(np.float32), t.astype(np.float32)
+
+
+def _dataset(images: np.ndarray, targets: np.ndarray, idx: np.ndarray, batch: int, seed: int, full: bool):
+    from liverscan.core.keras_env import import_keras
+
+    keras: Any = import_keras()
+
+    class Views(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(idx)
+
+        def __len__(self) -> int:
+            return int(np.ceil(len(idx) / batch))
+
+        def __getitem__(self, k: int):
+            sel = self.order[k * batch : (k + 1) * batch]
+            xs, ts = zip(*(_augment(images[i], targets[i], self.rng, full) for i in sel))
+            return np.stack(xs), np.stack(ts)[..., None]
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(idx)
+
+    return Views()
+
+
+def set_trainable(backbone, first: str) -> list[str]:
+    """Make ``backbone``'s layers from ``first`` on trainable (BatchNorm stays frozen); ``""``: all frozen."""
+    import keras
+
+    names = [layer.name for layer in backbone.layers]
+    if first and first not in names:
+        from liverscan.core.errors import ConfigError
+
+        raise ConfigError(f"lesion.fine_tune_from: the backbone has no layer {first!r}")
+    on, tuned = False, []
+    for layer in backbone.layers:
+        on = on or (bool(first) and layer.name == first)
+        layer.trainable = on and not isinstance(layer, keras.layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            tuned.append(layer.name)
+    return tuned
+
+
+def fit_lesion_model(
+    images: np.ndarray,
+    targets: LesionTargets,
+    cfg: Config,
+    seed: int | None = None,
+    backbone=None,
+    log: Callable[[str], None] | None = None,
+    augment: bool = True,
+):
+    """Train the head on ``images`` (N, S, S, 3) uint8 with ``targets``; returns the serving model
+    (pixels 0..255 -> lesion probability ``(N, S, S, 1)``).  ``backbone``: a MobileNetV2 no-top to start from
+    (default: built from ``cfg.model``); it is changed in place when blocks are fine-tuned."""
+    from liverscan.core.keras_env import import_keras
+    from liverscan.core.model import build_backbone
+
+    keras = import_keras()
+    lc = cfg.lesion
+    seed = cfg.train.seed if seed is None else seed
+    keras.utils.set_random_seed(seed)
+    size = int(images.shape[1])
+    if backbone is None:
+        backbone = build_backbone(size, cfg.model.weights, cfg.model.alpha)
+        if cfg.model.weights.strip().lower() == "none":  # a random backbone needs usable BatchNorm statistics
+            from liverscan.core.model import calibrate_backbone_batchnorm
+
+            sample = np.random.default_rng(seed).permutation(len(images))[:256]
+            calibrate_backbone_batchnorm(backbone, images[np.sort(sample)])
+    set_trainable(backbone, lc.fine_tune_from)
+    features = lesion.multiscale_backbone(backbone, lesion.DEFAULT_LAYERS)
+    shapes = [tuple(s[1:]) for s in lesion._as_list(features.output_shape)]
+    decoder = lesion.build_decoder(shapes, lc.width, 1)
+    inp = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(inp)
+    outs = features(x, training=False)
+    trainer = keras.Model(inp, decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs]))
+    idx = np.flatnonzero(targets.known)
+    data = _dataset(images, targets.coverage, idx, lc.batch_size, seed, augment)
+    steps = max(1, len(data) * lc.epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(lc.learning_rate, steps, alpha=0.05)
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss=lesion.dice_bce_loss())
+    callbacks = []
+    if log is not None:
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda e, logs: log(f"lesion head: epoch {e + 1}/{lc.epochs}, loss {logs['loss']:.3f}")
+            )
+        )
+    trainer.fit(data, epochs=lc.epochs, verbose=0, callbacks=callbacks)
+    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS)
+
+
+def card_entry(cfg: Config, targets: LesionTargets, seconds: float, file: str | Path) -> dict[str, Any]:
+    """The model card's ``lesion`` section for a head trained with ``cfg`` on ``targets``."""
+    lc = cfg.lesion
+    return {
+        "file": Path(file).name,
+        "design": (
+            f"decoder (width {lc.width}) on MobileNetV2 features {', '.join(lesion.DEFAULT_LAYERS)}; "
+            + (f"backbone tuned from {lc.fine_tune_from}" if lc.fine_tune_from else "backbone frozen")
+        ),
+        "layers": list(lesion.DEFAULT_LAYERS),
+        "width": lc.width,
+        "output": "lesion probability per input pixel",
+        "threshold": lc.threshold,
+        "min_area": lc.min_area,
+        "training": {
+            "images_with_lesion": targets.n_lesion,
+            "images_without_lesion": targets.n_free,
+            "left_out": int((~targets.known).sum()),
+            "epochs": lc.epochs,
+            "batch_size": lc.batch_size,
+            "learning_rate": lc.learning_rate,
+            "loss": "soft Dice + binary cross-entropy",
+            "seconds": round(seconds, 1),
+        },
+    }
+
+
+def wanted(cfg: Config, rows: Sequence[dict[str, str]]) -> bool:
+    """Whether training fits the lesion head: ``lesion.head: auto`` and the data has lesion outlines."""
+    return cfg.lesion.head == "auto" and has_lesion_outlines(rows)
+
+
+def save_model_atomic(model, path: Path) -> None:
+    """Save a Keras model so that ``path`` is either the old file or the whole new one."""
+    staged = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(staged)
+    staged.replace(path)
+
+
+def train_for_run(
+    cfg: Config, rows: Sequence[dict[str, str]], images: np.ndarray, run: Path, log: Callable[[str], None] | None
+) -> dict[str, Any]:
+    """Fit the head on ``images`` / manifest ``rows`` (the training images of a run), save it as the run's
+    ``lesion.keras`` and return the card's ``lesion`` section."""
+    import time
+
+    from liverscan.core.artifacts import LESION_FILE
+
+    t0 = time.perf_counter()
+    side = int(images.shape[1]) // STRIDE
+    targets = lesion_targets(rows, side)
+    model = fit_lesion_model(images, targets, cfg, log=log)
+    save_model_atomic(model, run / LESION_FILE)
+    return card_entry(cfg, targets, time.perf_counter() - t0, LESION_FILE)
+
+
+def out_of_fold_maps(
+    cfg: Config,
+    rows: Sequence[dict[str, str]],
+    images: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    folder: Path,
+    log: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold lesion maps ``(N, S, S)`` float16 of a head fitted on each fold's training images, and the
+    mask of images that got one.  Each fold's maps are kept in ``folder/f<k>/lesion_maps.npy`` so a resumed run
+    skips finished folds."""
+    size = int(images.shape[1])
+    side = size // STRIDE
+    free = lesion_free_classes(rows)
+    targets = lesion_targets(rows, side, free)
+    maps = np.zeros((len(rows), size, size), np.float16)
+    done = np.zeros(len(rows), bool)
+    for k, (train_idx, test_idx) in enumerate(folds):
+        path = folder / f"f{k}" / "lesion_maps.npy"
+        if path.is_file():
+            maps[test_idx] = np.load(path)
+        else:
+            sub = LesionTargets(targets.coverage[train_idx], targets.known[train_idx])
+            model = fit_lesion_model(images[train_idx], sub, cfg, seed=cfg.train.seed + k, log=log)
+            fold_maps = lesion.predict_maps(model, images[test_idx]).astype(np.float16)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged = path.with_name(".lesion_maps.tmp.npy")
+            np.save(staged, fold_maps)
+            staged.replace(path)
+            maps[test_idx] = fold_maps
+        done[test_idx] = True
+        if log is not None:
+            log(f"lesion head: fold {k + 1}/{len(folds)} done")
+    return maps, done
+
+
+def write_oof(run: Path, paths: Sequence[str], maps: np.ndarray, done: np.ndarray) -> None:
+    """The run's ``lesion_oof.npz``: manifest ``paths`` and their out-of-fold ``maps`` (float16, input size)."""
+    from liverscan.core.artifacts import LESION_OOF_FILE
+
+    staged = run / f".{LESION_OOF_FILE}.tmp"
+    with open(staged, "wb") as fh:
+        np.savez_compressed(fh, paths=np.asarray(list(paths), dtype=str)[done], maps=maps[done])
+    staged.replace(run / LESION_OOF_FILE)
