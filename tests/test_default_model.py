@@ -41,6 +41,7 @@ def test_default_model_predicts_the_examples():
     assert all(r.predicted_class == "tumor" for r in malignant)
 
 
+@pytest.mark.slow
 def test_packed_keras_and_tflite_agree():
     from liverscan.serving import runtime
 

@@ -78,6 +78,7 @@ def test_sigkill_leaves_whole_records_and_a_rerun_never_clobbers_them(many_image
     assert not partial.exists() and assert_whole_records(out) == 3
 
 
+@pytest.mark.slow
 def test_nohup_keeps_ignoring_hangups(many_images, tmp_path):
     out = tmp_path / "out.csv"
     partial = out.with_name("out.csv.partial")
