@@ -77,9 +77,9 @@ def test_a_small_real_head_finds_made_up_lesions(discs, tmp_path: Path):
     assert np.mean(dices) >= 0.5, dices
     assert all(not lesion.regions(m) for m in maps[6:]), [float(m.max()) for m in maps[6:]]
     # the served model is a plain Keras file: saved and loaded in safe mode it gives the same maps
-    from liverscan.core.model import load_model
+    from liverscan.core.model import load_model, save_keras_atomic
 
-    lesion_training.save_model_atomic(model, tmp_path / "lesion.keras")
+    save_keras_atomic(model, tmp_path / "lesion.keras")
     again = lesion.predict_maps(load_model(tmp_path / "lesion.keras"), images[test])
     np.testing.assert_allclose(again, maps, atol=1e-5)
 

@@ -43,6 +43,24 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
+def npy_bytes(array: Any) -> bytes:
+    """``array`` in NumPy's ``.npy`` format (for :func:`write_bytes_atomic`)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def npz_bytes(*arrays: Any, **named: Any) -> bytes:
+    """``arrays`` (``arr_0``, ...) and ``named`` arrays as a compressed ``.npz`` (for :func:`write_bytes_atomic`)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, *arrays, **named)
+    return buf.getvalue()
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 

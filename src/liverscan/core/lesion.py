@@ -115,13 +115,9 @@ def build_lesion_model(
 
 def save_packed(model, path) -> None:
     """A lesion model's weights as float16 (``.npz``, about half the size; rebuilt by :func:`load_packed`)."""
-    from pathlib import Path
+    from liverscan.core.fileio import npz_bytes, write_bytes_atomic
 
-    target = Path(path)
-    staged = target.with_name(f".{target.name}.tmp")
-    with open(staged, "wb") as fh:
-        np.savez_compressed(fh, *[np.asarray(w).astype(np.float16) for w in model.get_weights()])
-    staged.replace(target)
+    write_bytes_atomic(path, npz_bytes(*[np.asarray(w).astype(np.float16) for w in model.get_weights()]))
 
 
 def load_packed(path, size: int, layers: Sequence[str] = DEFAULT_LAYERS, width: int = 32, alpha: float = 1.0):

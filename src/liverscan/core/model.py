@@ -513,6 +513,14 @@ def _name_initialisers(node) -> None:
             _name_initialisers(value)
 
 
+def save_keras_atomic(model, path: str | Path) -> None:
+    """Save a Keras model so that ``path`` is either the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+
+
 def load_model(path: str | Path):
     """Load a saved ``.keras`` model in safe mode (no code embedded in the file runs), or packed weights."""
     keras = import_keras()

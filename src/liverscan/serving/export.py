@@ -268,9 +268,7 @@ def _verified(both, staged: Path, target: Path, runner_class, images: np.ndarray
     finally:
         staged.unlink(missing_ok=True)
     return {
-        "file": target.name,
-        "sha256": sha256_file(target),
-        "bytes": target.stat().st_size,
+        **_file_figures(target),
         "outputs": ["probabilities", "features"],
         "max_abs_difference_vs_keras": diff,
         "feature_max_relative_difference_vs_keras": fdiff,

@@ -38,7 +38,6 @@ from liverscan.training.train import (
     _cached_epoch_data,
     _model_card,
     _one_hot,
-    _save_keras_atomic,
     compile_trainer,
     guard_reference,
     run_in_directory,
@@ -82,7 +81,14 @@ def cross_validate(
 
 
 def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> TrainResult:
-    from liverscan.core.model import build_model, calibrate_batchnorm, count_params, head_of, set_linear_head
+    from liverscan.core.model import (
+        build_model,
+        calibrate_batchnorm,
+        count_params,
+        head_of,
+        save_keras_atomic,
+        set_linear_head,
+    )
 
     t_start = time.perf_counter()
     t = cfg.train
@@ -152,7 +158,7 @@ def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Report
             False,
             {"epochs": f"{epochs} (median best epoch over the folds)"},
         )
-    _save_keras_atomic(model, run / art.MODEL_FILE)
+    save_keras_atomic(model, run / art.MODEL_FILE)
     art.write_history(run, fit.history)
     card = _model_card(cfg, data, run, count_params(model), cw, fit, None, time.perf_counter() - t_start)
     card.extra["cross_validation"] = {

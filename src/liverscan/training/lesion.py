@@ -21,6 +21,7 @@ import numpy as np
 from liverscan.core import lesion
 from liverscan.core.annotations import has_lesion_outlines, lesion_free_classes
 from liverscan.core.config import Config
+from liverscan.core.fileio import npy_bytes, npz_bytes, write_bytes_atomic
 
 STRIDE = 4  # the decoder's output stride with lesion.DEFAULT_LAYERS
 
@@ -211,13 +212,6 @@ def wanted(cfg: Config, rows: Sequence[dict[str, str]]) -> bool:
     return cfg.lesion.head == "auto" and has_lesion_outlines(rows)
 
 
-def save_model_atomic(model, path: Path) -> None:
-    """Save a Keras model so that ``path`` is either the old file or the whole new one."""
-    staged = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(staged)
-    staged.replace(path)
-
-
 def train_for_run(
     cfg: Config, rows: Sequence[dict[str, str]], images: np.ndarray, run: Path, log: Callable[[str], None] | None
 ) -> dict[str, Any]:
@@ -226,12 +220,13 @@ def train_for_run(
     import time
 
     from liverscan.core.artifacts import LESION_FILE
+    from liverscan.core.model import save_keras_atomic
 
     t0 = time.perf_counter()
     side = int(images.shape[1]) // STRIDE
     targets = lesion_targets(rows, side)
     model = fit_lesion_model(images, targets, cfg, log=log)
-    save_model_atomic(model, run / LESION_FILE)
+    save_keras_atomic(model, run / LESION_FILE)
     return card_entry(cfg, targets, time.perf_counter() - t0, LESION_FILE)
 
 
@@ -260,10 +255,7 @@ def out_of_fold_maps(
             sub = LesionTargets(targets.coverage[train_idx], targets.known[train_idx])
             model = fit_lesion_model(images[train_idx], sub, cfg, seed=cfg.train.seed + k, log=log)
             fold_maps = lesion.predict_maps(model, images[test_idx]).astype(np.float16)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staged = path.with_name(".lesion_maps.tmp.npy")
-            np.save(staged, fold_maps)
-            staged.replace(path)
+            write_bytes_atomic(path, npy_bytes(fold_maps))
             maps[test_idx] = fold_maps
         done[test_idx] = True
         if log is not None:
@@ -275,7 +267,5 @@ def write_oof(run: Path, paths: Sequence[str], maps: np.ndarray, done: np.ndarra
     """The run's ``lesion_oof.npz``: manifest ``paths`` and their out-of-fold ``maps`` (float16, input size)."""
     from liverscan.core.artifacts import LESION_OOF_FILE
 
-    staged = run / f".{LESION_OOF_FILE}.tmp"
-    with open(staged, "wb") as fh:
-        np.savez_compressed(fh, paths=np.asarray(list(paths), dtype=str)[done], maps=maps[done])
-    staged.replace(run / LESION_OOF_FILE)
+    paths_done = np.asarray(list(paths), dtype=str)[done]
+    write_bytes_atomic(run / LESION_OOF_FILE, npz_bytes(paths=paths_done, maps=maps[done]))

@@ -73,12 +73,6 @@ def compile_trainer(model, cfg: Config, learning_rate: float):
     return model
 
 
-def _save_keras_atomic(model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
-
-
 # ----------------------------------------------------------------------------- the run directory
 
 
@@ -168,7 +162,14 @@ def run_in_directory(
 
 
 def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> TrainResult:
-    from liverscan.core.model import build_model, calibrate_batchnorm, count_params, head_of, unfreeze_top_blocks
+    from liverscan.core.model import (
+        build_model,
+        calibrate_batchnorm,
+        count_params,
+        head_of,
+        save_keras_atomic,
+        unfreeze_top_blocks,
+    )
 
     t_start = time.perf_counter()
     classes = data.classes
@@ -208,7 +209,7 @@ def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> Tr
     # ---- outputs
     reporter.phase("Writing model and card", None)
     unfreeze_top_blocks(model, 0)  # the probability-output model; training only ever compiled views of it
-    _save_keras_atomic(model, run / art.MODEL_FILE)
+    save_keras_atomic(model, run / art.MODEL_FILE)
     art.write_history(run, fit.history)
     if fit.history:
         from liverscan.core.plots import training_curves
