@@ -30,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
+from _smoke import subset
 
 from liverscan.core.config import Config, SourceSpec
 from liverscan.core.dataset import PreparedData
@@ -110,16 +111,6 @@ def paired_difference(y, probs, base, groups, n_resamples: int, seed: int) -> di
     }
 
 
-def _subset(data: Path, target: Path, per_class: int) -> Path:
-    """A small copy of the data (links to the first images of each class folder), for the smoke mode."""
-    for cls in sorted(p for p in data.iterdir() if p.is_dir()):
-        images = sorted((cls / "image").glob("*.*")) or sorted(p for p in cls.glob("*.*") if p.is_file())
-        (target / cls.name).mkdir(parents=True, exist_ok=True)
-        for img in images[:per_class]:
-            (target / cls.name / img.name).symlink_to(img.resolve())
-    return target
-
-
 def _ci(value: float, ci) -> str:
     return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{value:.3f}"
 
@@ -142,7 +133,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="liverscan-features-"))
     options = option_sets(args.sizes)
     if args.smoke:
-        args.data = _subset(args.data, work / "subset", 8)
+        args.data = subset(args.data, work / "subset", 8)
         args.folds, args.bootstrap = 2, 50
         options = [("multistage", min(args.sizes), True)]
     from liverscan.core.keras_env import import_keras

@@ -14,6 +14,9 @@ the two model inputs (the reduce changes pixels of such images slightly, never o
 images under 4 megapixels).
 
     python benchmarks/decode_memory.py [--repeats 3] [--megapixels 89]
+    python benchmarks/decode_memory.py --smoke     # 6-megapixel images, one run: checks that it runs
+
+A decoding run that fails stops the benchmark with its exit code and error output.
 """
 
 from __future__ import annotations
@@ -71,7 +74,9 @@ def make_images(folder: Path, megapixels: float) -> list[str]:
 
 
 def run(variant: str, paths: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, variant, *paths], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, variant, *paths], capture_output=True, text=True)
+    if out.returncode != 0:  # a failed run is an error, never a figure
+        raise SystemExit(f"decoding ({variant}) failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -79,7 +84,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--megapixels", type=float, default=89.0)
+    ap.add_argument("--smoke", action="store_true", help="6-megapixel images (still reduced), one run")
     args = ap.parse_args()
+    if args.smoke:
+        args.megapixels, args.repeats = 6.0, 1
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:

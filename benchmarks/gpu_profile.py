@@ -1,14 +1,17 @@
 """Where predict's time goes on an accelerator (or a CPU): each part alone, then end to end.
 
     python benchmarks/gpu_profile.py RUN_DIR IMAGE_FOLDER [--n 2048]
+    python benchmarks/gpu_profile.py --smoke     # the shipped model on examples/images, pools of 2: checks it runs
 
 Prints images/s (median of 3 timed repetitions after a warm-up) for:
-- decoding real files: thread pools of 2 and 16, a process pool of 16;
+- decoding real files: thread pools of 2 and 16, a process pool of 16 (``--workers`` sets the 16);
 - the model on host arrays: ``predict_on_batch`` per batch (what predict uses) at batch 32 and 256,
   and one jitted call of the same model (JAX backend only);
 - the out-of-distribution guard (image checks + kNN score) on the same arrays;
 - ``Classifier.iter_predict`` end to end (decode + image checks, model, kNN score, records) with 2 and 16
   decoding threads and 16 decoding processes.
+
+The images are the folder's image files (its subfolders included).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rate(fn, n: int, repeats: int = 3) -> float:
@@ -35,16 +40,28 @@ def rate(fn, n: int, repeats: int = 3) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path)
-    ap.add_argument("images", type=Path)
+    ap.add_argument("run", type=Path, nargs="?", help="run directory (default with --smoke: the shipped model)")
+    ap.add_argument("images", type=Path, nargs="?", help="image folder (default with --smoke: examples/images)")
     ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--workers", type=int, default=16, help="the larger decoding pools (threads and processes)")
+    ap.add_argument("--smoke", action="store_true", help="pools of 2, batches of 8: checks that it runs on a CPU")
     args = ap.parse_args()
+    batches = (32, 256)
+    if args.smoke:
+        from liverscan.serving import default_model_dir
+
+        args.run = args.run or default_model_dir()
+        args.images = args.images or REPO / "examples" / "images"
+        args.workers, batches = 2, (8,)
+    if args.run is None or args.images is None:
+        ap.error("give RUN_DIR and IMAGE_FOLDER")
 
     from liverscan.core.images import load_image
     from liverscan.core.keras_env import accelerator, backend_name
     from liverscan.serving import Classifier
 
-    paths = sorted(str(p) for p in args.images.iterdir())[: args.n]
+    suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+    paths = sorted(str(p) for p in args.images.rglob("*") if p.suffix.lower() in suffixes)[: args.n]
     n = len(paths)
     print(f"backend {backend_name()} on {accelerator()}; {n} images; {os.cpu_count()} CPU cores")
 
@@ -55,17 +72,20 @@ def main() -> None:
 
         return go
 
-    for label, pool_cls, workers in (
-        ("decode, 2 threads", ThreadPoolExecutor, 2),
-        ("decode, 16 threads", ThreadPoolExecutor, 16),
-        ("decode, 16 processes", ProcessPoolExecutor, 16),
+    many = args.workers
+    for label, pool_cls, workers in dict.fromkeys(  # each once (--workers 2 makes two the same)
+        [
+            ("decode, 2 threads", ThreadPoolExecutor, 2),
+            (f"decode, {many} threads", ThreadPoolExecutor, many),
+            (f"decode, {many} processes", ProcessPoolExecutor, many),
+        ]
     ):
         print(f"{label:<42} {rate(decode_with(pool_cls, workers), n, repeats=1):>9.0f} images/s", flush=True)
 
     x = np.stack([load_image(p) for p in paths[:256]]).astype(np.float32)
     x = np.concatenate([x] * (n // len(x) + 1))[:n]
     clf = Classifier.load(args.run, runtime="keras")
-    for bs in (32, 256):
+    for bs in batches:
         print(
             f"{'model, predict_on_batch, batch ' + str(bs):<42} {rate(lambda bs=bs: clf.outputs(x, bs), n):>9.0f} images/s",
             flush=True,
@@ -87,15 +107,17 @@ def main() -> None:
             return [np.asarray(o[0]) for o in outs]
 
         print(f"{'model, one jitted call per 256 (JAX)':<42} {rate(jitted, n - n % 256):>9.0f} images/s", flush=True)
-    probs, feats = clf.outputs(x[:512], 256)
+    probs, feats = clf.outputs(x[:512], max(batches))
     from liverscan.core.guard import assess
 
     u8 = x[:512].astype(np.uint8)
-    print(f"{'guard (image checks + kNN)':<42} {rate(lambda: assess(clf.reference, u8, feats), 512):>9.0f} images/s")
-    for workers, decode in ((2, "threads"), (16, "threads"), (16, "processes")):
+    print(
+        f"{'guard (image checks + kNN)':<42} {rate(lambda: assess(clf.reference, u8, feats), len(u8)):>9.0f} images/s"
+    )
+    for workers, decode in dict.fromkeys([(2, "threads"), (many, "threads"), (many, "processes")]):
 
         def e2e(workers=workers, decode=decode):
-            for _ in clf.iter_predict(paths, batch_size=256, workers=workers, decode=decode):
+            for _ in clf.iter_predict(paths, batch_size=max(batches), workers=workers, decode=decode):
                 pass
 
         label = f"end to end, iter_predict, {workers} {decode}"

@@ -58,11 +58,11 @@ import numpy as np  # noqa: E402
 
 from liverscan.core import lesion  # noqa: E402
 from liverscan.core.annotations import image_size, load_annotation, mask_coverage  # noqa: E402
+from liverscan.core.dedup import link_groups, near_duplicate_pairs, perceptual_hash  # noqa: E402
 from liverscan.core.images import load_image  # noqa: E402
 from liverscan.core.keras_env import import_keras  # noqa: E402
 from liverscan.evaluation.localisation import LocalisationMetrics, MapScores, score_localisation  # noqa: E402
 from liverscan.evaluation.results import format_with_ci  # noqa: E402
-from liverscan.preparation.dedup import link_groups, near_duplicate_pairs, perceptual_hash  # noqa: E402
 
 CLASSES = {"Benign": "tumour", "Malignant": "tumour", "Normal": "normal"}
 LAYERS = lesion.DEFAULT_LAYERS

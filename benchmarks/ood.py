@@ -15,6 +15,7 @@ feature score against the xu test split, for:
   scanner UI, burned-in text, an ECG trace, gain / gamma / contrast, blur).
 
     python benchmarks/ood.py [--shared ../shared] [--retention 0.95]
+    python benchmarks/ood.py --smoke     # 8 xu images per class and 8 Byra patches: checks that it runs
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import io
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
+from _smoke import subset
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +91,7 @@ def non_ultrasound(test_paths: list[str], rng) -> dict[str, list[np.ndarray]]:
         synthetic.append(decode(im))
     for i in range(6):  # 2x2 collages of xu images in a browser window
         im, d = browser(1400, 1000, (255, 255, 255) if i % 2 == 0 else (200, 200, 205))
-        for k, j in enumerate(rng.choice(len(test_paths), 4, replace=False)):
+        for k, j in enumerate(rng.choice(len(test_paths), 4, replace=len(test_paths) < 4)):
             tile = Image.open(test_paths[j]).convert("RGB").resize((560, 420))
             im.paste(tile, (80 + (k % 2) * 600, 110 + (k // 2) * 450))
         synthetic.append(decode(im))
@@ -184,9 +187,14 @@ ALTERATIONS = [
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "benchmark-ood")
+    ap.add_argument("--out", type=Path, default=None, help="working folder (default: runs/benchmark-ood)")
     ap.add_argument("--retention", type=float, default=0.95)
+    ap.add_argument(
+        "--smoke", action="store_true", help="8 xu images per class and 8 Byra patches: checks that it runs"
+    )
     args = ap.parse_args()
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="liverscan-ood-")) if args.smoke else REPO / "runs" / "benchmark-ood"
     weights = args.shared / "weights" / "mobilenet_v2_1.0_160_no_top.h5"
     if not (args.shared / "data" / "xu-liver").is_dir() or not weights.is_file():
         print("benchmark skipped: ../shared data or weights not found")
@@ -203,21 +211,23 @@ def main() -> int:
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     cfg = Config()
-    cfg.data.sources = [SourceSpec(str(args.shared / "data" / "xu-liver"), name="xu")]
+    xu = args.shared / "data" / "xu-liver"
+    cfg.data.sources = [SourceSpec(str(subset(xu, args.out / "subset", 8) if args.smoke else xu), name="xu")]
     prepare_dataset(cfg, args.out / "prepared", overwrite=True)
     data = PreparedData(args.out / "prepared")
     train, val, test = (data.split(s, 160) for s in ("train", "val", "test"))
     extractor = feature_extractor(build_model(2, 160, str(weights)))
 
-    def features(x: np.ndarray) -> np.ndarray:
-        return compute_features(extractor, np.asarray(x))
+    def features(x: np.ndarray) -> np.ndarray:  # batches are padded to one size: small ones in a smoke run
+        return compute_features(extractor, np.asarray(x), batch_size=8 if args.smoke else 128)
 
     ref = guard.fit(features(train.x), train.y, method=cfg.ood.method, k=cfg.ood.k)
     ref = guard.calibrate(ref, guard.scores(ref, features(val.x)), args.retention, f"val (n={len(val.y)})")
     sets: dict[str, np.ndarray] = {"xu-liver test split (in distribution)": test.x}
     sets.update({k: np.stack(v) for k, v in non_ultrasound(test.paths, rng).items()})
-    byra = sorted((args.shared / "data" / "byra-rois" / "rois").glob("*.png"))
-    sets["Byra patches (another scanner)"] = np.stack([decode(str(p)) for p in byra])
+    byra = sorted((args.shared / "data" / "byra-rois" / "rois").glob("*.png"))[: 8 if args.smoke else None]
+    if byra:
+        sets["Byra patches (another scanner)"] = np.stack([decode(str(p)) for p in byra])
     for kind in ALTERATIONS:
         sets[f"xu test, altered: {kind}"] = np.stack([decode(alter(Image.open(p), kind)) for p in test.paths])
 

@@ -7,6 +7,11 @@ a random heatmap (its peak is a uniformly random pixel) over the whole image and
 over the scan fan (``outline`` polygon), and the image centre.
 
     python benchmarks/pointing_game.py --model runs/xu
+    python benchmarks/pointing_game.py --data path/to/xu-liver   # every tumour image of the folder, shipped model
+    python benchmarks/pointing_game.py --data path/to/xu-liver --smoke   # 6 of them: checks that it runs
+
+With ``--data`` the tumour images (``Benign/`` and ``Malignant/``) of an xu-liver folder are scored instead of
+a run's splits (the shipped model has seen them in training: its figure is not out of sample).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 from matplotlib.path import Path as Polygon
+from PIL import Image
 
 from liverscan.core.fileio import read_csv
 from liverscan.core.images import load_image
@@ -36,20 +42,44 @@ def polygon(path: Path) -> Polygon | None:
     return Polygon(np.asarray(pts, dtype=float)) if len(pts) >= 3 else None
 
 
+def folder_rows(data: Path, limit: int | None = None) -> list[dict]:
+    """The tumour images of an xu-liver folder (the first ``limit``), as manifest rows (path, width, height)."""
+    images = sorted(data.glob("[BM]*/image/*.jpg"), key=lambda p: (p.parts[-3], int(p.stem) if p.stem.isdigit() else 0))
+    rows = []
+    for img in images[:limit]:
+        with Image.open(img) as im:
+            w, h = im.size
+        rows.append({"path": str(img), "width": str(w), "height": str(h)})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="run directory trained on a prepared xu-liver dataset")
+    ap.add_argument("--model", default=None, help="run directory trained on a prepared xu-liver dataset")
     ap.add_argument("--splits", default="val,test")
+    ap.add_argument("--data", type=Path, default=None, help="an xu-liver folder: score its tumour images instead")
     ap.add_argument("--samples", type=int, default=2000, help="random points per image for the baselines")
+    ap.add_argument("--smoke", action="store_true", help="6 tumour images of --data: checks that it runs")
     args = ap.parse_args()
+    if args.smoke and args.data is None:
+        ap.error("--smoke needs --data XU_LIVER")
+    if args.model is None and args.data is None:
+        ap.error("give --model RUN (its validation and test splits) or --data XU_LIVER")
+    if args.model is None:
+        from liverscan.serving import default_model_dir
+
+        args.model = str(default_model_dir())
     clf = Classifier.load(args.model, runtime="keras")
     if "tumor" not in clf.classes:
         print("the model has no 'tumor' class", file=sys.stderr)
         return 1
-    prepared = Path(clf.card["data"]["prepared_dir"])
-    rows = [
-        r for r in read_csv(prepared / "manifest.csv") if r["split"] in args.splits.split(",") and r["class"] == "tumor"
-    ]
+    if args.data is not None:
+        rows = folder_rows(args.data, 6 if args.smoke else None)
+        args.splits = f"{args.data.name}, tumour images"
+    else:
+        prepared = Path(clf.card["data"]["prepared_dir"])
+        splits = args.splits.split(",")
+        rows = [r for r in read_csv(prepared / "manifest.csv") if r["split"] in splits and r["class"] == "tumor"]
     rng = np.random.default_rng(0)
     hits, rand_image, rand_fan, centre, n = 0, [], [], 0, 0
     size = clf.image_size

@@ -27,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
+from _smoke import subset
 
 from liverscan.core.config import Config, SourceSpec
 from liverscan.core.dataset import PreparedData
@@ -68,7 +69,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="liverscan-bench-"))
     folds, epoch_limit = 5, 100
     if args.smoke:
-        args.data = _subset(args.data, work / "subset", 12)
+        args.data = subset(args.data, work / "subset", 12)
         args.fit_epochs, args.views, folds, epoch_limit = 2, 1, 2, 2
     from liverscan.core.keras_env import import_keras
 
@@ -88,16 +89,6 @@ def main() -> int:
     if args.head in ("both", "mlp"):
         mlp(cfg, prepared, work, args.fit_epochs, args.views, epoch_limit)
     return 0
-
-
-def _subset(data: Path, target: Path, per_class: int) -> Path:
-    """A small copy of the data (links to the first images of each class folder), for the smoke mode."""
-    for cls in sorted(p for p in data.iterdir() if p.is_dir()):
-        images = sorted((cls / "image").glob("*.jpg")) or sorted(cls.glob("*.jpg"))
-        (target / cls.name).mkdir(parents=True, exist_ok=True)
-        for img in images[:per_class]:
-            (target / cls.name / img.name).symlink_to(img.resolve())
-    return target
 
 
 def linear(cfg: Config, prepared: Path, work: Path, folds: int) -> None:

@@ -49,7 +49,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from liverscan.core import guard
-    from liverscan.core.artifacts import OOD_FILE, ModelCard, read_card
+    from liverscan.core.artifacts import OOD_FILE, ModelCard, read_card, seal
     from liverscan.core.dataset import PreparedData
     from liverscan.core.errors import LiverscanError
     from liverscan.core.model import feature_extractor, load_model
@@ -127,6 +127,7 @@ def main() -> int:
                     "tumour images: " + figures_line(oof) + " (95% CIs). The classifier's decision does not use it."
                 )
         card = ModelCard.from_dict(d)
+        seal(card, staged)  # the packed files' sha256 and the classes' digest, checked when the model loads
         (staged / "model_card.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
         (staged / "model_card.md").write_text(card.to_markdown())
         m = cv["metrics"]["model"]

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -229,3 +230,34 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.slow  # a real Streamlit server: seconds to start
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_app_stopped_by_a_signal_exits_as_every_command_does(sig, code):
+    """Streamlit exits 0 however it is stopped; `liverscan app` says how: 130 for Ctrl+C, 143 for SIGTERM."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "liverscan", "app", "--port", str(port), "--address", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("the app did not start")
+        server.send_signal(sig)
+        out, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == code, out
+    assert "Traceback" not in out, out

@@ -89,3 +89,37 @@ def test_history_round_trip(tmp_path):
     ]
     write_history(tmp_path, rows)
     assert read_history(tmp_path) == [{**rows[0], "epoch": 1.0}]
+
+
+def test_card_markdown_leaves_out_training_fields_that_do_not_apply():
+    """A linear probe has no optimizer, batch or epochs: its card says C and how it was fitted, never "None"."""
+    linear = {
+        "mode": "linear probe",
+        "loss": "class-balanced logistic loss (scikit-learn, lbfgs)",
+        "C": 0.03162277660168379,
+        "inner_folds": 5,
+        "seconds": 139.7,
+        "seed": 42,
+        "backend": "tensorflow",
+        "device": "cpu",
+        "best": {"stage": "linear probe (refit on all images)", "epoch": None, "val_accuracy": None},
+        "epochs_run": 0,
+    }
+    md = ModelCard.from_dict({**V0_CARD, "training": linear}).to_markdown()
+    line = next(x for x in md.splitlines() if x.startswith("- Training:"))
+    assert "None" not in md and "batch" not in line and "epoch" not in line and "limit" not in line
+    assert "C = 0.03162 (inner 5-fold group cross-validation)" in line and "139.7 s on cpu (tensorflow)" in line
+    mlp = {
+        "mode": "paper",
+        "loss": "weighted cross-entropy",
+        "optimizer": "adam",
+        "batch_size": 32,
+        "epochs_run": 12,
+        "epoch_limit": 50,
+        "best": {"epoch": 9, "stage": "head"},
+        "seed": 1,
+    }
+    line = next(x for x in ModelCard.from_dict({**V0_CARD, "training": mlp}).to_markdown().splitlines() if "Train" in x)
+    assert line == "- Training: paper mode, loss weighted cross-entropy, adam, batch 32, 12 epochs (limit 50), " + (
+        "best epoch 9 (head), seed 1"
+    )

@@ -24,6 +24,21 @@ def test_help_does_not_import_tensorflow():
     assert out.stdout.strip() == "[]"
 
 
+def test_help_loads_only_what_it_shows():
+    # start-up time (benchmarks/startup.py): --help needs neither the configuration schema, YAML, numpy nor
+    # the run-directory contract; each command loads them when it runs
+    code = (
+        "import sys; from liverscan.faces.cli import main; sys.argv = ['liverscan', '--help']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "loaded = [m for m in ('yaml', 'numpy', 'liverscan.core.config', 'liverscan.core.artifacts') if m in sys.modules]\n"
+        "print(loaded, file=sys.stderr)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "[]", out.stderr
+    assert "predict" in out.stdout
+
+
 def test_python_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "liverscan", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "liverscan" in out.stdout
@@ -39,12 +54,12 @@ def test_config_prints_defaults_as_yaml():
 
 def test_unknown_config_key_is_one_line_error(tmp_path):
     r = runner.invoke(app, ["config", "--set", "train.nope=1"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # a usage error
     assert "unknown configuration key(s): train.nope" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  depth: 3\n")
     r = runner.invoke(app, ["config", "--config", str(bad)])
-    assert r.exit_code == 1 and "model.depth" in r.stderr
+    assert r.exit_code == 2 and "model.depth" in r.stderr
 
 
 def test_prepare_cli_end_to_end(two_source_dataset, tmp_path):
@@ -194,3 +209,95 @@ def test_renamed_options_keep_their_old_spelling_hidden_and_say_what_replaced_it
     r = runner.invoke(app, ["predict", "examples/images", "--operating-point"])
     assert "--operating-point is now --use-operating-point" in r.stderr
     assert "liverscan evaluate RUN --fit-operating-point" in r.stderr  # the old switch took effect
+
+
+# -- exit codes: one table, every command ------------------------------------------------------------------------
+
+EXAMPLE = "examples/images/Normal/xu-92.jpg"
+#: for every command, a usage error found after parsing (the value is checked by liverscan, not by Click)
+USAGE_ERRORS = {
+    "config": (["config", "--set", "train.nope=1"], "train.nope"),
+    "prepare": (["prepare", "somewhere"], "--out DIR"),
+    "train": (["train", "--epochs", "3"], "--data PREPARED_DIR"),
+    "evaluate": (["evaluate", "somewhere", "--set", "eval.split=sideways"], "eval.split"),
+    "report": (["report", "a", "b"], "give one run directory"),
+    "predict": (["predict", EXAMPLE, "--engine", "spark"], "--engine must be local or ray"),
+    "export": (["export", "somewhere", "--runtime", "coreml"], "unknown export format"),
+    "app": (["app", "--port", "0"], "--port"),
+}
+
+
+def test_every_command_exits_2_for_a_usage_error():
+    """Click's convention, the same for a value Click checks (--batch-size 0, --port 0) and one liverscan checks
+    after parsing (--set keys, --engine, a missing --out): never the code of a partial failure (4) or of a
+    model or data error (1)."""
+    from liverscan.faces import EXIT_USAGE
+
+    assert set(USAGE_ERRORS) == {c.name for c in app.registered_commands}, "a command without a usage-error check"
+    cases = [*USAGE_ERRORS.values(), (["predict", EXAMPLE, "--batch-size", "0"], "--batch-size")]
+    cases += [(["predict", EXAMPLE, "--runtime", "fast"], "unknown runtime"), (["train", "--bogus"], "--bogus")]
+    for args, fragment in cases:
+        r = runner.invoke(app, args, terminal_width=200)
+        assert r.exit_code == EXIT_USAGE, (args, r.exit_code, r.output)
+        assert fragment in " ".join(r.output.split()) and "Traceback" not in r.output, (args, r.output)
+
+
+def test_predict_exit_codes_tell_a_partial_failure_from_an_error(tmp_path):
+    """All predicted: 0; some files failed (records say why): 4; nothing could be done (no model): 1."""
+    import shutil
+
+    from liverscan.faces import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED
+
+    shutil.copy(EXAMPLE, tmp_path / "good.jpg")
+    assert runner.invoke(app, ["predict", str(tmp_path / "good.jpg"), "-q"]).exit_code == EXIT_OK
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    r = runner.invoke(app, ["predict", str(tmp_path), "-o", str(tmp_path / "out.csv"), "-q"])
+    assert r.exit_code == EXIT_SOME_FAILED, r.output
+    assert "1 of 2 images predicted" in r.stderr and "broken.jpg" in r.stderr
+    r = runner.invoke(app, ["predict", str(tmp_path / "good.jpg"), "--model", str(tmp_path / "nothing")])
+    assert r.exit_code == EXIT_ERROR, r.output
+
+
+def test_readme_exit_code_table_is_the_codes_in_the_code():
+    """The README's one table of exit codes lists exactly the constants (and the stop codes 128 + signal)."""
+    import re
+    import signal
+    from pathlib import Path
+
+    from liverscan import faces
+    from liverscan.faces.cli import Stopped, _signal_code
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if re.match(r"\|\s*\d", line)]
+    table = {}
+    for row in rows:
+        codes, meaning = [cell.strip() for cell in row.strip("|").split("|", 1)]
+        for code in re.findall(r"\d+", codes):
+            table[int(code)] = meaning
+    expected = {
+        faces.EXIT_OK: "done",
+        faces.EXIT_ERROR: "error",
+        faces.EXIT_USAGE: "usage error",
+        faces.EXIT_SOME_FAILED: "some files failed",
+    }
+    stops = {
+        _signal_code(KeyboardInterrupt()): "Ctrl+C",
+        _signal_code(Stopped(signal.SIGTERM)): "SIGTERM",
+        _signal_code(Stopped(signal.SIGHUP)): "SIGHUP",
+    }
+    assert set(table) == set(expected) | set(stops), table
+    for code, words in {**expected, **stops}.items():
+        assert words in table[code], (code, table[code])
+    assert 3 not in table and "3 is left to `examples/reproduce.py`" in section  # reproduce.py's "nothing reproduced"
+
+
+def test_help_shows_flags_as_plain_flags():
+    """A flag takes no value: --version, --quiet, --overwrite, --help show no '<bool>' type beside them."""
+    for args in ([], ["predict"], ["train"], ["prepare"]):
+        text = runner.invoke(app, [*args, "--help"], terminal_width=200).output
+        assert "<bool>" not in text and "--help" in text, (args, text)
+        assert "<int" in text or "<text>" in text or "<path>" in text or not args  # option values keep their type
+    text = runner.invoke(app, ["--help"], terminal_width=200).output
+    assert "--version" in text and "Show the version and exit." in text
+    assert runner.invoke(app, ["--version"]).exit_code == 0

@@ -80,6 +80,18 @@ def test_values_are_validated_when_loaded(override, key):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize(
+    "override, key, most",
+    [("eval.bootstrap=1000000000", "eval.bootstrap", "100,000"), ("train.views=100000000", "train.views", "64")],
+)
+def test_counts_past_their_upper_bound_are_refused_naming_the_key(override, key, most):
+    with pytest.raises(ConfigError, match=rf"{key.replace('.', '[.]')} must be at most {most} "):
+        load_config(None, [override])
+    r = runner.invoke(app, ["config", "--set", override])
+    assert r.exit_code != 0 and f"{key} must be at most {most}" in " ".join(r.stderr.split()), r.output
+    load_config(None, ["eval.bootstrap=100000", "train.views=64", "train.epochs=100000"])  # the bounds themselves pass
+
+
 def test_yaml_file_values_are_validated(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  epochs: 0\n")
@@ -97,18 +109,19 @@ def test_bad_configuration_values_are_one_line(tmp_path):
         (["config", "--set", "data.workers=-3"], "data.workers"),
     ]
     for args, fragment in cases:
-        one_line_error(runner.invoke(app, args), fragment)
+        one_line_error(runner.invoke(app, args), fragment, code=2)  # a usage error
 
 
 def test_non_finite_and_negative_learning_rates_and_empty_splits_are_refused(tmp_path):
     for value in ("nan", "-0.001", "inf"):
-        one_line_error(runner.invoke(app, ["config", "--set", f"train.learning_rate={value}"]), "learning_rate")
+        one_line_error(runner.invoke(app, ["config", "--set", f"train.learning_rate={value}"]), "learning_rate", code=2)
     data = tmp_path / "d"
     for cls in ("normal", "tumor"):
         (data / cls).mkdir(parents=True)
         class_image(0, 1).save(data / cls / "a.png")
     for split in ("0/0/100", "0/100/0"):
-        one_line_error(runner.invoke(app, ["prepare", str(data), "-o", str(tmp_path / "p"), "--split", split]), "ratio")
+        r = runner.invoke(app, ["prepare", str(data), "-o", str(tmp_path / "p"), "--split", split])
+        one_line_error(r, "ratio", code=2)
     assert not (tmp_path / "p").exists()
 
 
@@ -134,3 +147,16 @@ def test_readme_config_round_trip_reaches_every_command(tmp_path):
     r = runner.invoke(app, ["prepare", str(data), "-o", str(tmp_path / "p"), "-c", str(tmp_path / "1.0.yaml")])
     assert r.exit_code == 0, r.output
     assert "review_confidence: 1.0" in (tmp_path / "p" / "config.yaml").read_text()
+
+
+def test_a_damaged_saved_configuration_is_a_run_error_not_a_usage_error(tmp_path):
+    from liverscan.core.config import load_saved_config
+    from liverscan.core.errors import ConfigError, RunDirError
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text("train: [unclosed\n")
+    with pytest.raises(RunDirError, match="config.yaml: not valid YAML.*damaged") as caught:
+        load_saved_config(saved)
+    assert not isinstance(caught.value, ConfigError)  # exit 1 (a damaged run), not 2 (a usage error)
+    saved.write_text("train:\n  epochs: 3\n")
+    assert load_saved_config(saved).train.epochs == 3

@@ -160,7 +160,7 @@ def test_cli_folds_evaluates_out_of_fold_and_refuses_a_leaky_split(patients, tmp
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "Out of fold (72 predictions, 95% CI over groups)" in r.stdout
+    assert "Out of fold (72 predictions; 95% CI: bootstrap over groups" in r.stdout
     card = json.loads((tmp_path / "r" / "model_card.json").read_text())
     headline = card["cross_validation"]["metrics"]["model"]
     assert headline["balanced_accuracy"]["ci95"][0] <= headline["balanced_accuracy"]["value"]
@@ -173,6 +173,29 @@ def test_cli_folds_evaluates_out_of_fold_and_refuses_a_leaky_split(patients, tmp
     assert r.exit_code == 0, r.output
     card = json.loads((tmp_path / "r" / "model_card.json").read_text())
     assert card["operating_point"]["fitted_on"]["data"] == "out-of-fold predictions"
+    # the guard's table: every out-of-fold prediction in its "all" row, with its accuracy
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "r"), "--bootstrap", "20"], terminal_width=300)
+    assert r.exit_code == 0, r.output
+    cells = next(line for line in r.stdout.splitlines() if line.strip("│ ").startswith("all")).split("│")
+    assert cells[2].strip() == "72" and float(cells[4]) > 0, cells  # n (all), accuracy (all)
+    # external data with one of its images: left out (a cross-validated run is refit on every image); the
+    # stored temperature is described as fitted on the out-of-fold predictions, not on a validation split
+    ext = tmp_path / "ext"
+    for ci, cls in enumerate(("normal", "fatty", "tumor")):
+        (ext / cls).mkdir(parents=True)
+        class_image(ci, seed=9000 + ci, size=48).save(ext / cls / "new.png")  # 48 px: no near duplicates
+    seen = read_csv(base / "prep" / "manifest.csv")[0]
+    (ext / seen["class"] / "seen.png").write_bytes(open(seen["path"], "rb").read())
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "r"), "--data", str(ext), "--bootstrap", "20", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "1 evaluated image left out of the metrics, the run has seen them: 1 exact copy of a training image;" in (
+        " ".join(r.stderr.split())
+    )
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "r"), "--eval", str(tmp_path / "r" / "eval-external")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Results (external, n=3)" in md and "fitted on out-of-fold predictions (n=72)" in md
+    assert "fitted on validation" not in md
     r = CliRunner().invoke(app, ["report", "--compare", str(tmp_path / "r"), "-o", str(tmp_path / "cmp")])
     assert r.exit_code == 0, r.output
     assert "baseline: linear probe" in (tmp_path / "cmp" / "compare.md").read_text()

@@ -4,8 +4,8 @@ import numpy as np
 from PIL import Image
 
 from conftest import near_duplicate, noise_image
+from liverscan.core.dedup import link_groups, near_duplicate_pairs, perceptual_hash
 from liverscan.core.images import load_image
-from liverscan.preparation.dedup import link_groups, near_duplicate_pairs, perceptual_hash
 
 
 def _hash(img: Image.Image, tmp_path, name: str) -> int:

@@ -30,6 +30,13 @@ def test_shipped_model_card_is_complete():
     assert "/work/" not in text and "/tmp/" not in text and "/home/" not in text
     sizes = card["packed"]["bytes"]
     assert sizes["weights.npz"] < 6_000_000  # float16 weights
+    # every shipped model file is vouched for by the card (checked whenever the model loads)
+    assert set(card["integrity"]["files"]) == {"weights.npz", "ood_reference.npz", "lesion.weights.npz"}
+    from liverscan.core.artifacts import check_file, check_integrity, read_card
+
+    check_integrity(read_card(default_model_dir()), default_model_dir())
+    for name in ("model.tflite", "lesion.tflite"):
+        check_file(read_card(default_model_dir()), default_model_dir() / name, "")
 
 
 def test_default_model_predicts_the_examples():

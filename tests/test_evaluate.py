@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from cli_helpers import one_line_error
+from conftest import class_image, near_duplicate
 from liverscan.core.fileio import read_csv
 from liverscan.evaluation import evaluate
 from liverscan.faces.cli import app
@@ -86,12 +89,12 @@ def test_operating_point_stored_and_applied(run_copy):
 
 
 @pytest.mark.slow
-def test_evaluate_on_labelled_folders(run_copy, tiny_run, tmp_path):
+def test_evaluate_on_labelled_folders(run_copy, tmp_path):
     folder = tmp_path / "ext"
-    for cat in ("normal", "tumor"):
+    for ci, cat in ((0, "normal"), (2, "tumor")):
         (folder / cat).mkdir(parents=True)
-        for p in sorted((tiny_run["data"] / cat).glob("*.png"))[:3]:
-            shutil.copy(p, folder / cat / p.name)
+        for k in range(3):  # new images: copies of the run's own would be left out as seen
+            class_image(ci, seed=6000 + 10 * ci + k).save(folder / cat / f"{cat}_{k}.png")
     (folder / "tumor" / "broken.png").write_bytes(b"nope")
     res = evaluate(run_copy, data=str(folder), out=tmp_path / "ev", bootstrap=50)
     assert res.metrics.n == 6
@@ -104,3 +107,132 @@ def test_cli_evaluate(run_copy):
     assert "Overall" in r.stdout and "Per class" in r.stdout and "operating point" in r.stdout
     r = runner.invoke(app, ["evaluate", str(run_copy / "nope")])
     assert r.exit_code == 1 and "no such run directory" in r.stderr
+
+
+def _manifest_by_split(prep) -> dict[str, list[dict[str, str]]]:
+    rows = read_csv(prep / "manifest.csv")
+    return {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+
+
+@pytest.mark.slow
+def test_external_folder_with_the_runs_own_images_is_warned_and_left_out(run_copy, probe_run, tmp_path):
+    """A folder holding copies of training and validation images and a neighbouring frame of a training image:
+    a warning with the counts, the metrics on the other images only, and the list in metrics.json."""
+    from PIL import Image
+
+    splits = _manifest_by_split(probe_run["prep"])
+    folder = tmp_path / "ext"
+    for cls in ("normal", "fatty", "tumor"):
+        (folder / cls).mkdir(parents=True)
+    copies = splits["train"][:2] + splits["val"][:1] + splits["test"][:1]  # the test image was never seen
+    for r in copies:
+        shutil.copy(r["path"], folder / r["class"] / f"copy_{Path(r['path']).name}")
+    frame = splits["train"][2]
+    near_duplicate(Image.open(frame["path"]).convert("RGB"), 5).save(folder / frame["class"] / "frame.png")
+    for ci, cls in enumerate(("normal", "fatty", "tumor")):  # new images of each class
+        class_image(ci, seed=7000 + ci).save(folder / cls / "new.png")
+
+    r = runner.invoke(app, ["evaluate", str(run_copy), "--data", str(folder), "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    err = " ".join(r.stderr.split())
+    assert "4 evaluated images left out of the metrics" in err, err
+    assert (
+        "2 exact copies of training images, 1 exact copy of a validation image, 1 near duplicate of a training image"
+        in err
+    )
+    out = " ".join(r.stdout.split())
+    assert "Overall (external, n=4, 4 seen images left out;" in out, out
+    m = json.loads((run_copy / "eval-external" / "metrics.json").read_text())
+    assert m["split"] == "external" and m["n"] == 4  # three new images and the run's test image
+    leak = m["leakage"]
+    assert leak["excluded"] == 4 and leak["counts"] == {"exact": {"train": 2, "val": 1}, "near": {"train": 1, "val": 0}}
+    near = [i for i in leak["images"] if i["match"] == "near"]
+    assert [Path(i["path"]).name for i in near] == ["frame.png"] and near[0]["of"] == frame["path"]
+    assert 0 < near[0]["distance"] <= 6
+    predicted = {Path(row["path"]).name for row in read_csv(run_copy / "eval-external" / "predictions.csv")}
+    assert predicted == {"new.png", f"copy_{Path(splits['test'][0]['path']).name}"}
+    assert not (run_copy / "eval-test").exists()  # the run's own test evaluation is not overwritten
+
+    # nothing but seen images: a one-line error naming the data
+    only_seen = tmp_path / "seen"
+    (only_seen / "normal").mkdir(parents=True)
+    shutil.copy(splits["train"][0]["path"], only_seen / "normal" / "a.png")
+    r = runner.invoke(app, ["evaluate", str(run_copy), "--data", str(only_seen), "--bootstrap", "0", "-q"])
+    one_line_error(r, f"{only_seen}: every evaluated image is one the run has seen (1 exact copy of a training image)")
+
+
+@pytest.mark.slow
+def test_csv_patients_make_the_bootstrap_and_the_results_per_patient(run_copy, tmp_path):
+    """A labels CSV with a patient column (found by its name, or named with --group-column): the bootstrap
+    resamples patients and the results are also given per patient; the source is the CSV file."""
+    import csv
+
+    from liverscan.core.artifacts import load_run
+    from liverscan.evaluation.labelled import load_labelled
+
+    folder = tmp_path / "site" / "imgs"
+    folder.mkdir(parents=True)
+    rows = []
+    for ci, cls in enumerate(("normal", "fatty", "tumor")):
+        for k in range(6):  # two patients per class, three frames each
+            name = f"{cls}_{k}.png"
+            class_image(ci, seed=8000 + 100 * ci + k).save(folder / name)
+            rows.append({"file": f"imgs/{name}", "label": cls, "patient": f"{cls}{k // 3}"})
+    table = tmp_path / "site" / "labels.csv"
+    with open(table, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["file", "label", "patient"])
+        w.writeheader()
+        w.writerows(rows)
+    ds = load_labelled(load_run(run_copy), table, "test")  # the patient column found by its name
+    assert ds.groups is not None and len(set(ds.groups)) == 6 and ds.sources == ["labels.csv"] * 18
+
+    renamed = tmp_path / "site" / "cases.csv"
+    renamed.write_text(table.read_text().replace(",patient", ",case_id"))
+    r = runner.invoke(
+        app,
+        ["evaluate", str(run_copy), "--data", str(renamed), "--group-column", "case_id", "--bootstrap", "20", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads((run_copy / "eval-external" / "metrics.json").read_text())
+    assert m["split"] == "external" and m["n"] == 18 and m["argmax"]["bootstrap"]["resampled"] == "groups"
+    assert m["group_level"]["kind"] == "patients" and m["group_level"]["n_groups"] == 6
+    assert [s["source"] for s in m["ood"]["per_source"]] == ["cases.csv"]
+    assert m["leakage"]["excluded"] == 0
+
+
+def test_out_folder_holding_a_file_evaluate_did_not_write_is_refused_before_any_work(run_copy, tmp_path):
+    """--out into a folder of the user's: refused, naming the file, with nothing written (not even the operating
+    point into the card)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.docx").write_text("mine")
+    (out / "config.yaml").write_text("# my settings\n")
+    card = (run_copy / "model_card.json").read_bytes()
+    args = ["evaluate", str(run_copy), "--out", str(out), "--bootstrap", "0", "-q"]
+    refused = runner.invoke(app, [*args, "--fit-operating-point", "balanced"])
+    one_line_error(refused, f"{out / 'thesis.docx'}: not written by liverscan evaluate")
+    (out / "thesis.docx").unlink()
+    # alone, a config.yaml is a configuration (the one given to --config, say), not an evaluation's
+    one_line_error(runner.invoke(app, args), f"{out / 'config.yaml'}: not written by liverscan evaluate")
+    assert (out / "config.yaml").read_text() == "# my settings\n"
+    assert (run_copy / "model_card.json").read_bytes() == card
+    assert [p.name for p in out.iterdir()] == ["config.yaml"] and not (run_copy / "eval-test").exists()
+
+
+@pytest.mark.slow
+def test_out_folder_of_an_earlier_evaluation_is_written_over_and_then_guarded(run_copy, tmp_path):
+    """An empty --out folder, then the evaluation written there (replaced, as ever); a file added to it is
+    refused, and kept."""
+    out = tmp_path / "ev"
+    out.mkdir()
+    args = ["evaluate", str(run_copy), "--out", str(out), "--bootstrap", "0", "-q"]
+    stamps = []
+    for _ in range(2):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        stamps.append((out / "metrics.json").stat().st_mtime_ns)
+    assert stamps[1] > stamps[0]
+    assert {"predictions.csv", "metrics.json", "config.yaml", "roc.png"} <= {p.name for p in out.iterdir()}
+    (out / "notes.txt").write_text("mine")
+    one_line_error(runner.invoke(app, args), "notes.txt: not written by liverscan evaluate")
+    assert (out / "notes.txt").read_text() == "mine"

@@ -164,9 +164,41 @@ def test_model_without_reference_still_predicts(tmp_path):
     model = tmp_path / "old"
     shutil.copytree(default_model_dir(), model)
     (model / "ood_reference.npz").unlink()
+    card = json.loads((model / "model_card.json").read_text())
+    card.update(ood=None, versions={**card["versions"], "liverscan": "0.1.0"})  # a card from before the guard
+    (model / "model_card.json").write_text(json.dumps(card))
     r = CliRunner().invoke(app, ["predict", str(EXAMPLES / "Normal"), "--model", str(model), "-f", "csv"])
     assert r.exit_code == 0, r.output
     notices = [line for line in r.stderr.splitlines() if "no out-of-distribution reference" in line]
     assert len(notices) == 2 and notices[1].startswith("note:")  # the model line, and one notice line
+    assert "trained before liverscan 0.2" in notices[1]
     rows = list(__import__("csv").DictReader(io.StringIO(r.stdout)))
     assert rows and all(row["in_distribution"] == "" for row in rows)
+
+
+def test_guard_settings_are_the_models_own_at_prediction(probe_run):
+    image = str(next((probe_run["data"] / "tumor").glob("*.png")))
+    k = json.loads((probe_run["run"] / "model_card.json").read_text())["ood"]["k"]
+    for setting, fragment in ((f"ood.k={k + 1}", f"ood.k={k + 1} cannot be applied when predicting"),
+                              ("ood.method=mahalanobis", "fitted and calibrated with ood.method=knn")):  # fmt: skip
+        r = CliRunner().invoke(app, ["predict", image, "--model", str(probe_run["run"]), "--set", setting])
+        assert r.exit_code != 0 and "Traceback" not in r.stderr, r.output
+        lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and fragment in " ".join(r.stderr.split()), r.stderr
+    with pytest.raises(guard.GuardError, match="missing, though the model card records"):
+        Reference.for_model(probe_run["run"] / "absent.npz", required=True)
+    assert Reference.for_model(probe_run["run"] / "absent.npz") is None
+
+
+def test_a_guard_calibrated_on_few_images_says_so_in_the_card_and_when_predicting(probe_run):
+    rng = np.random.default_rng(0)
+    ref = guard.fit(rng.normal(size=(30, 8)), method="knn", k=3)
+    few = guard.calibrate(ref, rng.random(4), 0.95, "validation split (n=4)").describe()
+    assert few["n_calibration_images"] == 4 and "calibrated on only 4 images" in few["warning"]
+    enough = guard.calibrate(ref, rng.random(guard.MIN_CALIBRATION_IMAGES), 0.95, "validation split").describe()
+    assert "warning" not in enough
+    ood = json.loads((probe_run["run"] / "model_card.json").read_text())["ood"]  # 9 validation images
+    assert ood["n_calibration_images"] < guard.MIN_CALIBRATION_IMAGES and "calibrated on only" in ood["warning"]
+    image = str(next((probe_run["data"] / "tumor").glob("*.png")))
+    r = CliRunner().invoke(app, ["predict", image, "--model", str(probe_run["run"])])
+    assert r.exit_code == 0 and "calibrated on only" in " ".join(r.stderr.split()), r.output

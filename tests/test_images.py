@@ -180,3 +180,17 @@ def test_large_images_keep_their_exif_orientation(tmp_path, monkeypatch):
     full = images.load_image(tmp_path / "rotated.png").astype(int)
     assert np.abs(reduced - full).mean() < 1.0
     assert reduced[:30, -30:].mean() > 240  # the bright corner is now top right, as the viewer shows it
+
+
+def test_multi_page_tiff_pages_counted_and_read_in_order(tmp_path):
+    from liverscan.core.images import decode_pages
+
+    pages = [Image.new("L", (20 + k, 10), 40 * (k + 1)) for k in range(4)]
+    pages[0].save(tmp_path / "cine.tiff", save_all=True, append_images=pages[1:])
+    first = decode(tmp_path / "cine.tiff", size=8)
+    assert first.pages == 4 and first.array.mean() == 40
+    read = list(decode_pages(tmp_path / "cine.tiff", size=8))
+    assert [(p.width, int(p.array.mean())) for p in read] == [(20, 40), (21, 80), (22, 120), (23, 160)]
+    assert [p.pages for p in decode_pages((tmp_path / "cine.tiff").read_bytes(), size=8)] == [4] * 4
+    pages[0].save(tmp_path / "one.png")
+    assert [p.pages for p in decode_pages(tmp_path / "one.png", size=8)] == [1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -29,7 +30,7 @@ def test_fifo_named_or_in_a_folder_never_blocks(tmp_path):
     os.symlink("/dev/urandom", folder / "random.png")
     r = run_cli("predict", str(folder / "pipe.png"), str(folder / "random.png"), "--format", "jsonl", timeout=120)
     records = [json.loads(line) for line in r.stdout.splitlines()]
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == 4, r.stderr  # some files failed
     assert [rec["error"] for rec in records] == [
         "not a regular file (a FIFO (named pipe))",
         "not a regular file (a character device)",
@@ -59,7 +60,7 @@ def test_left_out_files_are_counted_with_their_reason(tmp_path):
     assert "2 not a supported file type (cine.gif, frame.webp)" in note
     assert "1 hidden (.hidden.png)" in note and "1 broken symbolic link (dangling.png)" in note
     r = runner.invoke(app, ["predict", str(folder / "dangling.png"), "--format", "jsonl"])
-    assert r.exit_code == 2 and json.loads(r.stdout)["error"] == "broken symbolic link"
+    assert r.exit_code == 4 and json.loads(r.stdout)["error"] == "broken symbolic link"
 
     data = tmp_path / "data"
     for cls in ("normal", "tumor"):
@@ -80,6 +81,7 @@ def test_misspelt_dicom_tag_is_refused_before_work(tmp_path):
     one_line_error(
         runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--dicom-tags", "PatientID,StudyDate,PatientNme"]),
         "did you mean PatientName?",
+        code=2,  # a usage error: a bad --dicom-tags value
     )
 
 
@@ -92,11 +94,75 @@ def test_bad_path_lists_and_groupings_fail_before_any_output(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("path,patient\na.png,p1\n")
     one_line_error(
-        runner.invoke(app, ["predict", str(good), "-o", str(out), "--group-by", "column:study"]), "no column 'study'"
+        runner.invoke(app, ["predict", str(good), "-o", str(out), "--group-by", "column:study"]),
+        "no column 'study'",
+        code=2,  # a usage error: the option asks for what the list does not have
     )
     one_line_error(
-        runner.invoke(app, ["predict", str(good), "-o", str(out), "--study-output", str(out)]), "different files"
+        runner.invoke(app, ["predict", str(good), "-o", str(out), "--study-output", str(out)]),
+        "different files",
+        code=2,
     )
     (tmp_path / "none").mkdir()
     one_line_error(runner.invoke(app, ["predict", str(tmp_path / "none"), "-o", str(out)]), "no input images")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "good.csv", "list.csv", "none"]  # no output
+
+
+def test_glob_through_link_loops_predicts_each_image_once(tmp_path):
+    """In a child process with a time limit: before, two links back to their folder made the glob endless."""
+    lab = tmp_path / "L"
+    for k, cls in enumerate(("normal", "tumor")):
+        (lab / cls).mkdir(parents=True)
+        class_image(k, k).save(lab / cls / f"{cls}.jpg")
+    os.symlink(".", lab / "normal" / "a")
+    os.symlink(".", lab / "normal" / "b")
+    r = run_cli("predict", f"{lab}/**/*.jpg", "--format", "csv", timeout=120)
+    assert r.returncode == 0, r.stderr
+    paths = [line.split(",")[0] for line in r.stdout.splitlines()[1:]]
+    assert paths == [f"{lab}/normal/normal.jpg", f"{lab}/tumor/tumor.jpg"]
+    note = " ".join(r.stderr.split())
+    assert "2 files in the given folders left out: 2 link to a folder containing it (a loop, not followed) (a, b)" in (
+        note
+    )
+
+
+def test_unreadable_sub_folder_is_in_the_note(tmp_path, monkeypatch):
+    from cli_helpers import OsProxy
+    from liverscan.core import files
+
+    folder = tmp_path / "in"
+    (folder / "closed").mkdir(parents=True)
+    class_image(0, 1).save(folder / "good.png")
+    class_image(0, 2).save(folder / "closed" / "hidden-by-permissions.png")
+    os.chmod(folder / "closed", 0)
+    try:
+        if os.access(folder / "closed", os.R_OK):  # as root: the walk's listing of the folder is refused instead
+
+            def scandir(path):
+                if Path(path) == folder / "closed":
+                    raise PermissionError(13, "Permission denied", str(path))
+                return os.scandir(path)
+
+            monkeypatch.setattr(files, "os", OsProxy(os, scandir=scandir))
+        r = runner.invoke(app, ["predict", str(folder), "--format", "csv"])
+    finally:
+        os.chmod(folder / "closed", 0o755)
+    assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 2, r.output
+    assert "1 unreadable folder: permission denied (closed)" in " ".join(r.stderr.split())
+
+
+def test_multi_page_tiff_pages_are_frames(tmp_path):
+    from liverscan.serving.inputs import load_input
+
+    pages = [class_image(k % 3, k) for k in range(3)]
+    pages[0].save(tmp_path / "cine.tif", save_all=True, append_images=pages[1:])
+    got = load_input(str(tmp_path / "cine.tif"), 32)
+    assert [rec.frame for rec, _ in got] == [1, 2, 3] and all(rec.ok for rec, _ in got)
+    assert [rec.source_size for rec, _ in got] == [(48, 48)] * 3
+    means = [float(arr.mean()) for _, arr in got]
+    assert means[0] < means[2] < means[1]  # dark, bright, mid-grey: each page read, in order
+    pages[0].save(tmp_path / "one.tif")
+    assert [rec.frame for rec, _ in load_input(str(tmp_path / "one.tif"), 32)] == [None]
+    r = runner.invoke(app, ["predict", str(tmp_path / "cine.tif"), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    assert [line.split(",")[1] for line in r.stdout.splitlines()[1:]] == ["1", "2", "3"]

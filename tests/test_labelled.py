@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from cli_helpers import runner
+from conftest import class_image
 from liverscan.faces.cli import app
 
 
@@ -16,10 +17,10 @@ def test_operating_point_with_unprepared_data_is_fitted_on_the_runs_validation_s
     run = tmp_path / "run"
     shutil.copytree(probe_run["run"], run)
     folders = tmp_path / "external"
-    for cls in ("normal", "fatty", "tumor"):
+    for ci, cls in enumerate(("normal", "fatty", "tumor")):
         (folders / cls).mkdir(parents=True)
-        for image in sorted((probe_run["data"] / cls).glob("*.png"))[:4]:
-            shutil.copy(image, folders / cls / image.name)
+        for k in range(4):  # new images: copies of the run's own would be left out as seen
+            class_image(ci, seed=6000 + 10 * ci + k).save(folders / cls / f"{cls}_{k}.png")
     r = runner.invoke(
         app,
         ["evaluate", str(run), "--data", str(folders), "--operating-point", "tumor>=0.9", "-q"]

@@ -151,3 +151,49 @@ def test_bootstrap_in_processes_gives_the_serial_intervals(monkeypatch):
     serial = bootstrap_intervals(y, p, ["a", "b", "c"], n_resamples=500, seed=7, groups=groups)
     assert parallel == serial
     assert parallel["intervals"]["accuracy"][0] < parallel["intervals"]["accuracy"][1]
+
+
+def test_proportions_get_wilson_intervals_that_do_not_collapse_at_one():
+    """12 of 12 right: a percentile bootstrap gives 1.000-1.000; the Wilson score interval does not."""
+    from scipy.stats import binomtest
+
+    y = np.repeat([0, 1], 6)
+    probs = np.eye(2)[y] * 0.8 + 0.1  # every image right
+    out = bootstrap_intervals(y, probs, ["normal", "tumor"], n_resamples=20, seed=0)
+    wilson = binomtest(12, 12).proportion_ci(method="wilson")
+    assert out["intervals"]["accuracy"] == pytest.approx([wilson.low, 1.0]) and wilson.low < 0.8
+    assert out["methods"]["accuracy"] == "wilson" and out["resampled"] == "images"
+    six = binomtest(6, 6).proportion_ci(method="wilson").low  # per class: 6 of 6
+    for key in ("normal.recall", "tumor.specificity", "tumor.precision"):
+        assert out["intervals"][key] == pytest.approx([six, 1.0]) and out["methods"][key] == "wilson"
+    # a proportion inside (0, 1): Wilson too, around the point estimate; AUCs stay bootstrap
+    pred = y.copy()
+    pred[:2] = 1  # two normals called tumor: accuracy 10 / 12
+    out = bootstrap_intervals(y, probs, ["normal", "tumor"], y_pred=pred, n_resamples=20, seed=0)
+    lo, hi = binomtest(10, 12).proportion_ci(method="wilson")
+    assert out["intervals"]["accuracy"] == pytest.approx([lo, hi]) and lo < 10 / 12 < hi
+    assert out["methods"]["macro_roc_auc"] == out["methods"]["balanced_accuracy"] == "bootstrap"
+
+
+def test_group_bootstrap_falls_back_to_wilson_over_groups_at_the_boundary():
+    """12 patients of 3 frames each, all right: Wilson over the 12 patients (not over 36 frames, not 1-1);
+    a proportion inside (0, 1) keeps the bootstrap over patients."""
+    from scipy.stats import binomtest
+
+    y = np.repeat([0, 1], 18)
+    probs = np.eye(2)[y] * 0.8 + 0.1
+    patients = np.repeat(np.arange(12), 3)
+    out = bootstrap_intervals(y, probs, ["normal", "tumor"], n_resamples=20, seed=0, groups=patients)
+    assert out["resampled"] == "groups" and out["methods"]["accuracy"] == "wilson over groups"
+    assert out["intervals"]["accuracy"] == pytest.approx([binomtest(12, 12).proportion_ci(method="wilson").low, 1.0])
+    six = binomtest(6, 6).proportion_ci(method="wilson").low  # 6 patients of each class
+    assert out["intervals"]["normal.recall"] == pytest.approx([six, 1.0])
+    pred = y.copy()
+    pred[:3] = 1  # the first patient's frames all wrong
+    out = bootstrap_intervals(y, probs, ["normal", "tumor"], y_pred=pred, n_resamples=50, seed=0, groups=patients)
+    assert out["methods"]["accuracy"] == "bootstrap"
+    lo, hi = out["intervals"]["accuracy"]
+    assert lo < 33 / 36 <= hi <= 1.0 and lo > 0.5
+    # groups of one image each are independent images: Wilson
+    single = bootstrap_intervals(y, probs, ["normal", "tumor"], n_resamples=20, seed=0, groups=np.arange(36))
+    assert single["resampled"] == "images" and single["methods"]["accuracy"] == "wilson"

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
 from liverscan.core.aggregate import aggregate_groups
-from liverscan.core.errors import ConfigError
+from liverscan.core.errors import ConfigError, ModelError
 from liverscan.core.operating_point import (
     ARGMAX,
     Goal,
@@ -112,9 +112,9 @@ def test_argmax_is_the_models_own_answer_and_is_not_stored():
 
 
 def test_malformed_card_entry_is_one_clear_error():
-    with pytest.raises(ConfigError, match="operating point is malformed"):
+    with pytest.raises(ModelError, match="operating point is malformed"):  # the model's card, not the user's request
         OperatingPoint.from_card({"spec": "tumor>=0.9"})
-    with pytest.raises(ConfigError, match="unknown level"):
+    with pytest.raises(ModelError, match="unknown level"):
         OperatingPoint.from_card({"spec": "x", "temperature": 1, "level": "ward"})
 
 

@@ -11,6 +11,7 @@ import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,8 +71,8 @@ def test_full_disk_keeps_whole_records(tmp_path, monkeypatch):
             monkeypatch.setattr(outputs, "os", OsProxy(os, write=write))
         out = target / "out.csv"
         r = runner.invoke(app, ["predict", str(folder), "-o", str(out), "-q", "--batch-size", "4"])
-        text = one_line_error(r, "No space left on device")
         partial = out.with_name("out.csv.partial")
+        text = one_line_error(r, f"{partial}: No space left on device")  # the file being written, named
         n = assert_whole_records(partial)
         assert 0 < n < 40 and f"{n} records so far kept" in text
 
@@ -105,3 +106,54 @@ def test_existing_output_needs_overwrite_and_concurrent_writers_are_refused(tmp_
     assert out.read_text() == "precious results\n"
     r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(out), "--overwrite", "-q"])
     assert r.exit_code == 0 and len(csv_rows(out)) == 2
+
+
+DEV_FULL = Path("/dev/full")
+
+
+def _on_dev_full(module, monkeypatch) -> None:
+    """Files ``module`` opens for writing go to /dev/full, where every write fails with a real ENOSPC."""
+    import builtins
+
+    def open_full(file, mode="r", *args, **kwargs):
+        return (
+            builtins.open(DEV_FULL, mode, *args, **kwargs)
+            if "w" in mode
+            else builtins.open(file, mode, *args, **kwargs)
+        )
+
+    monkeypatch.setattr(module, "open", open_full, raising=False)
+
+
+@pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full (Linux)")
+def test_atomic_write_on_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import liverscan.core.fileio as fileio
+
+    target = tmp_path / "out" / "metrics.json"
+    _on_dev_full(fileio, monkeypatch)
+    with pytest.raises(OSError) as info:
+        fileio.write_json_atomic(target, {"a": 1})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert str(info.value) == f"[Errno {errno.ENOSPC}] No space left on device: '{target}'"
+    assert list(target.parent.iterdir()) == []  # no temporary file left behind
+    # a writer that takes a file name (Keras, NumPy) gets the same: the file named, the temporary name removed
+    with pytest.raises(OSError) as info, fileio.atomic_path(target, suffix=".tmp.npy") as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".tmp.npy")
+        raise OSError(errno.ENOSPC, "No space left on device")  # as np.save raises it: no file name
+    assert info.value.filename == str(target) and list(target.parent.iterdir()) == []
+
+
+@pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full (Linux)")
+def test_full_disk_while_preparing_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import liverscan.core.fileio as fileio
+
+    src = tmp_path / "src"
+    for k in range(4):
+        (src / ("normal" if k % 2 else "tumor")).mkdir(parents=True, exist_ok=True)
+        class_image(k % 2, k).save(src / ("normal" if k % 2 else "tumor") / f"{k}.png")
+    out = tmp_path / "prep"
+    _on_dev_full(fileio, monkeypatch)
+    r = runner.invoke(app, ["prepare", str(src), "-o", str(out), "-q", "--no-cache"])
+    text = one_line_error(r, "No space left on device")
+    assert f"{out}/" in text and ": No space left on device" in text  # e.g. "prep/manifest.csv: No space ..."
+    assert not list(out.glob(".*tmp*"))

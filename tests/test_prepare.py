@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -193,3 +194,90 @@ def test_no_shortcut_when_geometry_is_uninformative(tmp_path):
             noise_image(int(rng.integers(1e6)), 64).save(root / cat / f"{k}.png")
     res = prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out")
     assert not res.summary["audit"]["shortcut"]["warning"]
+
+
+def _classes(root: Path, n: int = 4) -> Path:
+    """root/normal and root/tumor with ``n`` distinct images each."""
+    for k, cls in enumerate(("normal", "tumor")):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            noise_image(100 * k + i).save(root / cls / f"{cls}{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_glob_source_through_link_loops_ends_and_counts_them(tmp_path):
+    """In a child process with a time limit: before, the recursive glob never ended on these links."""
+    from cli_helpers import run_cli
+
+    lab = _classes(tmp_path / "L")
+    os.symlink(".", lab / "normal" / "a")
+    os.symlink(".", lab / "normal" / "b")
+    out = tmp_path / "p"
+    r = run_cli("prepare", f"{lab}/{{label}}/**/*.png", "--out", str(out), "--split-ratios", "50/25/25", timeout=120)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == 8 and summary["n_candidates"] == 8
+    assert summary["ignored_files"] == {"link to a folder containing it (a loop, not followed)": 2}
+    assert "2 files in the sources left out" in " ".join(r.stderr.split())
+
+
+def test_csv_sources_binary_tsv_and_empty_paths(tmp_path):
+    from cli_helpers import one_line_error, runner
+    from liverscan.faces.cli import app
+
+    data = _classes(tmp_path / "data")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    one_line_error(runner.invoke(app, ["prepare", str(binary), "--out", str(tmp_path / "p0")]), "binary.csv: not a")
+    assert not (tmp_path / "p0").exists()
+
+    rows = [f"{p.relative_to(tmp_path)}\t{p.parent.name}" for p in sorted(data.rglob("*.png"))]
+    tsv = tmp_path / "labels.tsv"
+    tsv.write_text("path\tlabel\n" + "\n".join(rows[:3]) + "\n\ttumor\n" + "\n".join(rows[3:]) + "\n")
+    r = runner.invoke(app, ["prepare", str(tsv), "--out", str(tmp_path / "p"), "--split-ratios", "50/25/25", "-q"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["n_images"] == 8 and summary["n_rejected"] == 1
+    assert summary["reject_reasons"] == {"CSV row with an empty path": 1}
+    rejects = read_csv(tmp_path / "p" / "rejects.csv")
+    assert [(r["path"], r["source_label"], r["reason"]) for r in rejects] == [
+        (f"{tsv}:5", "tumor", "CSV row with an empty path")
+    ]
+
+
+def test_images_outside_class_folders_are_reported(tmp_path):
+    from cli_helpers import runner
+    from liverscan.faces.cli import app
+
+    data = _classes(tmp_path / "data")
+    noise_image(7).save(data / "stray.png")
+    (data / "README.txt").write_text("not an image: not reported")
+    r = runner.invoke(app, ["prepare", str(data), "--out", str(tmp_path / "p"), "--split-ratios", "50/25/25"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["ignored_files"] == {"image outside the class sub-folders": 1} and summary["n_images"] == 8
+    assert "1 file in the sources left out (image outside the class sub-folders: 1)" in " ".join(r.stderr.split())
+
+
+def test_multi_page_tiff_uses_its_first_page_and_says_so(tmp_path):
+    data = _classes(tmp_path / "data")
+    pages = [noise_image(500 + k) for k in range(3)]
+    pages[0].save(data / "tumor" / "cine.tif", save_all=True, append_images=pages[1:])
+    res = prepare_dataset(_cfg(SourceSpec(str(data)), near_duplicate_distance=-1), tmp_path / "p")
+    cine = str((data / "tumor" / "cine.tif").resolve())
+    assert res.summary["multi_page_files"] == {cine: 3} and res.summary["n_images"] == 9
+    assert f"{cine}: TIFF has 3 pages; only the first is used" in res.warnings
+    row = next(i for i, r in enumerate(read_csv(tmp_path / "p" / "manifest.csv")) if r["path"] == cine)
+    np.testing.assert_array_equal(np.load(tmp_path / "p" / "images.npy")[row], load_image(cine, size=160))
+
+
+def test_prepare_never_writes_over_a_file_it_did_not_write(tmp_path):
+    data = _classes(tmp_path / "data")
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "config.yaml").write_text("mine: true\n")
+    for overwrite in (False, True):
+        with pytest.raises(RunDirError, match="config.yaml: exists and was not written by liverscan prepare"):
+            prepare_dataset(_cfg(SourceSpec(str(data))), out, overwrite=overwrite)
+    assert (out / "config.yaml").read_text() == "mine: true\n" and sorted(os.listdir(out)) == ["config.yaml"]

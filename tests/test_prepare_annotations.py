@@ -252,9 +252,9 @@ def test_cli_prints_outline_counts_and_rejected_annotations(tmp_path):
 def test_invalid_masks_pattern_is_a_one_line_error(tmp_path):
     ds = make_xu_dataset(tmp_path / "xu", n_tumour=1, n_normal=1, size=64)
     r = runner.invoke(app, ["prepare", str(ds["root"]), "-o", str(tmp_path / "o"), "--masks", "m/{stm}.png"])
-    one_line_error(r, "data.masks 'm/{stm}.png' is not a valid pattern")
+    one_line_error(r, "data.masks 'm/{stm}.png' is not a valid pattern", code=2)  # a bad --masks: a usage error
     r = runner.invoke(app, ["prepare", str(ds["root"]), "-o", str(tmp_path / "o"), "--masks", "m/all.png"])
-    one_line_error(r, "must contain {stem} or {name}")
+    one_line_error(r, "must contain {stem} or {name}", code=2)
     assert not (tmp_path / "o").exists()
     with pytest.raises(DataError, match="--masks"):
         _prepare(tmp_path / "o2", ds["root"], masks="{kind")

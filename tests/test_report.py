@@ -44,7 +44,10 @@ def test_report_has_every_section_and_is_self_contained(evaluated_run, tmp_path)
     assert "Research use only" in html and "different dataset" in md
     assert "0.896" in md  # the paper's accuracy beside ours
     assert "| metric | argmax | operating point |" in md
-    assert "fitted on validation" in md and "out of fold" not in md
+    # the temperature: what it was really fitted on (the run's prepared validation split)
+    fitted_on = json.loads((run / "model_card.json").read_text())["operating_point"]["fitted_on"]
+    assert f"fitted on {fitted_on['data']} (n={fitted_on['n']})" in md and "(val)" in fitted_on["data"]
+    assert "out of fold" not in md
     for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (run / img).is_file()
 
@@ -117,3 +120,83 @@ def test_cli_report_and_compare(evaluated_run, tiny_run, tmp_path):
     assert rows[0]["accuracy (95% CI)"] == format_with_ci(m.argmax.accuracy, m.argmax.ci("accuracy"))
     assert rows[1]["accuracy (95% CI)"] != "-"
     assert rows[2]["accuracy (95% CI)"] == "-"
+
+
+def test_compare_out_folder_holding_a_file_it_did_not_write_is_refused(probe_run, tmp_path):
+    """report --compare --out: an earlier comparison is written over, a folder holding any other file is refused
+    (naming it), and a same-named file there is left as it was."""
+    from cli_helpers import one_line_error
+
+    out = tmp_path / "cmp"
+    args = ["report", "--compare", str(probe_run["run"]), str(probe_run["run"]), "--out", str(out)]
+    for _ in range(2):  # a new folder, then the earlier comparison in it
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.md"]
+    (out / "compare.csv").write_text("my,own,table\n")
+    (out / "results.xlsx").write_bytes(b"mine")
+    one_line_error(runner.invoke(app, args), f"{out / 'results.xlsx'}: not written by liverscan report --compare")
+    assert (out / "compare.csv").read_text() == "my,own,table\n" and (out / "results.xlsx").read_bytes() == b"mine"
+    (out / "plots").mkdir()  # a folder of the user's too
+    (out / "results.xlsx").unlink()
+    one_line_error(runner.invoke(app, args), f"{out / 'plots'}: not written by liverscan report --compare")
+    (tmp_path / "a file").write_text("mine")
+    one_line_error(runner.invoke(app, [*args[:-1], str(tmp_path / "a file")]), "a file: not a folder")
+
+
+def test_intervals_say_which_they_are_and_do_not_collapse_at_one(evaluated_run, tmp_path):
+    """Proportions get Wilson intervals: an accuracy or recall of 1 on a handful of images is not 1.000-1.000;
+    report and terminal say which intervals they show; specificity has its interval too."""
+    run, ev = _copy(evaluated_run, tmp_path)
+    m = EvalMetrics.read(ev / METRICS_FILE)
+    boot = m.argmax.bootstrap
+    assert boot is not None and boot.methods["accuracy"] == "wilson" and boot.methods["macro_roc_auc"] == "bootstrap"
+    for key, method in boot.methods.items():
+        iv = boot.intervals[key]
+        if method == "wilson" and iv is not None:
+            assert iv[0] < iv[1], key  # never a point, also at 0 or 1
+    perfect = [c for c, v in m.argmax.per_class.items() if v.recall == 1.0]
+    assert perfect, "no recall of 1 to look at"
+    assert m.argmax.ci(f"{perfect[0]}.recall")[0] < 0.9  # a few images cannot show a recall near 1 for sure
+    _, md_path, _ = write_report(run)
+    md = md_path.read_text()
+    assert boot.describe() in md and "Wilson score intervals for the proportions" in md
+    spec = m.argmax.per_class[perfect[0]].specificity
+    assert format_with_ci(spec, m.argmax.ci(f"{perfect[0]}.specificity")) in md
+    buf = io.StringIO()
+    print_evaluation(m, Console(file=buf, width=400, color_system=None))
+    assert f"n={m.n}; 95% CI: Wilson for proportions, bootstrap over images otherwise)" in buf.getvalue()
+
+
+def test_ood_table_of_an_evaluation_without_sources_counts_every_image():
+    """A cross-validated evaluation has no per-source rows: its "all" row gives every image's count and
+    accuracy, not the in-distribution count beside a blank."""
+    from liverscan.evaluation.results import OodResult
+    from liverscan.faces.terminal import ood_table
+
+    ood = OodResult.from_dict(
+        {
+            "n_out_of_distribution": 29,
+            "in_distribution_rate": 0.95,
+            "all": {"n": 583, "accuracy": 0.91, "balanced_accuracy": 0.9, "macro_roc_auc": 0.97},
+            "in_distribution": {"n": 554, "accuracy": 0.93, "balanced_accuracy": 0.92, "macro_roc_auc": 0.98},
+            "per_source": [],
+        }
+    )
+    assert ood is not None
+    buf = io.StringIO()
+    Console(file=buf, width=300, color_system=None).print(ood_table(ood))
+    row = next(line for line in buf.getvalue().splitlines() if line.strip("│ ").startswith("all"))
+    assert [c.strip() for c in row.split("│")[1:-1]] == ["all", "583", "0.950", "0.910", "0.930", "0.970", "0.980"]
+
+
+def test_external_evaluation_is_labelled_external(evaluated_run, tmp_path):
+    """Labelled images given with --data are "external" in the report, not "test"."""
+    run, ev = _copy(evaluated_run, tmp_path)
+    raw = json.loads((ev / METRICS_FILE).read_text())
+    raw.update(split="external", data="site/labels.csv")
+    (ev / METRICS_FILE).write_text(json.dumps(raw))
+    _, md_path, _ = write_report(run, ev)
+    md = md_path.read_text()
+    assert f"## Results (external, n={raw['n']})" in md
+    assert "Data: site/labels.csv (external: labelled images, not a prepared split)." in md

@@ -355,7 +355,7 @@ def test_ray_actor_rows_carry_the_finding_through_the_shared_schema(head_run, im
     assert wide["lesion_found"] is True and plain["lesion_found"] is False and plain["lesion_bbox_x0"] is None
     assert abs(wide["lesion_peak_x"] - DISC[0]) < DISC[2] and wide["lesion_count"] == 1
     r = runner.invoke(app, ["predict", str(images["wide"]), "--engine", "ray", "--lesion-masks", "m", "-o", "out"])
-    assert r.exit_code == 1 and "--lesion-masks cannot be used with --engine ray" in r.output
+    assert r.exit_code == 2 and "--lesion-masks cannot be used with --engine ray" in r.output
 
 
 def test_terminal_table_says_where(clf, images):

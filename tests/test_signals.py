@@ -124,6 +124,45 @@ def test_sigterm_of_train_marks_the_run_interrupted_and_says_how_to_resume(tiny_
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.slow
+def test_sigterm_after_the_refit_leaves_a_run_that_resume_finishes_without_training_again(tiny_data, tmp_path):
+    from cli_helpers import run_cli
+    from liverscan.serving import runtime
+
+    run = tmp_path / "run"
+    fmt = "onnx" if runtime.onnx_available() else "tflite"
+    cmd = [*LIVERSCAN, "train", "--data", str(tiny_data["prep"]), "--out", str(run), "--weights", "none"]
+    cmd += ["--folds", "3", "--set", f"train.export_runtime={fmt}", "--set", "eval.bootstrap=100", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def trained() -> bool:  # the refit model is written: the out-of-fold evaluation and the export follow
+        try:
+            return "train" in json.loads((run / "run.json").read_text()).get("done", [])
+        except (FileNotFoundError, ValueError):
+            return False
+
+    wait_until(trained, proc, "the end of training", timeout=300, every=0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = finish(proc)
+    assert proc.returncode == 143, err
+    info = json.loads((run / "run.json").read_text())
+    # interrupted inside a phase; "trained" when the signal came between two (the model written, steps left)
+    assert info["status"] in ("interrupted", "trained") and info["phases"] == ["train", "evaluate", "export"]
+    left = [p for p in info["phases"] if p not in info["done"]]
+    assert left and info["done"][0] == "train" and not (run / f"model.{fmt}").exists()
+    said = " ".join(err.split())
+    assert f"the model is trained; finish the rest ({', '.join(left)}) with: liverscan train --resume {run}" in said
+    kept = [run / "model.keras", run / "ood_reference.npz", *run.glob("folds/*/fold.json")]
+    stamps = {p: p.stat().st_mtime_ns for p in kept}
+    done = run_cli("train", "--resume", str(run), "-q", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert {p: p.stat().st_mtime_ns for p in kept} == stamps  # nothing was trained again
+    assert (run / "eval-cv" / "metrics.json").is_file() and (run / f"model.{fmt}").is_file()
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["done"] == info["phases"]
+    one_line_error(run_cli("train", "--resume", str(run), "-q"), "training already complete")
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

@@ -21,7 +21,7 @@ def test_brackets_in_help_names_and_paths_are_shown_literally(tmp_path):
     class_image(0, 1).save(folder / "case[i]01.png")
     (folder / "broken[b].png").write_bytes(b"not an image")
     r = runner.invoke(app, ["predict", str(folder), "-o", str(folder / "out[x].csv"), "-q"], terminal_width=400)
-    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.exit_code == 4 and "Traceback" not in r.output, r.output  # some files failed
     assert "broken[b].png" in r.stderr and "out[x].csv" in r.stderr
     assert [row[0] for row in csv_rows(folder / "out[x].csv")[1:]] == [
         str(folder / "broken[b].png"),
@@ -54,3 +54,34 @@ def test_export_prints_one_line(probe_run, tmp_path):
     r = run_cli("export", str(run), timeout=600, env={**os.environ, "COLUMNS": "400"})
     assert r.returncode == 0, r.stderr
     assert "TensorSpec" not in r.stdout + r.stderr and len((r.stdout + r.stderr).strip().splitlines()) == 1
+
+
+def test_prediction_table_in_80_columns_shows_file_names_whole(tmp_path):
+    """A child process in an 80-column terminal: the folders of a long path are shortened from the left
+    ("…/image/scan-0012.jpg"), never the file name, and no line is wider than the terminal."""
+    folder = tmp_path / "a-rather-long-archive-folder" / "2024-ultrasound-export" / "image"
+    folder.mkdir(parents=True)
+    names = ["scan-0012.jpg", "scan-0013-left-lobe.jpg"]
+    for name in names:
+        shutil.copy("examples/images/Normal/xu-92.jpg", folder / name)
+    r = run_cli("predict", str(folder), env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80, r.stdout
+    for name in names:
+        assert any(f"…/image/{name}" in line for line in lines), (name, r.stdout)
+    wide = run_cli("predict", str(folder), env={**os.environ, "COLUMNS": "300"})
+    assert all(str(folder / name) in wide.stdout for name in names), wide.stdout  # room: the whole path
+
+
+def test_fit_path_keeps_the_name_and_the_nearest_folders():
+    from liverscan.faces.terminal import fit_path
+
+    path = "/data/xu-liver/Benign/image/12.jpg"
+    assert fit_path(path, 80) == path
+    assert fit_path(path, 21) == "…/Benign/image/12.jpg"  # as many folders as fit
+    assert fit_path(path, 20) == fit_path(path, 14) == "…/image/12.jpg"
+    assert fit_path(path, 3) == "…/12.jpg"  # narrower than the name: the name stays whole
+    assert fit_path(path, 3, folders=1) == "…/image/12.jpg"
+    assert fit_path("12.jpg", 2) == "12.jpg"
+    assert fit_path("C:\\scans\\image\\12.jpg", 16) == "…\\image\\12.jpg"

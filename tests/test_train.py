@@ -253,7 +253,7 @@ def test_cli_train_refuses_what_it_cannot_train_before_writing(tiny_prepared, tm
     r = CliRunner().invoke(
         app, ["train", "--data", str(tiny_prepared), "--out", str(tmp_path / "r3"), "--loss", "nope"]
     )
-    assert r.exit_code == 1 and "train.loss must be one of" in r.stderr
+    assert r.exit_code == 2 and "train.loss must be one of" in r.stderr  # a usage error
     assert not (tmp_path / "r3").exists()
 
 
@@ -304,3 +304,113 @@ def test_pretrained_backbone_learns_synthetic_task(separable_dataset, tmp_path):
     cfg.train.views = 2
     res = train_run(cfg, tmp_path / "prep", tmp_path / "run")
     assert res.card.validation["accuracy"] >= 0.9
+
+
+def test_overwrite_never_deletes_a_file_liverscan_did_not_write(tiny_prepared, tmp_path):
+    from cli_helpers import one_line_error
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "model.keras").touch()
+    (proj / "thesis.docx").write_text("x")
+    args = ["train", "--data", str(tiny_prepared), "--out", str(proj), "--overwrite", "-q"]
+    one_line_error(CliRunner().invoke(app, args), "not a liverscan run directory")
+    assert sorted(p.name for p in proj.iterdir()) == ["model.keras", "thesis.docx"]
+
+    (proj / "run.json").write_text('{"status": "complete"}')  # a run of liverscan's, with a foreign file in it
+    one_line_error(CliRunner().invoke(app, args), "thesis.docx: not written by liverscan")
+    (proj / "thesis.docx").unlink()
+    (proj / "eval-test").mkdir()
+    (proj / "eval-test" / "notes.txt").write_text("mine")  # inside an evaluation folder too
+    one_line_error(CliRunner().invoke(app, args), "notes.txt: not written by liverscan")
+    (proj / "eval-test" / "notes.txt").unlink()
+    (proj / "checkpoint").mkdir()
+    (proj / "checkpoint" / "draft.docx").write_text("mine")  # and in a working folder
+    one_line_error(CliRunner().invoke(app, args), "draft.docx: not written by liverscan")
+    assert (proj / "checkpoint" / "draft.docx").read_text() == "mine" and (proj / "run.json").is_file()
+
+
+def test_overwrite_replaces_everything_a_run_wrote(evaluated_tiny_run, tmp_path):
+    """Training, evaluation, the report and what interrupted writes leave are liverscan's: all replaced."""
+    import shutil
+
+    from liverscan.evaluation import write_report
+    from liverscan.training.train import _start_run_dir, foreign_file
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_tiny_run["run"], run)
+    write_report(run)
+    (run / ".model_card.json.x1y2.tmp").write_text("{")  # a killed atomic write
+    (run / "model.tmp.keras").write_bytes(b"")  # a killed Keras save
+    (run / ".model.onnx.check").write_bytes(b"")  # a killed export check
+    (run / "checkpoint" / "head").mkdir(parents=True, exist_ok=True)
+    (run / "checkpoint" / "head" / ".tmp.current.keras").write_bytes(b"")
+    assert {"eval-test", "report.html", "model.keras", "run.json"} <= {p.name for p in run.iterdir()}
+    assert foreign_file(run) is None
+    _start_run_dir(run, overwrite=True)
+    assert run.is_dir() and list(run.iterdir()) == []
+
+
+def test_damaged_prepared_files_are_one_line_errors_before_the_run_starts(tiny_prepared, tmp_path):
+    import shutil
+
+    from cli_helpers import one_line_error
+
+    prep = tmp_path / "prep"
+    shutil.copytree(tiny_prepared, prep)
+    cache = prep / "images.npy"
+    good = cache.read_bytes()
+    args = ["train", "--data", str(prep), "--out", str(tmp_path / "run"), "-q"]
+    for damaged, reason in (
+        (good[: len(good) // 2], "mmap length is greater than file size"),  # truncated
+        (b"garbage" * 40, "not a NumPy .npy file"),
+        (good[:20], "reading array header"),
+    ):
+        cache.write_bytes(damaged)
+        assert reason in one_line_error(CliRunner().invoke(app, args), "images.npy: corrupt decoded-image cache")
+        assert not (tmp_path / "run").exists()
+    cache.write_bytes(good)
+    (prep / "manifest.csv").write_bytes(bytes(range(256)))
+    one_line_error(CliRunner().invoke(app, args), "manifest.csv: unreadable (not UTF-8 text)")
+
+
+def test_a_run_stopped_after_training_is_finished_by_resume_without_training_again(probe_run, tmp_path):
+    """The state a stop in a phase after training leaves (here: the fast runtime's export, after the model was
+    written): not complete, resumable, predict says so; --resume runs only what is left."""
+    import shutil
+
+    from liverscan.core import artifacts as art
+    from liverscan.core.artifacts import read_run_info, write_run_info
+    from liverscan.serving import Classifier, PredictJob, PredictOptions
+    from liverscan.training import finish_run
+
+    run = tmp_path / "run"
+    shutil.copytree(probe_run["run"], run)
+    info = read_run_info(run)
+    assert info["phases"] == ["train"] and info["done"] == ["train"] and info["status"] == "complete"
+    write_run_info(run, {**info, "phases": ["train", "export"], "status": "interrupted"})
+    assert art.pending_phases(read_run_info(run)) == ["export"]
+    image = str(next((probe_run["data"] / "tumor").glob("*.png")))
+    clf = Classifier(art.read_card(run), run, run / "model.keras", options=PredictOptions())
+    note = " ".join(PredictJob([image], PredictOptions(), classifier=clf).notes())
+    assert f"stopped before its last steps (export): finish them with liverscan train --resume {run}" in note
+    assert "predict runs on the Keras model" in note
+    stamp = (run / "model.keras").stat().st_mtime_ns
+    done = []
+    with pytest.raises(RunDirError, match="no way to run the phase"):
+        finish_run(run, {})
+    res = train_run(Config(), None, run, resume=True)  # training is done: its result, from the run directory
+    assert res.run_dir == run and res.card.classes == ["normal", "fatty", "tumor"]
+    assert (run / "model.keras").stat().st_mtime_ns == stamp
+    assert read_run_info(run)["status"] == "interrupted"  # not complete until the export phase has run
+    finish_run(run, {"export": lambda: done.append("export")})
+    assert done == ["export"] and read_run_info(run)["status"] == "complete"
+    assert read_run_info(run)["done"] == ["train", "export"]
+    with pytest.raises(RunDirError, match="already complete"):
+        train_run(Config(), None, run, resume=True)
+    # the command line: a stop in the last phase says that the model is trained and how to finish
+    write_run_info(run, {**read_run_info(run), "done": ["train"], "status": "interrupted"})
+    r = CliRunner().invoke(app, ["train", "--resume", str(run), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "Fitted the linear probe" in r.stdout and (run / "model.keras").stat().st_mtime_ns == stamp
+    assert read_run_info(run)["status"] == "complete"

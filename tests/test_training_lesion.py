@@ -203,4 +203,4 @@ def test_cli_train_lesion_head_off(xu_prepared, short_c_grid, tmp_path: Path):
     assert r.exit_code == 0, r.output
     assert read_card(tmp_path / "run").lesion is None and "Lesion localisation head" not in r.output
     r = CliRunner().invoke(app, [*args[:-2], "--lesion-head", "sometimes", "--overwrite"])
-    assert r.exit_code == 1 and "lesion.head must be one of auto, off (got 'sometimes')" in r.output
+    assert r.exit_code == 2 and "lesion.head must be one of auto, off (got 'sometimes')" in r.output

@@ -10,12 +10,20 @@ training curves; evaluations go into ``eval-<split>/``.  A prepared dataset hold
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from liverscan.core.errors import RunDirError
-from liverscan.core.fileio import read_csv, write_csv_atomic, write_json_atomic, write_text_atomic
+from liverscan.core.errors import ModelError, RunDirError
+from liverscan.core.fileio import (
+    read_csv,
+    sha256_bytes,
+    sha256_file,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:  # numpy stays out of the CLI's start-up
     from liverscan.core.operating_point import OperatingPoint
@@ -67,10 +75,44 @@ REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 
 OOF_FILE = "oof_predictions.csv"  # cross-validated runs: one out-of-fold prediction per image and repeat
+#: every file liverscan writes at the top of a run directory (train, cross-validation, export, report); with its
+#: working folders and ``eval-*`` folders, what ``train --overwrite`` may replace
+RUN_FILES = (
+    CONFIG_FILE,
+    RUN_FILE,
+    MODEL_FILE,
+    PACKED_FILE,
+    TFLITE_FILE,
+    ONNX_FILE,
+    OOD_FILE,
+    LESION_FILE,
+    LESION_TFLITE_FILE,
+    LESION_ONNX_FILE,
+    LESION_OOF_FILE,
+    CARD_FILE,
+    CARD_MD_FILE,
+    HISTORY_FILE,
+    CURVES_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    OOF_FILE,
+)
 
 # ---- evaluation directory
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
+#: every file evaluate writes into an evaluation directory (the figures when drawn, the lesion scores when scored)
+EVAL_FILES = (
+    PREDICTIONS_FILE,
+    METRICS_FILE,
+    CONFIG_FILE,
+    "confusion.png",
+    "confusion-tuned.png",
+    "roc.png",
+    "reliability.png",
+    "localisation.csv",
+    "localisation.png",
+)
 
 HISTORY_COLUMNS = ["epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
 
@@ -80,6 +122,52 @@ CARD_SCHEMA_VERSION = 1
 
 def eval_dir_name(split: str) -> str:
     return f"eval-{split}"
+
+
+# ---- what liverscan wrote: only that is ever replaced or removed
+
+
+def own_name(path: Path, names: Collection[str]) -> bool:
+    """A file named as one of ``names``, or left beside one by an interrupted atomic write or export check."""
+    if path.is_dir() and not path.is_symlink():
+        return False
+    name = path.name
+    if name in names:
+        return True
+    if name.startswith(".") and name.endswith((".tmp", ".check", ".tmp.keras")):
+        return any(name[1:].startswith(f"{n}.") for n in names)
+    return name.endswith(".tmp.keras") and f"{name[: -len('.tmp.keras')]}.keras" in names
+
+
+#: a file that counts as liverscan's only beside the one written just before it, where a command writes both
+#: (evaluate: alone, a ``config.yaml`` is someone's configuration, perhaps the one given to ``--config``)
+WRITTEN_AFTER = {CONFIG_FILE: METRICS_FILE}
+
+
+def foreign_entry(folder: Path, names: Collection[str]) -> Path | None:
+    """The first entry of ``folder`` (sorted) that is not a file of ``names`` (:func:`own_name`, and
+    :data:`WRITTEN_AFTER`), or None."""
+    odd = next((p for p in sorted(folder.iterdir()) if not own_name(p, names)), None)
+    for later, before in WRITTEN_AFTER.items():
+        if odd is None and later in names and before in names and (folder / later).exists():
+            odd = None if (folder / before).is_file() else folder / later
+    return odd
+
+
+def claim_out_dir(folder: Path, names: Collection[str], command: str) -> None:
+    """Check, before any work, that ``command`` may write its files ``names`` into the output folder ``folder``:
+    a missing or empty folder, or one holding nothing but the command's earlier output (replaced, as ever).
+    A folder with a file liverscan did not write there is refused, naming the file (nothing is written)."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise RunDirError(f"{folder}: not a folder ({command} writes its files into a folder)")
+    odd = foreign_entry(folder, names)
+    if odd is not None:
+        raise RunDirError(
+            f"{odd}: not written by liverscan {command}; it writes only into an empty folder or over its own "
+            f"earlier output, so give another --out or move the file out of {folder}"
+        )
 
 
 @dataclass
@@ -111,6 +199,8 @@ class ModelCard:
     # the lesion localisation head (file, design, threshold, min_area, training, out-of-fold figures); None: none
     lesion: dict[str, Any] | None = None
     exports: dict[str, Any] = field(default_factory=dict)
+    # what the model files and classes were when training wrote them (see seal); {}: a card from before 0.7
+    integrity: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -186,16 +276,11 @@ class ModelCard:
                 f"{', '.join(self.data.get('sources', []))}"
             )
         if t:
+            lines.append("- Training: " + ", ".join(_training_parts(t)))
+        scores = [f"{k.replace('_', ' ')} {v[k]}" for k in ("accuracy", "balanced_accuracy") if v.get(k) is not None]
+        if scores:
             lines.append(
-                f"- Training: {t.get('mode')} mode, loss {t.get('loss')}, {t.get('optimizer')}, batch "
-                f"{t.get('batch_size')}, {t.get('epochs_run')} epochs (limit {t.get('epoch_limit')}), best epoch "
-                f"{(t.get('best') or {}).get('epoch')} ({(t.get('best') or {}).get('stage')}), seed {t.get('seed')}, "
-                f"{t.get('seconds')} s on {t.get('device')} ({t.get('backend')})"
-            )
-        if v:
-            lines.append(
-                f"- Validation (n={v.get('n')}): accuracy {v.get('accuracy')}, "
-                f"balanced accuracy {v.get('balanced_accuracy')}"
+                "- Validation" + (f" (n={v['n']})" if v.get("n") is not None else "") + ": " + ", ".join(scores)
             )
         if self.operating_point:
             lines.append(f"- Operating point: {self.operating_point.description}")
@@ -217,6 +302,29 @@ class ModelCard:
                 lines.append(f"- Lesion localisation out of fold: {figures_line(oof)}")
         lines.append("")
         return "\n".join(lines)
+
+
+def _training_parts(t: dict[str, Any]) -> list[str]:
+    """The card's training record as phrases, leaving out what does not apply (a linear probe has no optimizer,
+    batch or epochs; an mlp head no C)."""
+    best = t.get("best") or {}
+    parts = [f"{t['mode']} mode" if t.get("mode") else None, f"loss {t['loss']}" if t.get("loss") else None]
+    parts += [t.get("optimizer"), f"batch {t['batch_size']}" if t.get("batch_size") else None]
+    if t.get("C") is not None:
+        folds = f" (inner {t['inner_folds']}-fold group cross-validation)" if t.get("inner_folds") else ""
+        parts.append(f"C = {t['C']:.4g}{folds}")
+    if t.get("epochs_run"):
+        parts.append(f"{t['epochs_run']} epochs" + (f" (limit {t['epoch_limit']})" if t.get("epoch_limit") else ""))
+    if best.get("epoch") is not None:
+        parts.append(f"best epoch {best['epoch']}" + (f" ({best['stage']})" if best.get("stage") else ""))
+    elif best.get("stage"):
+        parts.append(str(best["stage"]))
+    if t.get("seed") is not None:
+        parts.append(f"seed {t['seed']}")
+    if t.get("seconds") is not None:
+        where = " ".join(x for x in (t.get("device"), f"({t['backend']})" if t.get("backend") else None) if x)
+        parts.append(f"{t['seconds']} s" + (f" on {where}" if where else ""))
+    return [p for p in parts if p]
 
 
 def figures_line(figures: dict[str, Any]) -> str:
@@ -280,7 +388,10 @@ class LoadedRun:
 
 
 def load_run(path: str | Path) -> LoadedRun:
-    """Resolve a run directory or model file; a model file next to a card uses that card."""
+    """Resolve a run directory or model file; a model file next to a card uses that card.
+
+    The run is checked against its card's ``integrity`` record (:func:`check_integrity`): classes edited in
+    the card, or a model file that is not the one training wrote, is an error here, before anything runs."""
     p = Path(path)
     if p.is_dir():
         model_path = p / MODEL_FILE
@@ -288,12 +399,78 @@ def load_run(path: str | Path) -> LoadedRun:
             model_path = p / PACKED_FILE
         if not model_path.is_file():
             raise RunDirError(f"{p}: no {MODEL_FILE} (is this a finished training run?)")
-        return LoadedRun(model_path, p, read_card(p))
-    if p.is_file():
-        if (p.parent / CARD_FILE).is_file():
-            return LoadedRun(p, p.parent, read_card(p.parent))
-        raise RunDirError(f"{p}: no {CARD_FILE} beside the model file; pass the run directory")
-    raise RunDirError(f"{p}: no such run directory or model file")
+        run = LoadedRun(model_path, p, read_card(p))
+    elif p.is_file():
+        if not (p.parent / CARD_FILE).is_file():
+            raise RunDirError(f"{p}: no {CARD_FILE} beside the model file; pass the run directory")
+        run = LoadedRun(p, p.parent, read_card(p.parent))
+    else:
+        raise RunDirError(f"{p}: no such run directory or model file")
+    check_integrity(run.card, run.model_path.parent)
+    return run
+
+
+# ---- integrity: the card vouches for its model files and classes
+
+
+def classes_digest(classes: list[str]) -> str:
+    """sha256 of the class list, in order (a swapped or renamed class changes it)."""
+    return sha256_bytes(json.dumps(list(classes)).encode("utf-8"))
+
+
+def seal(card: ModelCard, folder: str | Path) -> None:
+    """Record in ``card.integrity`` the sha256 of the model files in ``folder`` that the card describes (the
+    model, its out-of-distribution reference, its lesion head) and a digest of its classes; called where those
+    files are written.  Exported runtimes carry their own sha256 in ``card.exports``."""
+    folder = Path(folder)
+    model = MODEL_FILE if (folder / MODEL_FILE).is_file() else PACKED_FILE
+    names = [model, OOD_FILE, str((card.lesion or {}).get("file") or "")]
+    card.integrity = {
+        "classes": classes_digest(card.classes),
+        "files": {n: sha256_file(folder / n) for n in names if n and (folder / n).is_file()},
+    }
+
+
+def recorded_sha256(card: ModelCard, name: str) -> str | None:
+    """The sha256 the card records for the model file ``name`` (integrity or exports); None: none recorded."""
+    files = card.integrity.get("files") or {}
+    if name in files:
+        return str(files[name])
+    for entry in card.exports.values():
+        if isinstance(entry, dict) and entry.get("file") == name and entry.get("sha256"):
+            return str(entry["sha256"])
+    return None
+
+
+def check_file(card: ModelCard, path: str | Path, remedy: str) -> Path:
+    """``path`` when it is the file its card records (or the card records none); else a one-line
+    :class:`ModelError` naming it, ending with ``remedy``.  A missing file is left to the caller."""
+    path = Path(path)
+    expected = recorded_sha256(card, path.name)
+    if expected and path.is_file():
+        got = sha256_file(path)
+        if got != expected:
+            raise ModelError(
+                f"{path}: not the file its model card records (sha256 {got[:12]}, the card says {expected[:12]}): "
+                f"copied from another run or changed after training; {remedy}"
+            )
+    return path
+
+
+def check_integrity(card: ModelCard, folder: str | Path) -> None:
+    """The card's classes and every model file it vouches for, as training wrote them (cards without an
+    ``integrity`` record, written before it existed, are taken as they are)."""
+    if not card.integrity:
+        return
+    folder = Path(folder)
+    digest = card.integrity.get("classes")
+    if digest and digest != classes_digest(card.classes):
+        raise RunDirError(
+            f"{folder / CARD_FILE}: classes {', '.join(card.classes)} are not the ones the model was trained "
+            "with (edited, reordered or renamed in the card?); restore the model card"
+        )
+    for name in card.integrity.get("files") or {}:
+        check_file(card, folder / name, "restore it from the run it belongs to, or train again")
 
 
 def write_history(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
@@ -315,3 +492,18 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 
 def write_run_info(run_dir: str | Path, info: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RUN_FILE, info)
+
+
+#: the phases of a run (``run.json`` ``phases``): training, then those ``liverscan train`` adds - the out-of-fold
+#: evaluation into ``eval-cv/`` (cross-validated runs) and the fast runtime's export (``train.export_runtime``)
+TRAIN_PHASE = "train"
+EVALUATE_PHASE = "evaluate"
+EXPORT_PHASE = "export"
+
+
+def pending_phases(info: dict[str, Any]) -> list[str]:
+    """The phases of a run's ``run.json`` not done yet, in order (a ``run.json`` from before phases were
+    recorded: none once it is complete, else training)."""
+    phases = info.get("phases") or [TRAIN_PHASE]
+    done = set(info.get("done") or ([TRAIN_PHASE] if info.get("status") == "complete" else []))
+    return [p for p in phases if p not in done]

@@ -18,10 +18,8 @@ from typing import Any
 
 import yaml
 
+from liverscan.core.defaults import REVIEW_CONFIDENCE as REVIEW_CONFIDENCE  # defined there: cheap for --help
 from liverscan.core.errors import ConfigError
-
-#: flag ``needs_review`` when an answer's confidence is below this (predict, studies, the app)
-REVIEW_CONFIDENCE = 0.6
 
 #: Source category -> final class, matched case-insensitively.  Consolidates the
 #: usual dataset category names into the three-class scheme of the paper.
@@ -291,6 +289,21 @@ ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MODES = ("cached", "fit")
 LOSSES = ("weighted", "unweighted", "focal")
 LESION_HEADS = ("auto", "off")
+#: upper bounds of the counts that size work or memory: a value past them is a typo, not a setting
+LIMITS: dict[str, int] = {
+    "data.workers": 1024,
+    "model.dense_units": 65_536,
+    "train.epochs": 1_000_000,
+    "train.fine_tune_epochs": 1_000_000,
+    "train.batch_size": 4096,
+    "train.views": 64,
+    "eval.bootstrap": 100_000,
+    "eval.ece_bins": 1000,
+    "ood.k": 1000,
+    "lesion.epochs": 100_000,
+    "lesion.batch_size": 1024,
+    "lesion.width": 1024,
+}
 
 
 def validate(cfg: Config) -> Config:
@@ -426,6 +439,10 @@ def validate(cfg: Config) -> Config:
     need(o.method in METHODS, "ood.method", f"one of {', '.join(METHODS)}", o.method)
     need(o.k >= 1, "ood.k", ">= 1", o.k)
     need(finite(o.retention) and 0.5 <= o.retention <= 1, "ood.retention", "in [0.5, 1]", o.retention)
+    for dotted, most in LIMITS.items():
+        section, key = dotted.split(".")
+        v = getattr(getattr(cfg, section), key)
+        need(v <= most, dotted, f"at most {most:,}", v)
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg
@@ -455,6 +472,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded or {}
     cfg = config_from_dict(data)
     return apply_overrides(cfg, overrides or [])
+
+
+def load_saved_config(path: str | Path) -> Config:
+    """The configuration a run or a prepared dataset saved.  A damaged one is a damaged run directory (exit code
+    1), not a usage error as a bad ``--config`` or ``--set`` is."""
+    from liverscan.core.errors import RunDirError
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        message = str(exc)
+        where = "" if message.startswith(str(path)) else f"{path}: "
+        raise RunDirError(f"{where}{message} (the saved configuration of this run is damaged)") from None
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

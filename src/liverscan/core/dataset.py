@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,18 @@ class Split:
     groups: np.ndarray | None = None  # group (near-duplicate cluster, patient) of each image
 
 
+_PREPARE_AGAIN = "prepare the dataset again (liverscan prepare ... --overwrite)"
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's first line, for a one-line error."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return (str(exc) or exc.__class__.__name__).splitlines()[0]
+
+
 class PreparedData:
     """A ``prepare`` output directory."""
 
@@ -31,9 +44,19 @@ class PreparedData:
         self.dir = Path(directory)
         if not (self.dir / MANIFEST).is_file():
             raise RunDirError(f"{self.dir}: not a prepared dataset (no {MANIFEST}); prepare it first")
-        self.rows = read_csv(self.dir / MANIFEST)
+        try:
+            self.rows = read_csv(self.dir / MANIFEST)
+        except (UnicodeDecodeError, csv.Error, OSError) as exc:
+            raise RunDirError(f"{self.dir / MANIFEST}: unreadable ({_reason(exc)}); {_PREPARE_AGAIN}") from None
+        if self.rows and not {"path", "class", "split"} <= set(self.rows[0]):
+            raise RunDirError(f"{self.dir / MANIFEST}: not a liverscan manifest (no path, class and split columns)")
         summary_path = self.dir / SUMMARY
-        self.summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        try:
+            self.summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+        except (UnicodeDecodeError, ValueError, OSError) as exc:
+            raise RunDirError(f"{summary_path}: unreadable ({_reason(exc)}); {_PREPARE_AGAIN}") from None
+        if not isinstance(self.summary, dict):
+            raise RunDirError(f"{summary_path}: not a liverscan summary (not a JSON object); {_PREPARE_AGAIN}")
         self.classes: list[str] = self.summary.get("classes") or sorted({r["class"] for r in self.rows})
         self.manifest_hash: str = self.summary.get("manifest_hash", "")
         self._cache: np.ndarray | None = None
@@ -42,7 +65,15 @@ class PreparedData:
         """The decoded-array cache, if present and made at ``size``."""
         path = self.dir / CACHE
         if self._cache is None and path.is_file():
-            arr = np.load(path, mmap_mode="r")
+            try:
+                with open(path, "rb") as fh:
+                    if fh.read(6) != b"\x93NUMPY":
+                        raise ValueError("not a NumPy .npy file")
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise RunDirError(f"{path}: corrupt decoded-image cache ({_reason(exc)}); {_PREPARE_AGAIN}") from None
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8:
+                raise RunDirError(f"{path}: not a decoded-image cache (no uint8 image array); {_PREPARE_AGAIN}")
             if arr.shape == (len(self.rows), size, size, 3):
                 self._cache = arr
         return self._cache

@@ -19,7 +19,8 @@ class ImageDecodeError(LiverscanError):
 
 
 class ConfigError(LiverscanError):
-    """Invalid configuration (unknown keys, wrong types, bad values)."""
+    """Invalid configuration or a bad request: unknown keys, wrong types, bad option values, options that do not
+    go together. The command line reports it as a usage error (exit code 2, as for Click's own)."""
 
 
 class DataError(LiverscanError):

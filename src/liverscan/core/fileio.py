@@ -6,13 +6,14 @@ renamed into place, so a killed command never leaves a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +27,43 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + rename."""
+def naming(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` as the error of writing ``path`` ("out.csv: No space left on device"), whatever file (a temporary
+    one) or none (a failed write or fsync) the system call named."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary name next to ``path`` for a writer that takes a file name (Keras, NumPy); renamed onto ``path``
+    when the block ends, removed when it fails. An ``OSError`` (a full disk, a read-only folder) names ``path``.
+    ``suffix``: what the temporary name ends with, for writers that insist on one (``.keras``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder that cannot be made
     try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise naming(exc, path) from exc
+    tmp = Path(name)
+    try:
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise naming(exc, path) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file + rename (an ``OSError`` names ``path``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def npy_bytes(array: Any) -> bytes:
@@ -98,8 +121,10 @@ def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Seq
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file (a ``.tsv`` file: tab-separated) as dicts by header."""
+    delimiter = "\t" if Path(path).suffix.lower() == ".tsv" else ","
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        return list(csv.DictReader(fh))
+        return list(csv.DictReader(fh, delimiter=delimiter))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

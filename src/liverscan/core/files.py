@@ -12,6 +12,9 @@ UNSUPPORTED = "not a supported file type"
 HIDDEN = "hidden"
 BROKEN_LINK = "broken symbolic link"
 NOT_REGULAR = "not a regular file"
+LINKED_FOLDER = "link to a folder (not followed)"
+LINK_LOOP = "link to a folder containing it (a loop, not followed)"
+UNREADABLE_FOLDER = "unreadable folder"
 
 
 def file_problem(path: str | Path) -> str | None:
@@ -72,27 +75,79 @@ class Skipped:
 def walk_files(root: str | Path, suffixes: Iterable[str], skipped: Skipped | None = None) -> Iterator[Path]:
     """Files under ``root`` (recursive, sorted) whose suffix is wanted; the rest are counted in ``skipped``.
 
-    Hidden files and folders (``.name``), files of other types, broken links and
-    special files (FIFOs, devices) are left out and recorded with their reason.
+    Hidden files and folders (``.name``), files of other types, broken links,
+    special files (FIFOs, devices), links to folders (never followed, so a link
+    loop cannot make the walk endless) and folders that cannot be listed are left
+    out and recorded with their reason.
     """
-    root = Path(root)
     wanted = {s.lower() for s in suffixes}
     skipped = skipped if skipped is not None else Skipped()
-    for sub in sorted(root.rglob("*")):
-        rel = sub.relative_to(root).parts
-        if any(part.startswith(".") for part in rel[:-1]):
-            continue  # inside a hidden folder: the folder itself is counted once
-        if sub.name.startswith("."):
+    for sub, kind in _tree(Path(root), skipped):
+        if kind == "hidden":
             skipped.add(HIDDEN, sub)
+        elif kind == "file":
+            problem = file_problem(sub)
+            if problem is not None:
+                skipped.add(problem, sub)
+            elif sub.suffix.lower() not in wanted:
+                skipped.add(UNSUPPORTED, sub)
+            else:
+                yield sub
+
+
+def _tree(folder: Path, skipped: Skipped) -> Iterator[tuple[Path, str]]:
+    """(path, "folder" | "file" | "hidden") for everything under ``folder``, depth first in name order (the order
+    of ``sorted(folder.rglob("*"))``).  Hidden entries are not entered; links to folders are not followed and,
+    like folders that cannot be listed, are recorded in ``skipped``."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        skipped.add(f"{UNREADABLE_FOLDER}: {(exc.strerror or exc.__class__.__name__).lower()}", folder)
+        return
+    for entry in entries:
+        sub = folder / entry.name
+        if entry.name.startswith("."):
+            yield sub, "hidden"  # a hidden folder is counted once, not walked
             continue
-        if sub.is_dir() and not sub.is_symlink():
-            continue
-        problem = file_problem(sub)
-        if problem == "is a directory":
-            skipped.add("link to a folder (not followed)", sub)
-        elif problem is not None:
-            skipped.add(problem, sub)
-        elif sub.suffix.lower() not in wanted:
-            skipped.add(UNSUPPORTED, sub)
+        try:
+            is_folder = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_folder = False
+        if is_folder:
+            yield sub, "folder"
+            yield from _tree(sub, skipped)
+        elif entry.is_symlink() and os.path.isdir(sub):
+            skipped.add(LINK_LOOP if _is_loop(sub, folder) else LINKED_FOLDER, sub)
         else:
-            yield sub
+            yield sub, "file"
+
+
+def _is_loop(link: Path, folder: Path) -> bool:
+    """Whether ``link`` (in ``folder``) points at ``folder`` or a folder containing it."""
+    target, here = os.path.realpath(link), os.path.realpath(folder)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+
+
+def glob_files(pattern: str, skipped: Skipped | None = None) -> list[str]:
+    """The files (not folders) ``pattern`` matches, sorted, as ``glob.glob(pattern, recursive=True)`` finds them,
+    except that ``**`` walks folders as :func:`walk_files` does: links to folders are not followed (a link loop
+    would make the search endless, or find each file again and again) and are counted in ``skipped``, as are
+    folders that cannot be listed."""
+    import glob as globlib
+
+    skipped = skipped if skipped is not None else Skipped()
+    parts = pattern.split("/")
+    if "**" not in parts:
+        return sorted(m for m in globlib.glob(pattern) if not os.path.isdir(m))
+    cut = parts.index("**")
+    head, rest = "/".join(parts[:cut]) or ("/" if cut else ""), "/".join(parts[cut + 1 :]) or "*"
+    found: set[str] = set()
+    for base in sorted(globlib.glob(head)) if globlib.has_magic(head) else [head]:
+        top = Path(base or ".")
+        if not top.is_dir():
+            continue
+        for folder in [top] + [p for p, kind in _tree(top, skipped) if kind == "folder"]:
+            here = "" if folder == top and not base else globlib.escape(str(folder))
+            found.update(glob_files(os.path.join(here, rest), skipped))
+    return sorted(found)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from liverscan.core.artifacts import OOD_FILE
-from liverscan.core.errors import LiverscanError
+from liverscan.core.errors import ConfigError, LiverscanError
 
 FORMAT_VERSION = 1
 METHODS = ("knn", "mahalanobis")
@@ -67,11 +67,11 @@ class Reference:
     # ---- persistence (allow_pickle=False both ways)
     def save(self, path: str | Path) -> Path:
         """Write the reference atomically as a plain ``.npz``."""
+        from liverscan.core.fileio import atomic_path
+
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             self._savez(fh)
-        tmp.replace(path)
         return path
 
     def _savez(self, fh) -> None:
@@ -145,29 +145,59 @@ class Reference:
         )
 
     @classmethod
-    def for_model(cls, path: str | Path, retention: float | None = None) -> Reference | None:
+    def for_model(
+        cls,
+        path: str | Path,
+        retention: float | None = None,
+        *,
+        required: bool = False,
+        k: int | None = None,
+        method: str | None = None,
+    ) -> Reference | None:
         """The reference stored with a model (None when it was trained without one) — the one rule that predict,
         evaluate and the app share: its own threshold, or one recomputed for ``retention`` when that is given
-        and differs from the stored retention."""
+        and differs from the stored retention.
+
+        ``required``: the model card records a reference, so a missing file is an error (the guard is never
+        weakened to the image checks in silence).  ``k`` / ``method`` (None: the model's own) are fixed when
+        the model is trained — the threshold is calibrated for them — so a different value is a
+        :class:`ConfigError`."""
         path = Path(path)
         if not path.is_file():
+            if required:
+                raise GuardError(
+                    f"{path}: missing, though the model card records an out-of-distribution reference; restore "
+                    "the file, or turn the guard off (predict --no-ood, or --set ood.enabled=false)"
+                )
             return None
         ref = cls.load(path)
+        asked = {"ood.method": (method, ref.method), "ood.k": (k, ref.k if ref.method == "knn" else None)}
+        for key, (want, have) in asked.items():
+            if want is not None and have is not None and want != have:
+                raise ConfigError(
+                    f"{key}={want} cannot be applied when predicting: this model's out-of-distribution guard was "
+                    f"fitted and calibrated with {key}={have}; set {key} when training"
+                )
         return ref if retention is None or retention == ref.retention else ref.with_retention(retention)
 
     def describe(self) -> dict:
-        """What the model card records about the guard."""
-        return {
+        """What the model card records about the guard (``warning``: too few images to calibrate it on)."""
+        out = {
             "method": self.method,
             "k": self.k if self.method == "knn" else None,
             "l2_normalised": self.l2,
             "threshold": round(float(self.threshold), 6),
             "retention": self.retention,
             "calibrated_on": self.heldout,
+            "n_calibration_images": int(len(self.heldout_scores)),
             "n_reference_images": self.n_train,
             "image_checks": "colour, blank, bright uniform border, bright flat area with sharp edges",
             "file": OOD_FILE,
         }
+        warning = calibration_warning(len(self.heldout_scores), self.retention)
+        if warning:
+            out["warning"] = warning
+        return out
 
     @property
     def nbytes(self) -> int:
@@ -250,6 +280,16 @@ def fit(
     )
 
 
+def _float64(reference: Reference, name: str) -> np.ndarray:
+    """``reference.<name>`` as float64, converted once per array (not once per batch)."""
+    cache = reference.__dict__.setdefault("_float64", {})
+    array = getattr(reference, name)
+    hit = cache.get(name)
+    if hit is None or hit[0] is not array:
+        hit = cache[name] = (array, np.asarray(array, np.float64))
+    return hit[1]
+
+
 def scores(reference: Reference, features: np.ndarray, batch: int = 1024) -> np.ndarray:
     """OOD score per row of ``features`` (N, d); higher = more unusual. float64 maths throughout."""
     f = np.asarray(features, np.float64)
@@ -258,7 +298,7 @@ def scores(reference: Reference, features: np.ndarray, batch: int = 1024) -> np.
     if f.shape[1] != reference.n_features:
         raise GuardError(f"features have {f.shape[1]} dims, reference expects {reference.n_features}")
     if reference.method == "knn":
-        bank = reference.bank.astype(np.float64)
+        bank = _float64(reference, "bank")
         q = _l2(f)
         out = np.empty(len(q))
         k = reference.k
@@ -280,6 +320,21 @@ def scores(reference: Reference, features: np.ndarray, batch: int = 1024) -> np.
         d2 = (proj**2 / eig).sum(1) + np.maximum(sq - (proj**2).sum(1), 0.0) / reference.floor
         best = np.minimum(best, d2)
     return np.sqrt(best)
+
+
+#: fewer held-out images than this and the threshold is one of a handful of scores: it is still set (the guard
+#: stays on), but the card, ``train`` and every ``predict`` run say loudly that it is unreliable
+MIN_CALIBRATION_IMAGES = 20
+
+
+def calibration_warning(n: int, retention: float) -> str | None:
+    """The warning a guard calibrated on ``n`` held-out images carries (None from MIN_CALIBRATION_IMAGES on)."""
+    if n >= MIN_CALIBRATION_IMAGES:
+        return None
+    return (
+        f"the out-of-distribution threshold was calibrated on only {n} images (fewer than "
+        f"{MIN_CALIBRATION_IMAGES}): its {retention:.0%} retention is a guess; train on more images"
+    )
 
 
 def calibrate_threshold(scores_heldout: np.ndarray, retention: float = 0.95) -> float:
@@ -340,41 +395,58 @@ AREA_EDGE_DENSITY = 0.005  # ... together with sharp edges (text/lines; xu-up-to
 SHARP_EDGE = 80  # grey-level step between neighbouring pixels counted as a sharp edge
 
 
-def _box_mean(a: np.ndarray, w: int) -> np.ndarray:
-    """Mean over a w x w window (edge-padded), via an integral image; a is (H, W)."""
-    r = w // 2
-    p = np.pad(a, r, mode="edge")
-    c = np.cumsum(np.cumsum(np.pad(p, ((1, 0), (1, 0))), 0), 1)
+def _box_sum(a: np.ndarray, w: int) -> np.ndarray:
+    """Sum over a w x w window (edge-padded) of an integer (H, W) array (exact; shifted slices, separable)."""
     h, wd = a.shape
-    return (c[w : w + h, w : w + wd] - c[:h, w : w + wd] - c[w : w + h, :wd] + c[:h, :wd]) / (w * w)
+    r = w // 2
+    rows = np.clip(np.arange(-r, h + r), 0, h - 1)
+    cols = np.clip(np.arange(-r, wd + r), 0, wd - 1)
+    p = a[rows][:, cols]
+    v = p[:h].copy()
+    for k in range(1, w):
+        v += p[k : k + h]
+    out = v[:, :wd].copy()
+    for k in range(1, w):
+        out += v[:, k : k + wd]
+    return out
 
 
 def image_stats(image: np.ndarray) -> dict[str, float]:
-    """The statistics the checks use, for one (H, W, 3) or (H, W) uint8 image."""
+    """The statistics the checks use, for one (H, W, 3) or (H, W) uint8 image.
+
+    Integer arithmetic on the channel sum ``3 x grey`` (so every threshold comparison is exact and cheap):
+    grey >= 180 is sum >= 540, a 5 x 5 grey-level std < 0.5 is ``25 * S2 - S1**2 < 0.25 * 9 * 625`` with the
+    window's sums S1, S2 of the channel sum and of its square.
+    """
     a = np.asarray(image)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, -1)
     if a.ndim != 3 or a.shape[-1] < 3:
         raise GuardError(f"expected (H, W, 3) image, got {a.shape}")
-    a = a[..., :3].astype(np.float64)
-    grey = a.mean(-1)
-    chroma = a.max(-1) - a.min(-1)
-    m = _box_mean(grey, FLAT_WINDOW)
-    sd = np.sqrt(np.maximum(_box_mean(grey * grey, FLAT_WINDOW) - m * m, 0.0))
-    flat_bright = (sd < FLAT_STD) & (grey >= FLAT_BRIGHT)
-    h, w = grey.shape
+    a = a[..., :3]
+    if a.dtype != np.uint8:  # the checks are defined on 8-bit grey levels
+        a = np.clip(np.round(a.astype(np.float64)), 0, 255).astype(np.uint8)
+    s = a[..., 0].astype(np.int32) + a[..., 1] + a[..., 2]  # 3 x grey, exact (window sums fit in int32)
+    red, green, blue = a[..., 0], a[..., 1], a[..., 2]
+    chroma = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
+    s1 = _box_sum(s, FLAT_WINDOW)
+    s2 = _box_sum(s * s, FLAT_WINDOW)
+    n = FLAT_WINDOW * FLAT_WINDOW
+    flat = n * s2 - s1 * s1 < (FLAT_STD**2) * 9 * n * n  # the window's grey-level variance below FLAT_STD**2
+    flat_bright = flat & (s >= 3 * FLAT_BRIGHT)
+    h, w = s.shape
     b = max(1, int(round(BORDER_PX_FRAC * min(h, w))))
     ring = np.zeros((h, w), bool)
     ring[:b] = ring[-b:] = True
     ring[:, :b] = ring[:, -b:] = True
-    step = np.maximum(np.abs(np.diff(grey, axis=1))[:-1, :], np.abs(np.diff(grey, axis=0))[:, :-1])
+    step = np.maximum(np.abs(np.diff(s, axis=1))[:-1, :], np.abs(np.diff(s, axis=0))[:, :-1])
     return {
         "colour_share": float((chroma >= COLOUR_CHROMA).mean()),
-        "grey_std": float(grey.std()),
-        "nonblack_share": float((grey > 20).mean()),
+        "grey_std": float(s.std() / 3.0),
+        "nonblack_share": float((s > 3 * 20).mean()),
         "border_flat_bright": float(flat_bright[ring].mean()),
         "area_flat_bright": float(flat_bright.mean()),
-        "edge_density": float((step > SHARP_EDGE).mean()),
+        "edge_density": float((step > 3 * SHARP_EDGE).mean()),
     }
 
 

@@ -4,7 +4,8 @@ Every stage (prepare, train, evaluate, predict) goes through :func:`load_image`,
 so a model always sees pixels produced the same way.
 
 Rules:
-- formats: PNG, JPEG, BMP, TIFF (others raise :class:`ImageDecodeError`);
+- formats: PNG, JPEG, BMP, TIFF (others raise :class:`ImageDecodeError`); a multi-page TIFF is read page by page
+  by :func:`decode_pages` (``predict`` makes each page a frame; ``prepare`` uses the first page and says so);
 - EXIF orientation is applied;
 - 16-bit greyscale is mapped linearly from 0..65535 to 0..255 (no clipping);
   32-bit integer and float images are min-max scaled;
@@ -22,6 +23,7 @@ import contextlib
 import io
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,7 @@ class DecodedImage:
     height: int
     mode: str  # original Pillow mode
     format: str
+    pages: int = 1  # pages in the file (a multi-page TIFF: more than one, read by :func:`decode_pages`)
 
 
 def _open(source: str | Path | bytes, max_pixels: int) -> Image.Image:
@@ -116,9 +119,38 @@ def _to_uint8_rgb(im: Image.Image) -> Image.Image:
 
 
 def decode(source: str | Path | bytes, size: int = 160, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode a file (or its bytes) into a ``(size, size, 3)`` uint8 array."""
+    """Decode a file (or its bytes) into a ``(size, size, 3)`` uint8 array (a multi-page TIFF: its first page; the
+    result's ``pages`` says how many it has)."""
     label = "<bytes>" if isinstance(source, bytes) else str(source)
     im = _open(source, max_pixels)
+    return _decoded(im, label, size, _pages(im))
+
+
+def decode_pages(
+    source: str | Path | bytes, size: int = 160, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[DecodedImage | ImageDecodeError]:
+    """Every page of a file in order (one, unless it is a multi-page TIFF), read from one opened file; a page that
+    cannot be decoded is given as its error, and the pages after it are still read.  A file that cannot be opened
+    raises :class:`ImageDecodeError`."""
+    label = "<bytes>" if isinstance(source, bytes) else str(source)
+    im = _open(source, max_pixels)
+    pages = _pages(im)
+    for k in range(pages):
+        try:
+            if k:
+                try:
+                    im.seek(k)
+                except (OSError, ValueError, EOFError) as exc:
+                    raise ImageDecodeError(label, f"corrupt image: page {k + 1}: {exc}") from None
+                if im.size[0] * im.size[1] > max_pixels:
+                    raise ImageDecodeError(label, f"image too large: page {k + 1} exceeds {max_pixels} pixels")
+            yield _decoded(im, label, size, pages)
+        except ImageDecodeError as exc:
+            yield exc
+
+
+def _decoded(im: Image.Image, label: str, size: int, pages: int) -> DecodedImage:
+    """The opened image's current page at model resolution."""
     fmt = im.format or ""
     orig_w, orig_h = _oriented_size(im)
     try:
@@ -149,7 +181,20 @@ def decode(source: str | Path | bytes, size: int = 160, max_pixels: int = DEFAUL
         raise ImageDecodeError(label, f"cannot decode image: {exc.__class__.__name__}: {exc}") from None
     if arr.shape != (size, size, 3):
         raise ImageDecodeError(label, f"unexpected decoded shape {arr.shape}")
-    return DecodedImage(array=np.ascontiguousarray(arr), width=orig_w, height=orig_h, mode=mode, format=fmt)
+    return DecodedImage(np.ascontiguousarray(arr), orig_w, orig_h, mode, fmt, pages)
+
+
+def _pages(im: Image.Image) -> int:
+    """How many pages a TIFF holds (1 for other formats, and when its page directory cannot be read beyond the
+    first)."""
+    if im.format != "TIFF":
+        return 1
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except (OSError, ValueError, EOFError, SyntaxError):
+        with contextlib.suppress(OSError, ValueError, EOFError, SyntaxError):
+            im.seek(0)
+        return 1
 
 
 def _reduced(im: Image.Image, size: int) -> Image.Image:
@@ -232,13 +277,20 @@ def decode_array(array: np.ndarray, size: int = 160, label: str = "<array>") -> 
     """An in-memory image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> model input by the same rules.
 
     uint8 is taken as is; uint16 is mapped 0..65535 -> 0..255; other dtypes are
-    min-max scaled.
+    min-max scaled.  An empty array, or one with a NaN or infinite value, is an :class:`ImageDecodeError`.
     """
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         raise ImageDecodeError(label, f"unsupported array shape {arr.shape}")
+    if arr.size == 0:
+        raise ImageDecodeError(label, f"empty array (shape {arr.shape}): no pixels to classify")
+    if arr.dtype.kind not in "biuf":
+        raise ImageDecodeError(label, f"unsupported array type {arr.dtype} (expected numbers)")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ImageDecodeError(label, f"{bad} of {arr.size} array values are not finite (NaN or infinite)")
     if arr.dtype == np.uint8:
         arr8 = arr
     elif arr.dtype == np.uint16:

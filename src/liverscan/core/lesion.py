@@ -18,6 +18,7 @@ outline polygon), :func:`evidence` (max probability, area fraction, count: candi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,7 +183,7 @@ def predict_maps(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- post-processing
 
 
-@dataclass(frozen=True)
+@dataclass
 class Region:
     """One connected region of a thresholded probability map (continuous map-pixel coordinates)."""
 
@@ -191,7 +192,13 @@ class Region:
     area_fraction: float  # share of the whole map
     peak: tuple[float, float]  # (x, y) of the most probable pixel's centre
     bbox: tuple[float, float, float, float]  # (x0, y0, x1, y1), pixel edges
-    outline: np.ndarray = field(repr=False)  # (N, 2) [x, y] polygon around the region
+    mask: np.ndarray = field(repr=False, compare=False)  # the region's pixels inside its bbox
+
+    @functools.cached_property
+    def outline(self) -> np.ndarray:
+        """(N, 2) [x, y] polygon around the region (traced on first use: most callers need only the top one's)."""
+        polys = outline(self.mask)
+        return polys[0] + [self.bbox[0], self.bbox[1]] if polys else np.zeros((0, 2))
 
 
 def upsample(prob: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -248,8 +255,6 @@ def regions(prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MI
             continue
         vals = np.where(inside, p[sl], -np.inf)
         r, c = np.unravel_index(int(np.argmax(vals)), vals.shape)
-        polys = outline(inside)
-        poly = polys[0] + [sl[1].start, sl[0].start] if polys else np.zeros((0, 2))
         found.append(
             Region(
                 score=float(vals[r, c]),
@@ -257,7 +262,7 @@ def regions(prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MI
                 area_fraction=area / total,
                 peak=(sl[1].start + c + 0.5, sl[0].start + r + 0.5),
                 bbox=(float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop)),
-                outline=poly,
+                mask=inside,
             )
         )
     return sorted(found, key=lambda g: g.score, reverse=True)

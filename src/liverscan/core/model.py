@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from liverscan.core.errors import ModelError
+from liverscan.core.fileio import atomic_path
 from liverscan.core.keras_env import import_keras
 
 FEATURES = 1280  # MobileNetV2 alpha 1.0 last-layer channels
@@ -515,10 +516,8 @@ def _name_initialisers(node) -> None:
 
 def save_keras_atomic(model, path: str | Path) -> None:
     """Save a Keras model so that ``path`` is either the old file or the whole new one."""
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".tmp.keras") as tmp:  # Keras wants the .keras suffix
+        model.save(tmp)
 
 
 def load_model(path: str | Path):

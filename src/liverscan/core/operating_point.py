@@ -22,7 +22,7 @@ import numpy as np
 
 from liverscan.core.aggregate import aggregate, aggregate_groups, group_indices
 from liverscan.core.config import REVIEW_CONFIDENCE as REVIEW_CONFIDENCE  # the review threshold, defined once
-from liverscan.core.errors import ConfigError
+from liverscan.core.errors import ConfigError, ModelError
 
 #: where an operating point is fitted: on single images, or on patients (groups of images)
 LEVELS = ("image", "group")
@@ -197,7 +197,7 @@ class OperatingPoint:
         try:
             level = entry.get("level") or "image"
             if level not in LEVELS:
-                raise ConfigError(f"the model card's operating point has an unknown level {level!r}")
+                raise ModelError(f"the model card's operating point has an unknown level {level!r}")
             return cls(
                 spec=str(entry["spec"]),
                 temperature=float(entry["temperature"]),
@@ -211,7 +211,7 @@ class OperatingPoint:
                 extra={k: v for k, v in entry.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(
+            raise ModelError(
                 f"the model card's operating point is malformed ({exc.__class__.__name__}: {exc})"
             ) from None
 
@@ -247,7 +247,7 @@ def predict_with_rule(probs: np.ndarray, rule: dict[str, Any] | None) -> np.ndar
         others = probs.copy()
         others[:, c] = -np.inf
         return np.where(probs[:, c] >= float(rule["threshold"]), c, others.argmax(1))
-    raise ConfigError(f"unknown decision rule {rule['type']!r} in the model card")
+    raise ModelError(f"unknown decision rule {rule['type']!r} in the model card")
 
 
 def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> float:

@@ -4,20 +4,21 @@ Three source kinds:
 - ``folder``: one sub-folder per source category, images anywhere below it;
 - ``glob``: a pattern with a ``{label}`` placeholder, e.g. ``data/xu/{label}/image/*.jpg``;
 - ``csv``: a table with a path column, a label column and optionally a group column and annotation columns
-  (``mask`` or ``lesion_mask``: the lesion annotation, ``liver_mask``, ``fan_mask``; paths relative to the CSV).
+  (``mask`` or ``lesion_mask``: the lesion annotation, ``liver_mask``, ``fan_mask``; paths relative to the CSV);
+  a ``.tsv`` file is read tab-separated.
 """
 
 from __future__ import annotations
 
-import glob as globlib
+import csv
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from liverscan.core.config import SourceSpec
 from liverscan.core.errors import DataError
 from liverscan.core.fileio import read_csv
-from liverscan.core.files import Skipped, file_problem, walk_files
+from liverscan.core.files import Skipped, file_problem, glob_files, walk_files
 from liverscan.core.images import IMAGE_SUFFIXES
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
@@ -29,6 +30,12 @@ CSV_ANNOTATION_COLUMNS = {
     "liver": ("liver_mask", "liver_annotation"),
     "fan": ("fan_mask", "fan_annotation"),
 }
+
+
+#: the ``rejects.csv`` reason of a CSV row whose path cell is empty
+EMPTY_PATH = "CSV row with an empty path"
+#: why an image directly in a folder source is not used (its class is the name of the sub-folder it is in)
+TOP_LEVEL_IMAGE = "image outside the class sub-folders"
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class Candidate:
 class ScanResult:
     candidates: list[Candidate]
     ignored: Skipped  # files left out of folder walks and globs, by reason
+    #: CSV rows that name no file: rows of ``rejects.csv`` (path: ``FILE.csv:LINE``, source, label, reason)
+    rejects: list[list[str]] = field(default_factory=list)
 
 
 def parse_source_arg(arg: str) -> SourceSpec:
@@ -86,7 +95,14 @@ def scan_folder(root: Path, name: str) -> ScanResult:
     if not root.is_dir():
         raise DataError(f"source {root}: folder not found")
     candidates, ignored = [], Skipped()
-    categories = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        entries = sorted(e for e in root.iterdir() if not e.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"source {root}: cannot list the folder ({exc.strerror or exc})") from None
+    categories = [d for d in entries if d.is_dir()]
+    for f in entries:
+        if not f.is_dir() and f.suffix.lower() in IMAGE_SUFFIXES:
+            ignored.add(TOP_LEVEL_IMAGE, f)
     if not categories:
         raise DataError(f"source {root}: no category sub-folders (expected one folder per category)")
     for cat in categories:
@@ -103,6 +119,9 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         if pattern.startswith("{label}", i):
             out.append("(?P<label>[^/]+)")
             i += len("{label}")
+        elif pattern.startswith("**/", i):  # no, one or more folders
+            out.append("(?:.*/)?")
+            i += 3
         elif pattern.startswith("**", i):
             out.append(".*")
             i += 2
@@ -126,12 +145,9 @@ def scan_glob(pattern: str, name: str) -> ScanResult:
     if pattern.count("{label}") != 1:
         raise DataError(f"source {pattern}: the pattern needs exactly one {{label}} placeholder")
     regex = _glob_regex(pattern)
-    matches = sorted(globlib.glob(pattern.replace("{label}", "*"), recursive=True))
     candidates, ignored = [], Skipped()
-    for m in matches:
+    for m in glob_files(pattern.replace("{label}", "*"), ignored):
         problem = file_problem(m)
-        if problem == "is a directory":
-            continue
         if problem is not None:
             ignored.add(problem, m)
             continue
@@ -163,7 +179,13 @@ def scan_csv(spec: SourceSpec, name: str) -> ScanResult:
     path = Path(spec.path)
     if not path.is_file():
         raise DataError(f"source {path}: CSV file not found")
-    rows = read_csv(path)
+    try:
+        rows = read_csv(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise DataError(f"source {path}: not a readable {path.suffix.lstrip('.').upper()} file ({what})") from None
+    except OSError as exc:
+        raise DataError(f"source {path}: cannot read ({exc.strerror or exc})") from None
     if not rows:
         raise DataError(f"source {path}: CSV file has no rows")
     columns = list(rows[0].keys())
@@ -177,11 +199,11 @@ def scan_csv(spec: SourceSpec, name: str) -> ScanResult:
         if hit is not None:
             acols[kind] = hit
     base = path.resolve().parent
-    candidates, ignored = [], Skipped()
+    candidates, ignored, rejects = [], Skipped(), []
     for k, row in enumerate(rows, start=2):
         raw = (row.get(pcol) or "").strip()
         if not raw:
-            ignored.add("CSV row with an empty path", f"{path}:{k}")
+            rejects.append([f"{path}:{k}", name, (row.get(lcol) or "").strip(), EMPTY_PATH])
             continue
         f = Path(raw)
         f = f if f.is_absolute() else base / f
@@ -194,7 +216,7 @@ def scan_csv(spec: SourceSpec, name: str) -> ScanResult:
                 annotations.append((kind, str((a if a.is_absolute() else base / a).resolve())))
         label = (row.get(lcol) or "").strip()
         candidates.append(Candidate(str(f.resolve()), name, label, group, tuple(annotations)))
-    return ScanResult(candidates, ignored)
+    return ScanResult(candidates, ignored, rejects)
 
 
 def scan_source(spec: SourceSpec) -> tuple[str, ScanResult]:
@@ -208,8 +230,11 @@ def scan_source(spec: SourceSpec) -> tuple[str, ScanResult]:
     return name, scan_csv(spec, name)
 
 
-def scan_sources(specs: list[SourceSpec]) -> tuple[list[Candidate], Skipped, list[str]]:
-    """Scan every source; names are made unique. Returns (candidates, files left out, names)."""
+def scan_sources(
+    specs: list[SourceSpec], rejects: list[list[str]] | None = None
+) -> tuple[list[Candidate], Skipped, list[str]]:
+    """Scan every source; names are made unique. Returns (candidates, files left out, names); CSV rows that
+    name no file are added to ``rejects`` (``rejects.csv`` rows), or counted with the files left out without it."""
     if not specs:
         raise DataError("no data source given")
     all_candidates: list[Candidate] = []
@@ -223,8 +248,27 @@ def scan_sources(specs: list[SourceSpec]) -> tuple[list[Candidate], Skipped, lis
         names.append(unique)
         if unique != name:
             result.candidates[:] = [replace(c, source=unique) for c in result.candidates]
+            for row in result.rejects:
+                row[1] = unique
         all_candidates.extend(result.candidates)
+        for row in result.rejects:
+            if rejects is not None:
+                rejects.append(row)
+            else:
+                ignored.add(row[3], row[0])
         for reason, paths in result.ignored.by_reason.items():
             for p in paths:
                 ignored.add(reason, p)
     return all_candidates, ignored, names
+
+
+def explicit_group(c: Candidate, regex: re.Pattern[str] | None) -> str:
+    """The group (patient) a candidate names itself: its group column's value, else the first capture (or the
+    match) of ``regex`` in its path; "" when neither says."""
+    if c.group:
+        return f"{c.source}/{c.group}"
+    if regex is not None:
+        m = regex.search(c.path)
+        if m:
+            return "re/" + (m.group(1) if m.groups() else m.group(0))
+    return ""

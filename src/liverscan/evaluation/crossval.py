@@ -142,8 +142,16 @@ def headline(m: dict) -> dict:
         "macro_roc_auc": pair("macro_roc_auc", m["macro"]["roc_auc"]),
         "recall": {c: round(v["recall"], 4) for c, v in m["per_class"].items()},
         "ece": round(m["calibration"]["ece"], 4),
-        "ci": f"{m['bootstrap']['level']:.0%} bootstrap over {m['bootstrap']['resampled']}",
+        "ci": _ci_words(m["bootstrap"]),
     }
+
+
+def _ci_words(boot: dict) -> str:
+    """Which intervals the card quotes, e.g. ``95% CI: bootstrap over groups, Wilson over groups at 0 or 1``."""
+    from liverscan.evaluation.results import Bootstrap
+
+    described = Bootstrap.from_dict(boot)
+    return described.describe(short=True) if described else ""
 
 
 def group_kind(groups) -> str:

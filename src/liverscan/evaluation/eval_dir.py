@@ -46,10 +46,10 @@ class Figures:
 
 def effective_config(run: LoadedRun, split: str, bootstrap: int, ece_bins: int) -> Config:
     """The run's configuration with this evaluation's settings, as written beside the metrics."""
-    from liverscan.core.config import load_config
+    from liverscan.core.config import load_saved_config
 
     cfg_path = run.run_dir / CONFIG_FILE if run.run_dir else None
-    cfg = load_config(cfg_path) if cfg_path and cfg_path.is_file() else Config()
+    cfg = load_saved_config(cfg_path) if cfg_path and cfg_path.is_file() else Config()
     cfg.eval.split, cfg.eval.bootstrap, cfg.eval.ece_bins = split, bootstrap, ece_bins
     return cfg
 

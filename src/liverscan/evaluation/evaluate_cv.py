@@ -28,7 +28,7 @@ from liverscan.evaluation.crossval import (
 )
 from liverscan.evaluation.eval_dir import EvalResult, Figures, effective_config, write_eval_dir
 from liverscan.evaluation.localisation import oof_localisation
-from liverscan.evaluation.metrics import classification_metrics
+from liverscan.evaluation.metrics import brief_metrics, classification_metrics
 from liverscan.evaluation.points import nested_group_point, point_summary
 from liverscan.evaluation.results import EvalMetrics
 
@@ -120,19 +120,12 @@ def evaluate_cv(
     if run.card.ood and config.ood.enabled:
         threshold = float(run.card.ood["threshold"])
         inside = ~(oof.ood_scores > threshold)
-        m_in = classification_metrics(oof.y[inside], oof.probs[inside], classes) if inside.any() else None
         result["ood"] = {
             "guard": run.card.ood,
             "n_out_of_distribution": int((~inside).sum()),
             "in_distribution_rate": round(float(inside.mean()), 4),
-            "in_distribution": None
-            if m_in is None
-            else {
-                "n": int(inside.sum()),
-                "accuracy": m_in["accuracy"],
-                "balanced_accuracy": m_in["balanced_accuracy"],
-                "macro_roc_auc": m_in["macro"]["roc_auc"],
-            },
+            "all": brief_metrics(oof.y, oof.probs, classes, np.ones(len(inside), bool), ece_bins),
+            "in_distribution": brief_metrics(oof.y, oof.probs, classes, inside, ece_bins),
             "per_source": [],
         }
     cv["metrics"] = {"model": headline(result["argmax"]), "linear_probe_baseline": headline(result["baseline"])}

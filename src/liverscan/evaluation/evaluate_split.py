@@ -19,8 +19,10 @@ import numpy as np
 
 from liverscan.core.aggregate import aggregate_groups
 from liverscan.core.artifacts import (
+    EVAL_FILES,
     OOD_FILE,
     LoadedRun,
+    claim_out_dir,
     eval_dir_name,
     load_run,
 )
@@ -36,9 +38,10 @@ from liverscan.evaluation.crossval import (
 )
 from liverscan.evaluation.eval_dir import EvalResult, Figures, effective_config, write_eval_dir
 from liverscan.evaluation.evaluate_cv import evaluate_cv
-from liverscan.evaluation.labelled import LabelledImages, load_labelled
+from liverscan.evaluation.labelled import LabelledImages, is_prepared, load_labelled
+from liverscan.evaluation.leakage import find_seen, leave_out_seen, needs_check
 from liverscan.evaluation.localisation import head_localisation
-from liverscan.evaluation.metrics import bootstrap_intervals, classification_metrics
+from liverscan.evaluation.metrics import bootstrap_intervals, brief_metrics, classification_metrics
 from liverscan.evaluation.points import fit_operating_point, point_summary, store_operating_point
 from liverscan.evaluation.results import EvalMetrics
 
@@ -56,13 +59,19 @@ def evaluate(
     ece_bins: int | None = None,
     figures: bool = True,
     ood_retention: float | None = None,
+    group_column: str | None = None,
 ) -> EvalResult:
     """Evaluate a trained model; optionally fit and store an operating point first.
 
     ``config`` gives the split, bootstrap resamples and ECE bins (its ``eval``
     section) and the decoding limits (``preprocess``); explicit arguments override it.
     The out-of-distribution guard keeps the model's own threshold unless ``ood_retention`` is given
-    (as in ``predict``).
+    (as in ``predict``).  Labelled images given as ``data`` (folders, a glob, a CSV) are evaluated as
+    ``external`` (written to ``RUN/eval-external``), with their patients from a CSV's group column
+    (``group_column``, else found by name) or ``config.data.group_regex``.  Data other than the run's own
+    prepared dataset is checked for images the run has seen (exact copies and near duplicates of its
+    training and validation images, ``config.data.near_duplicate_distance``): they are left out of the
+    metrics, and ``leakage`` in ``metrics.json`` lists them.
     """
     from liverscan.core.model import load_model
 
@@ -73,16 +82,27 @@ def evaluate(
     bootstrap = settings.bootstrap if bootstrap is None else bootstrap
     ece_bins = settings.ece_bins if ece_bins is None else ece_bins
     run = load_run(run_path)
-    if is_cross_validated(run):
+    cross_validated = is_cross_validated(run)
+    if cross_validated:
         if data is None and given_split in (None, "cv"):
             out_dir = Path(out) if out else run.source / eval_dir_name("cv")
+            claim_out_dir(out_dir, EVAL_FILES, "evaluate")
             return evaluate_cv(run, out_dir, operating_point, bootstrap, seed, ece_bins, figures, config)
         if data is None:
             raise DataError(
                 f"{run.source}: this model was refit on every image of its prepared dataset, so its {split} "
                 "split is not held out; evaluate it cross-validated (no split) or on other data"
             )
+    if data is not None and not is_prepared(Path(data)):
+        split = "external"  # labelled images given directly: no split of a prepared dataset
     out_dir = Path(out) if out else (run.run_dir / eval_dir_name(split) if run.run_dir else Path(eval_dir_name(split)))
+    claim_out_dir(out_dir, EVAL_FILES, "evaluate")  # before any work, and before an operating point is stored
+    max_pixels = config.preprocess.max_pixels
+    ds = load_labelled(run, data, split, max_pixels, group_column or "", config.data.group_regex)
+    leakage = None
+    if data is not None and needs_check(run, data, cross_validated):
+        leakage = find_seen(run, ds, config.data.near_duplicate_distance, max_pixels, cross_validated)
+        ds = leave_out_seen(ds, leakage, data)  # before the model loads: nothing left fails at once
     model = load_model(run.model_path)
     if operating_point:
         store_operating_point(
@@ -92,8 +112,11 @@ def evaluate(
             ),
         )
     op = run.card.operating_point
-    ds = load_labelled(run, data, split, max_pixels=config.preprocess.max_pixels)
-    reference = Reference.for_model(run.model_path.with_name(OOD_FILE), ood_retention) if config.ood.enabled else None
+    reference = (
+        Reference.for_model(run.model_path.with_name(OOD_FILE), ood_retention, required=bool(run.card.ood))
+        if config.ood.enabled
+        else None
+    )
     from liverscan.core.model import predict_outputs, with_features
 
     probs, feats = predict_outputs(with_features(model), ds.x)
@@ -110,6 +133,8 @@ def evaluate(
         "argmax": classification_metrics(ds.y, probs, classes, ece_bins=ece_bins),
         "versions": versions(),
     }
+    if leakage is not None:
+        result["leakage"] = leakage
     result["argmax"]["bootstrap"] = bootstrap_intervals(
         ds.y, probs, classes, n_resamples=bootstrap, seed=seed, groups=ds.groups
     )
@@ -162,7 +187,7 @@ def evaluate(
         if op and cal is not None:
             plots.curves[f"temperature {op.temperature:.2f}"] = (cal, result["tuned"]["calibration"]["ece"])
     localised = head_localisation(run, ds, model, bootstrap, seed)
-    cfg = effective_config(run, split, bootstrap, ece_bins)
+    cfg = effective_config(run, settings.split if split == "external" else split, bootstrap, ece_bins)
     write_eval_dir(out_dir, header, rows, result, cfg, classes, plots, ece_bins, localised)
     return EvalResult(out_dir, EvalMetrics.from_dict(result))
 
@@ -200,15 +225,7 @@ def _ood_section(
     sources = ds.sources or [ds.source] * len(ds.y)
 
     def brief(mask: np.ndarray) -> dict | None:
-        if not mask.any():
-            return None
-        m = classification_metrics(ds.y[mask], probs[mask], classes, ece_bins=ece_bins)
-        return {
-            "n": int(mask.sum()),
-            "accuracy": m["accuracy"],
-            "balanced_accuracy": m["balanced_accuracy"],
-            "macro_roc_auc": m["macro"]["roc_auc"],
-        }
+        return brief_metrics(ds.y, probs, classes, mask, ece_bins)
 
     per_source = []
     for name in sorted(set(sources)):

@@ -1,8 +1,10 @@
-"""Classification metrics, bootstrap confidence intervals and calibration error.
+"""Classification metrics, confidence intervals and calibration error.
 
 Every metric scikit-learn has comes from scikit-learn.  Two are derived here
 because it has none: specificity (from ``multilabel_confusion_matrix``) and the
-expected calibration error (equal-width confidence bins).
+expected calibration error (equal-width confidence bins).  Proportions (accuracy, per-class precision,
+recall, specificity) get Wilson score intervals (SciPy), which stay honest at 0 and 1 where a percentile
+bootstrap collapses to a point; the other metrics get a percentile bootstrap.
 """
 
 from __future__ import annotations
@@ -124,6 +126,20 @@ def classification_metrics(y_true, probs, classes: list[str], y_pred=None, ece_b
     return out
 
 
+def brief_metrics(y_true, probs, classes: list[str], mask: np.ndarray, ece_bins: int = 15) -> dict | None:
+    """n, accuracy, balanced accuracy and macro ROC-AUC of the rows where ``mask`` is true (None: no rows) -
+    what the out-of-distribution tables show for all images and for the in-distribution ones."""
+    if not mask.any():
+        return None
+    m = classification_metrics(np.asarray(y_true)[mask], np.asarray(probs)[mask], classes, ece_bins=ece_bins)
+    return {
+        "n": int(mask.sum()),
+        "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "macro_roc_auc": m["macro"]["roc_auc"],
+    }
+
+
 #: resamples per task when the bootstrap runs in several processes
 BOOTSTRAP_CHUNK = 125
 
@@ -165,7 +181,7 @@ def _resampled_metrics(y, pred, probs, classes: list[str], members, task: tuple[
     labels = list(range(k))
     samples: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "macro_roc_auc": []}
     for c in classes:
-        for m in ("recall", "precision", "roc_auc"):
+        for m in ("recall", "precision", "specificity", "roc_auc"):
             samples[f"{c}.{m}"] = []
     # the inputs were validated once; skipping scikit-learn's per-call checks makes 1000 resamples ~5x faster
     with warnings.catch_warnings(), sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
@@ -184,6 +200,8 @@ def _resampled_metrics(y, pred, probs, classes: list[str], members, task: tuple[
                 present = (yb == i).any()
                 samples[f"{c}.recall"].append(rec[i] if present else np.nan)
                 samples[f"{c}.precision"].append(prec[i])
+                negatives = yb != i
+                samples[f"{c}.specificity"].append((pb[negatives] != i).mean() if negatives.any() else np.nan)
                 auc = aucs[i]
                 samples[f"{c}.roc_auc"].append(np.nan if auc is None else auc)
     return samples
@@ -199,20 +217,24 @@ def bootstrap_intervals(
     level: float = 0.95,
     groups=None,
 ) -> dict:
-    """Percentile bootstrap CIs for accuracy, balanced accuracy, per-class recall / precision / ROC-AUC
-    and macro ROC-AUC.
+    """95 % (``level``) CIs for accuracy, balanced accuracy, per-class recall / precision / specificity /
+    ROC-AUC and macro ROC-AUC; ``methods`` says which interval each key got.
 
-    Resamples images, or - with ``groups`` (patients, near-duplicate clusters) - whole
-    groups with all their rows, so correlated images are not counted as independent cases.
+    Proportions (accuracy, recall, precision, specificity) of independent images: Wilson score intervals.
+    The rest, and everything with ``groups`` of several images (patients, near-duplicate clusters): a
+    percentile bootstrap resampling images, or whole groups with all their rows, so correlated images are not
+    counted as independent cases.  Where a proportion is 0 or 1 the group bootstrap cannot vary (every
+    resample gives the same value); there the Wilson interval over the groups behind it is used instead.
     """
     y = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(1) if y_pred is None else np.asarray(y_pred, dtype=int)
-    members = None
+    members, group_of = None, None
     if groups is not None:
-        _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+        _, group_of = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        order = np.argsort(group_of, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(group_of))[:-1])
+    clustered = members is not None and any(len(m) > 1 for m in members)
     # each task starts from the generator state where its resamples begin in one serial draw, so the
     # resamples - and the intervals - are the same whatever the number of processes
     rng = np.random.default_rng(seed)
@@ -234,19 +256,53 @@ def bootstrap_intervals(
     samples = {key: [v for part in parts for v in part[key]] for key in parts[0]}
     alpha = (1 - level) / 2
     intervals: dict[str, list[float] | None] = {}
+    methods: dict[str, str] = {}
     out = {
         "n_resamples": n_resamples,
         "seed": seed,
         "level": level,
         "intervals": intervals,
-        "resampled": "groups" if members is not None else "images",
+        "methods": methods,
+        "resampled": "groups" if clustered else "images",  # groups of one image each are images
     }
     for key, vals in samples.items():
         arr = np.asarray(vals, dtype=np.float64)
         arr = arr[~np.isnan(arr)]
+        methods[key] = "bootstrap"
         if len(arr) < max(10, n_resamples // 10):
             intervals[key] = None
             continue
         lo, hi = np.quantile(arr, [alpha, 1 - alpha])
         intervals[key] = [float(lo), float(hi)]
+    for key, (hits, trials) in _proportions(y, pred, classes).items():
+        if not trials.any():
+            intervals[key] = None
+            continue
+        k, n = int(hits.sum()), int(trials.sum())
+        if not clustered:
+            intervals[key], methods[key] = wilson_interval(k, n, level), "wilson"
+        elif k in (0, n):  # the group bootstrap gives k/n in every resample: Wilson over the groups behind it
+            assert group_of is not None
+            n_groups = len(np.unique(group_of[trials]))
+            intervals[key] = wilson_interval(n_groups if k else 0, n_groups, level)
+            methods[key] = "wilson over groups"
     return out
+
+
+def _proportions(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per proportion metric: (rows counted as hits, rows in its denominator), as boolean masks."""
+    out = {"accuracy": (pred == y, np.ones(len(y), bool))}
+    for i, c in enumerate(classes):
+        out[f"{c}.recall"] = ((y == i) & (pred == i), y == i)
+        out[f"{c}.precision"] = ((y == i) & (pred == i), pred == i)
+        out[f"{c}.specificity"] = ((y != i) & (pred != i), y != i)
+    return out
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> list[float]:
+    """The Wilson score interval of ``k`` successes in ``n`` trials (SciPy's): inside [0, 1] and not a point
+    at 0 or 1 (12 of 12 gives 0.758-1.000)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return [float(ci.low), float(ci.high)]

@@ -86,8 +86,18 @@ def nested_group_point(oof, group_oof, goal: Goal, classes: list[str], agg_rule:
 
 
 def point_summary(op: OperatingPoint) -> dict:
-    """What metrics.json says of the operating point it applied."""
-    return {"spec": op.spec, "temperature": op.temperature, "rule": op.rule, "description": op.description}
+    """What metrics.json says of the operating point it applied, and what it was fitted on."""
+    on = op.fitted_on or {}
+    fitted = (
+        f"fitted on {on['data']}" + (f" (n={on['n']})" if on.get("n") is not None else "") if on.get("data") else None
+    )
+    return {
+        "spec": op.spec,
+        "temperature": op.temperature,
+        "rule": op.rule,
+        "description": op.description,
+        "fitted": fitted,
+    }
 
 
 def brief(m: dict) -> dict:

@@ -23,6 +23,7 @@ from liverscan.core.artifacts import (
     REPORT_MD,
     SUMMARY,
     ModelCard,
+    claim_out_dir,
     eval_dir_name,
     read_card,
     read_history,
@@ -101,13 +102,13 @@ PER_CLASS_COLUMNS = ["class", "precision", "recall", "specificity", "F1", "ROC-A
 
 
 def per_class_rows(m: Scores) -> list[list[str]]:
-    """Per class: precision, recall and ROC-AUC with their 95% CIs, specificity, F1, support."""
+    """Per class: precision, recall, specificity and ROC-AUC with their 95% CIs, F1, support."""
     return [
         [
             c,
             format_with_ci(v.precision, m.ci(f"{c}.precision")),
             format_with_ci(v.recall, m.ci(f"{c}.recall")),
-            format_value(v.specificity),
+            format_with_ci(v.specificity, m.ci(f"{c}.specificity")),
             format_value(v.f1),
             format_with_ci(v.roc_auc, m.ci(f"{c}.roc_auc")),
             str(v.support),
@@ -128,9 +129,11 @@ def group_level_section(gl: GroupLevel) -> Section:
     """Metrics with one case per patient (or near-duplicate group), beside the image-level ones."""
     patients = gl.kind == "patients"
     sec = Section(f"Results per {'patient' if patients else 'group'} (n={gl.n_groups})")
+    boot = gl.argmax.bootstrap
     sec.p(
         f"Each {gl.kind[:-1] if patients else 'group'} is one case: its images' probabilities "
-        f"aggregated by the {gl.rule} rule; intervals from a bootstrap over {gl.kind}. "
+        f"aggregated by the {gl.rule} rule. "
+        + (boot.describe(unit=gl.kind) + " " if boot else "")
         + (f"{gl.mixed_label_groups} group(s) hold images of several classes." if gl.mixed_label_groups else "")
     )
     variants = [("argmax", gl.argmax)] + ([("operating point", gl.tuned)] if gl.tuned else [])
@@ -258,10 +261,15 @@ def _training_section(run: Path, card: ModelCard) -> Section:
 def _results_section(m: EvalMetrics, eval_dir: Path) -> Section:
     boot = m.argmax.bootstrap
     res = Section(f"Results ({m.split}, n={m.n})")
-    res.p(
-        f"Data: {m.data}. Intervals are 95% bootstrap CIs "
-        f"({boot.n_resamples if boot else 0} resamples of {boot.resampled if boot else 'images'})."
-    )
+    res.p(f"Data: {m.data}" + (" (external: labelled images, not a prepared split)" if m.external else "") + ".")
+    res.p(boot.describe() if boot else "No confidence intervals.")
+    leak = m.leakage
+    if leak:
+        warning = leak.warning(m.n)
+        if warning:
+            res.p(f"**Warning: {warning}.**")
+        if leak.checked:
+            res.p(f"Checked for images the run has seen: {leak.checked}.")
     table_variants = result_variants(m)
     res.table(["metric"] + [v for v, _ in table_variants], overall_rows(table_variants))
     for name, s in result_variants(m, baseline=False):
@@ -281,10 +289,17 @@ def _calibration_section(m: EvalMetrics, eval_dir: Path) -> Section:
         f"log-loss {format_value(c.log_loss)} (model probabilities)."
     )
     if m.tuned:
-        temperature = m.operating_point.temperature if m.operating_point else None
-        fitted = "fitted nested, out of fold" if m.cross_validated else "fitted on validation"
+        op = m.operating_point
+        temperature = format_value(op.temperature if op else None)
+        if m.cross_validated:  # the tuned figures come from per-fold temperatures; the stored one is refit on all
+            how = (
+                "fitted nested, out of fold: each fold's predictions scaled by a temperature fitted on the other "
+                f"folds; the stored T = {temperature} is fitted on all out-of-fold predictions"
+            )
+        else:  # what point_summary recorded (older metrics: where it came from is not known here)
+            how = f"T = {temperature}, " + (op.fitted if op and op.fitted else "fitted on held-out predictions")
         cal.p(
-            f"After temperature scaling (T = {format_value(temperature)}, {fitted}): "
+            f"After temperature scaling ({how}): "
             f"ECE {format_value(m.tuned.calibration.ece)}, Brier {format_value(m.tuned.calibration.brier)}."
         )
     return cal.img(eval_dir / "reliability.png", "Reliability diagram")
@@ -458,10 +473,17 @@ def compare_rows(runs: Sequence[str | Path]) -> list[list]:
     return rows
 
 
+#: what ``report --compare`` writes into its output folder
+COMPARE_CSV, COMPARE_MD = "compare.csv", "compare.md"
+
+
 def write_compare(runs: Sequence[str | Path], out_dir: str | Path) -> list[list]:
-    rows = compare_rows(runs)
+    """Write ``compare.csv`` and ``compare.md`` into ``out_dir``: a new or empty folder, or an earlier comparison
+    (replaced); a folder holding a file liverscan did not write is refused, naming it."""
     out = Path(out_dir)
-    write_csv_atomic(out / "compare.csv", COMPARE_COLUMNS, rows)
+    claim_out_dir(out, (COMPARE_CSV, COMPARE_MD), "report --compare")
+    rows = compare_rows(runs)
+    write_csv_atomic(out / COMPARE_CSV, COMPARE_COLUMNS, rows)
     s = Section("Runs side by side").table(COMPARE_COLUMNS, rows)
-    write_text_atomic(out / "compare.md", render_markdown("liverscan run comparison", [s], out))
+    write_text_atomic(out / COMPARE_MD, render_markdown("liverscan run comparison", [s], out))
     return rows

@@ -57,19 +57,65 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """Percentile bootstrap intervals by metric key (``accuracy``, ``tumor.recall``, ``macro_roc_auc``, ...)."""
+    """Confidence intervals by metric key (``accuracy``, ``tumor.recall``, ``macro_roc_auc``, ...) and the method
+    of each: ``wilson`` (Wilson score, proportions of independent images), ``wilson over groups`` (a
+    proportion of 0 or 1 with groups: over the groups behind it) or ``bootstrap`` (percentile, over
+    ``resampled``); older metrics have no methods: all percentile bootstrap."""
 
     intervals: dict[str, Interval | None]
     level: float = 0.95
     n_resamples: int = 0
     resampled: str = "images"  # or "groups"
+    methods: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Bootstrap | None:
         if not d:
             return None
         iv = {k: (None if v is None else (float(v[0]), float(v[1]))) for k, v in d.get("intervals", {}).items()}
-        return cls(iv, float(d.get("level", 0.95)), int(d.get("n_resamples", 0)), str(d.get("resampled", "images")))
+        return cls(
+            iv,
+            float(d.get("level", 0.95)),
+            int(d.get("n_resamples", 0)),
+            str(d.get("resampled", "images")),
+            dict(d.get("methods") or {}),
+        )
+
+    def describe(self, short: bool = False, unit: str = "images") -> str:
+        """Which intervals these are, for people: the report's sentence, or (``short``) a table title's part.
+        ``unit``: what one row is (``patients`` for results with one case per patient)."""
+        level = f"{self.level:.0%}"
+        resampled = unit if self.resampled == "images" else self.resampled
+        used = set(self.methods.values())
+        if not used:  # written before intervals had methods
+            if short:
+                return f"{level} bootstrap CI over {resampled}"
+            return f"Intervals are {level} bootstrap CIs ({self.n_resamples} resamples of {resampled})."
+        if "wilson" in used:
+            if short:
+                return f"{level} CI: Wilson for proportions, bootstrap over {unit} otherwise"
+            rest = (
+                f"percentile bootstrap ({self.n_resamples} resamples of {unit}) for balanced accuracy and ROC-AUC"
+                if self.n_resamples
+                else "none for balanced accuracy and ROC-AUC (no bootstrap resamples)"
+            )
+            return (
+                f"Intervals are {level} CIs: Wilson score intervals for the proportions (accuracy, precision, "
+                f"recall, specificity), {rest}."
+            )
+        wilson = "wilson over groups" in used
+        if short:
+            return f"{level} CI: bootstrap over {resampled}" + (", Wilson over groups at 0 or 1" if wilson else "")
+        return (
+            f"Intervals are {level} percentile bootstrap CIs ({self.n_resamples} resamples of {resampled}, "
+            "all images of a group together)"
+            + (
+                "; a proportion of 0 or 1 (every resample the same) gets the Wilson score interval over the "
+                f"{resampled} behind it instead."
+                if wilson
+                else "."
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -209,6 +255,43 @@ class OodResult:
 
 
 @dataclass(frozen=True)
+class Leakage:
+    """Evaluated images the run had seen - exact copies or near duplicates of its training or validation
+    images - left out of the metrics (``evaluate --data``)."""
+
+    checked: str | None  # what was compared with what; None: not checked (``note`` says why)
+    excluded: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # "exact" / "near" -> split -> images
+    images: list[dict[str, Any]] = field(default_factory=list)  # path, match, split, of, distance
+    note: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Leakage | None:
+        return None if not d else _build(cls, d)
+
+    def summary(self) -> str:
+        """``3 exact copies of training images, 1 near duplicate of a validation image`` (or ``none``)."""
+        words = {"train": ("training image", "training images"), "val": ("validation image", "validation images")}
+        parts = []
+        for match, what in (("exact", ("exact copy", "exact copies")), ("near", ("near duplicate", "near duplicates"))):
+            for split, n in (self.counts.get(match) or {}).items():
+                if n:
+                    of = words.get(split, (f"{split} image", f"{split} images"))
+                    parts.append(f"{n} {what[n != 1]} of {'a ' + of[0] if n == 1 else of[1]}")
+        return ", ".join(parts) or "none"
+
+    def warning(self, n_left: int) -> str | None:
+        """What a person must know (images left out, or what could not be checked), or None."""
+        if self.excluded:
+            return (
+                f"{self.excluded} evaluated image{'s' if self.excluded != 1 else ''} left out of the metrics, the "
+                f"run has seen them: {self.summary()}; the metrics are on the other {n_left} "
+                "(metrics.json lists them under leakage)"
+            )
+        return self.note
+
+
+@dataclass(frozen=True)
 class PointApplied:
     """The operating point an evaluation applied (or fitted)."""
 
@@ -216,7 +299,7 @@ class PointApplied:
     temperature: float | None = None
     rule: dict[str, Any] | None = None
     description: str | None = None
-    fitted: str | None = None  # how it was fitted for a cross-validated evaluation (nested)
+    fitted: str | None = None  # how it was fitted: nested (cross-validated), or on what data
     level: str = "image"
     note: str | None = None
 
@@ -240,12 +323,18 @@ class EvalMetrics:
     temperature_nested: Calibration | None = None
     rows: int | None = None  # out-of-fold predictions (every image once per repeat)
     localisation: LocalisationMetrics | None = None  # lesion maps vs outlines (a run with a lesion head)
+    leakage: Leakage | None = None  # evaluated images the run had seen, left out (evaluate --data)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the JSON as written
 
     @property
     def cross_validated(self) -> bool:
         return self.split == "cross-validation"
+
+    @property
+    def external(self) -> bool:
+        """Evaluated on labelled images given with ``--data`` (folders, a glob, a CSV), not a prepared split."""
+        return self.split == "external"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalMetrics:
@@ -268,6 +357,7 @@ class EvalMetrics:
             temperature_nested=_build(Calibration, d["temperature_nested"]) if d.get("temperature_nested") else None,
             rows=d.get("rows"),
             localisation=LocalisationMetrics.from_dict(d.get("localisation")),
+            leakage=Leakage.from_dict(d.get("leakage")),
             skipped=[(s["path"], s["reason"]) for s in d.get("skipped") or []],
             raw=d,
         )

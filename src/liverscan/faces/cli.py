@@ -1,24 +1,25 @@
 """The ``liverscan`` command line: a thin dispatcher over the library.
 
-Only Typer, Rich and the configuration schema are imported at start-up;
-every command imports what it needs (TensorFlow included) when it runs.
+Only Typer and Rich are imported at start-up (``liverscan --help`` needs no more; benchmarks/startup.py
+measures it); every command imports what it needs (the configuration schema, TensorFlow) when it runs.
+No ``from __future__ import annotations`` here: Typer would evaluate every option's annotation string
+again on each start.
 """
-
-from __future__ import annotations
 
 import functools
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from liverscan import __version__
-from liverscan.core.artifacts import CONFIG_FILE
-from liverscan.core.config import REVIEW_CONFIDENCE, Config, apply_overrides, load_config, set_value
-from liverscan.core.errors import LiverscanError
+from liverscan.core.defaults import REVIEW_CONFIDENCE
+from liverscan.core.errors import ConfigError, LiverscanError
+from liverscan.faces import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from liverscan.faces.options import (
     ConfigOpt,
     ModelOpt,
@@ -31,9 +32,38 @@ from liverscan.faces.options import (
     renamed,
 )
 
+if TYPE_CHECKING:  # the schema (and YAML) load when a command builds its configuration, not for --help
+    from liverscan.core.config import Config
+
+
+class _PlainFlags:
+    """Help that shows a flag as a plain flag: ``--version``, not ``--version <bool>`` (Typer prints a type beside
+    every option, flags included; a flag takes no value)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        params = self.get_params(ctx)  # type: ignore[attr-defined]
+        flags = [p for p in params if getattr(p, "is_flag", False) and p.metavar is None]
+        for p in flags:
+            p.metavar = ""
+        try:
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
+        finally:
+            for p in flags:
+                p.metavar = None
+
+
+class _Group(_PlainFlags, TyperGroup):
+    pass
+
+
+class _Command(_PlainFlags, TyperCommand):
+    pass
+
+
 app = typer.Typer(
     name="liverscan",
     help="Classify liver B-mode ultrasound images into normal / fatty liver / tumor.",
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -43,8 +73,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print a one-line error (markup in it is shown literally) and exit."""
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print a one-line error (markup in it is shown literally) and exit (see the exit codes in liverscan.faces)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -74,6 +104,16 @@ def _signal_code(exc: BaseException) -> int:
     return 128 + (exc.signum if isinstance(exc, Stopped) else int(signal.SIGINT))
 
 
+def usage(message: str) -> NoReturn:
+    """A usage error found after parsing (a bad value, options that do not go together): one line, exit 2."""
+    fail(message, EXIT_USAGE)
+
+
+def _error_code(exc: LiverscanError) -> int:
+    """A bad configuration or option value is a usage error, as Click's own are; the rest are errors."""
+    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_ERROR
+
+
 def _os_message(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
     return f"{where}{exc.strerror or exc}"
@@ -88,13 +128,13 @@ def command(name: str):
             try:
                 return fn(*args, **kwargs)
             except LiverscanError as exc:
-                fail(str(exc))
+                fail(str(exc), _error_code(exc))
             except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM/SIGHUP raised as Stopped by main()
                 fail(f"stopped by {_signal_name(exc)}; files are written whole or not at all", _signal_code(exc))
             except OSError as exc:  # unwritable or full output directory, unreadable input
                 fail(_os_message(exc))
 
-        return app.command(name)(guarded)
+        return app.command(name, cls=_Command)(guarded)
 
     return register
 
@@ -114,8 +154,10 @@ def _root(
     """liverscan: reproducible liver ultrasound classification (research use only, not a medical device)."""
 
 
-def build_config(config: Optional[Path], overrides: Optional[list[str]], **flags: object) -> Config:
+def build_config(config: Optional[Path], overrides: Optional[list[str]], **flags: object) -> "Config":
     """Defaults <- YAML file <- --set overrides <- explicit flags (those not None)."""
+    from liverscan.core.config import load_config, set_value
+
     cfg = load_config(config, overrides or [])
     for dotted, value in flags.items():
         if value is not None:
@@ -194,13 +236,13 @@ def prepare_cmd(
     or [bold]liverscan prepare "data/xu-liver/{label}/image/*.jpg" --map benign=tumor -o prepared/xu[/]
     """
     from liverscan.core.classmap import load_class_map, parse_map_options
-    from liverscan.core.config import SourceSpec
+    from liverscan.core.config import SourceSpec, apply_overrides
     from liverscan.core.sources import parse_source_arg
     from liverscan.faces.terminal import print_prepare_summary
     from liverscan.preparation import prepare_dataset
 
     if out is None:
-        fail("give the output directory: --out DIR")
+        usage("give the output directory: --out DIR")
     split = renamed("--split", "--split-ratios", old_split, split_ratios, err_console)
     cfg = build_config(
         config,
@@ -220,7 +262,7 @@ def prepare_cmd(
         except ValueError:
             ratios = []
         if len(ratios) != 3:
-            fail(f"--split-ratios {split!r} must give three numbers like 70/15/15")
+            usage(f"--split-ratios {split!r} must give three numbers like 70/15/15")
         cfg = apply_overrides(cfg, [f"data.{k}_ratio={v!r}" for k, v in zip(("train", "val", "test"), ratios)])
     if class_map is not None:
         cfg.data.class_map = load_class_map(class_map)
@@ -321,10 +363,12 @@ def train_cmd(
     refit on all images and evaluated out of fold); [bold]--head mlp[/] for the paper's head; offline: add
     [bold]--weights path/to/mobilenet_v2_1.0_160_no_top.h5[/]; resume with [bold]liverscan train --resume runs/xu[/]
     """
-    from liverscan.training import cross_validate, train_run
+    from liverscan.core.artifacts import CONFIG_FILE, EVALUATE_PHASE, EXPORT_PHASE
+    from liverscan.core.config import Config
+    from liverscan.training import cross_validate, finish_run, train_run
 
     if resume is None and (data is None or out is None):
-        fail("give --data PREPARED_DIR and --out RUN_DIR (or --resume RUN_DIR)")
+        usage("give --data PREPARED_DIR and --out RUN_DIR (or --resume RUN_DIR)")
     if resume is not None:
         cfg, target = Config(), resume
     else:
@@ -355,25 +399,41 @@ def train_cmd(
     else:
         cv = cfg.train.folds >= 2
     fit = cross_validate if cv else train_run
+    # after training: the out-of-fold evaluation (cross-validated runs) and the fast runtime; run.json records
+    # each, so a stop in any of them leaves a run that --resume finishes without training again
+    then = ([EVALUATE_PHASE] if cv else []) + ([EXPORT_PHASE] if cfg.train.export_runtime != "none" else [])
+    steps = {EVALUATE_PHASE: lambda: _evaluate_out_of_fold(target), EXPORT_PHASE: lambda: _export_fast_runtime(target)}
     try:
         if quiet or not console.is_terminal:
-            result = fit(cfg, data, target, overwrite=overwrite, resume=resume is not None)
+            result = fit(cfg, data, target, overwrite=overwrite, resume=resume is not None, then=then)
         else:
             from liverscan.faces.progress import RichReporter
 
             with RichReporter(console) as reporter:
-                result = fit(cfg, data, target, overwrite=overwrite, resume=resume is not None, reporter=reporter)
+                result = fit(
+                    cfg, data, target, overwrite=overwrite, resume=resume is not None, reporter=reporter, then=then
+                )
+        _print_trained(result)
+        finish_run(target, steps)
     except KeyboardInterrupt as exc:
-        saved = any(Path(target).glob("checkpoint/*/state.json")) or any(Path(target).glob("folds/*/fold.json"))
-        fail(
-            f"stopped by {_signal_name(exc)}; "
-            + (
-                f"resume from the last checkpoint with: liverscan train --resume {target}"
-                if saved
-                else "no epoch had finished, so nothing was checkpointed"
-            ),
-            _signal_code(exc),
-        )
+        fail(f"stopped by {_signal_name(exc)}; {_how_to_resume(target)}", _signal_code(exc))
+
+
+def _how_to_resume(target: Path) -> str:
+    """What a stopped ``train`` left, and the command that continues it."""
+    from liverscan.core.artifacts import RUN_FILE, TRAIN_PHASE, pending_phases, read_run_info
+
+    info = read_run_info(target) if (Path(target) / RUN_FILE).is_file() else {}
+    if TRAIN_PHASE in info.get("done", []):
+        left = ", ".join(pending_phases(info))
+        return f"the model is trained; finish the rest ({left}) with: liverscan train --resume {target}"
+    saved = any(Path(target).glob("checkpoint/*/state.json")) or any(Path(target).glob("folds/*/fold.json"))
+    if saved:
+        return f"resume from the last checkpoint with: liverscan train --resume {target}"
+    return "no epoch had finished, so nothing was checkpointed"
+
+
+def _print_trained(result) -> None:
     t, v = result.card.training, result.card.validation
     what = f"Trained {t['epochs_run']} epochs" if t.get("epochs_run") else f"Fitted the {t['mode']}"
     shown = f"; val accuracy {v['accuracy']:.4f} (balanced {v['balanced_accuracy']:.4f})" if v else ""
@@ -385,33 +445,36 @@ def train_cmd(
             f"lesion-free images, {lt['seconds']:.0f} s",
             highlight=False,
         )
-    if cv:
-        from liverscan.evaluation import evaluate
+    warning = (result.card.ood or {}).get("warning")
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False)
 
-        res = evaluate(result.run_dir, config=cfg)
-        from liverscan.evaluation import format_with_ci
 
-        m = res.metrics.argmax
-        keys = (
-            ("accuracy", "accuracy"),
-            ("balanced accuracy", "balanced_accuracy"),
-            ("macro ROC-AUC", "macro_roc_auc"),
-        )
-        cells = [f"{label} {format_with_ci(m.value(k), m.ci(k))}" for label, k in keys]
-        console.print(
-            f"Out of fold ({res.metrics.rows} predictions, 95% CI over groups): "
-            + ", ".join(cells)
-            + f"; details in {escape(str(res.out_dir))}",
-            highlight=False,
-        )
-    _export_fast_runtime(result.run_dir)
+def _evaluate_out_of_fold(run_dir: Path) -> None:
+    """A cross-validated run's out-of-fold evaluation (``eval-cv/``), with its headline printed."""
+    from liverscan.core.artifacts import CONFIG_FILE
+    from liverscan.core.config import load_saved_config
+    from liverscan.evaluation import evaluate, format_with_ci
+
+    res = evaluate(run_dir, config=load_saved_config(Path(run_dir) / CONFIG_FILE))
+    m = res.metrics.argmax
+    keys = (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro ROC-AUC", "macro_roc_auc"))
+    cells = [f"{label} {format_with_ci(m.value(k), m.ci(k))}" for label, k in keys]
+    console.print(
+        f"Out of fold ({res.metrics.rows} predictions; {m.bootstrap.describe(short=True) if m.bootstrap else 'no CIs'}): "
+        + ", ".join(cells)
+        + f"; details in {escape(str(res.out_dir))}",
+        highlight=False,
+    )
 
 
 def _export_fast_runtime(run_dir: Path) -> None:
     """Write the run's checked fast runtime (train.export_runtime), so predict runs at full speed at once."""
+    from liverscan.core.artifacts import CONFIG_FILE
+    from liverscan.core.config import load_saved_config
     from liverscan.core.keras_env import backend_name
 
-    fmt = load_config(Path(run_dir) / CONFIG_FILE).train.export_runtime
+    fmt = load_saved_config(Path(run_dir) / CONFIG_FILE).train.export_runtime
     if fmt == "none":
         return
     if backend_name() != "tensorflow":
@@ -461,6 +524,12 @@ def evaluate_cmd(
         ),
     ] = None,
     old_operating_point: Annotated[Optional[str], typer.Option("--operating-point", hidden=True)] = None,
+    group_column: Annotated[
+        Optional[str],
+        typer.Option(
+            help="CSV data: column holding the group (patient id); found by name as in prepare when not given."
+        ),
+    ] = None,
     bootstrap: Annotated[
         Optional[int], typer.Option(help="Bootstrap resamples for the 95% CIs (default 1000).", min=0)
     ] = None,
@@ -481,12 +550,23 @@ def evaluate_cmd(
     retention = cfg.ood.retention if (config or set_) else None  # else the model's own, as predict does
     spec = renamed("--operating-point", "--fit-operating-point", old_operating_point, fit_operating_point, err_console)
     res = evaluate(
-        run, data, split=split, out=out, operating_point=spec, config=cfg, seed=seed or 0, ood_retention=retention
+        run,
+        data,
+        split=split,
+        out=out,
+        operating_point=spec,
+        config=cfg,
+        seed=seed or 0,
+        ood_retention=retention,
+        group_column=group_column,
     )
     if not quiet:
         print_evaluation(res.metrics, console)
     for path, reason in res.metrics.skipped:
         err_console.print(f"[yellow]skipped:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    seen = res.metrics.leakage.warning(res.metrics.n) if res.metrics.leakage else None
+    if seen:
+        err_console.print(f"[yellow]warning:[/] {escape(seen)}", highlight=False, soft_wrap=True)
     console.print(f"Wrote predictions, metrics and figures to {escape(str(res.out_dir))}", highlight=False)
 
 
@@ -521,7 +601,7 @@ def report_cmd(
         )
         return
     if len(runs) != 1:
-        fail("give one run directory (or --compare with several)")
+        usage("give one run directory (or --compare with several)")
     html_path, md_path, sections = write_report(runs[0], eval_dir)
     for s in sections:
         tables = [b for b in s.blocks if b[0] == "table"]
@@ -644,8 +724,8 @@ def predict_cmd(
     ] = False,
     old_resume: Annotated[bool, typer.Option("--resume", hidden=True)] = False,
 ) -> None:
-    """Classify images; exit code 0 = all predicted, 2 = some files failed (see their records), 1 = usage/model error,
-    130/143/129 = stopped by Ctrl+C/SIGTERM/SIGHUP (records so far kept in FILE.partial).
+    """Classify images; exit code 0 = all predicted, 4 = some files failed (see their records), 1 = model/data
+    error, 2 = usage error, 130/143/129 = stopped by Ctrl+C/SIGTERM/SIGHUP (records so far kept in FILE.partial).
 
     Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain overlays/[/]
     or [bold]find /archive -name '*.png' | liverscan predict - --format jsonl[/]
@@ -685,7 +765,7 @@ def predict_cmd(
         **({"group_rule": group_rule} if group_rule else {}),
     )
     if engine not in ("local", "ray"):
-        fail("--engine must be local or ray")
+        usage("--engine must be local or ray")
     if engine == "ray":
         refused = {"--decode processes": decode == "processes", "--format": format_, "--explain": explain}
         refused["--lesion-masks"] = lesion_masks
@@ -694,7 +774,7 @@ def predict_cmd(
         ray.update(num_workers=num_workers, gpus_per_worker=gpus_per_worker, shard_size=shard_size)
         return _predict_on_ray(paths, model, output, options, ray, refused=refused, quiet=quiet)
     if resume or address:
-        fail("--resume-shards and --ray-address work with --engine ray")
+        usage("--resume-shards and --ray-address work with --engine ray")
     job = PredictJob(paths, options, model=model, output=output, stream_format=format_, study_output=study_output,
                      overwrite=overwrite)  # fmt: skip
     note = functools.partial(err_console.print, highlight=False, soft_wrap=True)
@@ -717,7 +797,7 @@ def predict_cmd(
     print_predict_summary(console, err_console, summary, summary.classes, shown if show_table else None,
                           job.options.group_by)  # fmt: skip
     if summary.failed:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def _print_model(job, note) -> None:
@@ -740,22 +820,22 @@ def _fail_stopped(exc: BaseException, summary, note) -> NoReturn:
     if isinstance(exc, OSError):
         fail(f"{_os_message(exc)}{where}")
     if isinstance(exc, LiverscanError):
-        fail(f"{exc}{where}")
+        fail(f"{exc}{where}", _error_code(exc))
     fail(f"stopped by {_signal_name(exc)}{where}", _signal_code(exc))
 
 
 def _predict_on_ray(paths, model, output, options, ray_options: dict, refused: dict, quiet: bool) -> None:
-    """``predict --engine ray``: shards in the --output folder, a summary line, exit 2 when some files failed."""
+    """``predict --engine ray``: shards in the --output folder, a summary line, exit 4 when some files failed."""
     from liverscan.core.files import Skipped
     from liverscan.serving import check_path_lists, expand_inputs, run_ray_predict
 
     given = [flag for flag, value in refused.items() if value]
     if given:
-        fail(f"{', '.join(given)} cannot be used with --engine ray (write shards with --output FOLDER)")
+        usage(f"{', '.join(given)} cannot be used with --engine ray (write shards with --output FOLDER)")
     if output is None:
-        fail("--engine ray needs --output FOLDER for its shards")
+        usage("--engine ray needs --output FOLDER for its shards")
     if Path(output).suffix.lower() in (".csv", ".json", ".jsonl", ".parquet"):
-        fail(f"{output}: with --engine ray the output is a folder of shards, not a file")
+        usage(f"{output}: with --engine ray the output is a folder of shards, not a file")
     check_path_lists(paths)
     skipped = Skipped()
     listed = list(expand_inputs(paths, skipped=skipped))
@@ -773,9 +853,10 @@ def _predict_on_ray(paths, model, output, options, ray_options: dict, refused: d
                     soft_wrap=True,
                 )
 
+    workers = min(ray_options["num_workers"], -(-len(listed) // ray_options["shard_size"]))  # one per shard at most
     if not quiet:
         err_console.print(
-            f"Ray engine: {len(listed)} inputs, {ray_options['num_workers']} workers, model "
+            f"Ray engine: {len(listed)} inputs, {workers} workers, model "
             f"{escape(str(model or 'the shipped default model'))}, runtime {options.runtime}; shards in "
             f"{escape(str(output))}",
             highlight=False,
@@ -804,7 +885,7 @@ def _predict_on_ray(paths, model, output, options, ray_options: dict, refused: d
     if warning:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if s.failed:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @command("export")
@@ -843,7 +924,7 @@ def export_cmd(
 @command("app")
 def app_cmd(
     model: ModelOpt = None,
-    port: Annotated[int, typer.Option(help="Port to serve on (localhost).")] = 8501,
+    port: Annotated[int, typer.Option(help="Port to serve on (localhost).", min=1, max=65535)] = 8501,
     address: Annotated[str, typer.Option(help="Address to bind the app's server to.")] = "localhost",
     use_operating_point: UseOperatingPointOpt = False,
 ) -> None:
@@ -867,8 +948,8 @@ def app_cmd(
     env["LIVERSCAN_APP_OPERATING_POINT"] = "1" if use_operating_point else ""
     cmd = [
         sys.executable,
-        "-m",
-        "streamlit",
+        "-c",
+        "import sys; from liverscan.faces.cli import serve_app; sys.exit(serve_app(sys.argv[1:]))",
         "run",
         str(script),
         "--server.port",
@@ -898,6 +979,49 @@ def app_cmd(
     sys.stderr.flush()
     # become the server (no child left behind): a signal to this process reaches Streamlit itself
     os.execve(sys.executable, cmd, env)
+
+
+def serve_app(args: list[str]) -> int:
+    """The app's server process (``liverscan app`` becomes it): ``streamlit ARGS``, whose exit code says how it
+    stopped as every command's does (130 Ctrl+C, 143 SIGTERM, 129 SIGHUP) where Streamlit itself exits 0."""
+    import os
+    import signal
+
+    from streamlit.web import cli as streamlit_cli
+
+    # Streamlit installs its own handlers once serving; the wakeup pipe records every signal whichever handles it
+    received, write_end = os.pipe()
+    os.set_blocking(received, False)
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    stops = {int(signal.SIGINT)}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup keeps ignoring SIGHUP
+            stops.add(int(sig))
+            signal.signal(sig, _stop_app if name == "SIGHUP" else _raise_stopped)
+    code: int | str | None = EXIT_OK
+    try:
+        streamlit_cli.main(args, prog_name="streamlit")
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:  # a signal before Streamlit took over
+        pass
+    try:
+        seen = os.read(received, 1024)
+    except BlockingIOError:
+        seen = b""
+    first = next((n for n in seen if n in stops), None)
+    if first is not None:
+        return 128 + first
+    return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_ERROR)
+
+
+def _stop_app(signum, frame) -> None:
+    """SIGHUP stops the app as SIGTERM does (Streamlit handles SIGTERM; the exit code still says SIGHUP)."""
+    import signal
+
+    signal.raise_signal(signal.SIGTERM)
 
 
 def _with_progress(fn, label: str, quiet: bool):

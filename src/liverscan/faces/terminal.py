@@ -6,9 +6,11 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from liverscan.core.artifacts import SPLITS
 
@@ -78,8 +80,12 @@ def overall_table(metrics: EvalMetrics) -> Table:
 
     variants = result_variants(metrics)
     boot = metrics.argmax.bootstrap
-    resampled = boot.resampled if boot else "images"
-    table = Table(title=f"Overall ({metrics.split}, n={metrics.n}; 95% bootstrap CI over {resampled})")
+    left_out = metrics.leakage.excluded if metrics.leakage else 0
+    table = Table(
+        title=f"Overall ({metrics.split}, n={metrics.n}"
+        + (f", {left_out} seen images left out" if left_out else "")
+        + f"; {boot.describe(short=True) if boot else 'no CIs'})"
+    )
     table.add_column("metric")
     for name, _ in variants:
         table.add_column(name, justify="right")
@@ -201,15 +207,16 @@ def ood_table(ood: OodResult) -> Table:
         "macro AUC (in-distribution)",
     ):
         table.add_column(col)
-    if not ood.per_source:
-        i = ood.in_distribution
+    if not ood.per_source:  # one row for every image (a cross-validated evaluation has no sources)
+        a, i = ood.all, ood.in_distribution
+        n = a.n if a else (i.n if i else 0) + ood.n_out_of_distribution  # older metrics have no "all"
         table.add_row(
             "all",
-            str(i.n) if i else "",
+            str(n),
             format_value(ood.in_distribution_rate),
-            "",
+            format_value(a.accuracy if a else None),
             format_value(i.accuracy if i else None),
-            "",
+            format_value(a.macro_roc_auc if a else None),
             format_value(i.macro_roc_auc if i else None),
         )
     for row in ood.per_source:
@@ -226,43 +233,70 @@ def ood_table(ood: OodResult) -> Table:
     return table
 
 
-def _results_table(title: str, first: str, classes: list[str], extra: list[str]) -> Table:
-    """Columns shared by the prediction and study tables: name, decision, confidence, p(class)..., review."""
+def fit_path(path: str, width: int, folders: int = 0) -> str:
+    """``path`` in ``width`` cells where it can be: the file name whole, as many of the folders nearest to it as
+    fit (at least ``folders`` of them), the rest shown as "…" ("…/image/12.jpg"); longer than ``width`` rather
+    than a name cut."""
+    if cell_len(path) <= width:
+        return path
+    cuts = [i for i, ch in enumerate(path) if ch in "/\\" and i > 0]
+    for i in cuts[: max(len(cuts) - folders, 0)]:  # the longest tail first
+        if cell_len("…" + path[i:]) <= width:
+            return "…" + path[i:]
+    return "…" + path[cuts[-1 - folders] :] if len(cuts) > folders else path
+
+
+def _results_table(
+    title: str, first: str, names: list[tuple[str, str]], headers: list[str], rows: list[list[str]], width: int | None
+) -> Table:
+    """The prediction and study tables: a name column (``names``: a path and a literal suffix each), then
+    ``headers`` (decision, confidence, p(class)..., extra, review) over ``rows``.  In a ``width``-cell terminal the
+    paths get what the other columns leave, and at least their file name and its folder ("…/image/12.jpg"):
+    :func:`fit_path` shortens the folders, never a file name."""
     table = Table(title=title)
-    table.add_column(first, overflow="fold")
-    table.add_column("decision")
-    table.add_column("confidence", justify="right")
-    for c in classes:
-        table.add_column(f"p({c})", justify="right")
-    for name in extra:
-        table.add_column(name, justify="right")
-    table.add_column("review")
+    shown = [path + suffix for path, suffix in names]
+    if width is not None and names:
+        plain = [[Text.from_markup(c).plain for c in r] for r in rows]
+        natural = [max([cell_len(h)] + [cell_len(r[k]) for r in plain]) for k, h in enumerate(headers)]
+        least = [max([1] + [cell_len(w) for r in plain for w in r[k].split()]) for k in range(len(headers))]
+        borders = 3 * len(headers) + 4
+        wanted = max(cell_len(fit_path(p, 0, folders=1) + x) for p, x in names)  # a name and its folder
+        room = min(max(width - borders - sum(natural), wanted), width - borders - sum(least))
+        shown = [fit_path(p, room - cell_len(x), folders=0) + x for p, x in names]
+    fits = width is not None and all(cell_len(t) <= room for t in shown)
+    table.add_column(first, overflow="fold", no_wrap=fits)  # a fitted column stays whole; the others wrap
+    for name in headers:
+        table.add_column(name, justify="left" if name in ("decision", "review") else "right")
+    for text, cells in zip(shown, rows):
+        table.add_row(Text(text), *cells)
     return table
 
 
-def predictions_table(records: list, classes: list[str], total: int) -> Table:
+def predictions_table(records: list, classes: list[str], total: int, width: int | None = None) -> Table:
     """File, decision, confidence, per-class probabilities, where the lesion is (a model with a lesion head) and
-    review flag (first rows only for big runs)."""
+    review flag (first rows only for big runs); ``width``: the terminal's, to shorten folders (never names)."""
     title = "Predictions" + (f" (first {len(records)} of {total})" if total > len(records) else "")
     lesion = any(getattr(r, "lesion", None) is not None for r in records)
-    table = _results_table(title, "file", classes, ["lesion"] if lesion else [])
+    headers = ["decision", "confidence", *[f"p({c})" for c in classes], *(["lesion"] if lesion else []), "review"]
+    names, rows = [], []
     for r in records:
-        name = escape(r.path) + (f" \\[frame {r.frame}]" if r.frame else "")
+        names.append((r.path, f" [frame {r.frame}]" if r.frame else ""))
         if r.error:
-            table.add_row(name, "[red]error[/]", "", *[""] * (len(classes) + lesion), escape(r.error))
+            rows.append(["[red]error[/]", "", *[""] * (len(classes) + lesion), escape(r.error)])
             continue
         outside = r.in_distribution is False
-        table.add_row(
-            name,
-            "[red]out of distribution[/]" if outside else escape(r.predicted_class),
-            f"{r.confidence:.3f}",
-            *[f"{r.probabilities[c]:.3f}" for c in classes],
-            *([lesion_cell(r.lesion)] if lesion else []),
-            "[yellow]yes[/]" + (f" ({escape(r.ood_reason)})" if outside and r.ood_reason else "")
-            if r.needs_review
-            else "",
+        rows.append(
+            [
+                "[red]out of distribution[/]" if outside else escape(r.predicted_class),
+                f"{r.confidence:.3f}",
+                *[f"{r.probabilities[c]:.3f}" for c in classes],
+                *([lesion_cell(r.lesion)] if lesion else []),
+                "[yellow]yes[/]" + (f" ({escape(r.ood_reason)})" if outside and r.ood_reason else "")
+                if r.needs_review
+                else "",
+            ]
         )
-    return table
+    return _results_table(title, "file", names, headers, rows, width)
 
 
 def lesion_cell(finding) -> str:
@@ -286,26 +320,29 @@ def ood_summary(n_outside: int, n_predicted: int) -> str | None:
     )
 
 
-def studies_table(studies: list, classes: list[str], limit: int = 200) -> Table:
+def studies_table(studies: list, classes: list[str], limit: int = 200, width: int | None = None) -> Table:
     """One row per study: decision, confidence, probabilities, frames used / failed / out of distribution."""
     shown = studies[:limit]
     title = "Studies" + (f" (first {len(shown)} of {len(studies)})" if len(studies) > len(shown) else "")
-    table = _results_table(title, "group", classes, ["frames (failed, outside)"])
+    headers = ["decision", "confidence", *[f"p({c})" for c in classes], "frames (failed, outside)", "review"]
+    names, rows = [], []
     for s in shown:
+        names.append((s.group, ""))
         frames = f"{s.n_frames} ({s.n_failed}, {s.n_out_of_distribution})"
         if s.error:
-            table.add_row(escape(s.group), "[red]error[/]", "", *[""] * len(classes), frames, escape(s.error))
+            rows.append(["[red]error[/]", "", *[""] * len(classes), frames, escape(s.error)])
             continue
         outside = s.decision == "out_of_distribution"
-        table.add_row(
-            escape(s.group),
-            "[red]out of distribution[/]" if outside else escape(s.predicted_class),
-            f"{s.confidence:.3f}",
-            *[f"{s.probabilities[c]:.3f}" for c in classes],
-            frames,
-            "[yellow]yes[/]" if s.needs_review else "",
+        rows.append(
+            [
+                "[red]out of distribution[/]" if outside else escape(s.predicted_class),
+                f"{s.confidence:.3f}",
+                *[f"{s.probabilities[c]:.3f}" for c in classes],
+                frames,
+                "[yellow]yes[/]" if s.needs_review else "",
+            ]
         )
-    return table
+    return _results_table(title, "group", names, headers, rows, width)
 
 
 def print_predict_summary(
@@ -317,7 +354,7 @@ def print_predict_summary(
     if summary.skipped.total:
         say(f"[yellow]note:[/] {escape(summary.skipped.summary())}")
     if shown is not None:
-        console.print(predictions_table(shown, classes, summary.records))
+        console.print(predictions_table(shown, classes, summary.records, console.width))
     decisions = ", ".join(f"{c}: {n}" for c, n in sorted(summary.decisions.items()))
     err_console.print(
         escape(f"{summary.predicted} of {summary.records} images predicted ({decisions or 'none'})")
@@ -331,7 +368,7 @@ def print_predict_summary(
     if summary.studies is None:
         return
     if shown is not None:
-        console.print(studies_table(summary.studies, classes))
+        console.print(studies_table(summary.studies, classes, width=console.width))
     review = sum(s.needs_review for s in summary.studies)
     err_console.print(
         f"{len(summary.studies)} studies by {escape(str(group_by))} ({summary.group_rule} of their frames); "

@@ -39,15 +39,15 @@ from liverscan.core.artifacts import (
 from liverscan.core.classmap import map_labels, ordered_classes
 from liverscan.core.config import Config
 from liverscan.core.dataset import class_weights
+from liverscan.core.dedup import link_groups, near_duplicate_pairs, perceptual_hash
 from liverscan.core.errors import DataError, ImageDecodeError, RunDirError
 from liverscan.core.fileio import csv_text, sha256_bytes, write_json_atomic, write_text_atomic
 from liverscan.core.files import UNSUPPORTED
 from liverscan.core.images import decode
 from liverscan.core.runinfo import utc_now, versions
-from liverscan.core.sources import Candidate, scan_sources
+from liverscan.core.sources import Candidate, explicit_group, scan_sources
 from liverscan.preparation import audit as audit_mod
 from liverscan.preparation.annotate import Annotations, check, locate_all, reject_reason
-from liverscan.preparation.dedup import link_groups, near_duplicate_pairs, perceptual_hash
 from liverscan.preparation.split import assign_splits
 
 
@@ -60,6 +60,7 @@ class _Decoded:
     mean: float = 0.0
     phash: int = 0
     error: str = ""
+    pages: int = 1  # a multi-page TIFF: its page count (the first page is used)
     annotations: Annotations = field(default_factory=Annotations)
 
 
@@ -88,16 +89,13 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise RunDirError(f"{out}: exists and is not a directory")
     if (out / MANIFEST).exists() and not overwrite:
         raise RunDirError(f"{out}: already holds a prepared dataset; pass --overwrite to replace it")
-
-
-def _explicit_group(c: Candidate, regex: re.Pattern[str] | None) -> str:
-    if c.group:
-        return f"{c.source}/{c.group}"
-    if regex is not None:
-        m = regex.search(c.path)
-        if m:
-            return "re/" + (m.group(1) if m.groups() else m.group(0))
-    return ""
+    if not (out / MANIFEST).exists():  # not a prepared dataset: never write over a file of the same name
+        for name in (REJECTS, SUMMARY, CACHE, CONFIG_FILE):
+            if (out / name).exists():
+                raise RunDirError(
+                    f"{out / name}: exists and was not written by liverscan prepare (the folder holds no {MANIFEST}); "
+                    "choose another --out"
+                )
 
 
 def prepare_dataset(
@@ -124,7 +122,8 @@ def prepare_dataset(
     if problem:
         raise DataError(f"--masks {problem}")
 
-    candidates, ignored, source_names = scan_sources(data.sources)
+    scan_rejects: list[list[str]] = []  # CSV rows that name no file
+    candidates, ignored, source_names = scan_sources(data.sources, scan_rejects)
     candidates, located = locate_all(candidates, data.masks, ignored)
     if not candidates:
         raise DataError("the sources contain no image files")
@@ -139,6 +138,7 @@ def prepare_dataset(
         decoded = _decode_all(candidates, located, buffer, size, cfg.preprocess.max_pixels, data.workers, progress)
         result = _consolidate(cfg, candidates, decoded, label_to_class, group_re)
         rows, rejects, ann_rejects, dup_info, conflicts, pairs = result
+        rejects = sorted(rejects + scan_rejects, key=lambda r: (r[0], r[1]))
         classes = ordered_classes({r["class"] for r in rows}, data.classes)
         if not rows:
             raise DataError("no valid images left after validation and de-duplication")
@@ -163,10 +163,25 @@ def prepare_dataset(
     summary = _summary(
         cfg, rows, rejects, len(ann_rejects), dup_info, conflicts, pairs, classes, source_names, ignored, decoded
     )
+    multi_page = {candidates[d.index].path: d.pages for d in decoded if d.pages > 1 and not d.error}
+    if multi_page:
+        summary["multi_page_files"] = multi_page
+        summary["warnings"].append(_multi_page_warning(multi_page))
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(out / SUMMARY, summary)
     cfg.save(out / CONFIG_FILE)
     return PrepareResult(out, summary, summary["warnings"])
+
+
+def _multi_page_warning(pages: dict[str, int]) -> str:
+    """'a.tif: TIFF has 3 pages; only the first is used' (one file), or the count and an example."""
+    path, n = next(iter(sorted(pages.items())))
+    if len(pages) == 1:
+        return f"{path}: TIFF has {n} pages; only the first is used"
+    return (
+        f"{len(pages)} TIFF files have several pages; only the first page of each is used (e.g. {path}: {n} pages; "
+        "all in summary.json multi_page_files)"
+    )
 
 
 def _decode_one(
@@ -191,7 +206,7 @@ def _decode_one(
         rec.error = exc.reason
         return rec
     buffer[index] = img.array
-    rec.width, rec.height = img.width, img.height
+    rec.width, rec.height, rec.pages = img.width, img.height, img.pages
     rec.mean = float(img.array.mean())
     rec.phash = perceptual_hash(img.array)
     rec.annotations = check(annotations, img.width, img.height)
@@ -268,7 +283,7 @@ def _consolidate(cfg: Config, candidates, decoded, label_to_class, group_re):
 
     # groups: near-duplicates + explicit keys + identical content (kept conflicts)
     pairs = near_duplicate_pairs([d.phash for _, d in kept], data.near_duplicate_distance)
-    keys = [_explicit_group(c, group_re) for c, _ in kept]
+    keys = [explicit_group(c, group_re) for c, _ in kept]
     hash_keys = [d.content_hash for _, d in kept]
     roots = link_groups(len(kept), [(i, j) for i, j, _ in pairs], keys)
     roots = _merge_same_hash(roots, hash_keys)

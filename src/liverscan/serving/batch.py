@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from liverscan.core.artifacts import EXPORT_PHASE
 from liverscan.core.errors import ConfigError, DataError
 from liverscan.core.files import Skipped
 from liverscan.serving.inputs import check_path_lists, expand_inputs
@@ -33,6 +34,30 @@ from liverscan.serving.outputs import FORMATS, RecordWriter, check_output, forma
 from liverscan.serving.predict import Classifier
 from liverscan.serving.records import Prediction
 from liverscan.serving.studies import Study, StudyAggregator, group_key, write_studies
+
+
+def _unfinished_phases(source: Path) -> list[str]:
+    """The phases after training that a run directory's ``run.json`` still lists as to do (none for a model
+    folder without one)."""
+    from liverscan.core.artifacts import RUN_FILE, TRAIN_PHASE, pending_phases, read_run_info
+
+    if not (source / RUN_FILE).is_file():
+        return []
+    try:
+        left = pending_phases(read_run_info(source))
+    except (OSError, ValueError, AttributeError):  # an unreadable run.json says nothing about the model
+        return []
+    return [] if TRAIN_PHASE in left else left
+
+
+def _trained_before(versions: dict[str, str], release: tuple[int, ...]) -> bool:
+    """Whether a model card's ``versions`` say it was written by a liverscan older than ``release`` (or by one so
+    old that it recorded no version)."""
+    recorded = str(versions.get("liverscan") or "")
+    try:
+        return tuple(int(part) for part in recorded.split(".")[: len(release)]) < release
+    except ValueError:
+        return not recorded
 
 
 @dataclass
@@ -116,9 +141,20 @@ class PredictJob:
                 "--group-by — on single images it is only indicative"
             )
         if clf.ood and clf.reference is None:
+            why = "trained before liverscan 0.2" if _trained_before(clf.card.versions, (0, 2)) else "ood.enabled: false"
             out.append(
-                "this model has no out-of-distribution reference (trained before liverscan 0.2): in_distribution "
-                "is left empty unless an image check fires; retrain to get the full guard"
+                f"this model has no out-of-distribution reference ({why}): in_distribution is left empty unless an "
+                "image check fires; retrain to get the full guard"
+            )
+        warning = (clf.card.ood or {}).get("warning")
+        if clf.reference is not None and warning:
+            out.append(str(warning))
+        left = _unfinished_phases(Path(clf.source))
+        if left:
+            out.append(
+                f"this run was stopped before its last steps ({', '.join(left)}): finish them with "
+                f"liverscan train --resume {clf.source}"
+                + ("; until then predict runs on the Keras model" if EXPORT_PHASE in left else "")
             )
         return out
 

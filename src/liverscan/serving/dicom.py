@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from liverscan.core.errors import ConfigError, ImageDecodeError
+from liverscan.core.errors import ConfigError, ImageDecodeError, LiverscanError
 from liverscan.core.images import decode_array
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -65,7 +65,7 @@ def check_tag_names(names: tuple[str, ...]) -> None:
     try:
         from pydicom.datadict import keyword_dict, tag_for_keyword
     except ImportError:
-        raise ConfigError("copying DICOM tags needs the optional extra: pip install 'liverscan[dicom]'") from None
+        raise LiverscanError("copying DICOM tags needs the optional extra: pip install 'liverscan[dicom]'") from None
     import difflib
 
     for name in names:

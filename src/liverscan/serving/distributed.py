@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from liverscan.core.artifacts import ONNX_FILE, TFLITE_FILE
-from liverscan.core.errors import ConfigError, RunDirError
+from liverscan.core.errors import ConfigError, LiverscanError, RunDirError
 from liverscan.core.fileio import write_bytes_atomic, write_json_atomic
 from liverscan.serving.options import PredictOptions
 from liverscan.serving.records import Prediction, flat_row, record_columns
@@ -33,8 +32,13 @@ INDEX = "index"
 RUN_FILE = "_run.json"  # what the run was started with (inputs hash, model, format); checked by resume
 SUMMARY_FILE = "_summary.json"  # written when every input has its records
 SHARD_PREFIX = "part-"
+SHARD_TMP_GLOB = f".{SHARD_PREFIX}*.tmp"  # a shard being written (its atomic write's temporary name)
+PREVIOUS_DIR = ".previous"  # the records --overwrite replaces, kept until the new run has finished
 #: environment passed on to the workers (a cluster's workers do not inherit the driver's)
 FORWARDED_ENV = ("KERAS_BACKEND", "KERAS_HOME", "LIVERSCAN_JAX_CACHE", "TF_CPP_MIN_LOG_LEVEL")
+#: what Ray's C++ core prints for every Ray Data actor pool (ray-project/ray#57733), though the pool holds its
+#: constructor arguments for as long as it runs: dropped from the terminal (Ray's own log files keep it)
+RAY_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",)
 
 
 def ray_available() -> bool:
@@ -48,7 +52,7 @@ def _require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise ConfigError('the Ray engine needs Ray Data: pip install "liverscan[ray]"') from None
+        raise LiverscanError('the Ray engine needs Ray Data: pip install "liverscan[ray]"') from None
     return ray
 
 
@@ -231,13 +235,37 @@ def _inputs_digest(paths: list[str]) -> str:
     return h.hexdigest()
 
 
+def _is_ours(p: Path) -> bool:
+    """A file the Ray engine writes in its output folder: the run and summary files, a shard, a shard's
+    temporary name; nothing else there is ever moved or removed."""
+    if p.is_symlink() or not p.is_file():
+        return False
+    shard = p.name.startswith(SHARD_PREFIX) and p.suffix.lstrip(".") in SHARD_FORMATS
+    return p.name in (RUN_FILE, SUMMARY_FILE) or shard or p.match(SHARD_TMP_GLOB)
+
+
 def _our_files(out: Path) -> list[Path]:
-    names = (RUN_FILE, SUMMARY_FILE)
-    return [
-        p
-        for p in out.iterdir()
-        if p.name in names or p.name.startswith(SHARD_PREFIX) or p.name.startswith(f".{SHARD_PREFIX}")
-    ]
+    return [p for p in out.iterdir() if _is_ours(p)]
+
+
+def _foreign_in_previous(out: Path) -> Path | None:
+    """What in ``out/.previous`` liverscan did not put there (or the entry itself, when not a plain folder)."""
+    previous = out / PREVIOUS_DIR
+    if not previous.exists() and not previous.is_symlink():
+        return None
+    if previous.is_symlink() or not previous.is_dir():
+        return previous
+    return next((p for p in sorted(previous.iterdir()) if not _is_ours(p)), None)
+
+
+def _drop_previous(previous: Path) -> None:
+    """Remove the records kept in ``previous`` (liverscan's files only), then the folder when that empties it."""
+    if previous.is_symlink() or not previous.is_dir():
+        return
+    for p in _our_files(previous):
+        p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        previous.rmdir()
 
 
 def shard_files(out: str | Path) -> list[Path]:
@@ -302,6 +330,12 @@ def prepare_output(out: Path, plan: dict, resume: bool, overwrite: bool) -> set[
         return _done_indices(out, plan["shard_format"])
     if out.is_dir() and (shard_files(out) or (out / SUMMARY_FILE).exists()) and not overwrite:
         raise RunDirError(f"{out}: holds records of an earlier run; pass --resume to finish it or --overwrite")
+    odd = _foreign_in_previous(out) if out.is_dir() and shard_files(out) else None
+    if odd is not None:  # --overwrite would replace the records kept there: only liverscan's may go
+        raise RunDirError(
+            f"{odd}: not written by liverscan; --overwrite keeps the replaced records in {PREVIOUS_DIR}/ and "
+            f"removes only its own files, so move it out of {out} first"
+        )
     return set()
 
 
@@ -314,20 +348,59 @@ def _start_output(out: Path, plan: dict, resume: bool) -> Path | None:
     """Make the folder ready for this run's shards; earlier records replaced by --overwrite are moved
     to ``.previous/`` (removed once this run finishes: a failed run never loses them)."""
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob(f".{SHARD_PREFIX}*"):  # a shard being written when a run was killed
+    for tmp in out.glob(SHARD_TMP_GLOB):  # a shard being written when a run was killed
         tmp.unlink(missing_ok=True)
     (out / SUMMARY_FILE).unlink(missing_ok=True)
     previous = None
     if not resume:
         old = [p for p in _our_files(out) if p.name != RUN_FILE]
         if old:
-            previous = out / ".previous"
-            shutil.rmtree(previous, ignore_errors=True)
-            previous.mkdir()
+            previous = out / PREVIOUS_DIR
+            _drop_previous(previous)  # an earlier --overwrite's, left by a failed run (checked: liverscan's only)
+            previous.mkdir(exist_ok=True)
             for p in old:
                 os.replace(p, previous / p.name)
         write_json_atomic(out / RUN_FILE, plan)
     return previous
+
+
+@contextlib.contextmanager
+def _without_lines(fragments: tuple[bytes, ...], fd: int = 2) -> Iterator[None]:
+    """Lines written to file descriptor ``fd`` (standard error, where Ray's C++ core logs) pass through in order,
+    except those holding one of ``fragments``: known noise goes, every other line (errors included) shows."""
+    import sys
+    import threading
+
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor: nothing to filter
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, fd)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not any(f in line for f in fragments):
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(saved, view) :]
+
+    thread = threading.Thread(target=pump, name="liverscan-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(saved, fd)  # the pipe's last writer gone: the pump passes on what is left, then ends
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            os.close(saved)
 
 
 @contextlib.contextmanager
@@ -432,7 +505,7 @@ def run_ray_predict(
     todo = [i for i in range(len(listed)) if i not in done]
     summary = RayRunSummary(output=out, inputs=len(listed), predicted_now=len(todo))
     t0 = time.perf_counter()
-    with _folder_lock(out):
+    with _folder_lock(out), _without_lines(RAY_NOISE):
         started = _start_ray(ray, address, num_workers * cpus_per_worker) if todo else False
         try:
             previous = _start_output(out, plan, resume)
@@ -442,7 +515,7 @@ def run_ray_predict(
                 ds = _map(
                     ray.data.from_arrow(tables),
                     model_path,
-                    num_workers,
+                    min(num_workers, len(tables)),  # one task per shard: an actor more would only load the model
                     gpus_per_worker,
                     cpus_per_worker,
                     shard_size,
@@ -461,7 +534,7 @@ def run_ray_predict(
         finally:
             if started:
                 ray.shutdown()
-        for tmp in out.glob(f".{SHARD_PREFIX}*"):  # left by a worker that failed while writing
+        for tmp in out.glob(SHARD_TMP_GLOB):  # left by a worker that failed while writing
             tmp.unlink(missing_ok=True)
         _tally(out, shard_format, summary)
         summary.seconds = time.perf_counter() - t0
@@ -470,7 +543,7 @@ def run_ray_predict(
             raise RunDirError(f"{out}: {len(missing)} inputs have no record; run again with --resume-shards")
         write_json_atomic(out / SUMMARY_FILE, {**plan, **_summary_fields(summary)})
         if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+            _drop_previous(previous)
     return summary
 
 

@@ -18,12 +18,13 @@ from liverscan.core.artifacts import (
     LoadedRun,
     load_run,
 )
-from liverscan.core.errors import ExportError, LiverscanError, ModelError, RunDirError
+from liverscan.core.errors import ConfigError, ExportError, LiverscanError, ModelError, RunDirError
 from liverscan.core.fileio import sha256_file, write_bytes_atomic
 from liverscan.core.guard import Reference, assess
 
 FORMATS = EXPORT_FORMATS
 TOLERANCE = 1e-4
+GUARD_SCORE_TOLERANCE = 1e-4  # max abs difference of the guard scores (x the threshold when it is above 1)
 LESION_TOLERANCE = 1e-3  # max abs difference of the lesion probability maps (per pixel; no pooling averages it)
 MASK_TOLERANCE = 1e-3  # share of map pixels whose thresholded mask value may differ
 
@@ -52,8 +53,9 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     """Convert, check agreement with Keras, write ``model.<fmt>`` into the run directory, record it in the card.
 
     The exported graph gives the probabilities and the pooled features the
-    out-of-distribution guard scores; a model whose probabilities differ by more
-    than 1e-4, or whose guard answer differs on any checked image, is not written.
+    out-of-distribution guard scores; a model whose probabilities or guard scores differ by more
+    than 1e-4, or whose guard answer differs on a checked image whose score is not within that
+    tolerance of the threshold (:func:`guard_agreement`), is not written.
     A run with a lesion head (``lesion.keras``) also gets ``lesion.<fmt>``, checked on the
     same images (:func:`check_lesion`); both files are written or neither.  Returns the
     classifier's figures (as in ``card.exports[fmt]``), with ``lesion``: the head's
@@ -62,16 +64,14 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     from liverscan.core.keras_env import backend_name
     from liverscan.core.model import load_model
 
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format {fmt!r} (supported: {', '.join(FORMATS)})")
+    if fmt not in FORMATS:  # a bad --runtime: a usage error
+        raise ConfigError(f"unknown export format {fmt!r} (supported: {', '.join(FORMATS)})")
     run = load_run(run_dir)
     if run.run_dir is None:
         raise RunDirError(f"{run_dir}: export needs a run directory")
     if backend_name() != "tensorflow":
         raise ExportError(f"{fmt} export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
-    reference = None
-    if (run.run_dir / OOD_FILE).is_file():
-        reference = Reference.load(run.run_dir / OOD_FILE)
+    reference = Reference.for_model(run.run_dir / OOD_FILE, required=bool(run.card.ood))
     images = np.asarray(check_images(run) if images is None else images, dtype=np.float32)
     head = run.run_dir / LESION_FILE
     staged = None
@@ -248,21 +248,18 @@ def _verified(both, staged: Path, target: Path, runner_class, images: np.ndarray
             raise ExportError(f"{staged.name}: exported without the pooled features")
         diff = float(np.abs(got_p - ref_p).max())
         fdiff = float(np.abs(got_f - ref_f).max() / max(float(np.abs(ref_f).max()), 1e-12))
-        same_guard, on_threshold = None, 0
-        if reference is not None:
-            from liverscan.core.guard import scores
-
-            keras_side = [v.in_distribution for v in assess(reference, images.astype(np.uint8), ref_f)]
-            lite_side = [v.in_distribution for v in assess(reference, images.astype(np.uint8), got_f)]
-            # an image whose score is the threshold itself (it is one calibration image's score) may fall either
-            # side by float rounding: such ties are not disagreements
-            tie = np.abs(scores(reference, ref_f) - reference.threshold) <= 1e-4 * max(1.0, abs(reference.threshold))
-            on_threshold = int(tie.sum())
-            same_guard = all(k == g or t for k, g, t in zip(keras_side, lite_side, tie))
+        guard = guard_agreement(reference, images, ref_f, got_f)
+        same_guard = guard.get("same_in_distribution_as_keras")
         if diff > TOLERANCE or same_guard is False:
+            scores_line = (
+                f"; guard scores differ by up to {guard['guard_score_max_abs_difference_vs_keras']:.2e}, "
+                f"tolerance {guard['guard_score_tolerance']:.1e}"
+                if reference is not None
+                else ""
+            )
             raise ExportError(
                 f"exported model disagrees with Keras (max abs difference {diff:.2e}, tolerance {TOLERANCE}; "
-                f"same out-of-distribution answers: {same_guard})"
+                f"same out-of-distribution answers: {same_guard}{scores_line})"
             )
         staged.replace(target)
     finally:
@@ -272,7 +269,35 @@ def _verified(both, staged: Path, target: Path, runner_class, images: np.ndarray
         "outputs": ["probabilities", "features"],
         "max_abs_difference_vs_keras": diff,
         "feature_max_relative_difference_vs_keras": fdiff,
-        "same_in_distribution_as_keras": same_guard,
-        "images_on_the_guard_threshold": on_threshold,
+        **guard,
         "checked_images": int(len(images)),
+    }
+
+
+def guard_agreement(reference: Reference | None, images: np.ndarray, keras_features, runtime_features) -> dict:
+    """How the exported runtime's guard agrees with Keras' on ``images``: the largest difference of their scores,
+    and whether their answers (image checks, then score > threshold) agree on every image whose scores are both
+    more than the tolerance away from the threshold.  An image within float noise of the threshold (the threshold
+    is one calibration image's score) may fall either side on either runtime: it is counted in
+    ``images_near_the_guard_threshold``, not held against the export — its scores are still compared.
+
+    ``same_in_distribution_as_keras`` is False when an answer away from the threshold differs or a score differs
+    by more than ``guard_score_tolerance`` (1e-4, relative to the threshold from 1 on); None without a reference."""
+    if reference is None:
+        return {"same_in_distribution_as_keras": None, "images_near_the_guard_threshold": 0}
+    from liverscan.core.guard import scores
+
+    tolerance = GUARD_SCORE_TOLERANCE * max(1.0, abs(reference.threshold))
+    pixels = np.asarray(images).astype(np.uint8)
+    ks, rs = scores(reference, keras_features), scores(reference, runtime_features)
+    score_diff = float(np.abs(ks - rs).max()) if len(ks) else 0.0
+    near = (np.abs(ks - reference.threshold) <= tolerance) | (np.abs(rs - reference.threshold) <= tolerance)
+    keras_side = [v.in_distribution for v in assess(reference, pixels, keras_features)]
+    runtime_side = [v.in_distribution for v in assess(reference, pixels, runtime_features)]
+    answers = all(k == r or n for k, r, n in zip(keras_side, runtime_side, near))
+    return {
+        "same_in_distribution_as_keras": bool(answers and score_diff <= tolerance),
+        "guard_score_max_abs_difference_vs_keras": score_diff,
+        "guard_score_tolerance": tolerance,
+        "images_near_the_guard_threshold": int(near.sum()),
     }

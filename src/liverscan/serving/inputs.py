@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob as globlib
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from liverscan.core.artifacts import CARD_FILE
-from liverscan.core.errors import ConfigError, ImageDecodeError, RunDirError
+from liverscan.core.errors import ConfigError, DataError, ImageDecodeError, RunDirError
 from liverscan.core.fileio import read_csv
-from liverscan.core.files import Skipped, file_problem, walk_files
-from liverscan.core.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode
+from liverscan.core.files import Skipped, file_problem, glob_files, walk_files
+from liverscan.core.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_pages
 from liverscan.serving.records import Prediction
 
 
@@ -44,7 +43,8 @@ def expand_inputs(
     Yields paths lazily (a huge folder is walked, not listed up front).  A path named
     explicitly is always yielded (one that cannot be read becomes an error record);
     what a folder walk leaves out (other file types, hidden files, broken links,
-    FIFOs) is counted in ``skipped`` with its reason.
+    FIFOs, links to folders, unreadable folders) is counted in ``skipped`` with its reason, and so are
+    the links to folders a glob's ``**`` does not follow (each file is found once, a link loop never hangs).
     """
     from liverscan.serving.dicom import DICOM_SUFFIXES
 
@@ -68,8 +68,7 @@ def expand_inputs(
         elif p.exists() or p.is_symlink():
             yield str(p)
         elif any(ch in item for ch in "*?["):
-            matches = sorted(globlib.glob(item, recursive=True))
-            files = [m for m in matches if not Path(m).is_dir()]
+            files = glob_files(item, skipped)
             if not files:
                 yield item  # reported as 'no file matches'
             yield from files
@@ -86,13 +85,13 @@ def read_path_list(csv_path: Path) -> list[tuple[str, dict]]:
     try:
         rows = read_csv(csv_path)
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"{csv_path}: not a readable CSV path list ({exc.__class__.__name__})") from None
+        raise DataError(f"{csv_path}: not a readable CSV path list ({exc.__class__.__name__})") from None
     if not rows:
         return []
     lower = {c.lower(): c for c in rows[0]}
     column = next((lower[c] for c in PATH_COLUMNS if c in lower), None)
     if column is None:
-        raise ConfigError(f"{csv_path}: no path column (one of {', '.join(PATH_COLUMNS)})")
+        raise DataError(f"{csv_path}: no path column (one of {', '.join(PATH_COLUMNS)})")
     out = []
     for row in rows:
         raw = (row.get(column) or "").strip()
@@ -105,7 +104,7 @@ def read_path_list(csv_path: Path) -> list[tuple[str, dict]]:
 def load_input(
     path: str, size: int, dicom_tags: tuple[str, ...] = (), max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> list[tuple[Prediction, np.ndarray | None]]:
-    """(record, model input) pairs for one file: one per DICOM frame; an error record when unreadable."""
+    """(record, model input) pairs for one file: one per DICOM frame or TIFF page; an error record when unreadable."""
     from liverscan.serving.dicom import is_dicom_path, read_dicom
 
     try:
@@ -117,8 +116,7 @@ def load_input(
             raise ImageDecodeError(path, problem)
         if is_dicom_path(p):
             return _frame_records(path, read_dicom(p, size, dicom_tags))
-        image = decode(p, size=size, max_pixels=max_pixels)
-        return [(Prediction(path, source_size=(image.width, image.height)), image.array)]
+        return _image_records(p, path, size, max_pixels)
     except ImageDecodeError as exc:
         return [(Prediction(path, error=exc.reason), None)]
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
@@ -138,6 +136,24 @@ def load_checked(
             if arr is not None:
                 rec.image_check = image_reason(arr) or ""
     return pairs
+
+
+def _image_records(
+    source: Path | bytes, path: str, size: int, max_pixels: int
+) -> list[tuple[Prediction, np.ndarray | None]]:
+    """(record, model input) for an image file: one, or one per page of a multi-page TIFF (its frames, numbered
+    from 1 as a DICOM object's; a page that cannot be decoded is an error record of its frame)."""
+    pages = list(decode_pages(source, size=size, max_pixels=max_pixels))
+    out: list[tuple[Prediction, np.ndarray | None]] = []
+    for k, page in enumerate(pages, start=1):
+        frame = k if len(pages) > 1 else None
+        if isinstance(page, ImageDecodeError):
+            if frame is None:
+                raise page
+            out.append((Prediction(path, frame=frame, error=page.reason), None))
+        else:
+            out.append((Prediction(path, frame=frame, source_size=(page.width, page.height)), page.array))
+    return out
 
 
 def _frame_records(path: str, frames) -> list[tuple[Prediction, np.ndarray | None]]:
@@ -170,8 +186,7 @@ def load_bytes(
     try:
         if name.lower().endswith((".dcm", ".dicom")) or data[128:132] == b"DICM":
             return _frame_records(name, read_dicom(io.BytesIO(data), size, dicom_tags))
-        image = decode(data, size=size, max_pixels=max_pixels)
-        return [(Prediction(name, source_size=(image.width, image.height)), image.array)]
+        return _image_records(data, name, size, max_pixels)
     except ImageDecodeError as exc:
         return [(Prediction(name, error=exc.reason), None)]
     except Exception as exc:  # noqa: BLE001 - one bad upload or row never stops the others

@@ -57,7 +57,8 @@ def _square(prob_map: np.ndarray) -> np.ndarray:
 
 
 def _points(points, width: int, height: int, side: int) -> list[tuple[float, float]]:
-    return [(round(float(x), 2), round(float(y), 2)) for x, y in to_original(points, width, height, side)]
+    xy = np.round(np.asarray(to_original(points, width, height, side), dtype=np.float64).reshape(-1, 2), 2)
+    return [(x, y) for x, y in xy.tolist()]
 
 
 def find_lesion(
@@ -165,13 +166,14 @@ class LesionHead:
         entry = card.lesion
         if not entry:
             return None
+        _prefetch_post_processing()
         folder = Path(model_path).parent
         keep = dict(
             size=card.image_size,
             threshold=float(entry.get("threshold", core.THRESHOLD)),
             min_area=float(entry.get("min_area", core.MIN_AREA)),
         )
-        runner = _exported(folder / LESION_TFLITE_FILE, folder / LESION_ONNX_FILE, runtime, batch_size)
+        runner = _exported(folder / LESION_TFLITE_FILE, folder / LESION_ONNX_FILE, runtime, batch_size, card)
         if runner is not None:
             if tuple(runner.input_shape) != (card.image_size, card.image_size, 3):
                 raise ModelError(f"{runner.path}: input {tuple(runner.input_shape)} does not match the model card")
@@ -203,19 +205,36 @@ class LesionHead:
         return f"{self.kind}, outline p >= {self.threshold:g}"
 
 
-def _exported(tflite: Path, onnx: Path, runtime: str, batch_size: int) -> Any:
-    """A MapRunner on the exported head the runtime asks for, when it exists (None: use the Keras head)."""
+def _prefetch_post_processing() -> None:
+    """Import what the post-processing needs (SciPy's ndimage: ~0.3-1 s) in a background thread, so it overlaps
+    loading the model and decoding the first batch instead of delaying the first record."""
+    import threading
+
+    def load() -> None:
+        try:
+            import contourpy  # noqa: F401
+            import scipy.ndimage  # noqa: F401
+        except Exception:  # noqa: BLE001 - the import is retried (and reported) where it is used
+            pass
+
+    threading.Thread(target=load, name="liverscan-import-ndimage", daemon=True).start()
+
+
+def _exported(tflite: Path, onnx: Path, runtime: str, batch_size: int, card=None) -> Any:
+    """A MapRunner on the exported head the runtime asks for, when it exists (None: use the Keras head); a file
+    that is not the one the card records (``card.exports``) is an error."""
+    from liverscan.core.artifacts import check_file
     from liverscan.serving import runtime as rt
 
     runner_class = getattr(rt, "MapRunner", None)
     if runner_class is None or runtime == "keras":
         return None
-    if runtime == "tflite" or (runtime == "auto" and rt.available()):
-        if tflite.is_file():
-            return runner_class(tflite, batch_size=batch_size)
-    if runtime == "onnx" or (runtime == "auto" and rt.onnx_available()):
-        if onnx.is_file():
-            return runner_class(onnx, batch_size=batch_size)
+    for file, name, usable in ((tflite, "tflite", rt.available), (onnx, "onnx", rt.onnx_available)):
+        if (runtime == name or (runtime == "auto" and usable())) and file.is_file():
+            if card is not None:
+                again = f"export it again (liverscan export RUN --format {name}) or predict with --runtime keras"
+                check_file(card, file, again)
+            return runner_class(file, batch_size=batch_size)
     return None
 
 

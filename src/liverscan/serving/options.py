@@ -45,6 +45,8 @@ class PredictOptions:
     tags copied into records; ``runtime``: ``auto`` (an exported ``model.tflite``, else ``model.onnx``,
     when present), ``keras``, ``tflite`` or ``onnx``; ``ood``: the out-of-distribution guard on;
     ``ood_retention``: recompute the guard's threshold for this retention (None: the model's own);
+    ``ood_k`` / ``ood_method``: the guard settings asked for (None: the model's own; they are fixed when the
+    model is trained, so another value is refused when the model loads);
     ``decode``: decoding ``threads``, ``processes`` or ``auto`` (processes from 4 ``workers`` on);
     ``group_by`` / ``group_rule``: one answer per study (see :mod:`liverscan.serving.studies`; the rule
     defaults to the one a patient-level operating point was fitted with, else ``mean``);
@@ -61,6 +63,8 @@ class PredictOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     ood: bool = True
     ood_retention: float | None = None
+    ood_k: int | None = None
+    ood_method: str | None = None
     batch_size: int = 32
     workers: int = 2
     decode: str = "auto"
@@ -111,12 +115,16 @@ class PredictOptions:
         the rule a patient-level operating point was fitted with, else mean)."""
         from liverscan.core.config import Config
 
-        rule = cfg.eval.group_rule if grouped and cfg.eval.group_rule != Config().eval.group_rule else None
+        default = Config()
+        rule = cfg.eval.group_rule if grouped and cfg.eval.group_rule != default.eval.group_rule else None
         settings: dict[str, Any] = dict(
             review_confidence=cfg.eval.review_confidence,
             max_pixels=cfg.preprocess.max_pixels,
             ood=cfg.ood.enabled,
             ood_retention=cfg.ood.retention if retention_given else None,
+            # the guard's k and method are the model's; one set away from the default is checked against it
+            ood_k=cfg.ood.k if cfg.ood.k != default.ood.k else None,
+            ood_method=cfg.ood.method if cfg.ood.method != default.ood.method else None,
             group_rule=rule,
         )
         return cls(**{**settings, **fields})

@@ -14,7 +14,8 @@ try:  # POSIX: one writer per output file
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from liverscan.core.errors import ConfigError
+from liverscan.core.errors import ConfigError, LiverscanError
+from liverscan.core.fileio import naming
 from liverscan.serving.records import Prediction, csv_cells, record_columns
 
 FORMATS = ("csv", "json", "jsonl")
@@ -27,8 +28,8 @@ def format_for(path: str | Path) -> str:
     return ext
 
 
-class OutputBusyError(ConfigError):
-    """The output file exists, or another process is writing it."""
+class OutputBusyError(LiverscanError):
+    """The output file exists, or another process is writing it (not a usage error: the same command may work later)."""
 
 
 class RecordWriter:
@@ -93,10 +94,10 @@ class RecordWriter:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
-        except OSError:
+        except OSError as exc:
             os.ftruncate(self._fd, self._good)  # never leave a cut record behind
             os.lseek(self._fd, self._good, os.SEEK_SET)
-            raise
+            raise naming(exc, self.partial) from exc
         self._good += len(data)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -109,7 +110,10 @@ class RecordWriter:
             if exc_type is None:
                 if self.fmt == "json":
                     self._emit("\n]\n")
-                os.fsync(self._fd)
+                try:
+                    os.fsync(self._fd)  # a full disk may say so only now
+                except OSError as exc:
+                    raise naming(exc, self.partial) from exc
                 if self.path.exists() and not self.overwrite:  # appeared while this run was writing
                     raise OutputBusyError(
                         f"{self.path}: appeared while this run was writing; its records are kept in {self.partial}"

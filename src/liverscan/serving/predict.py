@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from liverscan.core.artifacts import ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, ModelCard, load_run
+from liverscan.core.artifacts import ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, ModelCard, check_file, load_run
 from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, RunDirError
 from liverscan.core.guard import Reference, assess
 from liverscan.core.images import decode_array
@@ -106,9 +106,15 @@ class Classifier:
         run = load_run(resolve_model(path))
         if options.lesion and not run.card.lesion and (options.lesion_masks or options.explain_method == "lesion"):
             _no_head(run.source, options)
-        reference = (
-            Reference.for_model(run.model_path.with_name(OOD_FILE), options.ood_retention) if options.ood else None
-        )
+        reference = None
+        if options.ood:
+            reference = Reference.for_model(
+                run.model_path.with_name(OOD_FILE),
+                options.ood_retention,
+                required=bool(run.card.ood),
+                k=options.ood_k,
+                method=options.ood_method,
+            )
         tflite = run.model_path.with_name(TFLITE_FILE)
         onnx = run.model_path.with_name(ONNX_FILE)
         kw: dict[str, Any] = dict(options=options, reference=reference)
@@ -124,9 +130,15 @@ class Classifier:
                 raise RunDirError(
                     f"{run.source}: no {file.name}; export it first: liverscan export RUN --runtime {name}"
                 )
-            runner = runner_class(file, batch_size=options.batch_size)
+            again = f"export it again (liverscan export RUN --format {name}) or predict with --runtime keras"
+            runner = runner_class(check_file(run.card, file, again), batch_size=options.batch_size)
             if runner.input_shape != (run.image_size, run.image_size, 3):
                 raise ModelError(f"{file}: input {runner.input_shape} does not match the model card")
+            if runner.output_shape[-1] not in (len(run.classes), None):
+                raise ModelError(
+                    f"{file}: gives {runner.output_shape[-1]} class probabilities, its model card names "
+                    f"{len(run.classes)} classes; {again}"
+                )
             if runner.has_features or reference is None:
                 return cls(run.card, run.source, run.model_path, runner=runner, **kw)
             if runtime == name:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from liverscan.core.fileio import write_json_atomic
+from liverscan.core.fileio import atomic_path, write_json_atomic
 from liverscan.core.keras_env import import_keras
+from liverscan.core.model import save_keras_atomic
 from liverscan.training.state import LoopState
 
 
@@ -50,9 +51,7 @@ class CheckpointStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         if best_weights is not None:
             self.save_best(best_weights)
-        tmp = self.folder / (".tmp." + self.CURRENT)
-        model.save(tmp)
-        tmp.replace(self.folder / self.CURRENT)
+        save_keras_atomic(model, self.folder / self.CURRENT)
         self.save_state(state)
 
     def has_best(self) -> bool:
@@ -60,10 +59,8 @@ class CheckpointStore:
 
     def save_best(self, weights: list[np.ndarray]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".tmp.{self.BEST}"
-        with open(tmp, "wb") as fh:
+        with atomic_path(self.folder / self.BEST) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, *weights)
-        tmp.replace(self.folder / self.BEST)
 
     def load_best(self) -> list[np.ndarray]:
         with np.load(self.folder / self.BEST) as data:

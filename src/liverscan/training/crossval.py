@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from liverscan.core import guard
 from liverscan.core.config import Config
 from liverscan.core.dataset import PreparedData, Split, class_weights
 from liverscan.core.errors import DataError
-from liverscan.core.fileio import write_csv_atomic, write_json_atomic
+from liverscan.core.fileio import atomic_path, write_csv_atomic, write_json_atomic
 from liverscan.core.probe import fit_linear_probe
 from liverscan.training.checkpoints import CheckpointStore
 from liverscan.training.loop import Reporter, SilentReporter, Stage, run_stage
@@ -69,14 +70,24 @@ def cross_validate(
     overwrite: bool = False,
     resume: bool = False,
     reporter: Reporter | None = None,
+    then: Sequence[str] = (),
 ) -> TrainResult:
     """Cross-validate ``cfg`` (``train.folds``, ``train.repeats``) on all images of a prepared dataset,
-    then refit on all of them; writes out-of-fold predictions and the refitted model into ``run_dir``."""
+    then refit on all of them; writes out-of-fold predictions and the refitted model into ``run_dir``.
+    ``then``: the phases that follow (e.g. the out-of-fold evaluation; see :func:`finish_run`)."""
     if not resume and cfg.train.folds < 2:
         raise DataError("cross-validation needs train.folds >= 2")
     extra = {"cross_validation": {"folds": cfg.train.folds, "repeats": cfg.train.repeats}}
     return run_in_directory(
-        _cross_validate, cfg, data_dir, run_dir, overwrite=overwrite, resume=resume, reporter=reporter, info_extra=extra
+        _cross_validate,
+        cfg,
+        data_dir,
+        run_dir,
+        overwrite=overwrite,
+        resume=resume,
+        reporter=reporter,
+        info_extra=extra,
+        then=then,
     )
 
 
@@ -179,6 +190,7 @@ def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Report
         ref.save(run / art.OOD_FILE)
         card.ood = ref.describe()
     card.lesion = lesion_card
+    art.seal(card, run)
     art.write_card(run, card)
     return TrainResult(run, card, fit.history)
 
@@ -260,10 +272,8 @@ def _fold(cfg, folder: Path, r: int, k: int, train_idx, test_idx, y, groups, pla
         arrays["ood"] = guard.scores(ref, plain[test_idx])
     else:
         arrays["ood"] = np.full(len(test_idx), np.nan)
-    tmp = folder / ".oof.tmp.npz"
-    with open(tmp, "wb") as fh:
+    with atomic_path(folder / "oof.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    tmp.replace(folder / "oof.npz")
     write_json_atomic(done, info)  # written last: its presence means the fold is finished
     return {**info, **arrays}
 

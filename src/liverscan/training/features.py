@@ -9,7 +9,7 @@ import numpy as np
 
 from liverscan.core.config import Config
 from liverscan.core.dataset import Split
-from liverscan.core.fileio import write_json_atomic
+from liverscan.core.fileio import atomic_path, write_json_atomic
 from liverscan.core.model import pad_batch
 from liverscan.training.loop import Reporter
 
@@ -82,7 +82,6 @@ def save_cached(folder: Path, arrays: dict[str, np.ndarray | None], meta: Path, 
     """Write feature arrays atomically, then the key that says what they were computed from."""
     for name, arr in arrays.items():
         if arr is not None:
-            tmp = folder / f".{name}.tmp.npy"
-            np.save(tmp, arr)
-            tmp.replace(folder / name)
+            with atomic_path(folder / name, suffix=".tmp.npy") as tmp:  # NumPy adds .npy when missing
+                np.save(tmp, arr)
     write_json_atomic(meta, key)

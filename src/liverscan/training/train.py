@@ -19,8 +19,10 @@ killed run resumes.  An optional second stage fine-tunes the top backbone blocks
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ import numpy as np
 from liverscan.core import artifacts as art
 from liverscan.core import guard
 from liverscan.core.artifacts import ModelCard, write_card
-from liverscan.core.config import Config, load_config
+from liverscan.core.config import Config, load_saved_config
 from liverscan.core.dataset import PreparedData, Split, class_weights
 from liverscan.core.errors import DataError, RunDirError
 from liverscan.core.fileio import sha256_file
@@ -77,14 +79,56 @@ def compile_trainer(model, cfg: Config, learning_rate: float):
 
 
 def _start_run_dir(run: Path, overwrite: bool) -> None:
+    """An empty run directory; an earlier run there (with ``overwrite``, or a failed one) is replaced: only a
+    liverscan run (its ``run.json`` or model card) holding nothing but what liverscan wrote, file by file."""
     if run.exists() and any(run.iterdir()):
         failed = (run / art.RUN_FILE).is_file() and art.read_run_info(run).get("status") == "failed"
         if not overwrite and not failed:
             raise RunDirError(f"{run}: run directory exists and is not empty; overwrite it or resume it")
-        if not (run / art.RUN_FILE).is_file() and not (run / art.MODEL_FILE).is_file():
-            raise RunDirError(f"{run}: not a liverscan run directory; refusing to overwrite it")
-        shutil.rmtree(run)
+        if not (run / art.RUN_FILE).is_file() and not (run / art.CARD_FILE).is_file():
+            raise RunDirError(
+                f"{run}: not a liverscan run directory (no {art.RUN_FILE} or {art.CARD_FILE}); refusing to overwrite it"
+            )
+        foreign = foreign_file(run)
+        if foreign is not None:
+            raise RunDirError(
+                f"{foreign}: not written by liverscan; --overwrite replaces only a run's own files, "
+                f"so move it out of {run} first"
+            )
+        for entry in sorted(run.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     run.mkdir(parents=True, exist_ok=True)
+
+
+def foreign_file(run: Path) -> Path | None:
+    """The first file or folder in run directory ``run`` that liverscan did not write, or None.
+
+    liverscan's own: the run's files (:mod:`liverscan.core.artifacts`), what an interrupted atomic write left
+    beside them, its working folders (checkpoints, cached features, cross-validation folds) holding only the
+    kinds of file training writes there, and ``eval-*`` folders holding only what evaluate writes."""
+    from liverscan.training.crossval import FOLDS_DIR
+
+    for entry in sorted(run.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            if entry.name in (art.CHECKPOINT_DIR, art.FEATURES_DIR, FOLDS_DIR):
+                inside = (p for p in sorted(entry.rglob("*")) if not p.is_dir() or p.is_symlink())
+                odd = next((p for p in inside if p.suffix not in _STATE_SUFFIXES), None)
+            elif entry.name.startswith(art.eval_dir_name("")):
+                odd = art.foreign_entry(entry, art.EVAL_FILES)
+            else:
+                odd = entry
+            if odd is not None:
+                return odd
+        elif not art.own_name(entry, art.RUN_FILES):
+            return entry
+    return None
+
+
+#: the kinds of file training keeps in its working folders (Keras models, arrays, JSON state, atomic writes)
+_STATE_SUFFIXES = {".keras", ".npz", ".npy", ".json", ".tmp"}
 
 
 def _weights_source(spec: str, cfg: Config) -> dict:
@@ -113,9 +157,13 @@ def train_run(
     overwrite: bool = False,
     resume: bool = False,
     reporter: Reporter | None = None,
+    then: Sequence[str] = (),
 ) -> TrainResult:
-    """Train a model on a prepared dataset into ``run_dir`` (or resume the interrupted run there)."""
-    return run_in_directory(_train, cfg, data_dir, run_dir, overwrite=overwrite, resume=resume, reporter=reporter)
+    """Train a model on a prepared dataset into ``run_dir`` (or resume the interrupted run there); ``then``:
+    the phases that follow (see :func:`run_in_directory`)."""
+    return run_in_directory(
+        _train, cfg, data_dir, run_dir, overwrite=overwrite, resume=resume, reporter=reporter, then=then
+    )
 
 
 def run_in_directory(
@@ -128,37 +176,89 @@ def run_in_directory(
     resume: bool,
     reporter: Reporter | None,
     info_extra: dict | None = None,
+    then: Sequence[str] = (),
 ) -> TrainResult:
     """Start (or resume) a run directory, run ``body(cfg, data, run, reporter)`` seeded, and keep ``run.json``
-    true: ``running``, then ``complete``, or ``interrupted`` / ``failed`` so the run can be resumed or retried."""
+    true: ``running``, then ``complete``, or ``interrupted`` / ``failed`` so the run can be resumed or retried.
+
+    ``run.json`` lists the run's ``phases`` (``train``, then ``then``: e.g. the out-of-fold evaluation and the
+    fast runtime's export, which :func:`finish_run` runs) and those ``done``; with phases still to run, a
+    trained run is ``trained``, not ``complete``.  Resuming a run whose training is done returns its result
+    from the run directory at once: nothing is trained again."""
     reporter = reporter or SilentReporter()
     run = Path(run_dir)
     if resume:
         info = art.read_run_info(run)
         if info.get("status") == "complete":
             raise RunDirError(f"{run}: training already complete")
-        cfg = load_config(run / art.CONFIG_FILE)
+        if art.TRAIN_PHASE in info.get("done", []):
+            return TrainResult(run, art.read_card(run), _history_of(run))
+        cfg = load_saved_config(run / art.CONFIG_FILE)
         data = PreparedData(info["data_dir"])
     else:
         if data_dir is None:
             raise RunDirError("training needs a prepared dataset directory")
         data = PreparedData(data_dir)  # fails before the run directory is touched
+        data.cache(cfg.preprocess.image_size)  # and so does a damaged decoded-image cache
         _start_run_dir(run, overwrite)
         info = {"data_dir": str(Path(data_dir).resolve()), "created": utc_now(), **(info_extra or {})}
+        info.update(phases=[art.TRAIN_PHASE, *then], done=[])
         cfg.save(run / art.CONFIG_FILE)
     info["status"] = "running"
     art.write_run_info(run, info)
-    try:
+    with _recorded(run, info):
         with seeded(cfg.train.seed):
             result = body(cfg, data, run, reporter)
+    _phase_done(run, info, art.TRAIN_PHASE)
+    return result
+
+
+def finish_run(run_dir: str | Path, steps: Mapping[str, Callable[[], object]]) -> None:
+    """Run the phases ``run.json`` lists after training that are not done yet, in order (``steps``: name ->
+    what runs it), recording each as it ends; the run is ``complete`` after the last.  Stopped or failed, the
+    run is ``interrupted`` / ``failed`` and ``train --resume`` runs the remaining phases (never training again)."""
+    run = Path(run_dir)
+    info = art.read_run_info(run)
+    pending = art.pending_phases(info)
+    if art.TRAIN_PHASE in pending:
+        raise RunDirError(f"{run}: not trained yet; resume it with: liverscan train --resume {run}")
+    missing = [name for name in pending if name not in steps]
+    if missing:
+        raise RunDirError(f"{run}: no way to run the phase(s) {', '.join(missing)} here")
+    if not pending:
+        return
+    info["status"] = "running"
+    art.write_run_info(run, info)
+    with _recorded(run, info):
+        for name in pending:
+            steps[name]()
+            _phase_done(run, info, name)
+
+
+@contextlib.contextmanager
+def _recorded(run: Path, info: dict) -> Iterator[None]:
+    """A stop (``interrupted``) or an error (``failed``) inside is written to ``run.json``, then propagates."""
+    try:
+        yield
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         info.update(status="interrupted" if interrupted else "failed", error=None if interrupted else str(exc))
         art.write_run_info(run, info)
         raise
-    info.update(status="complete", finished=utc_now(), error=None)
+
+
+def _phase_done(run: Path, info: dict, name: str) -> None:
+    """Record phase ``name`` as done: the run is ``complete`` when no phase is left, else ``trained``."""
+    info["done"] = [*info.get("done", []), name]
+    left = art.pending_phases(info)
+    info.update(status="trained" if left else "complete", error=None)
+    if not left:
+        info["finished"] = utc_now()
     art.write_run_info(run, info)
-    return result
+
+
+def _history_of(run: Path) -> list[dict]:
+    return art.read_history(run) if (run / art.HISTORY_FILE).is_file() else []
 
 
 def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> TrainResult:
@@ -227,6 +327,7 @@ def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> Tr
         reporter.phase("Fitting the out-of-distribution reference", None)
         card.ood = fit_guard(model, train, val, cfg, run, fit.train_features, fit.val_features)
     card.lesion = _lesion_head(cfg, data, train, val, run, reporter)
+    art.seal(card, run)
     write_card(run, card)
     return TrainResult(run, card, fit.history)
 
@@ -500,7 +601,7 @@ def _model_card(
     cfg: Config, data: PreparedData, run: Path, params, cw, fit: HeadFit, val_metrics, elapsed: float
 ) -> ModelCard:
     prep_cfg = data.dir / art.CONFIG_FILE
-    class_map = load_config(prep_cfg).data.class_map if prep_cfg.is_file() else cfg.data.class_map
+    class_map = load_saved_config(prep_cfg).data.class_map if prep_cfg.is_file() else cfg.data.class_map
     return ModelCard(
         name=run.name,
         created=utc_now(),

@@ -53,6 +53,21 @@ def near_duplicate_pairs(hashes: list[int], max_distance: int, chunk: int = 2048
     return pairs
 
 
+def min_distances(queries: list[int], reference: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each query hash: the Hamming distance to its nearest ``reference`` hash, and that hash's index
+    (distance 65 and index -1 with no reference)."""
+    if not reference:
+        return np.full(len(queries), 65), np.full(len(queries), -1)
+    q, r = np.array(queries, dtype=np.uint64), np.array(reference, dtype=np.uint64)
+    dist, nearest = np.zeros(len(q), np.int64), np.zeros(len(q), np.int64)
+    chunk = max(1, (1 << 22) // len(r))  # queries per block: at most ~4M distances (32 MiB) at a time
+    for start in range(0, len(q), chunk):
+        d = np.bitwise_count(q[start : start + chunk, None] ^ r[None, :])
+        nearest[start : start + chunk] = d.argmin(1)
+        dist[start : start + chunk] = d.min(1)
+    return dist, nearest
+
+
 def link_groups(n: int, pairs: list[tuple[int, int]], keys: list[str]) -> list[int]:
     """Connected components over pairs and equal non-empty keys; returns root index per item."""
     uf = UnionFind(n)
