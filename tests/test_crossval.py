@@ -222,7 +222,9 @@ def test_patient_level_metrics_and_an_operating_point_fitted_on_other_folds_pati
     res = evaluate(run, operating_point="tumor>=0.9", config=cfg)
     gl = res.metrics.group_level
     assert gl is not None and gl.kind == "patients" and gl.n_groups == 24 and gl.rule == "mean"
-    assert gl.argmax.bootstrap is not None and gl.argmax.bootstrap.resampled == "groups" and gl.argmax.per_fold
+    # one row per patient: the rows themselves are resampled (the report calls them patients)
+    assert gl.argmax.bootstrap is not None and gl.argmax.bootstrap.resampled == "images" and gl.argmax.per_fold
+    assert "patients" in gl.argmax.bootstrap.describe(unit=gl.kind)
     oof = read_csv(run / "oof_predictions.csv")
     folds = {}
     for r in oof:
