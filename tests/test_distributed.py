@@ -241,6 +241,7 @@ def test_ray_overwrite_keeps_the_users_previous_folder_and_part_files(tiny_run, 
     assert _by_index(out).keys() == before.keys()
 
 
+@pytest.mark.slow
 def test_actor_reads_relative_paths_from_the_driver_folder_and_needs_the_output(tiny_run, tmp_path, monkeypatch):
     """Workers start elsewhere: relative paths are read from the driver's folder and recorded as given."""
     import pyarrow as pa

@@ -101,6 +101,7 @@ def test_evaluate_on_labelled_folders(run_copy, tmp_path):
     assert res.metrics.skipped[0][0].endswith("broken.png")
 
 
+@pytest.mark.slow
 def test_cli_evaluate(run_copy):
     r = runner.invoke(app, ["evaluate", str(run_copy), "--bootstrap", "10", "--fit-operating-point", "balanced"])
     assert r.exit_code == 0, r.output

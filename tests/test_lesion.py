@@ -41,6 +41,7 @@ def _stand_in_backbone():
     return model
 
 
+@pytest.mark.slow
 def test_decoder_on_frozen_features_finds_bright_blobs():
     from liverscan.core.keras_env import import_keras
 

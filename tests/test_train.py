@@ -78,6 +78,7 @@ def _run(cfg, data, val, epochs: int, lr: float, folder):
     )
 
 
+@pytest.mark.slow
 def test_head_learns_separable_features(tmp_path):
     cfg, train, val = _head_loop(10)
     head, state = _run(cfg, lambda e: train, val, 10, 1e-3, tmp_path / "ck")
@@ -85,6 +86,7 @@ def test_head_learns_separable_features(tmp_path):
     assert acc > 0.9 and state.history[-1]["accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_best_weights_restored_when_epoch_limit_ends_run(tmp_path):
     cfg, train, val = _head_loop(6, early_stopping_patience=20)
     # train on wrong labels (each class relabelled as the next) after epoch 2 so validation accuracy falls
@@ -177,6 +179,7 @@ def test_failed_run_can_be_retried(tiny_prepared, tmp_path, short_c_grid):
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
     from liverscan.core.errors import TrainingError
     from liverscan.core.model import build_head, logits_view
