@@ -160,3 +160,14 @@ def test_a_damaged_saved_configuration_is_a_run_error_not_a_usage_error(tmp_path
     assert not isinstance(caught.value, ConfigError)  # exit 1 (a damaged run), not 2 (a usage error)
     saved.write_text("train:\n  epochs: 3\n")
     assert load_saved_config(saved).train.epochs == 3
+
+
+def test_the_configuration_a_cross_validated_evaluation_saves_loads_back(tmp_path):
+    """eval-cv/config.yaml records eval.split: cv; it must load again (to trace and re-run the evaluation)."""
+    saved = tmp_path / "config.yaml"
+    cfg = Config()
+    cfg.eval.split = "cv"
+    saved.write_text(yaml.safe_dump({"eval": {"split": cfg.eval.split}}))
+    assert load_config(saved).eval.split == "cv"
+    with pytest.raises(ConfigError, match="eval.split"):
+        load_config(None, ["eval.split=fold3"])

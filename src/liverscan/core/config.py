@@ -413,7 +413,10 @@ def validate(cfg: Config) -> Config:
     )
     need(finite(les.threshold) and 0 < les.threshold < 1, "lesion.threshold", "in (0, 1)", les.threshold)
     need(finite(les.min_area) and 0 <= les.min_area < 1, "lesion.min_area", "in [0, 1)", les.min_area)
-    need(e.split in SPLITS, "eval.split", f"one of {', '.join(SPLITS)}", e.split)
+    need(
+        e.split in (*SPLITS, "cv"), "eval.split", f"one of {', '.join(SPLITS)}, cv (out of fold: cross-validated runs)",
+        e.split,
+    )  # fmt: skip
     need(e.bootstrap >= 0, "eval.bootstrap", ">= 0", e.bootstrap)
     need(e.ece_bins >= 1, "eval.ece_bins", ">= 1", e.ece_bins)
     need(e.group_rule in RULES, "eval.group_rule", f"one of {', '.join(RULES)}", e.group_rule)

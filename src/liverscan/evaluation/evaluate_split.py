@@ -93,6 +93,11 @@ def evaluate(
                 f"{run.source}: this model was refit on every image of its prepared dataset, so its {split} "
                 "split is not held out; evaluate it cross-validated (no split) or on other data"
             )
+    if split == "cv" and (data is None or is_prepared(Path(data))):
+        raise DataError(
+            f"{run.source}: split 'cv' is a cross-validated run's own out-of-fold predictions (train --folds K, "
+            "evaluated without --data); choose train, val or test"
+        )
     if data is not None and not is_prepared(Path(data)):
         split = "external"  # labelled images given directly: no split of a prepared dataset
     out_dir = Path(out) if out else (run.run_dir / eval_dir_name(split) if run.run_dir else Path(eval_dir_name(split)))
