@@ -171,6 +171,18 @@ def _free_port() -> int:
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _wait_until_serving(port: int, seconds: float = 90) -> None:
+    """Wait for the Streamlit server on ``port`` to answer its health check; fail the test if it never does."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
+                return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail("the app did not start")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_end_to_end_in_a_real_browser():
@@ -182,15 +194,7 @@ def test_end_to_end_in_a_real_browser():
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the app did not start")
+        _wait_until_serving(port)
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,
@@ -244,15 +248,7 @@ def test_app_stopped_by_a_signal_exits_as_every_command_does(sig, code):
         text=True,
     )
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("the app did not start")
+        _wait_until_serving(port)
         server.send_signal(sig)
         out, _ = server.communicate(timeout=30)
     finally:
