@@ -5,6 +5,11 @@ group-aware stratified cross-validation (log-loss), classes are weighted to
 balance, and the fitted scaler + coefficients are folded into one softmax layer
 (``W = coef / sigma``, ``b = intercept - coef @ (mu / sigma)``) so the result is an
 ordinary Keras head that predicts, exports and explains like any other.
+
+With fewer images than features (the usual case: ~500 images, 1,280-2,048 features) the fit runs in
+the row space of the standardised features: an L2-penalised solution is a combination of the
+training rows, so fitting on their coordinates ``U S`` (``X = U S V^T``) and mapping back with ``V``
+gives the same model (L-BFGS from zero takes the same steps) at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -53,6 +58,21 @@ def _threads(n_tasks: int) -> int:
     return max(1, min(cpus, n_tasks))
 
 
+def row_space(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of the rows in their own span and the map back: ``xs @ back.T == coords`` up to rounding.
+
+    With at least as many rows as columns nothing is gained and ``xs`` comes back with the identity.
+    """
+    n, f = xs.shape
+    if n >= f:
+        return xs, np.eye(f)
+    u, s, vt = np.linalg.svd(xs, full_matrices=False)
+    keep = s > s[0] * 1e-10 if s.size and s[0] > 0 else np.zeros(s.shape, bool)
+    if not keep.any():
+        return xs, np.eye(f)
+    return u[:, keep] * s[keep], vt[keep]
+
+
 def fit_linear_probe(
     features: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, seed: int = 0, inner_folds: int = 5
 ) -> LinearProbe:
@@ -63,7 +83,7 @@ def fit_linear_probe(
     x = np.asarray(features, np.float64)
     y = np.asarray(y)
     scaler = StandardScaler().fit(x)
-    xs = scaler.transform(x)
+    xs, back = row_space(scaler.transform(x))
     splits = inner_splits(y, np.asarray(groups), inner_folds, seed)
     common = dict(class_weight="balanced", solver="lbfgs", max_iter=5000)
     with warnings.catch_warnings():
@@ -81,7 +101,7 @@ def fit_linear_probe(
                     Cs=C_GRID, cv=splits, scoring="neg_log_loss", refit=True, n_jobs=_threads(len(splits)), **common
                 ).fit(xs, y)
             c = float(np.ravel(clf.C_)[0])
-    coef, intercept = np.asarray(clf.coef_, np.float64), np.asarray(clf.intercept_, np.float64)
+    coef, intercept = np.asarray(clf.coef_, np.float64) @ back, np.asarray(clf.intercept_, np.float64)
     present = list(clf.classes_)
     if len(present) == 2 and coef.shape[0] == 1:  # binary: softmax over [0, z] equals sigmoid(z)
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
