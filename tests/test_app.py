@@ -257,3 +257,21 @@ def test_app_stopped_by_a_signal_exits_as_every_command_does(sig, code):
             server.communicate()
     assert server.returncode == code, out
     assert "Traceback" not in out, out
+
+
+@pytest.mark.slow
+def test_video_upload_shows_the_loop_as_one_study_with_its_frame_and_strip(monkeypatch, tmp_path):
+    pytest.importorskip("av")
+    from loop_helpers import make_video
+
+    at = _app(monkeypatch)
+    loop = make_video(tmp_path / "loop.mp4", n=30, fps=10, hold=5)
+    at.file_uploader[0].set_value(("loop.mp4", loop.read_bytes(), "video/mp4"))
+    at.run()
+    assert not at.exception, at.exception
+    assert any(h.value == "Video: loop.mp4" for h in at.header)
+    shown = " ".join(m.value for m in at.markdown)
+    assert "Study answer" in shown and "12 of 12 images used" in shown  # 3 s at 4 frames a second
+    assert any("sampled frames" in t.value and "voted" in t.value for t in at.text)
+    assert len(at.get("vega_lite_chart")) == 1  # the probabilities over time
+    assert len(at.get("image")) == 1  # the most suspicious frame, with its outline

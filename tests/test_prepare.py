@@ -281,3 +281,27 @@ def test_prepare_never_writes_over_a_file_it_did_not_write(tmp_path):
         with pytest.raises(RunDirError, match="config.yaml: exists and was not written by liverscan prepare"):
             prepare_dataset(_cfg(SourceSpec(str(data))), out, overwrite=overwrite)
     assert (out / "config.yaml").read_text() == "mine: true\n" and sorted(os.listdir(out)) == ["config.yaml"]
+
+
+def test_videos_as_sources_give_frames_grouped_by_video(tmp_path):
+    pytest.importorskip("av")
+    from loop_helpers import cut_in_half, make_video
+
+    root = tmp_path / "loops"
+    for k, label in enumerate(("Normal", "Malignant")):
+        (root / label).mkdir(parents=True)
+        for i in range(2):  # each video: two sample images of its own, each held for half a second
+            make_video(root / label / f"{label}{i}.mp4", n=10, fps=10, hold=5, size=(64, 64), start=4 * k + 2 * i)
+    cut_in_half(root / "Normal" / "Normal0.mp4", root / "Normal" / "cut.mp4")
+    res = prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out")
+    rows = read_csv(res.out_dir / "manifest.csv")
+    by_video: dict[str, set] = {}
+    for r in rows:
+        assert Path(r["path"]).parent.parent == res.out_dir / "frames" and r["path"].endswith(".png")
+        assert r["class"] == {"Normal": "normal", "Malignant": "tumor"}[r["source_label"]]
+        by_video.setdefault(Path(r["path"]).parent.name, set()).add((r["group"], r["split"]))
+    # every video's frames: one group, one split (no video spans train and test)
+    assert len(by_video) == 4 and all(len(v) == 1 for v in by_video.values())
+    assert len(rows) == 8  # 4 frames a second of 1 s; frozen repeats left out (the cut copy's are duplicates)
+    rejects = read_csv(res.out_dir / "rejects.csv")
+    assert any(r["path"].endswith("cut.mp4") and "video" in r["reason"] for r in rejects)

@@ -27,7 +27,7 @@ runner = CliRunner()
 DISC = (60.0, 30.0, 12.0)
 #: ``predict``'s CSV header for a three-class model without a lesion head (kept byte-identical)
 PLAIN_HEADER = (
-    "path,frame,sop_instance_uid,predicted_class,confidence,p_normal,p_fatty,p_tumor,decision_rule,decision,"
+    "path,frame,time_s,duplicate_of,sop_instance_uid,predicted_class,confidence,p_normal,p_fatty,p_tumor,decision_rule,decision,"
     "in_distribution,ood_score,ood_reason,needs_review,error,explanation"
 )
 LESION_COLUMNS = [

@@ -68,9 +68,9 @@ def test_aggregator_rules_ood_share_failed_frames_and_most_suspicious_frame():
     assert (a.group, a.n_frames, a.n_used, a.n_failed) == ("/a", 3, 3, 0)
     assert a.predicted_class == "normal" and a.probabilities["tumor"] == pytest.approx(1.3 / 3)
     assert a.most_suspicious_path == "/a/3.png" and a.needs_review is False
-    # b: two of three frames outside -> the study is out of distribution (its probabilities: all frames)
-    assert b.n_out_of_distribution == 2 and b.ood_share == pytest.approx(2 / 3, abs=1e-4)
-    assert b.decision == "out_of_distribution" and b.needs_review and b.probabilities["tumor"] == pytest.approx(0.4)
+    # b: two of three frames outside -> the study is out of distribution (its probabilities: the frame inside)
+    assert b.n_out_of_distribution == 2 and b.ood_share == pytest.approx(2 / 3, abs=1e-4) and b.n_voting == 1
+    assert b.decision == "out_of_distribution" and b.needs_review and b.probabilities["tumor"] == pytest.approx(0.6)
     assert c.error and c.n_failed == 1 and c.predicted_class is None and c.needs_review
     assert d.n_failed == 1 and d.decision == "normal" and d.needs_review  # a failed frame needs review
 
@@ -112,6 +112,8 @@ def test_cli_group_by_folder_and_csv_column_with_failed_frames(tiny_run, tmp_pat
     frames = list(csv.DictReader(open(tmp_path / "f.csv")))
     assert {row["group"] for row in frames} == set(studies)
     used = [row for row in frames if row["group"] == str(root / "p2") and not row["error"]]
+    used = [row for row in used if row["in_distribution"] != "false"] or used  # frames outside do not vote
+    assert p2["n_voting"] == str(len(used))
     mean = {c: np.mean([float(row[f"p_{c}"]) for row in used]) for c in ("normal", "fatty", "tumor")}
     assert float(p2["p_tumor"]) == pytest.approx(mean["tumor"], abs=1e-6)
 

@@ -70,6 +70,7 @@ CARD_MD_FILE = "model_card.md"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "training-curves.png"
 CHECKPOINT_DIR = "checkpoint"
+FEDERATION_PROGRESS_FILE = "federation_progress.npz"  # a stopped federated coordinator's progress (resume)
 FEATURES_DIR = "features"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
@@ -96,6 +97,7 @@ RUN_FILES = (
     REPORT_HTML,
     REPORT_MD,
     OOF_FILE,
+    FEDERATION_PROGRESS_FILE,
 )
 
 # ---- evaluation directory

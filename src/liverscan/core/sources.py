@@ -20,6 +20,10 @@ from liverscan.core.errors import DataError
 from liverscan.core.fileio import read_csv
 from liverscan.core.files import Skipped, file_problem, glob_files, walk_files
 from liverscan.core.images import IMAGE_SUFFIXES
+from liverscan.core.video import VIDEO_SUFFIXES
+
+#: what a folder source takes: images, and videos (their frames; see liverscan.preparation.videos)
+SOURCE_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
 LABEL_COLUMNS = ("label", "class", "category", "diagnosis", "target")
@@ -101,12 +105,12 @@ def scan_folder(root: Path, name: str) -> ScanResult:
         raise DataError(f"source {root}: cannot list the folder ({exc.strerror or exc})") from None
     categories = [d for d in entries if d.is_dir()]
     for f in entries:
-        if not f.is_dir() and f.suffix.lower() in IMAGE_SUFFIXES:
+        if not f.is_dir() and f.suffix.lower() in SOURCE_SUFFIXES:
             ignored.add(TOP_LEVEL_IMAGE, f)
     if not categories:
         raise DataError(f"source {root}: no category sub-folders (expected one folder per category)")
     for cat in categories:
-        for f in walk_files(cat, IMAGE_SUFFIXES, ignored):
+        for f in walk_files(cat, SOURCE_SUFFIXES, ignored):
             candidates.append(Candidate(str(f.resolve()), name, cat.name))
     return ScanResult(candidates, ignored)
 

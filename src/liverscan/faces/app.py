@@ -1,11 +1,12 @@
 """The liverscan Streamlit app (``liverscan app``; optional extra ``liverscan[app]``).
 
 Upload one or many ultrasound images (and DICOM files when ``liverscan[dicom]``
-is installed): each gets its image, predicted class, probability bars, the
+is installed, videos when ``liverscan[video]`` is): each image gets its image, predicted class, probability bars, the
 needs-review flag, the predicted lesion outline (when the model has a lesion
 head) and a Grad-CAM overlay that can be toggled; several give a
 results table and a CSV download identical in content to
-``liverscan predict --output x.csv``.  The side panel shows the model card.
+``liverscan predict --output x.csv``.  A video (a loop) is one study: its answer, the most suspicious
+sampled frame with its lesion outline, and a strip of the sampled frames' probabilities over time.  The side panel shows the model card.
 
 Run with ``liverscan app [--model RUN] [--use-operating-point] [--port N]``; the model is chosen by the
 ``LIVERSCAN_APP_MODEL`` environment variable (empty: the shipped default model), and
@@ -24,7 +25,7 @@ from liverscan.core.errors import LiverscanError
 from liverscan.faces import APP_MAX_UPLOAD_MB
 
 NOTICE = "Research use only — not a medical device. Not for diagnosis or treatment decisions."
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "mp4", "avi", "mov", "mkv"]
 MAX_UPLOAD_MB = APP_MAX_UPLOAD_MB
 
 
@@ -180,8 +181,8 @@ def study_of(clf, records):
     return agg.studies()[0]
 
 
-def show_study(clf, study) -> None:
-    st.header("Study (all uploads together)")
+def show_study(clf, study, title: str = "Study (all uploads together)") -> None:
+    st.header(title)
     frames = f"{study.n_used} of {study.n_frames} images used ({study.n_out_of_distribution} out of distribution)"
     if study.error:
         st.error(study.error)
@@ -203,6 +204,35 @@ def show_study(clf, study) -> None:
         st.progress(min(max(p, 0.0), 1.0), text=f"{c}: {p:.3f}")
 
 
+def probability_strip(classes, records) -> dict[str, list]:
+    """The sampled frames' probabilities over time (seconds), one column per class (frames that failed left out)."""
+    ok = [r for r in records if r.ok and r.time_s is not None]
+    return {"time (s)": [r.time_s for r in ok], **{c: [r.probabilities[c] for r in ok] for c in classes}}
+
+
+def show_video(clf, name: str, items) -> None:
+    """A loop as one study: its answer, the most suspicious sampled frame with its outline, the probability strip."""
+    records = [rec for rec, _ in items]
+    study = study_of(clf, records)
+    show_study(clf, study, f"Video: {name}")
+    st.text(
+        f"{len(records)} sampled frames; {study.n_voting} voted (frames out of distribution and frozen repeats do not)"
+    )
+    chosen = next(((r, a) for r, a in items if r.ok and r.frame == study.most_suspicious_frame), None)
+    if chosen is not None:
+        rec, arr = chosen
+        caption = f"frame {rec.frame} at {rec.time_s:.2f} s" if rec.time_s is not None else f"frame {rec.frame}"
+        if rec.lesion is not None:
+            caption += f" · {lesion_text(rec.lesion)}"
+        st.image(with_outline(rec, arr), caption=caption, width=480)
+    strip = probability_strip(clf.classes, records)
+    if strip["time (s)"]:
+        st.line_chart(strip, x="time (s)", y=list(clf.classes))
+    for rec in records:
+        if rec.error:
+            st.error(f"{rec.path}: {rec.error}")
+
+
 def main() -> None:
     st.set_page_config(page_title="liverscan", layout="wide")
     st.title("liverscan — liver ultrasound classification")
@@ -215,7 +245,7 @@ def main() -> None:
         st.stop()
     model_card_panel(clf)
     files = st.file_uploader(
-        "Upload ultrasound images (PNG, JPEG, BMP, TIFF" + (", DICOM" if _has_pydicom() else "") + ")",
+        "Upload ultrasound images (PNG, JPEG, BMP, TIFF" + (", DICOM" if _has_pydicom() else "") + ") or videos",
         type=UPLOAD_TYPES,
         accept_multiple_files=True,
     )
@@ -229,7 +259,9 @@ def main() -> None:
     if not files:
         st.info("Upload one or more images to classify them.")
         return
-    records = []
+    from liverscan.core.video import is_video_path
+
+    records: list = []
     for f in files:
         data = f.getvalue()
         try:
@@ -238,6 +270,10 @@ def main() -> None:
             from liverscan.serving import Prediction
 
             items = [(Prediction(f.name, error=f"unexpected error: {exc.__class__.__name__}"), None)]
+        if is_video_path(f.name):
+            show_video(clf, f.name, items)
+            records.extend(rec for rec, _ in items)
+            continue
         for rec, arr in items:
             show_record(clf, rec, arr, show_cam, data)
             records.append(rec)

@@ -119,8 +119,9 @@ def _os_message(exc: OSError) -> str:
     return f"{where}{exc.strerror or exc}"
 
 
-def command(name: str):
-    """Register a command whose library errors become one-line messages (the CLI's one error handler)."""
+def command(name: str, group: Optional[typer.Typer] = None):
+    """Register a command (on ``group``, else the top level) whose library errors become one-line messages (the
+    CLI's one error handler)."""
 
     def register(fn):
         @functools.wraps(fn)
@@ -134,7 +135,7 @@ def command(name: str):
             except OSError as exc:  # unwritable or full output directory, unreadable input
                 fail(_os_message(exc))
 
-        return app.command(name, cls=_Command)(guarded)
+        return (group or app).command(name, cls=_Command)(guarded)
 
     return register
 
@@ -621,7 +622,8 @@ def predict_cmd(
     paths: Annotated[
         list[str],
         typer.Argument(
-            help="Image files, folders (recursive), globs, or - to read paths from standard input.", show_default=False
+            help="Image, DICOM and video files, folders (recursive), globs, or - to read paths from standard input.",
+            show_default=False,
         ),
     ],
     model: ModelOpt = None,
@@ -700,6 +702,25 @@ def predict_cmd(
     study_output: Annotated[
         Optional[Path], typer.Option(help="Write one record per study to .csv, .json or .jsonl.")
     ] = None,
+    frame_step: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Loops (videos, DICOM cine): read every N-th frame (default: about 4 frames a second).", min=1
+        ),
+    ] = None,
+    fps: Annotated[
+        Optional[float], typer.Option(help="Loops: read about F frames per second of the loop's time.", min=0.001)
+    ] = None,
+    dicom_seg: Annotated[
+        Optional[Path],
+        typer.Option(
+            help='DICOM inputs: write a DICOM Segmentation of the lesion mask per object here ("liverscan[dicom]").'
+        ),
+    ] = None,
+    dicom_sr: Annotated[
+        Optional[Path],
+        typer.Option(help="DICOM inputs: write a DICOM Structured Report (TID 1500) of the findings per object here."),
+    ] = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     engine: Annotated[
@@ -762,13 +783,17 @@ def predict_cmd(
         lesion=not no_lesion,
         lesion_masks=lesion_masks,
         explain_method=explain_method,
+        frame_step=frame_step,
+        fps=fps,
+        dicom_seg=dicom_seg,
+        dicom_sr=dicom_sr,
         **({"group_rule": group_rule} if group_rule else {}),
     )
     if engine not in ("local", "ray"):
         usage("--engine must be local or ray")
     if engine == "ray":
         refused = {"--decode processes": decode == "processes", "--format": format_, "--explain": explain}
-        refused["--lesion-masks"] = lesion_masks
+        refused.update({"--lesion-masks": lesion_masks, "--dicom-seg": dicom_seg, "--dicom-sr": dicom_sr})
         refused.update({"--group-by": group_by, "--group-rule": group_rule, "--study-output": study_output})
         ray = dict(shard_format=shard_format, resume=resume, overwrite=overwrite, address=address)
         ray.update(num_workers=num_workers, gpus_per_worker=gpus_per_worker, shard_size=shard_size)
@@ -979,6 +1004,206 @@ def app_cmd(
     sys.stderr.flush()
     # become the server (no child left behind): a signal to this process reaches Streamlit itself
     os.execve(sys.executable, cmd, env)
+
+
+federate_app = typer.Typer(
+    name="federate",
+    help="Federated training: each site keeps its images; only head parameters and aggregates travel "
+    '(needs "liverscan\\[federated]" for a deployment).',
+    cls=_Group,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(federate_app)
+
+
+@command("simulate", federate_app)
+def federate_simulate(
+    data: Annotated[list[Path], typer.Argument(help="Prepared dataset folders, one per site.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    min_sites: Annotated[int, typer.Option(help="Training stops when fewer sites than this answer.", min=1)] = 2,
+    c: Annotated[
+        Optional[float],
+        typer.Option(
+            "--c", help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).", min=0.0
+        ),
+    ] = None,
+    rounds: Annotated[
+        Optional[int], typer.Option(help="The mlp head (--set model.head=mlp): federated rounds (default 20).", min=1)
+    ] = None,
+    local_epochs: Annotated[
+        Optional[int], typer.Option(help="The mlp head: epochs each site trains per round (default 2).", min=1)
+    ] = None,
+    prox_mu: Annotated[
+        Optional[float], typer.Option(help="The mlp head: FedProx's proximal weight mu (default 0: FedAvg).", min=0.0)
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Federated training with every site in this process: each computes its own features; only head
+    parameters and aggregates go to the coordinator. The result is an ordinary run directory.
+
+    Example: [bold]liverscan federate simulate prepared/site-a prepared/site-b --out runs/federated[/]
+    """
+    from liverscan.core.artifacts import CONFIG_FILE, EXPORT_PHASE
+    from liverscan.federated.run import mlp_settings, simulate
+    from liverscan.training import finish_run
+
+    base = config if config is not None else (data[0] / CONFIG_FILE if (data[0] / CONFIG_FILE).is_file() else None)
+    cfg = build_config(base, set_)
+    say = (lambda message: None) if quiet else (lambda message: console.print(escape(message), highlight=False))
+    settings = mlp_settings(cfg, rounds, local_epochs, prox_mu)
+    card = simulate(cfg, data, out, overwrite=overwrite, min_sites=min_sites, c=c, mlp=settings, print_=say)
+    _print_federated(card, out)
+    finish_run(out, {EXPORT_PHASE: lambda: _export_fast_runtime(out)})
+
+
+@command("server", federate_app)
+def federate_server(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to write.")] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Go on with the stopped federated run in this directory.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    address: Annotated[
+        str, typer.Option(help="HOST:PORT the coordinator listens on (loopback unless --tls-dir or --insecure).")
+    ] = "127.0.0.1:8000",
+    min_sites: Annotated[int, typer.Option(help="Training stops when fewer sites than this answer.", min=1)] = 2,
+    sites: Annotated[
+        Optional[int], typer.Option(help="Sites to wait for before starting (default: --min-sites).", min=1)
+    ] = None,
+    c: Annotated[
+        Optional[float],
+        typer.Option(
+            "--c", help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).", min=0.0
+        ),
+    ] = None,
+    max_rounds: Annotated[
+        Optional[int],
+        typer.Option(
+            help="At most this many optimiser rounds per fit of the probe (default: until it converges).", min=1
+        ),
+    ] = None,
+    round_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for a site's reply before it is dropped from the round.", min=1.0)
+    ] = 120.0,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for --min-sites sites to connect.", min=1.0)] = 600.0,
+    tls_dir: Annotated[
+        Optional[Path], typer.Option(help="Folder with ca.crt, server.pem and server.key: serve over TLS.")
+    ] = None,
+    site_key: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="A site's public key (repeatable): only sites holding these keys may connect (needs TLS)."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --address without TLS (a trusted network only).")
+    ] = False,
+    rounds: Annotated[
+        Optional[int], typer.Option(help="The mlp head (--set model.head=mlp): federated rounds (default 20).", min=1)
+    ] = None,
+    local_epochs: Annotated[
+        Optional[int], typer.Option(help="The mlp head: epochs each site trains per round (default 2).", min=1)
+    ] = None,
+    prox_mu: Annotated[
+        Optional[float], typer.Option(help="The mlp head: FedProx's proximal weight mu (default 0: FedAvg).", min=0.0)
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The coordinator of a federated deployment: a Flower SuperLink that sites connect to; writes the run.
+
+    Example: [bold]liverscan federate server --out runs/federated[/], then on each site
+    [bold]liverscan federate site --data prepared/site-a --server 127.0.0.1:8000[/]; a stopped coordinator goes
+    on with [bold]liverscan federate server --resume runs/federated[/]
+    """
+    from liverscan.core.artifacts import CONFIG_FILE, EXPORT_PHASE
+    from liverscan.core.config import load_saved_config
+    from liverscan.federated.deploy import start_server
+    from liverscan.training import finish_run
+
+    if (out is None) == (resume is None):
+        usage("give --out RUN_DIR (or --resume RUN_DIR)")
+    cfg = load_saved_config(resume / CONFIG_FILE) if resume is not None else build_config(config, set_)
+    target = resume if resume is not None else out
+    assert target is not None
+    say = (lambda message: None) if quiet else (lambda message: console.print(escape(message), highlight=False))
+    try:
+        card = start_server(
+            cfg,
+            target,
+            address=address,
+            min_sites=min_sites,
+            sites=sites,
+            c=c,
+            max_rounds=max_rounds,
+            rounds=rounds,
+            local_epochs=local_epochs,
+            prox_mu=prox_mu,
+            round_timeout=round_timeout,
+            wait=wait,
+            tls_dir=tls_dir,
+            insecure=insecure,
+            site_keys=site_key or [],
+            overwrite=overwrite,
+            resume=resume is not None,
+            print_=say,
+        )
+    except KeyboardInterrupt as exc:
+        fail(
+            f"stopped by {_signal_name(exc)}; go on with: liverscan federate server --resume {target}",
+            _signal_code(exc),
+        )
+    _print_federated(card, target)
+    finish_run(target, {EXPORT_PHASE: lambda: _export_fast_runtime(target)})
+
+
+@command("site", federate_app)
+def federate_site(
+    data: Annotated[Path, typer.Option("--data", "-d", help="This site's prepared dataset folder.")],
+    server: Annotated[str, typer.Option(help="The coordinator's HOST:PORT.")] = "127.0.0.1:8000",
+    name: Annotated[
+        Optional[str], typer.Option(help="This site's name in the card (default: the folder's name).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    root_certificates: Annotated[
+        Optional[Path], typer.Option(help="CA certificate of a coordinator serving TLS.")
+    ] = None,
+    auth_key: Annotated[
+        Optional[Path], typer.Option(help="This site's private key, for a coordinator started with --site-key.")
+    ] = None,
+) -> None:
+    """A site of a federated deployment: computes its features here and answers the coordinator with
+    aggregates only (never images, features or per-image scores).
+
+    Example: [bold]liverscan federate site --data prepared/site-a --server 127.0.0.1:8000[/]
+    """
+    from liverscan.core.artifacts import CONFIG_FILE
+    from liverscan.federated.deploy import start_site
+
+    base = config if config is not None else (data / CONFIG_FILE if (data / CONFIG_FILE).is_file() else None)
+    cfg = build_config(base, set_)
+    say = lambda message: err_console.print(escape(message), highlight=False)  # noqa: E731
+    start_site(cfg, data, server, name=name, root_certificates=root_certificates, auth_key=auth_key, print_=say)
+
+
+def _print_federated(card, out: Path) -> None:
+    fed = card.extra["federated"]
+    pooled, opt = fed["pooled_test_metrics"], fed["optimiser"]
+    head = f"C = {opt['C']:g}" if "C" in opt else f"{opt['strategy']}, best round {opt['best_round']}"
+    console.print(
+        f"Federated over {len(fed['sites'])} sites in {fed['rounds']} rounds "
+        f"({(fed['bytes_to_sites'] + fed['bytes_from_sites']) / 1e6:.1f} MB sent), {head} -> {escape(str(out))}",
+        highlight=False,
+    )
+    for label, m in (("federated", pooled["federated"]), ("each site alone", pooled["each_site_alone"])):
+        console.print(
+            f"  pooled test splits, {label}: n={m['n']}, balanced accuracy {m['balanced_accuracy']}, AUC {m['auc']}",
+            highlight=False,
+        )
 
 
 def serve_app(args: list[str]) -> int:

@@ -8,6 +8,7 @@ Output directory contract:
 - ``summary.json``: counts, class weights, duplicates, annotation counts, audit, warnings, versions
 - ``config.yaml``: the effective configuration
 - ``images.npy``: decoded, resized uint8 arrays in manifest row order (when caching is on)
+- ``frames/``: the sampled frames of video sources, as PNG images (:mod:`liverscan.preparation.videos`)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -49,6 +51,7 @@ from liverscan.core.sources import Candidate, explicit_group, scan_sources
 from liverscan.preparation import audit as audit_mod
 from liverscan.preparation.annotate import Annotations, check, locate_all, reject_reason
 from liverscan.preparation.split import assign_splits
+from liverscan.preparation.videos import FRAMES_DIR, expand_videos
 
 
 @dataclass
@@ -90,7 +93,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if (out / MANIFEST).exists() and not overwrite:
         raise RunDirError(f"{out}: already holds a prepared dataset; pass --overwrite to replace it")
     if not (out / MANIFEST).exists():  # not a prepared dataset: never write over a file of the same name
-        for name in (REJECTS, SUMMARY, CACHE, CONFIG_FILE):
+        for name in (REJECTS, SUMMARY, CACHE, CONFIG_FILE, FRAMES_DIR):
             if (out / name).exists():
                 raise RunDirError(
                     f"{out / name}: exists and was not written by liverscan prepare (the folder holds no {MANIFEST}); "
@@ -124,6 +127,9 @@ def prepare_dataset(
 
     scan_rejects: list[list[str]] = []  # CSV rows that name no file
     candidates, ignored, source_names = scan_sources(data.sources, scan_rejects)
+    if (out / FRAMES_DIR).is_dir() and (out / MANIFEST).exists():  # --overwrite: this dataset's own frames
+        shutil.rmtree(out / FRAMES_DIR)
+    candidates = expand_videos(candidates, out, scan_rejects)
     candidates, located = locate_all(candidates, data.masks, ignored)
     if not candidates:
         raise DataError("the sources contain no image files")

@@ -6,6 +6,10 @@ MONOCHROME2 as stored, MONOCHROME1 inverted, RGB as stored, YBR_* converted to
 RGB.  Monochrome data deeper than 8 bits uses the VOI LUT / window when the file
 has one, otherwise a linear map of the stored bit depth to 0..255.
 No tag other than the SOP Instance UID is read into records unless asked.
+
+A cine (a multi-frame object with a frame time: FrameTimeVector, FrameTime, CineRate or
+RecommendedDisplayFrameRate) is sampled as a video is (:mod:`liverscan.core.frames`); its records
+carry each frame's ``time_s``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from liverscan.core.errors import ConfigError, ImageDecodeError, LiverscanError
+from liverscan.core.frames import FrozenCheck, Sampling
 from liverscan.core.images import decode_array
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -31,6 +36,8 @@ class DicomFrame:
     study_instance_uid: str = ""
     series_instance_uid: str = ""
     size: tuple[int, int] | None = None  # (width, height) of the frame: its columns and rows
+    time_s: float | None = None  # a cine frame's time from the first frame
+    duplicate_of: int | None = None  # a frozen frame: the earlier sampled frame it repeats
 
 
 def is_dicom_path(path: str | Path) -> bool:
@@ -97,8 +104,30 @@ def _to_8bit(frame: np.ndarray, ds, photometric: str) -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8) if frame.dtype != np.uint8 else frame
 
 
-def read_dicom(path: str | Path | BinaryIO, size: int = 160, include_tags: tuple[str, ...] = ()) -> list[DicomFrame]:
-    """All frames of a DICOM file as model inputs."""
+def frame_times(ds, n_frames: int) -> list[float] | None:
+    """Each frame's time in seconds from the first, from the header (None: the object says no frame time)."""
+    if n_frames < 2:
+        return None
+    vector = getattr(ds, "FrameTimeVector", None)
+    if vector is not None and len(vector) == n_frames:
+        steps = [0.0] + [float(v) for v in list(vector)[1:]]
+        return [float(t) / 1000.0 for t in np.cumsum(steps)]
+    ms = None
+    if getattr(ds, "FrameTime", None) not in (None, ""):
+        ms = float(ds.FrameTime)
+    else:
+        rate = getattr(ds, "CineRate", None) or getattr(ds, "RecommendedDisplayFrameRate", None)
+        ms = 1000.0 / float(rate) if rate not in (None, "") and float(rate) > 0 else None
+    if ms is None or not ms > 0:
+        return None
+    return [k * ms / 1000.0 for k in range(n_frames)]
+
+
+def read_dicom(
+    path: str | Path | BinaryIO, size: int = 160, include_tags: tuple[str, ...] = (), sampling: Sampling = Sampling()
+) -> list[DicomFrame]:
+    """The frames of a DICOM file as model inputs (a cine's sampled frames; every frame of an untimed object
+    unless ``sampling`` has a frame step)."""
     pydicom = _require_pydicom()
     label = str(path)
     try:
@@ -124,9 +153,19 @@ def read_dicom(path: str | Path | BinaryIO, size: int = 160, include_tags: tuple
     uid = str(getattr(ds, "SOPInstanceUID", ""))
     study, series = str(getattr(ds, "StudyInstanceUID", "")), str(getattr(ds, "SeriesInstanceUID", ""))
     tags = {t: str(getattr(ds, t, "")) for t in include_tags}
+    times = frame_times(ds, len(frames))
+    if times is None and sampling.fps is not None and len(frames) > 1:
+        raise ImageDecodeError(label, "--fps needs a frame time (FrameTime, FrameTimeVector); use --frame-step")
+    sampler, frozen = sampling.sampler(timed=times is not None), FrozenCheck()
     out = []
     for i, frame in enumerate(frames):
+        t = None if times is None else times[i]
+        if len(frames) > 1 and not sampler.take(i, t):
+            continue
         arr8 = _to_8bit(np.asarray(frame), ds, photometric)
         array = decode_array(arr8, size=size, label=label)
-        out.append(DicomFrame(array, i + 1, uid, tags, study, series, (arr8.shape[1], arr8.shape[0])))
+        f = DicomFrame(array, i + 1, uid, tags, study, series, (arr8.shape[1], arr8.shape[0]))
+        if times is not None:
+            f.time_s, f.duplicate_of = round(t or 0.0, 3), frozen.repeat_of(array, i + 1)
+        out.append(f)
     return out

@@ -103,7 +103,7 @@ class BatchPredictor:
         """(record, array) pairs for one path; a relative path is read from ``base_dir`` but recorded as given."""
         if self.base_dir is None or os.path.isabs(path):
             return self.clf._load(path)
-        pairs = self.clf._load(os.path.join(self.base_dir, path))
+        pairs = list(self.clf._load(os.path.join(self.base_dir, path)))  # a video's frames, decoded
         for rec, _ in pairs:
             rec.path = path
         return pairs

@@ -12,8 +12,12 @@ from liverscan.core.artifacts import CARD_FILE
 from liverscan.core.errors import ConfigError, DataError, ImageDecodeError, RunDirError
 from liverscan.core.fileio import read_csv
 from liverscan.core.files import Skipped, file_problem, glob_files, walk_files
+from liverscan.core.frames import Sampling
 from liverscan.core.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_pages
 from liverscan.serving.records import Prediction
+
+#: one input's (record, model input or None) pairs: a list, or a video's frames streamed as they decode
+Pairs = list[tuple[Prediction, np.ndarray | None]] | Iterable[tuple[Prediction, np.ndarray | None]]
 
 
 def default_model_dir() -> Path:
@@ -47,8 +51,9 @@ def expand_inputs(
     the links to folders a glob's ``**`` does not follow (each file is found once, a link loop never hangs).
     """
     from liverscan.serving.dicom import DICOM_SUFFIXES
+    from liverscan.serving.video import VIDEO_SUFFIXES
 
-    wanted = IMAGE_SUFFIXES | DICOM_SUFFIXES
+    wanted = IMAGE_SUFFIXES | DICOM_SUFFIXES | VIDEO_SUFFIXES
     for item in items:
         if item == "-":
             for line in stdin or sys.stdin:
@@ -102,10 +107,18 @@ def read_path_list(csv_path: Path) -> list[tuple[str, dict]]:
 
 
 def load_input(
-    path: str, size: int, dicom_tags: tuple[str, ...] = (), max_pixels: int = DEFAULT_MAX_PIXELS
-) -> list[tuple[Prediction, np.ndarray | None]]:
-    """(record, model input) pairs for one file: one per DICOM frame or TIFF page; an error record when unreadable."""
+    path: str,
+    size: int,
+    dicom_tags: tuple[str, ...] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    sampling: Sampling = Sampling(),
+) -> Pairs:
+    """(record, model input) pairs for one file: one per DICOM frame or TIFF page; an error record when unreadable.
+
+    A video gives a :class:`~liverscan.serving.video.VideoFrames`: its sampled frames, decoded as they are
+    iterated (``sampling`` also samples a DICOM cine)."""
     from liverscan.serving.dicom import is_dicom_path, read_dicom
+    from liverscan.serving.video import VideoFrames, is_video_path
 
     try:
         p = Path(path)
@@ -115,7 +128,9 @@ def load_input(
         if problem is not None:
             raise ImageDecodeError(path, problem)
         if is_dicom_path(p):
-            return _frame_records(path, read_dicom(p, size, dicom_tags))
+            return _frame_records(path, read_dicom(p, size, dicom_tags, sampling))
+        if is_video_path(p):
+            return VideoFrames(path, size, sampling)
         return _image_records(p, path, size, max_pixels)
     except ImageDecodeError as exc:
         return [(Prediction(path, error=exc.reason), None)]
@@ -124,11 +139,22 @@ def load_input(
 
 
 def load_checked(
-    path: str, size: int, dicom_tags: tuple[str, ...] = (), max_pixels: int = DEFAULT_MAX_PIXELS, checks: bool = False
-) -> list[tuple[Prediction, np.ndarray | None]]:
+    path: str,
+    size: int,
+    dicom_tags: tuple[str, ...] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    checks: bool = False,
+    sampling: Sampling = Sampling(),
+) -> Pairs:
     """:func:`load_input`, plus the guard's image checks on each decoded image when ``checks`` (so they run in
-    the decoding threads or processes, not after the model)."""
-    pairs = load_input(path, size, dicom_tags, max_pixels)
+    the decoding threads or processes, not after the model; a video's frames are checked as they decode)."""
+    import dataclasses
+
+    from liverscan.serving.video import VideoFrames
+
+    pairs = load_input(path, size, dicom_tags, max_pixels, sampling)
+    if isinstance(pairs, VideoFrames):
+        return dataclasses.replace(pairs, checks=checks)
     if checks:
         from liverscan.core.guard import image_reason
 
@@ -163,6 +189,8 @@ def _frame_records(path: str, frames) -> list[tuple[Prediction, np.ndarray | Non
             Prediction(
                 path,
                 frame=f.frame,
+                time_s=f.time_s,
+                duplicate_of=f.duplicate_of,
                 sop_instance_uid=f.sop_instance_uid,
                 dicom_tags=f.tags or None,
                 study_instance_uid=f.study_instance_uid or None,
@@ -176,16 +204,24 @@ def _frame_records(path: str, frames) -> list[tuple[Prediction, np.ndarray | Non
 
 
 def load_bytes(
-    name: str, data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, dicom_tags: tuple[str, ...] = ()
+    name: str,
+    data: bytes,
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    dicom_tags: tuple[str, ...] = (),
+    sampling: Sampling = Sampling(),
 ) -> list[tuple[Prediction, np.ndarray | None]]:
-    """Like :func:`load_input` for an in-memory file (an upload): image or DICOM by name or magic bytes."""
+    """Like :func:`load_input` for an in-memory file (an upload): image, DICOM or video by name or magic bytes."""
     import io
 
     from liverscan.serving.dicom import read_dicom
+    from liverscan.serving.video import VideoFrames, is_video_path
 
     try:
         if name.lower().endswith((".dcm", ".dicom")) or data[128:132] == b"DICM":
-            return _frame_records(name, read_dicom(io.BytesIO(data), size, dicom_tags))
+            return _frame_records(name, read_dicom(io.BytesIO(data), size, dicom_tags, sampling))
+        if is_video_path(name):
+            return list(VideoFrames(name, size, sampling, data=data))
         return _image_records(data, name, size, max_pixels)
     except ImageDecodeError as exc:
         return [(Prediction(name, error=exc.reason), None)]

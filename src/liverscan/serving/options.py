@@ -19,6 +19,7 @@ from liverscan.core.operating_point import REVIEW_CONFIDENCE
 
 if TYPE_CHECKING:
     from liverscan.core.config import Config
+    from liverscan.core.frames import Sampling
 
 RUNTIMES = ("auto", "keras", "tflite", "onnx")
 DECODERS = ("auto", "threads", "processes")
@@ -53,7 +54,10 @@ class PredictOptions:
     ``lesion``: apply the model's lesion head when it has one (every record says where); ``lesion_masks``: write
     each image's predicted lesion mask there (an 8-bit PNG at the image's size, 255 = lesion);
     ``explain_method``: what ``explain_dir`` overlays show - ``lesion`` (the lesion probability map and its
-    outline), ``gradcam``, or ``auto`` (lesion when the model has a head, else Grad-CAM).
+    outline), ``gradcam``, or ``auto`` (lesion when the model has a head, else Grad-CAM);
+    ``frame_step`` / ``fps``: how loops (videos, DICOM cine) are sampled (see :mod:`liverscan.core.frames`);
+    ``dicom_seg`` / ``dicom_sr``: folders for a DICOM Segmentation / Structured Report per DICOM input
+    (see :mod:`liverscan.serving.dicom_results`).
     """
 
     use_operating_point: bool = False
@@ -74,10 +78,14 @@ class PredictOptions:
     lesion: bool = True
     lesion_masks: Path | None = None
     explain_method: str = "auto"
+    frame_step: int | None = None
+    fps: float | None = None
+    dicom_seg: Path | None = None
+    dicom_sr: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include_dicom_tags", tuple(self.include_dicom_tags))
-        for key in ("explain_dir", "lesion_masks"):
+        for key in ("explain_dir", "lesion_masks", "dicom_seg", "dicom_sr"):
             if getattr(self, key) is not None:
                 object.__setattr__(self, key, Path(getattr(self, key)))
         self.check()
@@ -104,6 +112,9 @@ class PredictOptions:
             raise ConfigError("--explain-method lesion needs the lesion head: drop --no-lesion")
         if self.batch_size < 1 or self.workers < 1:
             raise ConfigError("batch size and workers must be at least 1")
+        if not self.lesion and self.dicom_seg is not None:
+            raise ConfigError("--dicom-seg needs the lesion head: drop --no-lesion")
+        self.sampling  # noqa: B018 - checks frame_step and fps
         check_tag_names(self.include_dicom_tags)
 
     @classmethod
@@ -128,6 +139,13 @@ class PredictOptions:
             group_rule=rule,
         )
         return cls(**{**settings, **fields})
+
+    @property
+    def sampling(self) -> Sampling:
+        """How loops are sampled."""
+        from liverscan.core.frames import Sampling
+
+        return Sampling(self.frame_step, self.fps)
 
     def replace(self, **changes: Any) -> PredictOptions:
         return dataclasses.replace(self, **changes)

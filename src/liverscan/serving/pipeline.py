@@ -1,4 +1,9 @@
-"""Decoding in a pool of threads or processes ahead of the model, in bounded memory, in input order."""
+"""Decoding in a pool of threads or processes ahead of the model, in bounded memory, in input order.
+
+A file's pairs are a list (an image, a DICOM object's frames) or a stream (a video's sampled frames):
+a stream is decoded by a thread of its own a few batches ahead of the model and cut into batches, so
+a long loop flows through in bounded memory.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +23,52 @@ Load = Callable[[Any], list[tuple[Any, "np.ndarray | None"]]]
 PROCESS_CHUNK = 8
 
 
-def _load_all(load: Load, paths: list) -> list[list[tuple[Any, np.ndarray | None]]]:
+def _load_all(load: Load, paths: list) -> list:
     return [load(p) for p in paths]
+
+
+def prefetched(pairs: Iterable, ahead: int) -> Iterator:
+    """The items of ``pairs``, produced by a thread of its own up to ``ahead`` items ahead of the reader
+    (an exception in it reaches the reader; a reader that stops early stops it)."""
+    import queue
+    import threading
+
+    box: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in pairs:
+                while not stop.is_set():
+                    try:
+                        box.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader
+            box.put((end, exc))
+
+    worker = threading.Thread(target=produce, name="liverscan-stream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = box.get()
+            if item is end:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                box.get_nowait()
+            except Exception:  # noqa: BLE001 - queue.Empty
+                worker.join(0.05)
 
 
 def _ignore_interrupts() -> None:
@@ -58,8 +107,9 @@ def decoded_batches(
     """Lists of (input index, record, model input or None) holding up to ``batch_size`` decoded images.
 
     ``load(path)`` returns one or more (record, array) pairs (a DICOM file gives one per
-    frame; an unreadable file one pair with no array).  At most ``4 * batch_size`` files
-    are in flight, so a folder of any size streams through.  With ``processes`` the files
+    frame; an unreadable file one pair with no array), as a list or as an iterable (a video: streamed,
+    cut into batches).  At most ``4 * batch_size`` files are in flight, so a folder of any size streams
+    through.  With ``processes`` the files
     are decoded by ``workers`` processes (``load`` must be picklable), a few files per task.
     """
     window = max(4 * batch_size, 16)
@@ -89,8 +139,16 @@ def decoded_batches(
                     results = _result(fut)
                     in_flight -= len(results)
                     for k, items in enumerate(results, start=first):
-                        ready.extend((k, rec, arr) for rec, arr in items)
-                        n_images += sum(a is not None for _, a in items)
+                        if isinstance(items, list):
+                            ready.extend((k, rec, arr) for rec, arr in items)
+                            n_images += sum(a is not None for _, a in items)
+                            continue
+                        for rec, arr in prefetched(items, 2 * batch_size):  # a stream: cut into batches
+                            ready.append((k, rec, arr))
+                            n_images += arr is not None
+                            if n_images >= batch_size:
+                                yield ready
+                                ready, n_images = [], 0
                     refill()
                 if ready:
                     yield ready

@@ -79,7 +79,7 @@ class Classifier:
         self._gradcam: Any = None  # the Grad-CAM of the Keras model, built on first use
         #: the lesion head (None: the model has none, or ``options.lesion`` is off): every record says where
         self.lesion = lesion if options.lesion else None
-        if self.lesion is None and options.lesion and (options.lesion_masks or options.explain_method == "lesion"):
+        if self.lesion is None and options.lesion and _needs_head(options):
             _no_head(source, options)
 
     @classmethod
@@ -104,7 +104,7 @@ class Classifier:
             options = options.replace(**changes)
         runtime = options.runtime
         run = load_run(resolve_model(path))
-        if options.lesion and not run.card.lesion and (options.lesion_masks or options.explain_method == "lesion"):
+        if options.lesion and not run.card.lesion and _needs_head(options):
             _no_head(run.source, options)
         reference = None
         if options.ood:
@@ -262,6 +262,7 @@ class Classifier:
             dicom_tags=self.include_dicom_tags,
             max_pixels=self.max_pixels,
             checks=self.ood,
+            sampling=self.options.sampling,
         )
 
     def iter_predict(
@@ -297,6 +298,7 @@ class Classifier:
         if decode not in DECODERS:
             raise ConfigError(f"unknown decoding {decode!r} ({', '.join(DECODERS)})")
         processes = decode == "processes" or (decode == "auto" and workers >= 4 and load is None)
+        dicom_out = self._dicom_results()
         for items in decoded_batches(paths, load or self._load, batch_size, workers, processes=processes):
             good = [(rec, arr) for _, rec, arr in items if arr is not None]
             if good:
@@ -306,11 +308,29 @@ class Classifier:
                     self._write_masks(good, maps, Path(masks))
                 if explain_dir is not None:
                     self._write_explanations(good, images, Path(explain_dir), maps)
+                if dicom_out is not None:  # a DICOM object's frames are never split between batches
+                    for k, (rec, _) in enumerate(good):
+                        dicom_out.add(rec, None if maps is None else maps[k])
+                    dicom_out.flush()
             yield from items
 
+    def _dicom_results(self):
+        """The writer of DICOM SEG / SR results when the options ask for them (else None)."""
+        o = self.options
+        if o.dicom_seg is None and o.dicom_sr is None:
+            return None
+        from liverscan.serving.dicom_results import DicomResultWriter
+
+        name = f"liverscan {Path(self.source).name}"
+        version = str(self.card.versions.get("liverscan") or "unknown")
+        head = self.lesion
+        if head is None:
+            return DicomResultWriter(None, o.dicom_sr, (name, version))
+        return DicomResultWriter(o.dicom_seg, o.dicom_sr, (name, version), head.threshold, head.min_area)
+
     def predict_bytes(self, name: str, data: bytes) -> list[tuple[Prediction, np.ndarray | None]]:
-        """(record, model input or None) for an in-memory file such as an upload (DICOM: one per frame)."""
-        items = load_bytes(name, data, self.image_size, self.max_pixels)
+        """(record, model input or None) for an in-memory file such as an upload (DICOM, video: one per frame)."""
+        items = load_bytes(name, data, self.image_size, self.max_pixels, sampling=self.options.sampling)
         good = [(rec, arr) for rec, arr in items if arr is not None]
         if good:
             self.fill_records([r for r, _ in good], np.stack([a for _, a in good]), 32)
@@ -434,8 +454,14 @@ def output_stem(rec: Prediction) -> str:
     return f"{stem}-{digest}"
 
 
+def _needs_head(options: PredictOptions) -> bool:
+    return bool(options.lesion_masks or options.dicom_seg or options.explain_method == "lesion")
+
+
 def _no_head(source: Path, options: PredictOptions) -> NoReturn:
-    asked = "--lesion-masks" if options.lesion_masks else "--explain-method lesion"
+    asked = (
+        "--lesion-masks" if options.lesion_masks else "--dicom-seg" if options.dicom_seg else "--explain-method lesion"
+    )
     raise RunDirError(
         f"{source}: this model has no lesion head, which {asked} needs; train on data with lesion outlines"
     )

@@ -22,7 +22,7 @@ OUT_OF_DISTRIBUTION = "out_of_distribution"
 
 @dataclass
 class Prediction:
-    """One prediction record (one image, or one DICOM frame)."""
+    """One prediction record (one image, one DICOM frame or one sampled video frame)."""
 
     path: str
     predicted_class: str | None = None
@@ -38,6 +38,9 @@ class Prediction:
     needs_review: bool = False
     error: str | None = None
     frame: int | None = None
+    time_s: float | None = None  # a loop's (video, DICOM cine) frame: its time from the loop's start
+    #: a frozen frame: the earlier sampled frame it repeats (it does not vote in its study)
+    duplicate_of: int | None = None
     sop_instance_uid: str | None = None
     dicom_tags: dict[str, str] | None = None
     explanation: str | None = None  # path of the Grad-CAM overlay, when written
@@ -65,6 +68,9 @@ class Prediction:
         for key in ("dicom_tags", "group"):
             if d[key] is None:
                 d.pop(key)
+        if d["time_s"] is None and d["duplicate_of"] is None:  # not a frame of a loop: what it always wrote
+            d.pop("time_s")
+            d.pop("duplicate_of")
         return without_empty_lesion(d)
 
 
@@ -149,6 +155,7 @@ def record_columns(
     return (
         ([Column("group", s, _attr("group"))] if group else [])
         + [Column("path", s, _attr("path")), Column("frame", "int64", _attr("frame"))]
+        + [Column("time_s", f, _attr("time_s")), Column("duplicate_of", "int64", _attr("duplicate_of"))]
         + [
             Column("sop_instance_uid", s, _attr("sop_instance_uid")),
             Column("predicted_class", s, _attr("predicted_class")),
@@ -170,7 +177,7 @@ def study_columns(classes: Sequence[str], lesion: bool = False) -> list[Column]:
     s, i, f = "string", "int64", "float64"
     return (
         [Column("group", s, _attr("group"))]
-        + [Column(n, i, _attr(n)) for n in ("n_frames", "n_used", "n_failed", "n_out_of_distribution")]
+        + [Column(n, i, _attr(n)) for n in ("n_frames", "n_used", "n_failed", "n_out_of_distribution", "n_voting")]
         + [Column("ood_share", f, _attr("ood_share")), Column("rule", s, _attr("rule"))]
         + [Column(n, s, _attr(n)) for n in ("decision_rule", "predicted_class")]
         + [Column("confidence", f, _attr("confidence"))]

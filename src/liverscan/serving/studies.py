@@ -10,8 +10,11 @@ Group keys:
   (no match: the file is its own group);
 - ``column:NAME``: the NAME column of the CSV path list the file was listed in.
 
-A study's probabilities come from its usable frames by the rule of :mod:`liverscan.core.aggregate`
-(mean, max or vote — as ``evaluate`` aggregates patients). A study whose frames are mostly
+A study's probabilities come from its voting frames by the rule of :mod:`liverscan.core.aggregate`
+(mean, max or vote — as ``evaluate`` aggregates patients): the usable frames that are neither out of
+distribution (a blank frame is one) nor frozen repeats of the frame before (``duplicate_of``); when
+no frame votes, every usable frame does (``n_voting`` says how many voted).  A video, like a DICOM cine,
+is one ``object``. A study whose frames are mostly
 (more than half) out of distribution gets the decision ``out_of_distribution``; a study needs review
 when that happens, when a frame failed, or when its confidence is below the review threshold.  With a
 lesion head, a study carries the lesion of its frame with the highest lesion probability (``lesion_path``,
@@ -90,6 +93,7 @@ class Study:
     ood_share: float | None
     rule: str
     decision_rule: str
+    n_voting: int = 0  # the frames whose probabilities made the answer
     predicted_class: str | None = None
     confidence: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
@@ -121,6 +125,7 @@ class _Frame:
     explanation: str | None
     lesion: LesionFinding | None = None
     lesion_mask: str | None = None
+    frozen: bool = False  # a repeat of the sampled frame before it
 
 
 class StudyAggregator:
@@ -153,8 +158,9 @@ class StudyAggregator:
         rec.group = group
         probs = None if rec.error else np.array([rec.probabilities[c] for c in self.classes])
         frame = _Frame(
-            rec.path, rec.frame, probs, rec.in_distribution is False, rec.explanation, rec.lesion, rec.lesion_mask
-        )
+            rec.path, rec.frame, probs, rec.in_distribution is False, rec.explanation, rec.lesion, rec.lesion_mask,
+            frozen=rec.duplicate_of is not None,
+        )  # fmt: skip
         self._groups.setdefault(group, []).append(frame)
         return group
 
@@ -177,9 +183,11 @@ class StudyAggregator:
         if not used:
             s.error = "no frame of this group could be read"
             return s
-        probs = np.stack([f.probs for f in used if f.probs is not None])
+        voters = [f for f in used if not (f.outside or f.frozen)] or used
+        s.n_voting = len(voters)
+        probs = np.stack([f.probs for f in voters if f.probs is not None])
         agg, k = self.operating_point.decide_group(probs, self.rule, self.classes)
-        worst = used[int(np.argmax(suspicion(probs, self.classes)))]
+        worst = voters[int(np.argmax(suspicion(probs, self.classes)))]
         s.predicted_class = self.classes[k]
         s.confidence = float(agg[k])
         s.probabilities = {c: float(v) for c, v in zip(self.classes, agg)}
@@ -187,7 +195,7 @@ class StudyAggregator:
         s.decision = OUT_OF_DISTRIBUTION if mostly_outside else s.predicted_class
         s.needs_review = bool(mostly_outside or s.n_failed or s.confidence < self.review_confidence)
         s.most_suspicious_path, s.most_suspicious_frame, s.explanation = worst.path, worst.frame, worst.explanation
-        seen = [f for f in used if f.lesion is not None]
+        seen = [f for f in voters if f.lesion is not None]
         if seen:
             top = max(seen, key=lambda f: f.lesion.probability if f.lesion is not None else -1.0)
             s.lesion, s.lesion_path, s.lesion_frame, s.lesion_mask = top.lesion, top.path, top.frame, top.lesion_mask
