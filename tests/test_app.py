@@ -42,6 +42,7 @@ def _upload(at: AppTest, *paths: Path, extra: list[tuple] = ()) -> None:
     assert not at.exception, at.exception
 
 
+@pytest.mark.slow
 def test_upload_shows_prediction_and_model_card(monkeypatch):
     at = _app(monkeypatch)
     sidebar = " ".join(m.value for m in at.sidebar.markdown)

@@ -24,6 +24,7 @@ def run_copy(probe_run, tmp_path):
     return dst
 
 
+@pytest.mark.slow
 def test_evaluate_writes_predictions_metrics_figures(run_copy, tiny_run):
     res = evaluate(run_copy, bootstrap=50)
     out = run_copy / "eval-test"

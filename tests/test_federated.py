@@ -318,9 +318,9 @@ def test_a_real_coordinator_and_two_sites_on_loopback_survive_a_site_killed_mid_
         site1 = _start(["federate", "site", "--data", str(sites[1]), "--server", address], logs["site1"])
         started += [site0, site1]
         deadline = time.monotonic() + 400
-        while "round 4 " not in (tmp_path / "server.log").read_text(errors="replace"):
+        while "round 10 " not in (tmp_path / "server.log").read_text(errors="replace"):
             assert server.poll() is None, (tmp_path / "server.log").read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "no fourth round"
+            assert time.monotonic() < deadline, "no tenth round"
             time.sleep(1)
         _stop_group(site1, signal.SIGKILL)  # the site dies: no goodbye
         assert server.wait(600) == 0, (tmp_path / "server.log").read_text(errors="replace")[-3000:]
@@ -423,3 +423,32 @@ def test_a_federated_mlp_head_is_written_into_the_model(tmp_path):
     x = sites[0].splits["test"].features
     assert result.mlp_params is not None
     np.testing.assert_allclose(head_of(model).predict(x, verbose=0), mlp.probabilities(result.mlp_params, x), atol=1e-4)
+
+
+def test_a_site_whose_aggregate_would_be_one_image_is_refused(tmp_path):
+    from liverscan.core.errors import DataError
+    from liverscan.federated.run import check_aggregate_sizes
+
+    def part(labels):
+        y = np.asarray(labels)
+        return SiteData(np.ones((len(y), 4), np.float32), y, np.arange(len(y)).astype(object))
+
+    classes = ["normal", "tumor"]
+    fine = {"train": part([0, 0, 1, 1]), "val": part([0, 1]), "test": part([])}
+    check_aggregate_sizes("a", tmp_path, fine, classes)  # an empty split or class gives nothing away
+    check_aggregate_sizes("a", tmp_path, {**fine, "train": part([1, 1, 1])}, classes)
+    with pytest.raises(DataError, match="1 training image\\(s\\) of normal"):
+        check_aggregate_sizes("a", tmp_path, {**fine, "train": part([0, 1, 1])}, classes)
+    with pytest.raises(DataError, match="val split holds 1 image"):
+        check_aggregate_sizes("a", tmp_path, {**fine, "val": part([1])}, classes)
+
+
+def test_c_of_zero_is_a_usage_error(tmp_path):
+    from cli_helpers import runner
+    from liverscan.faces.cli import app
+
+    for command in (["simulate", str(tmp_path), str(tmp_path)], ["server"]):
+        r = runner.invoke(app, ["federate", *command, "--out", str(tmp_path / "run"), "--c", "0"])
+        assert r.exit_code == 2 and "--c must be above 0" in r.output, r.output
+    with pytest.raises(Exception, match="C must be above 0"):
+        Coordinator(LocalTransport(_sites()), Expectation(CLASSES, "backbone"), c=0.0)

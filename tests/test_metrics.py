@@ -89,6 +89,7 @@ def test_bootstrap_deterministic_and_contains_point():
         assert lo <= m["per_class"][c_]["recall"] <= hi
 
 
+@pytest.mark.slow
 def test_bootstrap_over_patients_is_as_wide_as_one_case_per_patient():
     """Ten identical frames per patient add no information: resampling patients keeps the CI honest."""
     from liverscan.evaluation.metrics import bootstrap_intervals

@@ -172,6 +172,7 @@ def test_corrupt_model_file_is_one_line_error(tiny_run, tmp_path):
     assert len(r.stderr.strip().splitlines()) <= 3
 
 
+@pytest.mark.slow
 def test_explain_writes_overlays_and_returns_heatmaps(clf, tiny_run, tmp_path):
     paths = sorted(str(p) for p in (tiny_run["data"] / "tumor").glob("*.png"))[:2]
     out = tmp_path / "cams"

@@ -305,3 +305,19 @@ def test_videos_as_sources_give_frames_grouped_by_video(tmp_path):
     assert len(rows) == 8  # 4 frames a second of 1 s; frozen repeats left out (the cut copy's are duplicates)
     rejects = read_csv(res.out_dir / "rejects.csv")
     assert any(r["path"].endswith("cut.mp4") and "video" in r["reason"] for r in rejects)
+    # replaced: the frames of a video no longer among the sources go once the new manifest is written
+    (root / "Malignant" / "Malignant1.mp4").unlink()
+    again = prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out", overwrite=True)
+    kept = {Path(r["path"]) for r in read_csv(again.out_dir / "manifest.csv")}
+    assert len(kept) == 6 and set((res.out_dir / "frames").glob("*/*.png")) == kept
+    # a prepare stopped before its manifest leaves only its own frames: the next one goes ahead
+    for f in res.out_dir.iterdir():
+        if f.name != "frames":
+            f.unlink()
+    prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out")
+    (res.out_dir / "frames" / "notes.txt").write_text("mine")
+    for f in res.out_dir.iterdir():
+        if f.name != "frames":
+            f.unlink()
+    with pytest.raises(RunDirError, match="frames: exists and was not written"):
+        prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out")

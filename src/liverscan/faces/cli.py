@@ -1027,7 +1027,9 @@ def federate_simulate(
     c: Annotated[
         Optional[float],
         typer.Option(
-            "--c", help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).", min=0.0
+            "--c",
+            help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).",
+            min=0.0,
         ),
     ] = None,
     rounds: Annotated[
@@ -1051,6 +1053,8 @@ def federate_simulate(
     from liverscan.federated.run import mlp_settings, simulate
     from liverscan.training import finish_run
 
+    if c is not None and c <= 0:
+        usage("--c must be above 0")
     base = config if config is not None else (data[0] / CONFIG_FILE if (data[0] / CONFIG_FILE).is_file() else None)
     cfg = build_config(base, set_)
     say = (lambda message: None) if quiet else (lambda message: console.print(escape(message), highlight=False))
@@ -1078,7 +1082,9 @@ def federate_server(
     c: Annotated[
         Optional[float],
         typer.Option(
-            "--c", help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).", min=0.0
+            "--c",
+            help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).",
+            min=0.0,
         ),
     ] = None,
     max_rounds: Annotated[
@@ -1126,6 +1132,8 @@ def federate_server(
 
     if (out is None) == (resume is None):
         usage("give --out RUN_DIR (or --resume RUN_DIR)")
+    if c is not None and c <= 0:
+        usage("--c must be above 0")
     cfg = load_saved_config(resume / CONFIG_FILE) if resume is not None else build_config(config, set_)
     target = resume if resume is not None else out
     assert target is not None

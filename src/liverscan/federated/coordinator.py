@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from liverscan.core import guard
-from liverscan.core.errors import LiverscanError
+from liverscan.core.errors import ConfigError, LiverscanError
 from liverscan.federated import gaussian, linear, mlp, stats
 from liverscan.federated.messages import SPLIT_NAMES, check_reply, nbytes
 
@@ -166,6 +166,8 @@ class Coordinator:
         self.transport = transport
         self.expect = expect
         self.min_sites = min_sites
+        if c is not None and not c > 0:
+            raise ConfigError(f"C must be above 0 (got {c})")
         self.c = c
         self.retention = retention
         self.max_rounds = max_rounds  # loss rounds per fit of the probe (None: until it converges)

@@ -150,19 +150,33 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-def _die_with_parent() -> None:
-    """In the child, before it runs: on Linux, SIGTERM when the liverscan process that started it dies (even by
-    SIGKILL), so no Flower process outlives its coordinator or site."""
+def _parent_death_signal():
+    """A callable for ``preexec_fn`` that asks Linux for SIGTERM when the liverscan process that started the child
+    dies (even by SIGKILL), so no Flower process outlives its coordinator or site; None elsewhere.
+
+    libc's ``prctl`` is looked up here, in the parent: the child between fork and exec only calls it (loading a
+    library there is unsafe while threads run).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    term = int(signal.SIGTERM)
+
+    def die_with_parent() -> None:
+        prctl(1, term)  # PR_SET_PDEATHSIG
+
+    return die_with_parent
 
 
 @contextlib.contextmanager
 def _running(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """A Flower process in its own process group (stopped with all it started), which dies with this one."""
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    preexec = _parent_death_signal()
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec
@@ -287,7 +301,7 @@ def start_server(
                     stderr=subprocess.STDOUT,
                     text=True,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    preexec_fn=_parent_death_signal(),
                 )
                 try:
                     assert run.stdout is not None

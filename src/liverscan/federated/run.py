@@ -95,6 +95,27 @@ def fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: the fewest images an aggregate a site sends may summarise (the mean of one image is that image's features)
+MIN_IMAGES_PER_AGGREGATE = 2
+
+
+def check_aggregate_sizes(name: str, where: Path, splits: dict[str, SiteData], classes: list[str]) -> None:
+    """Refuse a site whose split, or class of its training split, holds a single image (its aggregate is the image)."""
+    for split, part in splits.items():
+        if 0 < len(part.y) < MIN_IMAGES_PER_AGGREGATE:
+            raise DataError(
+                f"{where}: site {name}'s {split} split holds {len(part.y)} image(s); its aggregates would give them "
+                f"away (at least {MIN_IMAGES_PER_AGGREGATE}; prepare with other split ratios or leave the site out)"
+            )
+    counts = np.bincount(np.asarray(splits["train"].y, np.int64), minlength=len(classes))
+    for cls, n in zip(classes, counts):
+        if 0 < n < MIN_IMAGES_PER_AGGREGATE:
+            raise DataError(
+                f"{where}: site {name} has {n} training image(s) of {cls}; its class aggregates would give them away "
+                f"(at least {MIN_IMAGES_PER_AGGREGATE}, or none)"
+            )
+
+
 def load_site(name: str, data: PreparedData, cfg: Config, model, print_: Callable[[str], None]) -> Site:
     """A site's features of its train / val / test splits, computed here with the frozen backbone."""
     from liverscan.core.model import feature_extractor
@@ -113,6 +134,7 @@ def load_site(name: str, data: PreparedData, cfg: Config, model, print_: Callabl
     done = {k: v if v is not None else SiteData.empty(n_features) for k, v in splits.items()}
     if not len(done["train"].y):
         raise DataError(f"{data.dir}: no training images at site {name}")
+    check_aggregate_sizes(name, data.dir, done, list(data.classes))
     print_(f"site {name}: features of {sum(len(s.y) for s in done.values())} images ({data.dir})")
     return Site(name, list(data.classes), fingerprint(cfg), done, seed=cfg.train.seed)
 
@@ -248,7 +270,7 @@ def write_run(cfg: Config, run: Path, result: FederatedResult, model, engine: st
             "seed": cfg.train.seed,
             "backend": backend_name(),
             "device": f"{accelerator()} (the coordinator)",
-            "best": {"stage": "federated linear probe", "epoch": None, "val_accuracy": None},
+            "best": {"stage": _training(result)["mode"], "epoch": None, "val_accuracy": None},
             "epochs_run": 0,
         },
         ood=ood,

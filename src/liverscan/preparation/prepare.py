@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from liverscan.core.sources import Candidate, explicit_group, scan_sources
 from liverscan.preparation import audit as audit_mod
 from liverscan.preparation.annotate import Annotations, check, locate_all, reject_reason
 from liverscan.preparation.split import assign_splits
-from liverscan.preparation.videos import FRAMES_DIR, expand_videos
+from liverscan.preparation.videos import FRAMES_DIR, expand_videos, own_frames, prune_frames
 
 
 @dataclass
@@ -94,6 +93,8 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise RunDirError(f"{out}: already holds a prepared dataset; pass --overwrite to replace it")
     if not (out / MANIFEST).exists():  # not a prepared dataset: never write over a file of the same name
         for name in (REJECTS, SUMMARY, CACHE, CONFIG_FILE, FRAMES_DIR):
+            if name == FRAMES_DIR and own_frames(out / name):  # left by a prepare that stopped before its manifest
+                continue
             if (out / name).exists():
                 raise RunDirError(
                     f"{out / name}: exists and was not written by liverscan prepare (the folder holds no {MANIFEST}); "
@@ -127,8 +128,8 @@ def prepare_dataset(
 
     scan_rejects: list[list[str]] = []  # CSV rows that name no file
     candidates, ignored, source_names = scan_sources(data.sources, scan_rejects)
-    if (out / FRAMES_DIR).is_dir() and (out / MANIFEST).exists():  # --overwrite: this dataset's own frames
-        shutil.rmtree(out / FRAMES_DIR)
+    # frames are written over in place (the same video gives the same files), so the dataset being replaced
+    # stays whole until the new manifest is written; frames it no longer lists are removed after that
     candidates = expand_videos(candidates, out, scan_rejects)
     candidates, located = locate_all(candidates, data.masks, ignored)
     if not candidates:
@@ -156,6 +157,7 @@ def prepare_dataset(
         # write outputs ---------------------------------------------------
         manifest_rows = [[r[c] for c in MANIFEST_COLUMNS] for r in rows]
         write_text_atomic(out / MANIFEST, csv_text(MANIFEST_COLUMNS, manifest_rows))
+        prune_frames(out / FRAMES_DIR, {r["path"] for r in rows})
         all_rejects = sorted(rejects + ann_rejects, key=lambda r: (r[0], r[1]))
         write_text_atomic(out / REJECTS, csv_text(REJECT_COLUMNS, all_rejects))
         if data.cache_arrays:

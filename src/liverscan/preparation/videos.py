@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +24,40 @@ from liverscan.core.video import is_video_path, sampled_frames
 
 #: the folder of a prepared dataset holding the frames taken from its video sources
 FRAMES_DIR = "frames"
+_FRAME_NAME = re.compile(r"frame\d{6}\.png")
+
+
+def _frame_files(folder: Path) -> list[Path] | None:
+    """The frame files under ``folder`` (``<video>-<digest>/frameNNNNNN.png``), or None if anything else is there."""
+    files: list[Path] = []
+    for sub in folder.iterdir():
+        if not sub.is_dir() or sub.is_symlink():
+            return None
+        for f in sub.iterdir():
+            if not (f.is_file() and not f.is_symlink() and _FRAME_NAME.fullmatch(f.name)):
+                return None
+            files.append(f)
+    return files
+
+
+def own_frames(folder: Path) -> bool:
+    """True when ``folder`` holds only frames liverscan prepare writes (nothing of anyone else to lose)."""
+    return folder.is_dir() and not folder.is_symlink() and _frame_files(folder) is not None
+
+
+def prune_frames(folder: Path, kept: set[str]) -> None:
+    """Remove the frames (and emptied video folders) under ``folder`` that the new manifest does not list."""
+    if not folder.is_dir() or (files := _frame_files(folder)) is None:
+        return
+    keep = {str(Path(p).resolve()) for p in kept}
+    for f in files:
+        if str(f.resolve()) not in keep:
+            f.unlink(missing_ok=True)
+    for sub in list(folder.iterdir()):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def expand_videos(
