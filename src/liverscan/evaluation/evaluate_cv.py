@@ -5,6 +5,7 @@ cross-validated estimate written into the model card."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,10 @@ def evaluate_cv(
     calibrated, _ = nested(oof, oof.probs, temperature_only)
     result["temperature_nested"] = classification_metrics(oof.y, calibrated, classes, ece_bins=ece_bins)["calibration"]
     baseline = oof.baseline if oof.baseline is not None else oof.probs
-    result["baseline"] = cv_metrics(oof, baseline, classes, bootstrap, seed, ece_bins)
+    if baseline is oof.probs or np.array_equal(baseline, oof.probs):  # the linear head is the probe: same numbers
+        result["baseline"] = copy.deepcopy(result["argmax"])
+    else:
+        result["baseline"] = cv_metrics(oof, baseline, classes, bootstrap, seed, ece_bins)
     result["baseline"]["name"] = "linear probe" + (" (this model's own head)" if oof.baseline is None else "")
     stored = None if operating_point else run.card.operating_point
     spec = operating_point or (stored.spec if stored else None)
