@@ -25,7 +25,7 @@ from liverscan.core.errors import LiverscanError
 from liverscan.faces import APP_MAX_UPLOAD_MB
 
 NOTICE = "Research use only — not a medical device. Not for diagnosis or treatment decisions."
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "mp4", "avi", "mov", "mkv"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "mp4", "avi", "mov", "mkv", "m4v", "webm"]
 MAX_UPLOAD_MB = APP_MAX_UPLOAD_MB
 
 
