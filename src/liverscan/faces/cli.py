@@ -1006,6 +1006,26 @@ def app_cmd(
     os.execve(sys.executable, cmd, env)
 
 
+# the head options of both federated commands (simulate, server)
+ProbeCOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--c",
+        help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).",
+        min=0.0,
+    ),
+]
+RoundsOpt = Annotated[
+    Optional[int], typer.Option(help="The mlp head (--set model.head=mlp): federated rounds (default 20).", min=1)
+]
+LocalEpochsOpt = Annotated[
+    Optional[int], typer.Option(help="The mlp head: epochs each site trains per round (default 2).", min=1)
+]
+ProxMuOpt = Annotated[
+    Optional[float], typer.Option(help="The mlp head: FedProx's proximal weight mu (default 0: FedAvg).", min=0.0)
+]
+
+
 federate_app = typer.Typer(
     name="federate",
     help="Federated training: each site keeps its images; only head parameters and aggregates travel "
@@ -1024,23 +1044,10 @@ def federate_simulate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     min_sites: Annotated[int, typer.Option(help="Training stops when fewer sites than this answer.", min=1)] = 2,
-    c: Annotated[
-        Optional[float],
-        typer.Option(
-            "--c",
-            help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).",
-            min=0.0,
-        ),
-    ] = None,
-    rounds: Annotated[
-        Optional[int], typer.Option(help="The mlp head (--set model.head=mlp): federated rounds (default 20).", min=1)
-    ] = None,
-    local_epochs: Annotated[
-        Optional[int], typer.Option(help="The mlp head: epochs each site trains per round (default 2).", min=1)
-    ] = None,
-    prox_mu: Annotated[
-        Optional[float], typer.Option(help="The mlp head: FedProx's proximal weight mu (default 0: FedAvg).", min=0.0)
-    ] = None,
+    c: ProbeCOpt = None,
+    rounds: RoundsOpt = None,
+    local_epochs: LocalEpochsOpt = None,
+    prox_mu: ProxMuOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -1079,14 +1086,7 @@ def federate_server(
     sites: Annotated[
         Optional[int], typer.Option(help="Sites to wait for before starting (default: --min-sites).", min=1)
     ] = None,
-    c: Annotated[
-        Optional[float],
-        typer.Option(
-            "--c",
-            help="Inverse L2 strength of the probe (default: chosen on the sites' validation splits).",
-            min=0.0,
-        ),
-    ] = None,
+    c: ProbeCOpt = None,
     max_rounds: Annotated[
         Optional[int],
         typer.Option(
@@ -1107,15 +1107,9 @@ def federate_server(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback --address without TLS (a trusted network only).")
     ] = False,
-    rounds: Annotated[
-        Optional[int], typer.Option(help="The mlp head (--set model.head=mlp): federated rounds (default 20).", min=1)
-    ] = None,
-    local_epochs: Annotated[
-        Optional[int], typer.Option(help="The mlp head: epochs each site trains per round (default 2).", min=1)
-    ] = None,
-    prox_mu: Annotated[
-        Optional[float], typer.Option(help="The mlp head: FedProx's proximal weight mu (default 0: FedAvg).", min=0.0)
-    ] = None,
+    rounds: RoundsOpt = None,
+    local_epochs: LocalEpochsOpt = None,
+    prox_mu: ProxMuOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

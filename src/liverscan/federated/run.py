@@ -64,27 +64,17 @@ def backbone(cfg: Config, n_classes: int):
     """The run's model (frozen backbone and its head) as every site and the coordinator build it (seeded, so a
     randomly initialised backbone, ``model.weights=none``, is the same everywhere)."""
     from liverscan.core.keras_env import seeded
-    from liverscan.core.model import build_model
+    from liverscan.training.train import model_from_config
 
     with seeded(cfg.train.seed):
-        return build_model(
-            n_classes,
-            cfg.preprocess.image_size,
-            cfg.model.weights,
-            cfg.model.alpha,
-            cfg.model.dropout,
-            cfg.model.dense_units,
-            cfg.model.head,
-            features=cfg.model.feature_set,
-            flip_average=cfg.model.flip_average,
-        )
+        return model_from_config(cfg, n_classes)
 
 
 def fingerprint(cfg: Config) -> str:
     """What makes two sites' features comparable: backbone weights (their sha256), width, input size, features."""
-    from liverscan.training.train import _weights_source
+    from liverscan.training.train import weights_source
 
-    source = _weights_source(cfg.model.weights, cfg)
+    source = weights_source(cfg.model.weights, cfg)
     key = {
         "weights": source.get("sha256") or f"{source['spec']} (seed {cfg.train.seed})",
         "alpha": cfg.model.alpha,
@@ -220,7 +210,7 @@ def write_run(cfg: Config, run: Path, result: FederatedResult, model, engine: st
     """model.keras, the out-of-distribution reference and the model card of a federated result."""
     from liverscan.core.keras_env import accelerator, backend_name
     from liverscan.core.model import count_params, save_keras_atomic, set_linear_head
-    from liverscan.training.train import _weights_source, head_description
+    from liverscan.training.train import model_card_fields
 
     if result.mlp_params is not None:
         from liverscan.core.model import head_of
@@ -241,26 +231,7 @@ def write_run(cfg: Config, run: Path, result: FederatedResult, model, engine: st
         classes=list(result.classes),
         class_map={c: c for c in result.classes},
         image_size=cfg.preprocess.image_size,
-        input={
-            "pixels": "RGB 0..255 (greyscale replicated), bilinear resize; decoded by liverscan.core.images",
-            "scaling": "inside the model: x / 127.5 - 1 (MobileNetV2 ImageNet convention)",
-        },
-        architecture={
-            "backbone": f"MobileNetV2 alpha {cfg.model.alpha}, frozen, BatchNorm in inference mode",
-            "head": head_description(cfg, len(result.classes)),
-            "features": cfg.model.feature_set,
-            "flip_average": cfg.model.flip_average,
-            "parameters": count_params(model),
-        },
-        backbone_weights=_weights_source(cfg.model.weights, cfg),
-        build={
-            "alpha": cfg.model.alpha,
-            "dropout": cfg.model.dropout,
-            "dense_units": cfg.model.dense_units,
-            "head": result.head,
-            "features": cfg.model.feature_set,
-            "flip_average": cfg.model.flip_average,
-        },
+        **model_card_fields(cfg, len(result.classes), count_params(model)),  # its head: cfg.model.head
         data={"prepared_dir": None, "sources": sorted(result.sites), "counts": totals},
         training={
             **_training(result),

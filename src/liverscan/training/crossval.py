@@ -41,6 +41,7 @@ from liverscan.training.train import (
     _one_hot,
     compile_trainer,
     guard_reference,
+    model_from_config,
     run_in_directory,
 )
 
@@ -93,7 +94,6 @@ def cross_validate(
 
 def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> TrainResult:
     from liverscan.core.model import (
-        build_model,
         calibrate_batchnorm,
         count_params,
         head_of,
@@ -108,17 +108,7 @@ def _cross_validate(cfg: Config, data: PreparedData, run: Path, reporter: Report
     images = data.split("all", cfg.preprocess.image_size, cfg.preprocess.max_pixels)
     y, groups = images.y, np.asarray(images.groups)
     splits = fold_splits(y, groups, t.folds, t.repeats, t.seed)
-    model = build_model(
-        n_classes,
-        cfg.preprocess.image_size,
-        cfg.model.weights,
-        cfg.model.alpha,
-        cfg.model.dropout,
-        cfg.model.dense_units,
-        cfg.model.head,
-        features=cfg.model.feature_set,
-        flip_average=cfg.model.flip_average,
-    )
+    model = model_from_config(cfg, n_classes)
     if cfg.model.weights.strip().lower() == "none":
         sample = np.random.default_rng(t.seed).permutation(len(y))[:256]
         calibrate_batchnorm(model, images.x[np.sort(sample)])

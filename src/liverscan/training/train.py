@@ -131,7 +131,7 @@ def foreign_file(run: Path) -> Path | None:
 _STATE_SUFFIXES = {".keras", ".npz", ".npy", ".json", ".tmp"}
 
 
-def _weights_source(spec: str, cfg: Config) -> dict:
+def weights_source(spec: str, cfg: Config) -> dict:
     from liverscan.core.model import imagenet_weights_in_use
 
     s = spec.strip()
@@ -263,7 +263,6 @@ def _history_of(run: Path) -> list[dict]:
 
 def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> TrainResult:
     from liverscan.core.model import (
-        build_model,
         calibrate_batchnorm,
         count_params,
         head_of,
@@ -285,17 +284,7 @@ def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> Tr
     if linear and cfg.train.fine_tune_blocks > 0:
         raise DataError("fine-tuning the backbone needs the mlp head (model.head=mlp)")
     cw = class_weights([classes[i] for i in train.y], classes)
-    model = build_model(
-        len(classes),
-        size,
-        cfg.model.weights,
-        cfg.model.alpha,
-        cfg.model.dropout,
-        cfg.model.dense_units,
-        cfg.model.head,
-        features=cfg.model.feature_set,
-        flip_average=cfg.model.flip_average,
-    )
+    model = model_from_config(cfg, len(classes))
     params = count_params(model)
     if cfg.model.weights.strip().lower() == "none":
         sample = np.random.default_rng(cfg.train.seed).permutation(len(train.y))[:256]
@@ -552,6 +541,50 @@ def _val_metrics(probs: np.ndarray, val: Split, classes: list[str]) -> dict:
     }
 
 
+def model_from_config(cfg: Config, n_classes: int):
+    """The run's classifier (backbone and head) as the configuration describes it."""
+    from liverscan.core.model import build_model
+
+    m = cfg.model
+    return build_model(
+        n_classes,
+        cfg.preprocess.image_size,
+        m.weights,
+        m.alpha,
+        m.dropout,
+        m.dense_units,
+        m.head,
+        features=m.feature_set,
+        flip_average=m.flip_average,
+    )
+
+
+def model_card_fields(cfg: Config, n_classes: int, params: dict) -> dict:
+    """What a model card says of the model itself: its input, architecture, backbone weights and build options."""
+    return {
+        "input": {
+            "pixels": "RGB 0..255 (greyscale replicated), bilinear resize; decoded by liverscan.core.images",
+            "scaling": "inside the model: x / 127.5 - 1 (MobileNetV2 ImageNet convention)",
+        },
+        "architecture": {
+            "backbone": f"MobileNetV2 alpha {cfg.model.alpha}, frozen, BatchNorm in inference mode",
+            "head": head_description(cfg, n_classes),
+            "features": cfg.model.feature_set,
+            "flip_average": cfg.model.flip_average,
+            "parameters": params,
+        },
+        "backbone_weights": weights_source(cfg.model.weights, cfg),
+        "build": {
+            "alpha": cfg.model.alpha,
+            "dropout": cfg.model.dropout,
+            "dense_units": cfg.model.dense_units,
+            "head": cfg.model.head,
+            "features": cfg.model.feature_set,
+            "flip_average": cfg.model.flip_average,
+        },
+    }
+
+
 def head_description(cfg: Config, n_classes: int) -> str:
     if cfg.model.head == "linear":
         return (
@@ -608,26 +641,7 @@ def _model_card(
         classes=data.classes,
         class_map={k: v for k, v in class_map.items() if v in data.classes},
         image_size=cfg.preprocess.image_size,
-        input={
-            "pixels": "RGB 0..255 (greyscale replicated), bilinear resize; decoded by liverscan.core.images",
-            "scaling": "inside the model: x / 127.5 - 1 (MobileNetV2 ImageNet convention)",
-        },
-        architecture={
-            "backbone": f"MobileNetV2 alpha {cfg.model.alpha}, frozen, BatchNorm in inference mode",
-            "head": head_description(cfg, len(data.classes)),
-            "features": cfg.model.feature_set,
-            "flip_average": cfg.model.flip_average,
-            "parameters": params,
-        },
-        backbone_weights=_weights_source(cfg.model.weights, cfg),
-        build={
-            "alpha": cfg.model.alpha,
-            "dropout": cfg.model.dropout,
-            "dense_units": cfg.model.dense_units,
-            "head": cfg.model.head,
-            "features": cfg.model.feature_set,
-            "flip_average": cfg.model.flip_average,
-        },
+        **model_card_fields(cfg, len(data.classes), params),
         data={
             "prepared_dir": str(data.dir.resolve()),
             "manifest_hash": data.manifest_hash,
