@@ -124,3 +124,87 @@ def test_explain_keeps_frames_and_errors_aligned(clf, tmp_path):
     ]
     assert out[0][0].error and out[0][1].max() == 0
     assert all(h.shape == (32, 32) and h.max() <= 1 for _, h in out[1:])
+
+
+def _cine_bytes(tmp_path, n: int = 10) -> bytes:
+    from loop_helpers import write_cine
+
+    write_cine(tmp_path / "cine.dcm", n=n, hold=1)
+    return (tmp_path / "cine.dcm").read_bytes()
+
+
+def test_a_cut_off_cine_streams_its_frames_then_one_error_record(tmp_path):
+    from liverscan.core.frames import Sampling
+    from liverscan.serving.dicom import DicomFrames
+    from liverscan.serving.inputs import load_bytes, load_input
+
+    data = _cine_bytes(tmp_path, n=10)  # 120 x 100 frames of 12,000 bytes
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 4 * 12_000 - 6_000])  # frame 6 half there
+    every = Sampling(frame_step=1)
+    stream = load_input(str(tmp_path / "cut.dcm"), 32, sampling=every)
+    assert isinstance(stream, DicomFrames)  # a multi-frame object streams, as a video does
+    for pairs in (list(stream), load_bytes("cut.dcm", (tmp_path / "cut.dcm").read_bytes(), 32, sampling=every)):
+        assert [r.frame for r, a in pairs if a is not None] == [1, 2, 3, 4, 5]
+        assert all(r.ok and r.sop_instance_uid for r, _ in pairs[:5])
+        [(last, arr)] = pairs[5:]
+        assert arr is None and last.error.startswith("the pixel data stops at frame 6 of 10 (")
+        assert "\n" not in last.error
+    with pytest.raises(ImageDecodeError, match="stops at frame 6"):
+        read_dicom(tmp_path / "cut.dcm", 32, sampling=every)
+
+
+def test_a_cine_is_decoded_a_frame_at_a_time(tmp_path):
+    import tracemalloc
+
+    from liverscan.core.frames import Sampling
+    from liverscan.serving.dicom import iter_dicom
+
+    frames = np.random.default_rng(2).integers(0, 255, size=(240, 240, 320), dtype=np.uint8)  # 18 MB
+    write_dicom(tmp_path / "long.dcm", frames, "MONOCHROME2", frames=240)
+    tracemalloc.start()
+    try:
+        got = [f.frame for f in iter_dicom(tmp_path / "long.dcm", 64, sampling=Sampling(frame_step=20))]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == list(range(1, 241, 20))
+    assert peak < frames.nbytes / 10, f"peak {peak / 1e6:.1f} MB: the pixel data was read whole"
+
+
+def test_only_sampled_frames_are_decoded(tmp_path):
+    """A JPEG cine whose second frame is damaged: read every other frame it is whole; read every frame it stops."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from liverscan.core.frames import Sampling
+
+    frames = [np.full((48, 64), 40 * k, np.uint8) for k in range(4)]
+    write_dicom(tmp_path / "j.dcm", np.stack(frames), "MONOCHROME2", frames=4)
+    jpegs = []
+    for f in frames:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="JPEG", quality=95)
+        jpegs.append(buf.getvalue())
+    jpegs[1] = b"\xff\xd8" + b"\0" * 64 + b"\xff\xd9"
+    ds = pydicom.dcmread(tmp_path / "j.dcm")
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate(jpegs)
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "j.dcm")
+    odd = read_dicom(tmp_path / "j.dcm", 16, sampling=Sampling(frame_step=2))
+    assert [(f.frame, int(f.array[0, 0, 0])) for f in odd] == [(1, 0), (3, 80)]
+    with pytest.raises(ImageDecodeError, match="stops at frame 2 of 4"):
+        read_dicom(tmp_path / "j.dcm", 16)
+
+
+def test_a_single_frame_object_is_read_whatever_the_loop_sampling(tmp_path):
+    from liverscan.core.frames import Sampling
+
+    write_dicom(tmp_path / "one.dcm", np.zeros((8, 8), np.uint8), "MONOCHROME2")
+    assert [f.frame for f in read_dicom(tmp_path / "one.dcm", 8, sampling=Sampling(fps=2.0))] == [1]
+    write_dicom(tmp_path / "untimed.dcm", np.zeros((3, 8, 8), np.uint8), "MONOCHROME2", frames=3)
+    with pytest.raises(ImageDecodeError, match="--fps needs a frame time"):
+        read_dicom(tmp_path / "untimed.dcm", 8, sampling=Sampling(fps=2.0))

@@ -1,4 +1,5 @@
-"""DICOM SEG and SR results for a multi-frame (cine) DICOM input, read back with pydicom and highdicom."""
+"""DICOM SEG and SR results for a multi-frame (cine) DICOM input, read back with pydicom and highdicom; a cine whose
+frames span batches gives the same results as one batch."""
 
 from __future__ import annotations
 
@@ -11,7 +12,85 @@ from PIL import Image
 
 hd = pytest.importorskip("highdicom")
 
+from liverscan.serving.records import Prediction  # noqa: E402
 from loop_helpers import EXAMPLES, write_cine  # noqa: E402
+
+MODEL = ("liverscan test", "0.0")
+
+
+def _records(path, uid: str, frames) -> list[Prediction]:
+    """Predicted records of the given frames of a DICOM object, as the model fills them."""
+    return [
+        Prediction(
+            str(path),
+            predicted_class="tumor" if k % 2 else "normal",
+            confidence=0.5 + k / 100,
+            decision="tumor" if k % 2 else "normal",
+            in_distribution=True,
+            ood_score=k / 10,
+            frame=k,
+            sop_instance_uid=uid,
+        )
+        for k in frames
+    ]
+
+
+def _findings(sr_path) -> list[tuple[int, str, float]]:
+    """(frame, finding, probability) of each measurement group of an SR."""
+    sr = hd.sr.srread(sr_path)
+    out = []
+    for container in (item for item in sr.ContentSequence if item.ValueType == "CONTAINER"):
+        for group in container.ContentSequence:
+            texts = {c.ConceptNameCodeSequence[0].CodeMeaning: c for c in group.ContentSequence}
+            out.append(
+                (
+                    int(texts["Tracking Identifier"].TextValue.split()[-1]),
+                    texts["Finding"].ConceptCodeSequence[0].CodeMeaning,
+                    round(float(texts["Class probability"].MeasuredValueSequence[0].NumericValue), 4),
+                )
+            )
+    return out
+
+
+def test_an_sr_waits_for_the_last_frame_of_a_cine_whose_frames_span_batches(tmp_path):
+    from liverscan.serving.dicom_results import DicomResultWriter
+
+    uid = write_cine(tmp_path / "cine.dcm", n=6, hold=1)
+    arr = np.zeros((8, 8, 3), np.uint8)
+    items = [(0, rec, arr) for rec in _records(tmp_path / "cine.dcm", uid, range(1, 7))]
+    after = (1, Prediction(str(tmp_path / "next.png")), arr)  # the next input
+    split = DicomResultWriter(None, tmp_path / "split", MODEL)
+    assert split.batch(items[:2], None, keep_arrays=False) == []
+    assert split.batch(items[2:4], None, keep_arrays=False) == []
+    assert not list((tmp_path / "split").iterdir())  # held: the SR is not written before the last frame
+    out = split.batch(items[4:] + [after], None)
+    assert [k for k, _, _ in out] == [0] * 6 + [1] and [r for _, r, _ in out[:6]] == [r for _, r, _ in items]
+    assert [a is None for _, _, a in out] == [True] * 4 + [False] * 3  # kept without arrays when asked
+    assert split.close() == []
+
+    whole = DicomResultWriter(None, tmp_path / "whole", MODEL)
+    assert whole.batch([*items, after], None) == [*items, after] and whole.close() == []
+    [split_sr], [whole_sr] = (list((tmp_path / d).glob("cine-*-sr.dcm")) for d in ("split", "whole"))
+    assert (
+        _findings(split_sr)
+        == _findings(whole_sr)
+        == [(k, "Neoplasm" if k % 2 else "Normal", 0.5 + k / 100) for k in range(1, 7)]
+    )
+
+
+def test_an_sr_that_cannot_be_made_marks_every_record_of_its_object_across_batches(tmp_path):
+    from liverscan.serving.dicom_results import DicomResultWriter
+    from test_dicom import write_dicom
+
+    uid = write_dicom(tmp_path / "bare.dcm", np.zeros((3, 48, 64), np.uint8), "MONOCHROME2", frames=3)  # no study
+    arr = np.zeros((8, 8, 3), np.uint8)
+    recs = _records(tmp_path / "bare.dcm", uid, (1, 2, 3))
+    writer = DicomResultWriter(None, tmp_path / "sr", MODEL)
+    assert writer.batch([(0, recs[0], arr)], None) == []
+    assert writer.batch([(0, r, arr) for r in recs[1:]], None) == []
+    assert [r for _, r, _ in writer.close()] == recs
+    assert all((r.error or "").startswith("no DICOM result written (") for r in recs)
+    assert not list((tmp_path / "sr").iterdir())
 
 
 @pytest.mark.slow
@@ -85,3 +164,32 @@ def test_an_object_that_cannot_be_described_is_an_error_record_and_the_run_goes_
     )
     assert summary.failed == 1 and records[0].error.startswith("no DICOM result written (")
     assert all(r.ok for r in records[1:]) and len(list((tmp_path / "sr").glob("cine-*-sr.dcm"))) == 1
+
+
+@pytest.mark.slow
+def test_a_cine_split_across_batches_gives_the_same_records_seg_and_sr(tmp_path):
+    from liverscan.serving import PredictOptions, predict_files
+
+    write_cine(tmp_path / "cine.dcm", n=8, hold=2, frame_time_ms=100.0)
+    runs = {}
+    for batch in (32, 3):  # one batch, and batches of 3, 3 and 2 frames
+        out = tmp_path / f"b{batch}"
+        options = PredictOptions(frame_step=1, batch_size=batch, dicom_seg=out / "seg", dicom_sr=out / "sr")
+        records: list[Prediction] = []
+        predict_files([str(tmp_path / "cine.dcm")], options, on_record=records.append)
+        segs = {
+            int(p.name.split("-frame")[1].split("-")[0]): hd.seg.segread(p).pixel_array
+            for p in (out / "seg").glob("*.dcm")
+        }
+        [sr] = list((out / "sr").glob("*.dcm"))
+        runs[batch] = (records, segs, _findings(sr))
+    (one, one_segs, one_sr), (split, split_segs, split_sr) = runs[32], runs[3]
+    assert [r.frame for r in one] == [r.frame for r in split] == list(range(1, 9)) and all(r.ok for r in split)
+    for a, b in zip(one, split):
+        assert (a.predicted_class, a.decision, a.in_distribution, a.duplicate_of) == (
+            b.predicted_class, b.decision, b.in_distribution, b.duplicate_of,
+        )  # fmt: skip
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+    assert sorted(one_segs) == sorted(split_segs) == list(range(1, 9))
+    assert all(np.array_equal(one_segs[k], split_segs[k]) for k in one_segs)
+    assert [f[:2] for f in one_sr] == [f[:2] for f in split_sr] and len(split_sr) == 8

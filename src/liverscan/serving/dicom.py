@@ -10,10 +10,16 @@ No tag other than the SOP Instance UID is read into records unless asked.
 A cine (a multi-frame object with a frame time: FrameTimeVector, FrameTime, CineRate or
 RecommendedDisplayFrameRate) is sampled as a video is (:mod:`liverscan.core.frames`); its records
 carry each frame's ``time_s``.
+
+Frames are decoded one at a time, and only the sampled ones (:func:`iter_dicom`, over pydicom's
+``iter_pixels``): the header is read without the pixel data, so a ten-minute cine never sits in memory.
+A :class:`DicomFrames` streams a multi-frame object's records to ``predict`` as a video's are; pixel data
+that stops early (cut off, damaged) gives the frames it has, then one error record.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +29,8 @@ import numpy as np
 from liverscan.core.errors import ConfigError, ImageDecodeError, LiverscanError
 from liverscan.core.frames import FrozenCheck, Sampling
 from liverscan.core.images import decode_array
+from liverscan.serving.records import Prediction
+from liverscan.serving.streams import FrameStream
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
@@ -123,49 +131,129 @@ def frame_times(ds, n_frames: int) -> list[float] | None:
     return [k * ms / 1000.0 for k in range(n_frames)]
 
 
-def read_dicom(
-    path: str | Path | BinaryIO, size: int = 160, include_tags: tuple[str, ...] = (), sampling: Sampling = Sampling()
-) -> list[DicomFrame]:
-    """The frames of a DICOM file as model inputs (a cine's sampled frames; every frame of an untimed object
-    unless ``sampling`` has a frame step)."""
+def read_header(source: str | Path | BinaryIO, label: str):
+    """The object's header, without its pixel data (never decoded or kept here)."""
     pydicom = _require_pydicom()
-    label = str(path)
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(source, stop_before_pixels=True)
     except FileNotFoundError:
         raise ImageDecodeError(label, "file not found") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
         raise ImageDecodeError(label, f"not a readable DICOM file ({exc.__class__.__name__})") from None
-    if "PixelData" not in ds:
-        raise ImageDecodeError(label, "DICOM object has no pixel data")
+
+
+def frame_count(ds) -> int:
+    """The number of frames the header declares (1 for a single-frame object)."""
+    return int(getattr(ds, "NumberOfFrames", 1) or 1)
+
+
+def sampled_indices(ds, sampling: Sampling, label: str) -> tuple[list[int], list[float] | None]:
+    """The 0-based frames of the object that are read (a single frame always), and every frame's time."""
+    n_frames = frame_count(ds)
+    times = frame_times(ds, n_frames)
+    if n_frames == 1:
+        return [0], None
+    if times is None and sampling.fps is not None:
+        raise ImageDecodeError(label, "--fps needs a frame time (FrameTime, FrameTimeVector); use --frame-step")
+    sampler = sampling.sampler(timed=times is not None)
+    return [i for i in range(n_frames) if sampler.take(i, None if times is None else times[i])], times
+
+
+def iter_dicom(
+    source: str | Path | BinaryIO,
+    size: int = 160,
+    include_tags: tuple[str, ...] = (),
+    sampling: Sampling = Sampling(),
+    label: str | None = None,
+) -> Iterator[DicomFrame]:
+    """The frames of a DICOM object as model inputs (a cine's sampled frames; every frame of an untimed object
+    unless ``sampling`` has a frame step), each decoded when it is reached: only the sampled frames are
+    decoded, one at a time, so a long cine never sits in memory.
+
+    Raises :class:`ImageDecodeError` before any frame when the object cannot be read, and after the frames it
+    has when its pixel data stops early (cut off, damaged).
+    """
+    from pydicom.pixels import iter_pixels
+
+    label = label or str(source)
+    ds = read_header(source, label)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    try:
-        pixels = ds.pixel_array  # pydicom 3 converts YBR_* to RGB here
-    except Exception as exc:  # noqa: BLE001
-        raise ImageDecodeError(label, f"cannot decode DICOM pixel data ({exc.__class__.__name__}: {exc})") from None
-    if photometric.startswith("YBR"):
+    if photometric.startswith("YBR"):  # decoded to RGB (pydicom converts YBR_* when not asked for raw data)
         photometric = "RGB"
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    frames = pixels if (n_frames > 1) else pixels[np.newaxis]
-    if spp == 1 and frames.ndim == 4 and frames.shape[-1] == 1:
-        frames = frames[..., 0]
+    indices, times = sampled_indices(ds, sampling, label)
+    n_frames = frame_count(ds)
     uid = str(getattr(ds, "SOPInstanceUID", ""))
     study, series = str(getattr(ds, "StudyInstanceUID", "")), str(getattr(ds, "SeriesInstanceUID", ""))
     tags = {t: str(getattr(ds, t, "")) for t in include_tags}
-    times = frame_times(ds, len(frames))
-    if times is None and sampling.fps is not None and len(frames) > 1:
-        raise ImageDecodeError(label, "--fps needs a frame time (FrameTime, FrameTimeVector); use --frame-step")
-    sampler, frozen = sampling.sampler(timed=times is not None), FrozenCheck()
-    out = []
-    for i, frame in enumerate(frames):
-        t = None if times is None else times[i]
-        if len(frames) > 1 and not sampler.take(i, t):
-            continue
-        arr8 = _to_8bit(np.asarray(frame), ds, photometric)
-        array = decode_array(arr8, size=size, label=label)
-        f = DicomFrame(array, i + 1, uid, tags, study, series, (arr8.shape[1], arr8.shape[0]))
-        if times is not None:
-            f.time_s, f.duplicate_of = round(t or 0.0, 3), frozen.repeat_of(array, i + 1)
-        out.append(f)
-    return out
+    frozen = FrozenCheck()
+    pixels = iter_pixels(source, indices=indices)
+    try:
+        for i in indices:
+            try:
+                frame = next(pixels)
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged pixel data
+                raise _pixel_error(label, exc, i, n_frames, first=i == indices[0]) from None
+            if frame.ndim == 3 and frame.shape[-1] == 1:
+                frame = frame[..., 0]
+            arr8 = _to_8bit(np.asarray(frame), ds, photometric)
+            array = decode_array(arr8, size=size, label=label)
+            f = DicomFrame(array, i + 1, uid, tags, study, series, (arr8.shape[1], arr8.shape[0]))
+            if times is not None:
+                f.time_s, f.duplicate_of = round(times[i], 3), frozen.repeat_of(array, i + 1)
+            yield f
+    finally:  # closes the file when the reader stops early
+        getattr(pixels, "close", lambda: None)()
+
+
+def _pixel_error(label: str, exc: Exception, index: int, n_frames: int, first: bool) -> ImageDecodeError:
+    """The one-line error of pixel data that fails at frame ``index`` (0-based; ``first``: no frame read yet)."""
+    if isinstance(exc, AttributeError) and first and "no pixel data" in str(exc).lower():
+        return ImageDecodeError(label, "DICOM object has no pixel data")
+    detail = (
+        "" if isinstance(exc, StopIteration) else f" ({exc.__class__.__name__}: {' '.join(str(exc).split())[:300]})"
+    )
+    if first and detail:
+        return ImageDecodeError(label, f"cannot decode DICOM pixel data{detail}")
+    return ImageDecodeError(label, f"the pixel data stops at frame {index + 1} of {n_frames}{detail}")
+
+
+def read_dicom(
+    path: str | Path | BinaryIO, size: int = 160, include_tags: tuple[str, ...] = (), sampling: Sampling = Sampling()
+) -> list[DicomFrame]:
+    """Every sampled frame of :func:`iter_dicom` at once (a damaged object raises, keeping none)."""
+    return list(iter_dicom(path, size, include_tags, sampling))
+
+
+@dataclass(frozen=True)
+class DicomFrames(FrameStream):
+    """The sampled frames of one DICOM object as (record, model input or None) pairs, decoded as they are
+    iterated; ``tags``: the keywords copied into each record."""
+
+    tags: tuple[str, ...] = ()
+
+    def frames(self) -> Iterator[tuple[Prediction, np.ndarray]]:
+        for f in iter_dicom(self._source(), self.size, self.tags, self.sampling, label=self.path):
+            rec = Prediction(
+                self.path,
+                frame=f.frame,
+                time_s=f.time_s,
+                duplicate_of=f.duplicate_of,
+                sop_instance_uid=f.sop_instance_uid,
+                dicom_tags=f.tags or None,
+                study_instance_uid=f.study_instance_uid or None,
+                series_instance_uid=f.series_instance_uid or None,
+                source_size=f.size,
+            )
+            yield rec, f.array
+
+    def multi_frame(self) -> bool:
+        """Whether the header declares more than one frame (False also when it cannot be read)."""
+        try:
+            return frame_count(read_header(self._source(), self.path)) > 1
+        except ImageDecodeError:
+            return False
+
+    def _source(self) -> str | BinaryIO:
+        import io
+
+        return io.BytesIO(self.data) if self.data is not None else self.path

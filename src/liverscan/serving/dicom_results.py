@@ -17,10 +17,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from liverscan.core.errors import LiverscanError
+from liverscan.serving.dicom import frame_count
 from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
 
 INSTALL_HINT = "DICOM results need the optional extra: pip install 'liverscan[dicom]'"
@@ -41,16 +43,20 @@ def require_highdicom():
 
 @dataclass
 class _Source:
-    """The predicted frames of one DICOM object, waiting to be written."""
+    """The DICOM object whose frames are arriving: its header (without pixel data) and its records for the SR."""
 
+    key: object  # the input it came from
     path: str
-    frames: list[tuple[Prediction, np.ndarray | None]] = field(default_factory=list)  # (record, lesion map)
+    header: Any = None
+    failure: str | None = None  # the error of its records when its header cannot be read
+    records: list[Prediction] = field(default_factory=list)
 
 
 class DicomResultWriter:
-    """Collects the predicted frames of each DICOM input (they arrive together, in order) and writes its
-    SEG objects and SR when the next input starts and on :meth:`flush`.  A source whose objects cannot be
-    made gets the reason as the error of its records; the run goes on.
+    """Writes the DICOM results of each DICOM input as its frames arrive, in input order (a long cine's frames
+    span batches): a frame's SEG at once, the object's SR when its last frame has been seen (a record of the
+    next input, or :meth:`flush`).  A frame whose SEG cannot be made, or an object whose SR cannot be, gets the
+    reason as the error of its record(s); the run goes on.
 
     ``model``: the model's name and version as written into the objects; ``threshold`` / ``min_area``: the
     lesion head's mask rule.
@@ -68,46 +74,80 @@ class DicomResultWriter:
         self.seg_dir, self.sr_dir, self.model = seg_dir, sr_dir, model
         self.threshold, self.min_area = threshold, min_area
         self._current: _Source | None = None
+        self._held: list[tuple[Any, Prediction, np.ndarray | None]] = []
         for folder in (seg_dir, sr_dir):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
 
-    def add(self, rec: Prediction, lesion_map: np.ndarray | None) -> None:
-        """One record (a DICOM frame, or anything else, which is left out) and its lesion map."""
-        if rec.sop_instance_uid is None or rec.error:
-            return
-        if self._current is not None and self._current.path != rec.path:
-            self.flush()
-        if self._current is None:
-            self._current = _Source(rec.path)
-        self._current.frames.append((rec, lesion_map))
-
-    def flush(self) -> None:
-        """Write what the current object collected."""
-        source, self._current = self._current, None
-        if source is None or not source.frames:
-            return
-        try:
-            self._write(source)
-        except Exception as exc:  # noqa: BLE001 - one object that cannot be described never stops the run
-            first_line = (str(exc).splitlines() or [""])[0][:200]
-            for rec, _ in source.frames:
-                rec.error = f"no DICOM result written ({exc.__class__.__name__}: {first_line})"
-
-    def _write(self, source: _Source) -> None:
-        import pydicom
-
+    def add(self, rec: Prediction, lesion_map: np.ndarray | None, key: object = None) -> None:
+        """One record of input ``key`` (default: its path) and its lesion map; a DICOM frame's SEG is written
+        now and its record kept for the object's SR (anything else is left out).  A record of another input
+        first ends the current object (:meth:`flush`)."""
+        from liverscan.serving.dicom import read_header
         from liverscan.serving.predict import output_stem
 
-        ds = pydicom.dcmread(source.path, stop_before_pixels=True)
-        stem = output_stem(Prediction(source.path))
-        if self.seg_dir is not None:
-            for rec, lesion_map in source.frames:
-                if lesion_map is not None:
-                    seg = self._segmentation(ds, rec, lesion_map)
-                    _save(seg, self.seg_dir / f"{output_stem(rec)}-seg.dcm")
+        key = rec.path if key is None else key
+        if self._current is not None and self._current.key != key:
+            self.flush()
+        if rec.sop_instance_uid is None or rec.error:
+            return
+        if self._current is None:
+            self._current = _Source(key, rec.path)
+        source = self._current
+        if source.header is None and source.failure is None:
+            try:
+                source.header = read_header(source.path, source.path)
+            except LiverscanError as exc:
+                source.failure = _failure(exc)
+        if source.failure is not None:
+            rec.error = source.failure
+            return
+        if self.seg_dir is not None and lesion_map is not None:
+            try:
+                seg = self._segmentation(source.header, rec, lesion_map)
+                _save(seg, self.seg_dir / f"{output_stem(rec)}-seg.dcm")
+            except Exception as exc:  # noqa: BLE001 - a frame that cannot be described never stops the run
+                rec.error = _failure(exc)
+                return
         if self.sr_dir is not None:
-            _save(self._report(ds, source.frames), self.sr_dir / f"{stem}-sr.dcm")
+            source.records.append(rec)
+
+    def flush(self) -> None:
+        """End the current object: write its SR."""
+        source, self._current = self._current, None
+        if source is None or not source.records or self.sr_dir is None:
+            return
+        from liverscan.serving.predict import output_stem
+
+        try:
+            report = self._report(source.header, source.records)
+            _save(report, self.sr_dir / f"{output_stem(Prediction(source.path))}-sr.dcm")
+        except Exception as exc:  # noqa: BLE001 - one object that cannot be described never stops the run
+            for rec in source.records:
+                rec.error = _failure(exc)
+
+    def batch(self, items: list, maps: np.ndarray | None, keep_arrays: bool = True) -> list:
+        """Take one predicted batch of (input, record, model input or None) items and their lesion maps (one
+        per item with a model input); returns the items that may go on: all but those of an object whose SR
+        waits for more frames, which are held (without their model input unless ``keep_arrays``) until it is
+        written, so an SR that cannot be made still marks every record of its object."""
+        good = iter(maps if maps is not None else ())
+        for key, rec, arr in items:
+            self.add(rec, None if arr is None else next(good, None), key)
+        self._held.extend(items)
+        waiting = self._current.key if self._current is not None and self._current.records else None
+        cut = len(self._held)
+        while waiting is not None and cut and self._held[cut - 1][0] == waiting:
+            cut -= 1
+        ready, held = self._held[:cut], self._held[cut:]
+        self._held = held if keep_arrays else [(key, rec, None) for key, rec, _ in held]
+        return ready
+
+    def close(self) -> list:
+        """Write the last object's SR; returns the items still held."""
+        self.flush()
+        held, self._held = self._held, []
+        return held
 
     # -- the objects -------------------------------------------------------------------
 
@@ -152,14 +192,14 @@ class DicomResultWriter:
             series_description="liverscan lesion segmentation",
             omit_empty_frames=False,
         )
-        _refer_to_frame(seg, ds, rec.frame if _frames(ds) > 1 else None)
+        _refer_to_frame(seg, ds, rec.frame if frame_count(ds) > 1 else None)
         if (
             "PatientOrientation" not in seg
         ):  # General Image, type 2C: required (may be empty) without a frame of reference
             seg.PatientOrientation = ds.get("PatientOrientation", "")
         return seg
 
-    def _report(self, ds, frames: list[tuple[Prediction, np.ndarray | None]]):
+    def _report(self, ds, records: list[Prediction]):
         import highdicom as hd
         from highdicom import sr
         from pydicom.sr.codedict import codes
@@ -173,7 +213,7 @@ class DicomResultWriter:
                 observer_type=codes.DCM.Device, observer_identifying_attributes=device
             )
         )
-        groups = [self._group(ds, rec, _frames(ds) > 1) for rec, _ in frames]
+        groups = [self._group(ds, rec, frame_count(ds) > 1) for rec in records]
         report = sr.MeasurementReport(
             observation_context=context,
             procedure_reported=hd.sr.CodedConcept("45036003", "SCT", "Ultrasonography of abdomen"),
@@ -253,8 +293,9 @@ def _class_code(name: str):
     return hd.sr.CodedConcept(*known) if known else _local(name, name)
 
 
-def _frames(ds) -> int:
-    return int(getattr(ds, "NumberOfFrames", 1) or 1)
+def _failure(exc: Exception) -> str:
+    first_line = (str(exc).splitlines() or [""])[0][:200]
+    return f"no DICOM result written ({exc.__class__.__name__}: {first_line})"
 
 
 #: the single-frame counterpart of a legacy multi-frame ultrasound object (what highdicom builds a frame's SEG on)

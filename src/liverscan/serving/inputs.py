@@ -115,9 +115,9 @@ def load_input(
 ) -> Pairs:
     """(record, model input) pairs for one file: one per DICOM frame or TIFF page; an error record when unreadable.
 
-    A video gives a :class:`~liverscan.serving.video.VideoFrames`: its sampled frames, decoded as they are
-    iterated (``sampling`` also samples a DICOM cine)."""
-    from liverscan.serving.dicom import is_dicom_path, read_dicom
+    A video or a multi-frame DICOM object gives a :class:`~liverscan.serving.streams.FrameStream`: its
+    sampled frames (``sampling``), decoded as they are iterated."""
+    from liverscan.serving.dicom import DicomFrames, is_dicom_path
     from liverscan.serving.video import VideoFrames, is_video_path
 
     try:
@@ -128,7 +128,8 @@ def load_input(
         if problem is not None:
             raise ImageDecodeError(path, problem)
         if is_dicom_path(p):
-            return _frame_records(path, read_dicom(p, size, dicom_tags, sampling))
+            frames = DicomFrames(path, size, sampling, tags=dicom_tags)
+            return frames if frames.multi_frame() else list(frames)
         if is_video_path(p):
             return VideoFrames(path, size, sampling)
         return _image_records(p, path, size, max_pixels)
@@ -147,13 +148,13 @@ def load_checked(
     sampling: Sampling = Sampling(),
 ) -> Pairs:
     """:func:`load_input`, plus the guard's image checks on each decoded image when ``checks`` (so they run in
-    the decoding threads or processes, not after the model; a video's frames are checked as they decode)."""
+    the decoding threads or processes, not after the model; a stream's frames are checked as they decode)."""
     import dataclasses
 
-    from liverscan.serving.video import VideoFrames
+    from liverscan.serving.streams import FrameStream
 
     pairs = load_input(path, size, dicom_tags, max_pixels, sampling)
-    if isinstance(pairs, VideoFrames):
+    if isinstance(pairs, FrameStream):
         return dataclasses.replace(pairs, checks=checks)
     if checks:
         from liverscan.core.guard import image_reason
@@ -182,27 +183,6 @@ def _image_records(
     return out
 
 
-def _frame_records(path: str, frames) -> list[tuple[Prediction, np.ndarray | None]]:
-    """(record, model input) for each frame of one DICOM object."""
-    return [
-        (
-            Prediction(
-                path,
-                frame=f.frame,
-                time_s=f.time_s,
-                duplicate_of=f.duplicate_of,
-                sop_instance_uid=f.sop_instance_uid,
-                dicom_tags=f.tags or None,
-                study_instance_uid=f.study_instance_uid or None,
-                series_instance_uid=f.series_instance_uid or None,
-                source_size=f.size,
-            ),
-            f.array,
-        )
-        for f in frames
-    ]
-
-
 def load_bytes(
     name: str,
     data: bytes,
@@ -212,14 +192,12 @@ def load_bytes(
     sampling: Sampling = Sampling(),
 ) -> list[tuple[Prediction, np.ndarray | None]]:
     """Like :func:`load_input` for an in-memory file (an upload): image, DICOM or video by name or magic bytes."""
-    import io
-
-    from liverscan.serving.dicom import read_dicom
+    from liverscan.serving.dicom import DicomFrames
     from liverscan.serving.video import VideoFrames, is_video_path
 
     try:
         if name.lower().endswith((".dcm", ".dicom")) or data[128:132] == b"DICM":
-            return _frame_records(name, read_dicom(io.BytesIO(data), size, dicom_tags, sampling))
+            return list(DicomFrames(name, size, sampling, data=data, tags=dicom_tags))
         if is_video_path(name):
             return list(VideoFrames(name, size, sampling, data=data))
         return _image_records(data, name, size, max_pixels)

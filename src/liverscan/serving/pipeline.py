@@ -1,8 +1,8 @@
 """Decoding in a pool of threads or processes ahead of the model, in bounded memory, in input order.
 
-A file's pairs are a list (an image, a DICOM object's frames) or a stream (a video's sampled frames):
-a stream is decoded by a thread of its own a few batches ahead of the model and cut into batches, so
-a long loop flows through in bounded memory.
+A file's pairs are a list (an image, a single-frame DICOM object) or a stream (the sampled frames of a video
+or a multi-frame DICOM object): a stream is decoded by a thread of its own a few batches ahead of the model
+and cut into batches, so a long loop flows through in bounded memory.
 """
 
 from __future__ import annotations
@@ -106,11 +106,11 @@ def decoded_batches(
 ) -> Iterator[list[Item]]:
     """Lists of (input index, record, model input or None) holding up to ``batch_size`` decoded images.
 
-    ``load(path)`` returns one or more (record, array) pairs (a DICOM file gives one per
-    frame; an unreadable file one pair with no array), as a list or as an iterable (a video: streamed,
-    cut into batches).  At most ``4 * batch_size`` files are in flight, so a folder of any size streams
-    through.  With ``processes`` the files
-    are decoded by ``workers`` processes (``load`` must be picklable), a few files per task.
+    ``load(path)`` returns one or more (record, array) pairs (a multi-page TIFF gives one per page; an
+    unreadable file one pair with no array), as a list or as an iterable (a video or multi-frame DICOM object:
+    streamed, cut into batches, so its frames may span batches).  At most ``4 * batch_size`` files are in
+    flight, so a folder of any size streams through.  With ``processes`` the files are decoded by ``workers``
+    processes (``load`` must be picklable), a few files per task.
     """
     window = max(4 * batch_size, 16)
     chunk = PROCESS_CHUNK if processes else 1

@@ -283,17 +283,32 @@ class Classifier:
         o = self.options
         explain = explain_dir if explain_dir is not None else o.explain_dir
         for _, rec, _ in self._iter_indexed(
-            paths, batch_size or o.batch_size, workers or o.workers, explain, decode or o.decode, o.lesion_masks
+            paths,
+            batch_size or o.batch_size,
+            workers or o.workers,
+            explain,
+            decode or o.decode,
+            o.lesion_masks,
+            keep_arrays=False,
         ):
             yield rec
 
     def _iter_indexed(
-        self, paths: Iterable, batch_size: int, workers: int, explain_dir, decode="threads", masks=None, load=None
+        self,
+        paths: Iterable,
+        batch_size: int,
+        workers: int,
+        explain_dir,
+        decode="threads",
+        masks=None,
+        load=None,
+        keep_arrays: bool = True,
     ):
         """(input index, record, model input or None) in input order; a DICOM file gives one per frame.
 
         ``load`` turns one input into (record, array) pairs (default: read the path); ``masks``: the folder
-        for lesion mask PNGs (None: none written).
+        for lesion mask PNGs (None: none written).  With a DICOM SR asked for, the records of a DICOM object
+        come out once its SR is written (``keep_arrays``: with their model inputs, else with None).
         """
         if decode not in DECODERS:
             raise ConfigError(f"unknown decoding {decode!r} ({', '.join(DECODERS)})")
@@ -301,6 +316,7 @@ class Classifier:
         dicom_out = self._dicom_results()
         for items in decoded_batches(paths, load or self._load, batch_size, workers, processes=processes):
             good = [(rec, arr) for _, rec, arr in items if arr is not None]
+            maps = None
             if good:
                 images = np.stack([a for _, a in good])
                 maps = self.fill_records([r for r, _ in good], images, batch_size)
@@ -308,11 +324,9 @@ class Classifier:
                     self._write_masks(good, maps, Path(masks))
                 if explain_dir is not None:
                     self._write_explanations(good, images, Path(explain_dir), maps)
-                if dicom_out is not None:  # a DICOM object's frames are never split between batches
-                    for k, (rec, _) in enumerate(good):
-                        dicom_out.add(rec, None if maps is None else maps[k])
-                    dicom_out.flush()
-            yield from items
+            yield from items if dicom_out is None else dicom_out.batch(items, maps, keep_arrays)
+        if dicom_out is not None:
+            yield from dicom_out.close()
 
     def _dicom_results(self):
         """The writer of DICOM SEG / SR results when the options ask for them (else None)."""

@@ -15,42 +15,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liverscan.core.errors import ImageDecodeError
-from liverscan.core.frames import FrozenCheck, Sampling
+from liverscan.core.frames import FrozenCheck
 from liverscan.core.images import decode_array
 from liverscan.core.video import VIDEO_SUFFIXES, is_video_path, sampled_frames
 from liverscan.serving.records import Prediction
+from liverscan.serving.streams import FrameStream
 
 __all__ = ["VIDEO_SUFFIXES", "VideoFrames", "is_video_path"]
 
 
 @dataclass(frozen=True)
-class VideoFrames:
-    """The sampled frames of one video as (record, model input or None) pairs, decoded as they are iterated.
+class VideoFrames(FrameStream):
+    """The sampled frames of one video as (record, model input or None) pairs, decoded as they are iterated."""
 
-    Picklable (it holds no open file), so a decoding process can hand it back to the process running the
-    model, which then streams it.  ``checks``: run the guard's image checks on each sampled frame.
-    """
-
-    path: str
-    size: int
-    sampling: Sampling = Sampling()
-    checks: bool = False
-    data: bytes | None = None  # an upload's bytes (else the file at ``path`` is read)
-
-    def __iter__(self) -> Iterator[tuple[Prediction, np.ndarray | None]]:
-        from liverscan.core.guard import image_reason
-
+    def frames(self) -> Iterator[tuple[Prediction, np.ndarray]]:
         frozen = FrozenCheck()
-        try:
-            for f in sampled_frames(self.path, self.sampling, self.data):
-                array = decode_array(f.rgb, size=self.size, label=self.path)
-                rec = Prediction(
-                    self.path, frame=f.frame, time_s=f.time_s, source_size=(f.rgb.shape[1], f.rgb.shape[0])
-                )
-                rec.duplicate_of = frozen.repeat_of(array, f.frame)
-                if self.checks:
-                    rec.image_check = image_reason(array) or ""
-                yield rec, array
-        except ImageDecodeError as exc:
-            yield Prediction(self.path, error=exc.reason), None
+        for f in sampled_frames(self.path, self.sampling, self.data):
+            array = decode_array(f.rgb, size=self.size, label=self.path)
+            rec = Prediction(self.path, frame=f.frame, time_s=f.time_s, source_size=(f.rgb.shape[1], f.rgb.shape[0]))
+            rec.duplicate_of = frozen.repeat_of(array, f.frame)
+            yield rec, array
