@@ -120,19 +120,30 @@ def stage_breakdown(model: str, paths: list[str]) -> list[tuple[str, float]]:
     rows.append(("guard: image checks", cpu_ms(lambda: [image_reason(a) for a in images], n)))
     batches = [slice(k, k + 32) for k in range(0, n, 32)]
     outs: list = []
-    rows.append(
-        (f"classifier ({clf.runtime})", cpu_ms(lambda: outs.extend(clf.outputs(images[b]) for b in batches), n))
-    )
-    feats = np.concatenate([f for _, f in outs]) if outs and outs[0][1] is not None else None
+    maps: list = []
+    shared = clf.lesion is not None and getattr(clf.runner, "has_maps", False)
+    if shared:  # one graph gives the class, the features and the lesion map
+        rows.append(
+            (
+                f"classifier + lesion head, one pass ({clf.runtime})",
+                cpu_ms(lambda: outs.extend(clf.runner.run_all(images[b]) for b in batches), n),
+            )
+        )
+        maps = [m for _, _, m in outs]
+    else:
+        rows.append(
+            (f"classifier ({clf.runtime})", cpu_ms(lambda: outs.extend(clf.outputs(images[b]) for b in batches), n))
+        )
+    feats = np.concatenate([o[1] for o in outs]) if outs and outs[0][1] is not None else None
     if clf.reference is not None and feats is not None:
         reference = clf.reference
         rows.append(("guard: kNN score", cpu_ms(lambda: [scores(reference, feats[b]) for b in batches], n)))
     if clf.lesion is not None:
         head = clf.lesion
-        maps: list = []
-        rows.append(
-            (f"lesion head ({head.kind})", cpu_ms(lambda: maps.extend(head.maps(images[b]) for b in batches), n))
-        )
+        if not shared:
+            rows.append(
+                (f"lesion head ({head.kind})", cpu_ms(lambda: maps.extend(head.maps(images[b]) for b in batches), n))
+            )
         found = np.concatenate(maps)
         rows.append(("lesion post-processing", cpu_ms(lambda: [head.finding(m, 1024, 768) for m in found], n)))
     fill = [clf.fill_records(records[b], images[b], 32) for b in batches]  # real records for the writer

@@ -234,3 +234,49 @@ def test_the_real_design_converts_and_agrees(tmp_path, fmt):
     assert info["max_abs_difference_vs_keras"] <= 1e-4 and info["mask_pixels_differing"] <= export.MASK_TOLERANCE
     assert info["mask_dice_vs_keras"] > 0.99
     np.testing.assert_allclose(MapRunner(tmp_path / f"lesion.{fmt}").maps(images), ref, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tmp_path):
+    """A head on the classifier's own frozen backbone is exported inside ``model.tflite``: one pass gives the
+    probabilities, the guard's features and the lesion map, and predict takes its maps from that pass."""
+    from liverscan.core.images import load_image
+    from liverscan.core.keras_env import import_keras
+    from liverscan.core.lesion import build_lesion_model, shared_backbone_model
+    from liverscan.core.model import backbone_of, load_model
+    from liverscan.serving import Classifier
+    from liverscan.serving.runtime import TFLiteRunner
+
+    clf = load_model(probe_run["run"] / "model.keras")
+    head = build_lesion_model(backbone_of(clf), width=4)
+    weights = head.get_weights()
+    weights[-1] = weights[-1] + np.float32(3.0)  # a head that finds something: maps well above 0.5 somewhere
+    head.set_weights(weights)
+    stranger = build_lesion_model(
+        import_keras().applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None), width=4
+    )
+    assert shared_backbone_model(clf, stranger) is None  # other backbone weights: two graphs
+    run = attach_head(probe_run["run"], tmp_path / "run", head)
+    r = CliRunner().invoke(app, ["export", str(run), "--runtime", "tflite"])
+    assert r.exit_code == 0, r.output
+    info = json.loads((run / "model_card.json").read_text())["exports"]["tflite"]
+    assert info["outputs"] == ["probabilities", "features", "lesion probability"]
+    assert info["shared_backbone_with_lesion_head"] is True and info["lesion_max_abs_difference_vs_keras"] <= 1e-3
+    assert (run / "lesion.tflite").is_file()  # the head alone stays exported (explanations, the Python API)
+
+    paths = sorted(str(p) for p in (probe_run["data"] / "tumor").glob("*.png"))[:5]
+    runner = TFLiteRunner(run / "model.tflite", batch_size=4)
+    assert runner.has_maps and runner.has_features
+    images = np.stack([load_image(p, 32) for p in paths])
+    probs, feats, maps = runner.run_all(images)
+    assert probs.shape == (5, 3) and feats is not None and maps is not None and maps.shape == (5, 32, 32)
+    np.testing.assert_allclose(maps, predict_maps(head, images.astype(np.float32)), atol=1e-3)
+    assert TFLiteRunner(run / "model.tflite").run(images)[0].shape == (5, 3)  # callers of run() see no change
+
+    fast, slow = Classifier.load(run), Classifier.load(run, runtime="keras")
+    assert fast.runtime == "tflite" and fast.runner.has_maps and slow.runner is None
+    fr, sr = fast.predict(paths), slow.predict(paths)
+    for a, b in zip(fr, sr):
+        assert a.lesion is not None and b.lesion is not None
+        assert a.lesion.found == b.lesion.found and abs(a.lesion.probability - b.lesion.probability) <= 1e-3
+        assert a.predicted_class == b.predicted_class

@@ -114,6 +114,45 @@ def build_lesion_model(
     return keras.Model(inp, out, name=name)
 
 
+def shared_backbone_model(classifier, head):
+    """One graph giving (probabilities, pooled features, lesion probability map) from one backbone pass, or None
+    when lesion ``head`` does not share ``classifier``'s backbone (a tuned backbone, other weights or layers, a
+    classifier reading other features).  Shares every layer with both models."""
+    from liverscan.core.model import BACKBONE_NAME, HEAD_NAME, STAGES, feature_options
+
+    keras = _keras()
+    options = feature_options(classifier)
+    if options["flip_average"] or not set(STAGES) <= set(DEFAULT_LAYERS):
+        return None
+    backbone = classifier.get_layer(BACKBONE_NAME)
+    try:
+        multiscale = head.get_layer("multiscale")
+        decoder = head.get_layer("lesion_decoder")
+        sigmoid = head.get_layer("lesion_probability")
+    except ValueError:
+        return None
+    names = [layer.name for layer in backbone.layers]
+    if not names or names[-1] != DEFAULT_LAYERS[-1] or len(multiscale.outputs) != len(DEFAULT_LAYERS):
+        return None
+    mine, theirs = backbone.get_weights(), multiscale.get_weights()
+    if len(mine) != len(theirs) or any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(mine, theirs)):
+        return None
+    inp = keras.Input(tuple(classifier.input_shape[1:]), name="image")
+    x = classifier.get_layer("scale_to_unit_range")(inp)
+    outs = list(multiscale(x, training=False))
+    by_layer = dict(zip(DEFAULT_LAYERS, outs))
+    if options["features"] == "last":
+        pooled = classifier.get_layer("pool")(outs[-1])
+    else:  # the classifier's own per-stage pooling layers, then its concatenation
+        stages = [classifier.get_layer(f"pool_{stage.rsplit('_', 1)[0]}")(by_layer[stage]) for stage in STAGES]
+        pooled = classifier.get_layer("pool")(stages)
+    probs = classifier.get_layer(HEAD_NAME)(pooled)
+    logits = decoder(outs)
+    if any(layer.name == "to_input_size" for layer in head.layers):
+        logits = head.get_layer("to_input_size")(logits)
+    return keras.Model(inp, [probs, pooled, sigmoid(logits)], name="classifier_and_lesion")
+
+
 def save_packed(model, path) -> None:
     """A lesion model's weights as float16 (``.npz``, about half the size; rebuilt by :func:`load_packed`)."""
     from liverscan.core.fileio import npz_bytes, write_bytes_atomic

@@ -74,15 +74,21 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     reference = Reference.for_model(run.run_dir / OOD_FILE, required=bool(run.card.ood))
     images = np.asarray(check_images(run) if images is None else images, dtype=np.float32)
     head = run.run_dir / LESION_FILE
-    staged = None
+    staged = head_model = None
+    threshold = float((run.card.lesion or {}).get("threshold", 0.5))
     try:
         if head.is_file():
-            threshold = float((run.card.lesion or {}).get("threshold", 0.5))
             lesion_target = run.run_dir / (LESION_TFLITE_FILE if fmt == "tflite" else LESION_ONNX_FILE)
-            staged, figures = _staged_lesion(load_model(head), lesion_target, fmt, images, threshold)
+            head_model = load_model(head)
+            staged, figures = _staged_lesion(head_model, lesion_target, fmt, images, threshold)
         write = write_tflite if fmt == "tflite" else write_onnx
         info = write(
-            load_model(run.model_path), run.run_dir / (TFLITE_FILE if fmt == "tflite" else ONNX_FILE), images, reference
+            load_model(run.model_path),
+            run.run_dir / (TFLITE_FILE if fmt == "tflite" else ONNX_FILE),
+            images,
+            reference,
+            lesion=head_model,
+            threshold=threshold,
         )
         run.card.exports[fmt] = info
         if staged is not None:
@@ -167,16 +173,28 @@ def _file_figures(path: Path) -> dict:
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def write_tflite(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
-    """Convert ``model`` (probabilities + features) to TFLite at ``target`` once it agrees with Keras on ``images``."""
+def _graph(model, lesion):
+    """What is exported of classifier ``model``: (probabilities, features), plus the lesion map when ``lesion``
+    shares its backbone (one pass gives all three); and the lesion head that map is checked against, or None."""
+    from liverscan.core.lesion import shared_backbone_model
     from liverscan.core.model import with_features
+
+    joint = shared_backbone_model(model, lesion) if lesion is not None else None
+    return (with_features(model), None) if joint is None else (joint, lesion)
+
+
+def write_tflite(
+    model, target: Path, images: np.ndarray, reference: Reference | None = None, lesion=None, threshold: float = 0.5
+) -> dict:
+    """Convert ``model`` (probabilities + features, and the map of a ``lesion`` head sharing its backbone) to
+    TFLite at ``target`` once it agrees with Keras on ``images``."""
     from liverscan.serving.runtime import TFLiteRunner
 
-    both = with_features(model)
-    blob = _tflite_blob(both)
+    graph, shared = _graph(model, lesion)
+    blob = _tflite_blob(graph)
     staged = target.with_name(f".{target.name}.check")
     write_bytes_atomic(staged, blob)
-    return _verified(both, staged, target, TFLiteRunner, images, reference)
+    return _verified(graph, staged, target, TFLiteRunner, images, reference, shared, threshold)
 
 
 def _tflite_blob(model) -> bytes:
@@ -202,15 +220,17 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def write_onnx(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
-    """Convert ``model`` (probabilities + features) to ONNX at ``target`` once it agrees with Keras on ``images``."""
-    from liverscan.core.model import with_features
+def write_onnx(
+    model, target: Path, images: np.ndarray, reference: Reference | None = None, lesion=None, threshold: float = 0.5
+) -> dict:
+    """Convert ``model`` (probabilities + features, and the map of a ``lesion`` head sharing its backbone) to
+    ONNX at ``target`` once it agrees with Keras on ``images``."""
     from liverscan.serving.runtime import OnnxRunner
 
-    both = with_features(model)
+    graph, shared = _graph(model, lesion)
     staged = target.with_name(f".{target.name}.check")
-    _onnx_file(both, staged)
-    return _verified(both, staged, target, OnnxRunner, images, reference)
+    _onnx_file(graph, staged)
+    return _verified(graph, staged, target, OnnxRunner, images, reference, shared, threshold)
 
 
 def _onnx_file(model, staged: Path) -> None:
@@ -237,15 +257,30 @@ def _onnx_file(model, staged: Path) -> None:
         raise ExportError(f"ONNX conversion failed ({exc.__class__.__name__}: {_first_line(exc)})") from None
 
 
-def _verified(both, staged: Path, target: Path, runner_class, images: np.ndarray, reference) -> dict:
-    """Move ``staged`` to ``target`` only when its probabilities (<= 1e-4) and guard answers agree with Keras."""
+def _verified(
+    both, staged: Path, target: Path, runner_class, images: np.ndarray, reference, lesion=None, threshold: float = 0.5
+) -> dict:
+    """Move ``staged`` to ``target`` only when its probabilities (<= 1e-4) and guard answers agree with Keras, and
+    its lesion map (a graph sharing the backbone with ``lesion``) agrees with that head as :func:`check_lesion` asks."""
     from liverscan.core.model import predict_outputs
 
+    maps: dict = {}
     try:
-        got_p, got_f = runner_class(staged, batch_size=16).run(images)
+        got_p, got_f, got_m = runner_class(staged, batch_size=16).run_all(images)
         ref_p, ref_f = predict_outputs(both, images, batch_size=16)
         if got_f is None or ref_f is None:
             raise ExportError(f"{staged.name}: exported without the pooled features")
+        if lesion is not None:
+            maps = _map_agreement(lesion, got_m, images, threshold)
+            if (
+                maps["lesion_max_abs_difference_vs_keras"] > LESION_TOLERANCE
+                or maps["lesion_mask_pixels_differing"] > MASK_TOLERANCE
+            ):
+                raise ExportError(
+                    f"{target.name}: its lesion map disagrees with the lesion head (max abs difference "
+                    f"{maps['lesion_max_abs_difference_vs_keras']:.2e}, masks differ on "
+                    f"{maps['lesion_mask_pixels_differing']:.2%} of pixels)"
+                )
         diff = float(np.abs(got_p - ref_p).max())
         fdiff = float(np.abs(got_f - ref_f).max() / max(float(np.abs(ref_f).max()), 1e-12))
         guard = guard_agreement(reference, images, ref_f, got_f)
@@ -266,11 +301,26 @@ def _verified(both, staged: Path, target: Path, runner_class, images: np.ndarray
         staged.unlink(missing_ok=True)
     return {
         **_file_figures(target),
-        "outputs": ["probabilities", "features"],
+        "outputs": ["probabilities", "features"] + (["lesion probability"] if maps else []),
         "max_abs_difference_vs_keras": diff,
         "feature_max_relative_difference_vs_keras": fdiff,
         **guard,
+        **maps,
         "checked_images": int(len(images)),
+    }
+
+
+def _map_agreement(lesion, got: np.ndarray | None, images: np.ndarray, threshold: float) -> dict:
+    """How an exported graph's lesion maps ``got`` agree with the Keras head ``lesion`` on ``images``."""
+    from liverscan.core.lesion import predict_maps
+
+    ref = predict_maps(lesion, images)
+    if got is None or got.shape != ref.shape:
+        raise ExportError(f"exported graph gives no lesion map of shape {ref.shape[1:]}")
+    return {
+        "shared_backbone_with_lesion_head": True,
+        "lesion_max_abs_difference_vs_keras": float(np.abs(got - ref).max()) if got.size else 0.0,
+        "lesion_mask_pixels_differing": float(np.mean((got >= threshold) != (ref >= threshold))) if got.size else 0.0,
     }
 
 

@@ -217,10 +217,17 @@ class Classifier:
             return predict_probs(self.model, images, batch_size), None
         return predict_outputs(self._scorer, images, batch_size)
 
+    def _forward(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(probabilities, features or None, lesion maps or None): the maps come from the same pass when the exported
+        graph carries the lesion head (it shares the classifier's backbone), else later from the head itself."""
+        if self.lesion is not None and getattr(self.runner, "has_maps", False):
+            return self.runner.run_all(images)
+        return (*self.outputs(images, batch_size), None)
+
     def fill_records(self, records: list[Prediction], images: np.ndarray, batch_size: int) -> np.ndarray | None:
         """Set class, confidence, probabilities, review flag and lesion finding of ``records`` from ``images``;
         returns the lesion maps ``(N, S, S)`` (None without a lesion head)."""
-        probs, feats = self.outputs(images, batch_size)
+        probs, feats, maps = self._forward(images, batch_size)
         idx, shown = self.operating_point.apply(probs)
         checked = [r.image_check for r in records]
         reasons = None if None in checked else [c or None for c in checked]
@@ -240,7 +247,7 @@ class Classifier:
             rec.needs_review = outside or rec.confidence < self.review_confidence
         if self.lesion is None:
             return None
-        maps = self.lesion.maps(images)
+        maps = self.lesion.maps(images) if maps is None else maps
         for rec, m in zip(records, maps):
             if rec.error is None:
                 width, height = rec.source_size or (self.image_size, self.image_size)

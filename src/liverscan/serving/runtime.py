@@ -49,7 +49,9 @@ class TFLiteRunner:
 
     The exported graph has one output (probabilities) or two (probabilities and the
     pooled backbone features the out-of-distribution guard scores); they are told
-    apart by width (the class count is far below the feature width).
+    apart by width (the class count is far below the feature width).  A graph whose
+    lesion head shares the classifier's backbone also gives the lesion probability
+    map (the one output of rank 4; ``has_maps``), from the same backbone pass.
     """
 
     kind = "tflite"
@@ -63,9 +65,10 @@ class TFLiteRunner:
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
         self._interps: dict[int, tuple] = {}
-        interp, _, _, feats = self._interpreter(batch_size)
+        interp, _, _, feats, maps = self._interpreter(batch_size)
         self.input_shape = tuple(int(v) for v in interp.get_input_details()[0]["shape"][1:])
         self.has_features = feats is not None
+        self.has_maps = maps is not None
 
     def _interpreter(self, batch: int):
         """An interpreter allocated for ``batch`` images (one per size in use: single images stay cheap)."""
@@ -79,10 +82,12 @@ class TFLiteRunner:
                 detail = interp.get_input_details()[0]
                 interp.resize_tensor_input(detail["index"], [batch, *[int(v) for v in detail["shape"][1:]]])
                 interp.allocate_tensors()
-            outputs = sorted(interp.get_output_details(), key=lambda d: int(d["shape"][-1]))
+            details = interp.get_output_details()
+            maps = next((d["index"] for d in details if len(d["shape"]) == 4 and len(details) == 3), None)
+            outputs = sorted((d for d in details if d["index"] != maps), key=lambda d: int(d["shape"][-1]))
             probs = outputs[0]["index"]
             feats = outputs[-1]["index"] if len(outputs) > 1 else None
-            self._interps[batch] = (interp, detail["index"], probs, feats)
+            self._interps[batch] = (interp, detail["index"], probs, feats, maps)
         return self._interps[batch]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -92,7 +97,7 @@ class TFLiteRunner:
     @property
     def output_shape(self) -> tuple[int, ...]:
         """Shape of one image's first (narrowest) output."""
-        interp, _, out, _ = self._interpreter(self.batch_size)
+        interp, _, out, _, _ = self._interpreter(self.batch_size)
         detail = next(d for d in interp.get_output_details() if d["index"] == out)
         return tuple(int(v) for v in detail["shape"][1:])
 
@@ -100,14 +105,22 @@ class TFLiteRunner:
         """(probabilities, features or None): full batches, then the rest one image at a time."""
         return _normalised(*self.outputs(images))
 
+    def run_all(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(probabilities, features or None, lesion maps ``(N, S, S)`` or None) of one pass."""
+        first, second, maps = self._passes(images)
+        return (*_normalised(first, second), maps)
+
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw outputs (first, second or None) as float32: full batches, then the rest one image at a time."""
+        return self._passes(images)[:2]
+
+    def _passes(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         images = np.asarray(images, dtype=np.float32)
-        first, second = [], []
+        first, second, third = [], [], []
         start = 0
         while start < len(images):
             size = self.batch_size if len(images) - start >= self.batch_size // 2 else 1
-            interp, inp, out_p, out_f = self._interpreter(size)
+            interp, inp, out_p, out_f, out_m = self._interpreter(size)
             batch = images[start : start + size]
             n = len(batch)
             if n < size:
@@ -117,8 +130,10 @@ class TFLiteRunner:
             first.append(np.array(interp.get_tensor(out_p)[:n], dtype=np.float32))
             if out_f is not None:
                 second.append(np.array(interp.get_tensor(out_f)[:n], dtype=np.float32))
+            if out_m is not None:
+                third.append(np.array(interp.get_tensor(out_m)[:n, ..., 0], dtype=np.float32))
             start += n
-        return _joined(first), (np.concatenate(second) if second else None)
+        return _joined(first), (np.concatenate(second) if second else None), (np.concatenate(third) if third else None)
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -160,10 +175,13 @@ class OnnxRunner:
         inp = self.session.get_inputs()[0]
         self._input = inp.name
         self.input_shape = tuple(int(v) for v in inp.shape[1:])
-        outputs = sorted(self.session.get_outputs(), key=lambda o: int(o.shape[-1]))
+        details = self.session.get_outputs()
+        self._maps = next((o.name for o in details if len(o.shape) == 4 and len(details) == 3), None)
+        outputs = sorted((o for o in details if o.name != self._maps), key=lambda o: int(o.shape[-1]))
         self._probs = outputs[0].name
         self._feats = outputs[-1].name if len(outputs) > 1 else None
         self.has_features = self._feats is not None
+        self.has_maps = self._maps is not None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)[0]
@@ -178,17 +196,26 @@ class OnnxRunner:
         """(probabilities, features or None), in batches of ``batch_size``."""
         return _normalised(*self.outputs(images))
 
+    def run_all(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(probabilities, features or None, lesion maps ``(N, S, S)`` or None) of one pass."""
+        first, second, maps = self._passes(images)
+        return (*_normalised(first, second), maps)
+
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw outputs (first, second or None) as float32, in batches of ``batch_size``."""
+        return self._passes(images)[:2]
+
+    def _passes(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         images = np.asarray(images, dtype=np.float32)
-        names = [self._probs] + ([self._feats] if self._feats else [])
-        first, second = [], []
+        names = [n for n in (self._probs, self._feats, self._maps) if n]
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for start in range(0, len(images), self.batch_size):
             out = self.session.run(names, {self._input: images[start : start + self.batch_size]})
-            first.append(np.asarray(out[0], dtype=np.float32))
-            if self._feats:
-                second.append(np.asarray(out[1], dtype=np.float32))
-        return _joined(first), (np.concatenate(second) if second else None)
+            for n, o in zip(names, out):
+                parts[n].append(np.asarray(o, dtype=np.float32))
+        second = np.concatenate(parts[self._feats]) if self._feats and parts[self._feats] else None
+        maps = np.concatenate(parts[self._maps])[..., 0] if self._maps and parts[self._maps] else None
+        return _joined(parts[self._probs]), second, maps
 
 
 class MapRunner:

@@ -315,15 +315,17 @@ def _train(cfg: Config, data: PreparedData, run: Path, reporter: Reporter) -> Tr
     if cfg.ood.enabled:
         reporter.phase("Fitting the out-of-distribution reference", None)
         card.ood = fit_guard(model, train, val, cfg, run, fit.train_features, fit.val_features)
-    card.lesion = _lesion_head(cfg, data, train, val, run, reporter)
+    card.lesion = _lesion_head(cfg, data, train, val, run, reporter, model)
     art.seal(card, run)
     write_card(run, card)
     return TrainResult(run, card, fit.history)
 
 
-def _lesion_head(cfg: Config, data: PreparedData, train: Split, val: Split, run: Path, reporter: Reporter):
+def _lesion_head(cfg: Config, data: PreparedData, train: Split, val: Split, run: Path, reporter: Reporter, model):
     """Fit the lesion localisation head on the training and validation images when the data has outlines
-    (the head has no early stopping, so the validation images only add examples); its card section or None."""
+    (the head has no early stopping, so the validation images only add examples); its card section or None.
+    A head on a frozen backbone reads classifier ``model``'s own backbone, so one pass can serve both."""
+    from liverscan.core.model import backbone_of
     from liverscan.training import lesion as lesion_training
 
     rows = [r for r in data.rows if r["split"] in ("train", "val")]
@@ -333,7 +335,10 @@ def _lesion_head(cfg: Config, data: PreparedData, train: Split, val: Split, run:
     ordered = [by_path[p] for p in [*train.paths, *val.paths]]
     images = np.concatenate([train.x, val.x]) if len(val.y) else train.x
     reporter.phase(f"Lesion localisation head ({cfg.lesion.epochs} epochs)", None)
-    return lesion_training.train_for_run(cfg, ordered, images, run, lambda msg: reporter.phase(msg, None))
+    shared = None if cfg.lesion.fine_tune_from else backbone_of(model)
+    return lesion_training.train_for_run(
+        cfg, ordered, images, run, lambda msg: reporter.phase(msg, None), backbone=shared
+    )
 
 
 @dataclass
