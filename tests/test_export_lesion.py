@@ -237,7 +237,7 @@ def test_the_real_design_converts_and_agrees(tmp_path, fmt):
 
 
 @pytest.mark.slow
-def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tmp_path):
+def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tmp_path, monkeypatch):
     """A head on the classifier's own frozen backbone is exported inside ``model.tflite``: one pass gives the
     probabilities, the guard's features and the lesion map, and predict takes its maps from that pass."""
     from liverscan.core.images import load_image
@@ -275,8 +275,21 @@ def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tm
 
     fast, slow = Classifier.load(run), Classifier.load(run, runtime="keras")
     assert fast.runtime == "tflite" and fast.runner.has_maps and slow.runner is None
+
+    def unused(images):
+        raise AssertionError("the standalone lesion head ran: the map should come from the classifier's pass")
+
+    monkeypatch.setattr(fast.lesion, "maps", unused)
     fr, sr = fast.predict(paths), slow.predict(paths)
     for a, b in zip(fr, sr):
         assert a.lesion is not None and b.lesion is not None
         assert a.lesion.found == b.lesion.found and abs(a.lesion.probability - b.lesion.probability) <= 1e-3
         assert a.predicted_class == b.predicted_class
+    assert all(p.lesion is None for p in Classifier.load(run, lesion=False).predict(paths[:2]))
+
+    if runtime.onnx_available():  # the same graph for ONNX Runtime
+        r = CliRunner().invoke(app, ["export", str(run), "--runtime", "onnx"])
+        assert r.exit_code == 0, r.output
+        onnx = Classifier.load(run, runtime="onnx")
+        assert onnx.runner.has_maps
+        np.testing.assert_allclose(onnx.runner.run_all(images)[2], maps, atol=1e-3)

@@ -122,7 +122,7 @@ def shared_backbone_model(classifier, head):
 
     keras = _keras()
     options = feature_options(classifier)
-    if options["flip_average"] or not set(STAGES) <= set(DEFAULT_LAYERS):
+    if options["flip_average"]:
         return None
     backbone = classifier.get_layer(BACKBONE_NAME)
     try:
@@ -132,7 +132,7 @@ def shared_backbone_model(classifier, head):
     except ValueError:
         return None
     names = [layer.name for layer in backbone.layers]
-    if not names or names[-1] != DEFAULT_LAYERS[-1] or len(multiscale.outputs) != len(DEFAULT_LAYERS):
+    if not names or names[-1] != DEFAULT_LAYERS[-1] or not _outputs_are(multiscale, DEFAULT_LAYERS):
         return None
     mine, theirs = backbone.get_weights(), multiscale.get_weights()
     if len(mine) != len(theirs) or any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(mine, theirs)):
@@ -151,6 +151,16 @@ def shared_backbone_model(classifier, head):
     if any(layer.name == "to_input_size" for layer in head.layers):
         logits = head.get_layer("to_input_size")(logits)
     return keras.Model(inp, [probs, pooled, sigmoid(logits)], name="classifier_and_lesion")
+
+
+def _outputs_are(model, layers: Sequence[str]) -> bool:
+    """Whether ``model``'s outputs are those of its layers named ``layers``, in that order."""
+    try:
+        return len(model.outputs) == len(layers) and all(
+            model.get_layer(name).output is out for name, out in zip(layers, model.outputs)
+        )
+    except ValueError:  # no such layer
+        return False
 
 
 def save_packed(model, path) -> None:

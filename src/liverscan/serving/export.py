@@ -53,7 +53,9 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     """Convert, check agreement with Keras, write ``model.<fmt>`` into the run directory, record it in the card.
 
     The exported graph gives the probabilities and the pooled features the
-    out-of-distribution guard scores; a model whose probabilities or guard scores differ by more
+    out-of-distribution guard scores (and, when the run's lesion head reads the classifier's own frozen backbone,
+    the lesion map from the same pass: :func:`liverscan.core.lesion.shared_backbone_model`; the card's entry then
+    says ``shared_backbone_with_lesion_head``); a model whose probabilities or guard scores differ by more
     than 1e-4, or whose guard answer differs on a checked image whose score is not within that
     tolerance of the threshold (:func:`guard_agreement`), is not written.
     A run with a lesion head (``lesion.keras``) also gets ``lesion.<fmt>``, checked on the
@@ -133,15 +135,7 @@ def _staged_lesion(model, target: Path, fmt: str, images: np.ndarray, threshold:
         except ModelError as exc:
             reason = str(exc).removeprefix(f"{staged}: ")
             raise ExportError(f"{target.name}: the exported lesion head does not run ({reason})") from None
-        if (
-            figures["max_abs_difference_vs_keras"] > LESION_TOLERANCE
-            or figures["mask_pixels_differing"] > MASK_TOLERANCE
-        ):
-            raise ExportError(
-                f"{target.name}: exported lesion head disagrees with Keras (max abs difference "
-                f"{figures['max_abs_difference_vs_keras']:.2e}, tolerance {LESION_TOLERANCE}; masks differ on "
-                f"{figures['mask_pixels_differing']:.2%} of pixels, tolerance {MASK_TOLERANCE:.2%})"
-            )
+        _check_map_tolerance(target.name, figures)
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
@@ -152,21 +146,40 @@ def check_lesion(model, exported: Path, fmt: str, images: np.ndarray, threshold:
     """How the exported lesion head at ``exported`` agrees with Keras ``model`` on ``images``: the maps' max
     absolute difference, the share of pixels whose mask (``map >= threshold``) differs, and the Dice of the
     runtime's masks against Keras' over all images (1.0 when both are empty)."""
-    from liverscan.core.lesion import dice, predict_maps
+    from liverscan.core.lesion import predict_maps
     from liverscan.serving.runtime import MapRunner
 
     got = MapRunner(exported, batch_size=16, kind=fmt).maps(images)
-    ref = predict_maps(model, images)
-    diff = float(np.abs(got - ref).max()) if got.size else 0.0
-    mg, mr = got >= threshold, ref >= threshold
     return {
         "outputs": ["lesion probability"],
-        "max_abs_difference_vs_keras": diff,
+        **map_figures(got, predict_maps(model, images), threshold),
+        "checked_images": int(len(images)),
+    }
+
+
+def map_figures(got: np.ndarray, ref: np.ndarray, threshold: float) -> dict:
+    """How runtime lesion maps ``got`` agree with Keras' ``ref``: the maps' max absolute difference, the share of
+    pixels whose mask (``map >= threshold``) differs, and the Dice of the masks over all images (1.0 when both
+    are empty)."""
+    from liverscan.core.lesion import dice
+
+    mg, mr = got >= threshold, ref >= threshold
+    return {
+        "max_abs_difference_vs_keras": float(np.abs(got - ref).max()) if got.size else 0.0,
         "threshold": float(threshold),
         "mask_pixels_differing": float(np.mean(mg != mr)) if mg.size else 0.0,
         "mask_dice_vs_keras": dice(mg, mr),
-        "checked_images": int(len(images)),
     }
+
+
+def _check_map_tolerance(name: str, figures: dict, what: str = "exported lesion head disagrees with Keras") -> None:
+    """Raise :class:`ExportError` naming ``name`` when :func:`map_figures` ``figures`` exceed the tolerances."""
+    if figures["max_abs_difference_vs_keras"] > LESION_TOLERANCE or figures["mask_pixels_differing"] > MASK_TOLERANCE:
+        raise ExportError(
+            f"{name}: {what} (max abs difference {figures['max_abs_difference_vs_keras']:.2e}, tolerance "
+            f"{LESION_TOLERANCE}; masks differ on {figures['mask_pixels_differing']:.2%} of pixels, tolerance "
+            f"{MASK_TOLERANCE:.2%})"
+        )
 
 
 def _file_figures(path: Path) -> dict:
@@ -174,13 +187,15 @@ def _file_figures(path: Path) -> dict:
 
 
 def _graph(model, lesion):
-    """What is exported of classifier ``model``: (probabilities, features), plus the lesion map when ``lesion``
-    shares its backbone (one pass gives all three); and the lesion head that map is checked against, or None."""
+    """(graph to export, classifier giving (probabilities, features) to check it against, lesion head its map is
+    checked against or None): the classifier's (probabilities, features), plus the lesion map when ``lesion``
+    shares its backbone (one pass gives all three)."""
     from liverscan.core.lesion import shared_backbone_model
     from liverscan.core.model import with_features
 
+    both = with_features(model)
     joint = shared_backbone_model(model, lesion) if lesion is not None else None
-    return (with_features(model), None) if joint is None else (joint, lesion)
+    return (both, both, None) if joint is None else (joint, both, lesion)
 
 
 def write_tflite(
@@ -190,11 +205,11 @@ def write_tflite(
     TFLite at ``target`` once it agrees with Keras on ``images``."""
     from liverscan.serving.runtime import TFLiteRunner
 
-    graph, shared = _graph(model, lesion)
+    graph, both, shared = _graph(model, lesion)
     blob = _tflite_blob(graph)
     staged = target.with_name(f".{target.name}.check")
     write_bytes_atomic(staged, blob)
-    return _verified(graph, staged, target, TFLiteRunner, images, reference, shared, threshold)
+    return _verified(both, staged, target, TFLiteRunner, images, reference, shared, threshold)
 
 
 def _tflite_blob(model) -> bytes:
@@ -227,10 +242,10 @@ def write_onnx(
     ONNX at ``target`` once it agrees with Keras on ``images``."""
     from liverscan.serving.runtime import OnnxRunner
 
-    graph, shared = _graph(model, lesion)
+    graph, both, shared = _graph(model, lesion)
     staged = target.with_name(f".{target.name}.check")
     _onnx_file(graph, staged)
-    return _verified(graph, staged, target, OnnxRunner, images, reference, shared, threshold)
+    return _verified(both, staged, target, OnnxRunner, images, reference, shared, threshold)
 
 
 def _onnx_file(model, staged: Path) -> None:
@@ -260,8 +275,10 @@ def _onnx_file(model, staged: Path) -> None:
 def _verified(
     both, staged: Path, target: Path, runner_class, images: np.ndarray, reference, lesion=None, threshold: float = 0.5
 ) -> dict:
-    """Move ``staged`` to ``target`` only when its probabilities (<= 1e-4) and guard answers agree with Keras, and
-    its lesion map (a graph sharing the backbone with ``lesion``) agrees with that head as :func:`check_lesion` asks."""
+    """Move ``staged`` to ``target`` only when its probabilities (<= 1e-4) and guard answers agree with Keras
+    classifier ``both`` (probabilities, features), and the lesion map of a graph sharing the backbone with head
+    ``lesion`` agrees with that head as :func:`check_lesion` asks."""
+    from liverscan.core.lesion import predict_maps
     from liverscan.core.model import predict_outputs
 
     maps: dict = {}
@@ -271,16 +288,14 @@ def _verified(
         if got_f is None or ref_f is None:
             raise ExportError(f"{staged.name}: exported without the pooled features")
         if lesion is not None:
-            maps = _map_agreement(lesion, got_m, images, threshold)
-            if (
-                maps["lesion_max_abs_difference_vs_keras"] > LESION_TOLERANCE
-                or maps["lesion_mask_pixels_differing"] > MASK_TOLERANCE
-            ):
-                raise ExportError(
-                    f"{target.name}: its lesion map disagrees with the lesion head (max abs difference "
-                    f"{maps['lesion_max_abs_difference_vs_keras']:.2e}, masks differ on "
-                    f"{maps['lesion_mask_pixels_differing']:.2%} of pixels)"
-                )
+            ref_m = predict_maps(lesion, images)
+            if got_m is None or got_m.shape != ref_m.shape:
+                raise ExportError(f"{target.name}: the exported graph gives no lesion map of shape {ref_m.shape[1:]}")
+            figures = map_figures(got_m, ref_m, threshold)
+            _check_map_tolerance(target.name, figures, "its lesion map disagrees with the lesion head")
+            maps = {"shared_backbone_with_lesion_head": True, **{f"lesion_{k}": v for k, v in figures.items()}}
+        elif got_m is not None:
+            raise ExportError(f"{target.name}: the exported graph gives a lesion map nobody checked")
         diff = float(np.abs(got_p - ref_p).max())
         fdiff = float(np.abs(got_f - ref_f).max() / max(float(np.abs(ref_f).max()), 1e-12))
         guard = guard_agreement(reference, images, ref_f, got_f)
@@ -307,20 +322,6 @@ def _verified(
         **guard,
         **maps,
         "checked_images": int(len(images)),
-    }
-
-
-def _map_agreement(lesion, got: np.ndarray | None, images: np.ndarray, threshold: float) -> dict:
-    """How an exported graph's lesion maps ``got`` agree with the Keras head ``lesion`` on ``images``."""
-    from liverscan.core.lesion import predict_maps
-
-    ref = predict_maps(lesion, images)
-    if got is None or got.shape != ref.shape:
-        raise ExportError(f"exported graph gives no lesion map of shape {ref.shape[1:]}")
-    return {
-        "shared_backbone_with_lesion_head": True,
-        "lesion_max_abs_difference_vs_keras": float(np.abs(got - ref).max()) if got.size else 0.0,
-        "lesion_mask_pixels_differing": float(np.mean((got >= threshold) != (ref >= threshold))) if got.size else 0.0,
     }
 
 

@@ -156,6 +156,8 @@ class Classifier:
     def lesion_status(self) -> str | None:
         """One line on the lesion head (None when the model has none)."""
         if self.lesion is not None:
+            if getattr(self.runner, "has_maps", False):
+                return f"{self.runtime}, in the classifier's own pass, outline p >= {self.lesion.threshold:g}"
             return self.lesion.describe()
         return "off" if self.card.lesion else None
 
