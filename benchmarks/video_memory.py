@@ -45,6 +45,8 @@ print(json.dumps({"peak_mb": peak_mb, "seconds": seconds, "records": s.records, 
 
 #: frames a second of the made-up DICOM cine (the default sampling reads every one of them)
 CINE_FPS = 4
+#: width and height of the made-up loops' frames
+SIZE = (320, 240)
 
 
 def loop_frames(seconds: float, fps: int, size: tuple[int, int]):
@@ -59,7 +61,7 @@ def loop_frames(seconds: float, fps: int, size: tuple[int, int]):
         yield np.ascontiguousarray(image[:, shift : shift + w])
 
 
-def make_loop(path: Path, seconds: float, fps: int = 25, size: tuple[int, int] = (320, 240)) -> Path:
+def make_loop(path: Path, seconds: float, fps: int = 25, size: tuple[int, int] = SIZE) -> Path:
     """An H.264 loop of :func:`loop_frames`."""
     import av
 
@@ -74,7 +76,7 @@ def make_loop(path: Path, seconds: float, fps: int = 25, size: tuple[int, int] =
     return path
 
 
-def make_cine(path: Path, seconds: float, fps: int = CINE_FPS, size: tuple[int, int] = (320, 240)) -> Path:
+def make_cine(path: Path, seconds: float, fps: int = CINE_FPS, size: tuple[int, int] = SIZE) -> Path:
     """An Ultrasound Multi-frame Image of :func:`loop_frames`: JPEG baseline (YBR_FULL_422) with a frame time."""
     import io
 
@@ -139,7 +141,7 @@ def main() -> None:
                     statistics.median(r["seconds"] for r in runs),
                     runs[0]["records"],
                     runs[0]["studies"],
-                    int(length * fps) * 320 * 240 * 3 / 1e6,  # every frame decoded at once
+                    int(length * fps) * SIZE[0] * SIZE[1] * 3 / 1e6,  # every frame decoded at once (RGB)
                     loop.stat().st_size / 1e6,
                 )
                 loop.unlink()

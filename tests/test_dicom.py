@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+import sys
+
 import numpy as np
 import pytest
 
@@ -124,6 +127,64 @@ def test_explain_keeps_frames_and_errors_aligned(clf, tmp_path):
     ]
     assert out[0][0].error and out[0][1].max() == 0
     assert all(h.shape == (32, 32) and h.max() <= 1 for _, h in out[1:])
+
+
+def test_a_damaged_frame_time_is_an_error_record_and_the_batch_goes_on(clf, tmp_path):
+    from PIL import Image
+
+    write_dicom(tmp_path / "cine.dcm", np.zeros((4, 32, 32), np.uint8), "MONOCHROME2", frames=4, FrameTime=125.5)
+    data = (tmp_path / "cine.dcm").read_bytes()
+    assert data.count(b"125.5 ") == 1
+    (tmp_path / "cine.dcm").write_bytes(data.replace(b"125.5 ", b"abcd  "))  # FrameTime no longer a number
+    noise = np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "after.png")
+    cine, png = clf.predict([str(tmp_path / "cine.dcm"), str(tmp_path / "after.png")], batch_size=8)
+    assert cine.error == "unexpected error: ValueError: could not convert string to float: 'abcd'"
+    assert png.path.endswith("after.png") and png.ok and png.predicted_class in clf.classes
+
+
+@pytest.mark.parametrize("missing", ["pydicom", "pydicom.pixels"])  # not installed; before pydicom 3
+def test_without_pydicom_3_the_error_names_the_extra(tmp_path, monkeypatch, missing):
+    from liverscan.serving.inputs import load_input
+
+    write_dicom(tmp_path / "one.dcm", np.zeros((8, 8), np.uint8), "MONOCHROME2")
+    for name in [m for m in sys.modules if m == missing or m.startswith(missing + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it or of any of its modules fails
+    with pytest.raises(ImageDecodeError, match=re.escape("pip install 'liverscan[dicom]'")):
+        read_dicom(tmp_path / "one.dcm", 8)
+    [(rec, arr)] = load_input(str(tmp_path / "one.dcm"), 8)
+    assert arr is None and rec.error.endswith("pip install 'liverscan[dicom]'")
+
+
+def test_a_negative_frame_count_is_an_error_record(tmp_path):
+    from liverscan.serving.inputs import load_input
+
+    frames = np.zeros((2, 8, 8), np.uint8)
+    write_dicom(tmp_path / "neg.dcm", frames, "MONOCHROME2", frames=2, NumberOfFrames=-3)
+    [(rec, arr)] = list(load_input(str(tmp_path / "neg.dcm"), 8))
+    assert arr is None and rec.error == "NumberOfFrames -3 is not a frame count"
+
+
+def test_a_header_declaring_frames_it_lacks_fails_fast_in_small_memory(tmp_path):
+    """2,000,000 frames declared, 4 there: the frames to read are picked lazily (no list of millions)."""
+    import time
+    import tracemalloc
+
+    from liverscan.core.frames import Sampling
+
+    frames = np.zeros((4, 32, 32), np.uint8)
+    write_dicom(tmp_path / "huge.dcm", frames, "MONOCHROME2", frames=4, NumberOfFrames=2_000_000, FrameTime=100.0)
+    for sampling, stop in ((Sampling(frame_step=1), 5), (Sampling(), 6)):  # every frame; 4 a second: 1, 4, 6
+        start = time.perf_counter()
+        tracemalloc.start()
+        try:
+            with pytest.raises(ImageDecodeError, match=f"stops at frame {stop} of 2000000 "):
+                read_dicom(tmp_path / "huge.dcm", 32, sampling=sampling)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 5e6, f"peak {peak / 1e6:.1f} MB: the frames were listed up front"
+        assert time.perf_counter() - start < 2.0
 
 
 def _cine_bytes(tmp_path, n: int = 10) -> bytes:

@@ -93,6 +93,27 @@ def test_an_sr_that_cannot_be_made_marks_every_record_of_its_object_across_batch
     assert not list((tmp_path / "sr").iterdir())
 
 
+def test_a_frame_whose_seg_cannot_be_made_gets_the_error_and_is_left_out_of_the_sr(tmp_path):
+    from liverscan.serving.dicom_results import DicomResultWriter
+
+    uid = write_cine(tmp_path / "cine.dcm", n=3, hold=1)
+    recs = _records(tmp_path / "cine.dcm", uid, (1, 2, 3))
+    lesion = np.zeros((8, 8), np.float32)
+    lesion[2:6, 2:6] = 0.9
+    maps = [lesion, np.full((4, 6), 0.9, np.float32), np.zeros((8, 8), np.float32)]  # frame 2's is not square
+    writer = DicomResultWriter(tmp_path / "seg", tmp_path / "sr", MODEL)
+    for rec, lesion_map in zip(recs, maps):
+        writer.add(rec, lesion_map)
+    writer.flush()
+    assert recs[1].error == "no DICOM result written (ValueError: a lesion map must be square (S, S), not (4, 6))"
+    assert recs[0].error is None and recs[2].error is None
+    segs = {int(p.name.split("-frame")[1].split("-")[0]): hd.seg.segread(p) for p in (tmp_path / "seg").iterdir()}
+    assert sorted(segs) == [1, 3]
+    assert segs[1].pixel_array.any() and not segs[3].pixel_array.any()  # each frame's own mask
+    [sr] = list((tmp_path / "sr").iterdir())
+    assert [frame for frame, _, _ in _findings(sr)] == [1, 3]
+
+
 @pytest.mark.slow
 def test_seg_and_sr_of_a_cine_reference_the_source_and_hold_mask_and_findings(tmp_path):
     from liverscan.serving import PredictOptions, predict_files

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import islice
 
 import numpy as np
 
@@ -35,3 +36,22 @@ def test_frames_are_checked_as_they_come_and_a_failure_is_the_last_record():
     checked = list(replace(pickle.loads(pickle.dumps(stream)), checks=True))  # handed between processes
     assert [r.frame for r, a in checked if a is not None] == [1, 2]
     assert checked[0][0].image_check and checked[1][0].image_check == ""  # the blank frame is flagged
+
+
+@dataclass(frozen=True)
+class TwoFramesThenBadHeaderValue(TwoFramesThenDamage):
+    """Two frames, then a ValueError (what a damaged header value such as a FrameTime of 'abcd' raises)."""
+
+    def frames(self) -> Iterator[tuple[Prediction, np.ndarray]]:
+        yield from islice(super().frames(), 2)
+        raise ValueError("could not convert string to float: 'abcd'")
+
+
+def test_any_other_exception_is_one_unexpected_error_record_after_the_frames():
+    pairs = list(TwoFramesThenBadHeaderValue("loop.dcm", 32))
+    assert [(r.path, r.frame, a is not None) for r, a in pairs] == [
+        ("loop.dcm", 1, True),
+        ("loop.dcm", 2, True),
+        ("loop.dcm", None, False),
+    ]
+    assert pairs[-1][0].error == "unexpected error: ValueError: could not convert string to float: 'abcd'"

@@ -1,7 +1,7 @@
 """DICOM input (optional extra ``liverscan[dicom]``, pydicom).
 
-Every frame of a single- or multi-frame object becomes one record, carrying the
-SOP Instance UID and the 1-based frame number.  Photometric interpretations:
+Each sampled frame of a single- or multi-frame object (a single frame always) becomes one
+record, carrying the SOP Instance UID and the 1-based frame number.  Photometric interpretations:
 MONOCHROME2 as stored, MONOCHROME1 inverted, RGB as stored, YBR_* converted to
 RGB.  Monochrome data deeper than 8 bits uses the VOI LUT / window when the file
 has one, otherwise a linear map of the stored bit depth to 0..255.
@@ -12,14 +12,16 @@ RecommendedDisplayFrameRate) is sampled as a video is (:mod:`liverscan.core.fram
 carry each frame's ``time_s``.
 
 Frames are decoded one at a time, and only the sampled ones (:func:`iter_dicom`, over pydicom's
-``iter_pixels``): the header is read without the pixel data, so a ten-minute cine never sits in memory.
-A :class:`DicomFrames` streams a multi-frame object's records to ``predict`` as a video's are; pixel data
-that stops early (cut off, damaged) gives the frames it has, then one error record.
+``iter_pixels``): the header is read without the pixel data, and the frames to read are picked as the
+reading reaches them, so neither a ten-minute cine nor a header declaring millions of frames it lacks
+sits in memory.  A :class:`DicomFrames` streams a multi-frame object's records to ``predict`` as a video's
+are; pixel data that stops early (cut off, damaged) gives the frames it has, then one error record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -64,8 +66,10 @@ def is_dicom_path(path: str | Path) -> bool:
 
 
 def _require_pydicom():
+    """pydicom, with the frame-by-frame decoding of pydicom 3 (``pydicom.pixels``), or the install hint."""
     try:
         import pydicom
+        import pydicom.pixels  # noqa: F401 - pydicom 3 or later
     except ImportError:
         raise ImageDecodeError(
             "<dicom>", "DICOM support needs the optional extra: pip install 'liverscan[dicom]'"
@@ -112,14 +116,15 @@ def _to_8bit(frame: np.ndarray, ds, photometric: str) -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8) if frame.dtype != np.uint8 else frame
 
 
-def frame_times(ds, n_frames: int) -> list[float] | None:
-    """Each frame's time in seconds from the first, from the header (None: the object says no frame time)."""
+def frame_times(ds, n_frames: int) -> Callable[[int], float] | None:
+    """A frame's time in seconds from the first, by its 0-based index, from the header (None: the object says
+    no frame time); computed per frame, so a huge declared frame count costs nothing here."""
     if n_frames < 2:
         return None
     vector = getattr(ds, "FrameTimeVector", None)
-    if vector is not None and len(vector) == n_frames:
-        steps = [0.0] + [float(v) for v in list(vector)[1:]]
-        return [float(t) / 1000.0 for t in np.cumsum(steps)]
+    if vector is not None and len(vector) == n_frames:  # the vector is in the header, as long as it is
+        times = np.cumsum([0.0] + [float(v) for v in list(vector)[1:]]) / 1000.0
+        return lambda i: float(times[i])
     ms = None
     if getattr(ds, "FrameTime", None) not in (None, ""):
         ms = float(ds.FrameTime)
@@ -128,7 +133,7 @@ def frame_times(ds, n_frames: int) -> list[float] | None:
         ms = 1000.0 / float(rate) if rate not in (None, "") and float(rate) > 0 else None
     if ms is None or not ms > 0:
         return None
-    return [k * ms / 1000.0 for k in range(n_frames)]
+    return lambda i: i * ms / 1000.0
 
 
 def read_header(source: str | Path | BinaryIO, label: str):
@@ -143,20 +148,26 @@ def read_header(source: str | Path | BinaryIO, label: str):
 
 
 def frame_count(ds) -> int:
-    """The number of frames the header declares (1 for a single-frame object)."""
+    """The number of frames the header declares (1 for a single-frame object; 0 or empty counts as 1, as
+    pydicom reads it)."""
     return int(getattr(ds, "NumberOfFrames", 1) or 1)
 
 
-def sampled_indices(ds, sampling: Sampling, label: str) -> tuple[list[int], list[float] | None]:
-    """The 0-based frames of the object that are read (a single frame always), and every frame's time."""
+def sampled_indices(ds, sampling: Sampling, label: str) -> tuple[Iterator[int], Callable[[int], float] | None]:
+    """The 0-based frames of the object that are read, picked lazily as they are iterated (the first frame
+    always: never an empty sample), and a frame's time by its index.
+
+    Raises :class:`ImageDecodeError` when the header's frame count is below 1."""
     n_frames = frame_count(ds)
-    times = frame_times(ds, n_frames)
+    if n_frames < 1:
+        raise ImageDecodeError(label, f"NumberOfFrames {n_frames} is not a frame count")
+    time_of = frame_times(ds, n_frames)
     if n_frames == 1:
-        return [0], None
-    if times is None and sampling.fps is not None:
+        return iter([0]), None
+    if time_of is None and sampling.fps is not None:
         raise ImageDecodeError(label, "--fps needs a frame time (FrameTime, FrameTimeVector); use --frame-step")
-    sampler = sampling.sampler(timed=times is not None)
-    return [i for i in range(n_frames) if sampler.take(i, None if times is None else times[i])], times
+    sampler = sampling.sampler(timed=time_of is not None)
+    return (i for i in range(n_frames) if sampler.take(i, None if time_of is None else time_of(i))), time_of
 
 
 def iter_dicom(
@@ -166,40 +177,45 @@ def iter_dicom(
     sampling: Sampling = Sampling(),
     label: str | None = None,
 ) -> Iterator[DicomFrame]:
-    """The frames of a DICOM object as model inputs (a cine's sampled frames; every frame of an untimed object
-    unless ``sampling`` has a frame step), each decoded when it is reached: only the sampled frames are
-    decoded, one at a time, so a long cine never sits in memory.
+    """The sampled frames of a DICOM object as model inputs (a single frame always; a timed cine's at
+    ``sampling``'s rate; every frame of an untimed object unless ``sampling`` has a frame step), each decoded
+    when it is reached: only the sampled frames are decoded, one at a time, so a long cine never sits in memory.
 
-    Raises :class:`ImageDecodeError` before any frame when the object cannot be read, and after the frames it
-    has when its pixel data stops early (cut off, damaged).
+    Raises :class:`ImageDecodeError` before any frame when the object cannot be read (or pydicom is missing),
+    and after the frames it has when its pixel data stops early (cut off, damaged).  A damaged header value
+    (a frame time that is not a number) or a failing conversion raises what pydicom or numpy raise: a
+    :class:`~liverscan.serving.streams.FrameStream` turns either into one error record.
     """
+    label = label or str(source)
+    ds = read_header(source, label)  # first: without pydicom, it raises the install hint
     from pydicom.pixels import iter_pixels
 
-    label = label or str(source)
-    ds = read_header(source, label)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric.startswith("YBR"):  # decoded to RGB (pydicom converts YBR_* when not asked for raw data)
         photometric = "RGB"
-    indices, times = sampled_indices(ds, sampling, label)
+    indices, time_of = sampled_indices(ds, sampling, label)
     n_frames = frame_count(ds)
     uid = str(getattr(ds, "SOPInstanceUID", ""))
     study, series = str(getattr(ds, "StudyInstanceUID", "")), str(getattr(ds, "SeriesInstanceUID", ""))
     tags = {t: str(getattr(ds, t, "")) for t in include_tags}
     frozen = FrozenCheck()
-    pixels = iter_pixels(source, indices=indices)
+    mine, theirs = itertools.tee(indices)  # pydicom reads the frames 'theirs' gives, in order
+    pixels = iter_pixels(source, indices=theirs)
+    first = True
     try:
-        for i in indices:
+        for i in mine:
             try:
                 frame = next(pixels)
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged pixel data
-                raise _pixel_error(label, exc, i, n_frames, first=i == indices[0]) from None
+                raise _pixel_error(label, exc, i, n_frames, first) from None
+            first = False
             if frame.ndim == 3 and frame.shape[-1] == 1:
                 frame = frame[..., 0]
             arr8 = _to_8bit(np.asarray(frame), ds, photometric)
             array = decode_array(arr8, size=size, label=label)
             f = DicomFrame(array, i + 1, uid, tags, study, series, (arr8.shape[1], arr8.shape[0]))
-            if times is not None:
-                f.time_s, f.duplicate_of = round(times[i], 3), frozen.repeat_of(array, i + 1)
+            if time_of is not None:
+                f.time_s, f.duplicate_of = round(time_of(i), 3), frozen.repeat_of(array, i + 1)
             yield f
     finally:  # closes the file when the reader stops early
         getattr(pixels, "close", lambda: None)()

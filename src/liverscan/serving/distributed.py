@@ -129,7 +129,7 @@ class BatchPredictor:
         kept = {n: batch.column(n).to_pylist() for n in keep}
         rows, records = [], []
         columns = record_columns(clf.classes, clf.include_dicom_tags, lesion=clf.has_lesion)
-        for k, rec, _ in clf._iter_indexed(items, self.batch_size, self.threads, None, load=load):
+        for k, rec, _ in clf._iter_indexed(items, self.batch_size, self.threads, None, load=load, keep_arrays=False):
             row = {n: kept[n][k] for n in keep}
             row.update(flat_row(rec, columns))
             rows.append(row)

@@ -15,6 +15,7 @@ from liverscan.core.files import Skipped, file_problem, glob_files, walk_files
 from liverscan.core.frames import Sampling
 from liverscan.core.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_pages
 from liverscan.serving.records import Prediction
+from liverscan.serving.streams import FrameStream, error_reason
 
 #: one input's (record, model input or None) pairs: a list, or a video's frames streamed as they decode
 Pairs = list[tuple[Prediction, np.ndarray | None]] | Iterable[tuple[Prediction, np.ndarray | None]]
@@ -133,10 +134,8 @@ def load_input(
         if is_video_path(p):
             return VideoFrames(path, size, sampling)
         return _image_records(p, path, size, max_pixels)
-    except ImageDecodeError as exc:
-        return [(Prediction(path, error=exc.reason), None)]
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
-        return [(Prediction(path, error=f"unexpected error: {exc.__class__.__name__}: {exc}"), None)]
+        return [(Prediction(path, error=error_reason(exc)), None)]
 
 
 def load_checked(
@@ -150,8 +149,6 @@ def load_checked(
     """:func:`load_input`, plus the guard's image checks on each decoded image when ``checks`` (so they run in
     the decoding threads or processes, not after the model; a stream's frames are checked as they decode)."""
     import dataclasses
-
-    from liverscan.serving.streams import FrameStream
 
     pairs = load_input(path, size, dicom_tags, max_pixels, sampling)
     if isinstance(pairs, FrameStream):
@@ -201,10 +198,8 @@ def load_bytes(
         if is_video_path(name):
             return list(VideoFrames(name, size, sampling, data=data))
         return _image_records(data, name, size, max_pixels)
-    except ImageDecodeError as exc:
-        return [(Prediction(name, error=exc.reason), None)]
     except Exception as exc:  # noqa: BLE001 - one bad upload or row never stops the others
-        return [(Prediction(name, error=f"unexpected error: {exc.__class__.__name__}: {exc}"), None)]
+        return [(Prediction(name, error=error_reason(exc)), None)]
 
 
 def check_path_lists(items: Iterable[str], group_by: str | None = None) -> None:

@@ -4,7 +4,8 @@ A :class:`FrameStream` is a lazy, picklable description of one file (a path or a
 decoding process can hand it back to the process running the model, which then streams it a few batches
 ahead of the model (:mod:`liverscan.serving.pipeline`), so a long loop never sits in memory.  A file that
 cannot be opened is one error record; one that stops early (cut off, damaged) gives the frames it has and
-then one error record.
+then one error record.  Any other exception of a file (a damaged header value, a failing conversion) is one
+error record too (:func:`error_reason`): a bad file never stops the run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import numpy as np
 from liverscan.core.errors import ImageDecodeError
 from liverscan.core.frames import Sampling
 from liverscan.serving.records import Prediction
+
+
+def error_reason(exc: Exception) -> str:
+    """The error of a file's record when reading it raises ``exc``: the reason of an :class:`ImageDecodeError`,
+    else ``unexpected error: TYPE: message``."""
+    if isinstance(exc, ImageDecodeError):
+        return exc.reason
+    return f"unexpected error: {exc.__class__.__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -45,5 +54,5 @@ class FrameStream:
                 if self.checks:
                     rec.image_check = image_reason(array) or ""
                 yield rec, array
-        except ImageDecodeError as exc:
-            yield Prediction(self.path, error=exc.reason), None
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
+            yield Prediction(self.path, error=error_reason(exc)), None
