@@ -1,7 +1,7 @@
 """Where is the lesion?  Out-of-fold localisation designs on the xu-liver outlines, side by side with baselines.
 
 Design ``t`` is the head ``liverscan train`` fits (:func:`liverscan.training.lesion.fit_lesion_model` with the
-default ``lesion`` settings: backbone tuned from ``block_3``, augmentation, 20 epochs), trained on each fold's
+default ``lesion`` settings: backbone tuned from ``block_6``, augmentation, 20 epochs), trained on each fold's
 training images and run on its test images at 160 px (``--lesion-epochs`` changes its epochs).
 
 For the frozen-feature designs, for every image of the xu layout (``<class>/image/<n>.jpg`` with

@@ -185,7 +185,9 @@ class LesionConfig:
     batch_size: int = 16
     learning_rate: float = 3e-4
     width: int = 32  # decoder channels on its fine half (twice that on the coarse half)
-    fine_tune_from: str = "block_3_expand"  # first backbone layer tuned with the decoder; "" keeps it frozen
+    # first backbone layer tuned with the decoder ("" keeps it frozen); block_6_expand chosen by cross-validation on
+    # the shared outlines over block_3_expand (pointing 0.700 vs 0.680, Dice 0.424 vs 0.412, false lesions 1.3 vs 6.6 %)
+    fine_tune_from: str = "block_6_expand"
     threshold: float = 0.5  # probability above which a pixel is lesion
     min_area: float = 0.002  # regions smaller than this share of the image are dropped
 
