@@ -96,6 +96,14 @@ def main() -> int:
         before = guard.scores(reference, compute_features(feature_extractor(model), images))
         after = guard.scores(reference, compute_features(feature_extractor(packed), images))
         flips = int(np.sum((before > reference.threshold) != (after > reference.threshold)))
+        packed_head = None
+        if card.lesion:
+            from liverscan.core import lesion
+
+            lesion.save_packed(load_model(lesion_run / card.lesion["file"]), staged / "lesion.weights.npz")
+            packed_head = lesion.load_packed(
+                staged / "lesion.weights.npz", card.image_size, card.lesion["layers"], card.lesion["width"]
+            )
         tflite = write_tflite(packed, staged / "model.tflite", images[:64].astype(np.float32), reference)
         # nothing machine-specific ships: replace local paths with descriptions
         d["data"]["prepared_dir"] = "xu-liver, prepared by examples/reproduce.py (seed 42)"
@@ -104,17 +112,15 @@ def main() -> int:
         d["packed"]["bytes"] = {f.name: f.stat().st_size for f in sorted(staged.iterdir())}
         d["exports"] = {"tflite": {**tflite, "weights": "float32 copy of the float16 weights"}}
         lesion_line = ""
-        if card.lesion:
-            from liverscan.core import lesion
+        if packed_head is not None:
             from liverscan.core.artifacts import figures_line
 
-            head = load_model(lesion_run / card.lesion["file"])
-            lesion.save_packed(head, staged / "lesion.weights.npz")
-            packed_head = lesion.load_packed(
-                staged / "lesion.weights.npz", card.image_size, card.lesion["layers"], card.lesion["width"]
-            )
             check = images[np.linspace(0, len(images) - 1, 32).astype(int)].astype(np.float32)
-            lt = write_lesion(packed_head, staged / "lesion.tflite", "tflite", check, card.lesion["threshold"])
+            # the head's untuned backbone layers equal the classifier's: lesion.tflite is both in one graph, those
+            # layers run once (predict runs it instead of model.tflite when the lesion head is on)
+            lt = write_lesion(
+                packed_head, staged / "lesion.tflite", "tflite", check, card.lesion["threshold"], packed, reference
+            )
             d["exports"]["lesion_tflite"] = {**lt, "weights": "float32 copy of the float16 weights"}
             d["lesion"] = {**card.lesion, "file": "lesion.weights.npz"}
             d["packed"]["lesion"] = "float16 (lesion.weights.npz), cast to float32 on load"
@@ -126,6 +132,14 @@ def main() -> int:
                     "gives every prediction a lesion outline, peak and probability map. Out of fold on the outlined "
                     "tumour images: " + figures_line(oof) + " (95% CIs). The classifier's decision does not use it."
                 )
+        joint_words = ""
+        if d["exports"].get("lesion_tflite", {}).get("shared_backbone_with_classifier"):
+            below = d["exports"]["lesion_tflite"].get("lesion_head_runs_own_layers_from")
+            joint_words = (
+                "; `lesion.tflite` gives probabilities, features and the lesion map in one graph, where the "
+                + (f"backbone layers below the head's tuned `{below}`" if below else "backbone")
+                + " run once for both heads"
+            )
         card = ModelCard.from_dict(d)
         seal(card, staged)  # the packed files' sha256 and the classes' digest, checked when the model loads
         (staged / "model_card.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
@@ -146,7 +160,7 @@ def main() -> int:
 - Architecture: MobileNetV2 (frozen) + a linear softmax head (the linear probe: L2 logistic regression
   on the standardised pooled features of three stages, C chosen by inner group cross-validation), 160x160 input;
   weights stored as float16 (`weights.npz`), plus a TensorFlow Lite twin `model.tflite` (float32 storage
-  of the same values, giving probabilities and features) for fast CPU prediction.
+  of the same values, giving probabilities and features{joint_words}) for fast CPU prediction.
 - How good: {cv["folds"]}-fold group-aware cross-validation on {cv["images"]} xu-liver images
   ({cv["groups"]} near-duplicate groups), out of fold: accuracy {ci("accuracy")}, balanced accuracy
   {ci("balanced_accuracy")}, ROC-AUC {ci("macro_roc_auc")} (bootstrap over groups). The shipped weights

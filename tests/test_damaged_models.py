@@ -94,9 +94,13 @@ def test_a_fast_runtime_copied_from_another_model_is_refused_naming_it(tmp_path)
     model = tmp_path / "model"
     shutil.copytree(default_model_dir(), model)
     shutil.copy(model / "lesion.tflite", model / "model.tflite")  # a real TFLite file, but not this model's
-    r = runner.invoke(app, ["predict", "examples/images", "--model", str(model)])
+    r = runner.invoke(app, ["predict", "examples/images", "--model", str(model), "--no-lesion"])
     text = one_line_error(r, "model.tflite: not the file its model card records")
     assert "export it again" in text and "--runtime keras" in text
+    # with the lesion head on, predict runs lesion.tflite (the classifier and the head in one graph)
+    shutil.copy(default_model_dir() / "model.tflite", model / "lesion.tflite")
+    r = runner.invoke(app, ["predict", "examples/images", "--model", str(model)])
+    one_line_error(r, "lesion.tflite: not the file its model card records")
     # the Keras model does not read model.tflite: it still loads
     assert Classifier.load(model, runtime="keras", lesion=False).runtime == "keras"
 

@@ -83,6 +83,7 @@ def test_shipped_lesion_head_says_where_and_its_runtimes_agree():
     fast = Classifier.load(runtime="tflite")
     keras = Classifier.load(runtime="keras")
     assert fast.lesion is not None and fast.lesion.kind == "tflite" and keras.lesion.kind == "keras"
+    assert fast.runner.has_maps  # lesion.tflite: the classifier and the head in one graph
     a, b = fast.predict(paths), keras.predict(paths)
     for x, y in zip(a, b):
         assert x.lesion is not None and y.lesion is not None

@@ -84,7 +84,7 @@ def test_export_onnx_agrees_with_keras_and_predicts_with_onnx_runtime(tiny_run, 
 @pytest.mark.slow
 def test_an_export_that_disagrees_is_not_written(tiny_run, tmp_path):
     from liverscan.core.errors import ExportError
-    from liverscan.core.model import load_model, with_features
+    from liverscan.core.model import load_model
     from liverscan.serving.export import _verified, write_onnx
     from liverscan.serving.runtime import OnnxRunner
 
@@ -99,7 +99,7 @@ def test_an_export_that_disagrees_is_not_written(tiny_run, tmp_path):
     staged = tmp_path / ".b.onnx.check"
     shutil.copy(tmp_path / "a.onnx", staged)
     with pytest.raises(ExportError, match="disagrees with Keras"):
-        _verified(with_features(other), staged, tmp_path / "b.onnx", OnnxRunner, images, None)
+        _verified(other, staged, tmp_path / "b.onnx", OnnxRunner, images, None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx"]  # nothing written, staged file removed
 
 

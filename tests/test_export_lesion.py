@@ -238,17 +238,24 @@ def test_the_real_design_converts_and_agrees(tmp_path, fmt):
 
 @pytest.mark.slow
 def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tmp_path, monkeypatch):
-    """A head on the classifier's own frozen backbone is exported inside ``model.tflite``: one pass gives the
-    probabilities, the guard's features and the lesion map, and predict takes its maps from that pass."""
+    """A head tuned from ``block_6_expand`` on the classifier's backbone is exported inside ``model.tflite``, the
+    layers below it run once: one pass gives the probabilities, the guard's features and the lesion map, and
+    predict takes its maps from that pass."""
     from liverscan.core.images import load_image
     from liverscan.core.keras_env import import_keras
     from liverscan.core.lesion import build_lesion_model, shared_backbone_model
-    from liverscan.core.model import backbone_of, load_model
+    from liverscan.core.model import backbone_of, build_backbone, load_model
     from liverscan.serving import Classifier
     from liverscan.serving.runtime import TFLiteRunner
 
     clf = load_model(probe_run["run"] / "model.keras")
-    head = build_lesion_model(backbone_of(clf), width=4)
+    own = build_backbone(32, "none")
+    theirs = backbone_of(clf)
+    own.set_weights([w for layer in own.layers if layer.weights for w in theirs.get_layer(layer.name).get_weights()])
+    rng = np.random.default_rng(0)
+    for layer in own.layers[[layer.name for layer in own.layers].index("block_6_expand") :]:  # "fine-tuned"
+        layer.set_weights([w * rng.uniform(0.8, 1.2, w.shape).astype(w.dtype) for w in layer.get_weights()])
+    head = build_lesion_model(own, width=4)
     weights = head.get_weights()
     weights[-1] = weights[-1] + np.float32(3.0)  # a head that finds something: maps well above 0.5 somewhere
     head.set_weights(weights)
@@ -259,22 +266,29 @@ def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tm
     run = attach_head(probe_run["run"], tmp_path / "run", head)
     r = CliRunner().invoke(app, ["export", str(run), "--runtime", "tflite"])
     assert r.exit_code == 0, r.output
-    info = json.loads((run / "model_card.json").read_text())["exports"]["tflite"]
+    exports = json.loads((run / "model_card.json").read_text())["exports"]
+    assert exports["tflite"]["outputs"] == ["probabilities", "features"]  # --no-lesion runs the classifier alone
+    info = exports["lesion_tflite"]
     assert info["outputs"] == ["probabilities", "features", "lesion probability"]
-    assert info["shared_backbone_with_lesion_head"] is True and info["lesion_max_abs_difference_vs_keras"] <= 1e-3
-    assert (run / "lesion.tflite").is_file()  # the head alone stays exported (explanations, the Python API)
+    assert info["shared_backbone_with_classifier"] is True and info["max_abs_difference_vs_keras"] <= 1e-3
+    assert info["probabilities_max_abs_difference_vs_keras"] <= 1e-4 and info["mask_pixels_differing"] <= 1e-3
+    assert info["lesion_head_runs_own_layers_from"] == "block_6_expand"
 
     paths = sorted(str(p) for p in (probe_run["data"] / "tumor").glob("*.png"))[:5]
-    runner = TFLiteRunner(run / "model.tflite", batch_size=4)
+    runner = TFLiteRunner(run / "lesion.tflite", batch_size=4)
     assert runner.has_maps and runner.has_features
     images = np.stack([load_image(p, 32) for p in paths])
     probs, feats, maps = runner.run_all(images)
     assert probs.shape == (5, 3) and feats is not None and maps is not None and maps.shape == (5, 32, 32)
     np.testing.assert_allclose(maps, predict_maps(head, images.astype(np.float32)), atol=1e-3)
-    assert TFLiteRunner(run / "model.tflite").run(images)[0].shape == (5, 3)  # callers of run() see no change
+    np.testing.assert_allclose(probs, TFLiteRunner(run / "model.tflite").run(images)[0], atol=1e-4)
+    assert not TFLiteRunner(run / "model.tflite").has_maps
+    np.testing.assert_allclose(MapRunner(run / "lesion.tflite").maps(images), maps, atol=1e-6)  # the Python API
 
     fast, slow = Classifier.load(run), Classifier.load(run, runtime="keras")
     assert fast.runtime == "tflite" and fast.runner.has_maps and slow.runner is None
+    assert fast.runner.path.name == "lesion.tflite"
+    assert not Classifier.load(run, lesion=False).runner.has_maps  # without the head: model.tflite alone
 
     def unused(images):
         raise AssertionError("the standalone lesion head ran: the map should come from the classifier's pass")
@@ -285,11 +299,14 @@ def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tm
         assert a.lesion is not None and b.lesion is not None
         assert a.lesion.found == b.lesion.found and abs(a.lesion.probability - b.lesion.probability) <= 1e-3
         assert a.predicted_class == b.predicted_class
+    assert fast.lesion._model is None and fast.lesion._runner is None  # the standalone head was never loaded
+    monkeypatch.undo()
+    assert fast.lesion_maps(images).shape == (5, 32, 32) and fast.lesion.kind == "tflite"  # ... until asked for
     assert all(p.lesion is None for p in Classifier.load(run, lesion=False).predict(paths[:2]))
 
     if runtime.onnx_available():  # the same graph for ONNX Runtime
         r = CliRunner().invoke(app, ["export", str(run), "--runtime", "onnx"])
         assert r.exit_code == 0, r.output
         onnx = Classifier.load(run, runtime="onnx")
-        assert onnx.runner.has_maps
+        assert onnx.runner.has_maps and onnx.runner.path.name == "lesion.onnx"
         np.testing.assert_allclose(onnx.runner.run_all(images)[2], maps, atol=1e-3)

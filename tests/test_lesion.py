@@ -151,3 +151,52 @@ def test_upsample_squashes_like_the_images():
     up = lesion.upsample(p, 80, 60)
     assert up.shape == (60, 80) and up.dtype == np.float32
     assert up[5, 5] == pytest.approx(1.0) and up[55, 75] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("features", [pytest.param("last", marks=pytest.mark.slow), "multistage"])
+def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(features):
+    """The joint graph runs the layers below the head's first tuned layer once: its outputs equal the classifier's
+    and the head's own, it holds the classifier backbone's layers and only the head's tuned ones, and a head
+    tuned from the first layer on (or another architecture) shares nothing."""
+    from liverscan.core.keras_env import import_keras
+    from liverscan.core.model import backbone_of, build_backbone, build_model, predict_outputs, with_features
+
+    keras = import_keras()
+    keras.utils.set_random_seed(0)
+    clf = build_model(2, image_size=SIZE, weights="none", head="linear", features=features)
+    own = build_backbone(SIZE, "none")
+    own.set_weights(backbone_of(clf).get_weights() if features == "last" else _weights_by_name(clf, own))
+    tuned_from = [layer.name for layer in own.layers].index("block_6_expand")
+    rng = np.random.default_rng(0)
+    for layer in own.layers[tuned_from:]:  # "fine-tuned": every weight from block_6_expand on moves
+        layer.set_weights([w * rng.uniform(0.8, 1.2, w.shape).astype(w.dtype) for w in layer.get_weights()])
+    head = lesion.build_lesion_model(own, width=4)
+    logits = head.get_layer("lesion_decoder").get_layer("lesion_logits")
+    logits.set_weights([logits.get_weights()[0] * np.float32(3000.0), logits.get_weights()[1]])  # maps not all 0.5
+
+    joint = lesion.shared_backbone_model(clf, head)
+    assert joint is not None
+    names = {w.path.split("/")[0] for w in joint.weights}
+    assert "lesion_tuned_layers" not in names  # weights are the models' own, not copies
+    images = rng.integers(0, 256, (3, SIZE, SIZE, 3)).astype(np.float32)
+    probs, pooled, maps = (np.asarray(a) for a in joint(images))
+    ref_p, ref_f = predict_outputs(with_features(clf), images)
+    np.testing.assert_allclose(probs, ref_p, atol=1e-5)
+    np.testing.assert_allclose(pooled, ref_f, atol=1e-4)
+    assert np.isfinite(maps).all() and float(maps.std()) > 1e-2
+    np.testing.assert_allclose(maps[..., 0], lesion.predict_maps(head, images), atol=1e-4)
+    rest = joint.get_layer("lesion_tuned_layers")
+    assert lesion.first_unshared_layer(joint) == "block_6_expand"
+    assert "block_5_add" not in {layer.name for layer in rest.layers[1:]}  # the shared part runs once
+
+    for layer in own.layers[1:tuned_from]:  # tuned from the first layer on: two passes
+        layer.set_weights([w + np.float32(0.01) for w in layer.get_weights()])
+    own.layers[1].set_weights([w + np.float32(0.01) for w in own.layers[1].get_weights()])
+    assert lesion.shared_backbone_model(clf, head) is None
+
+
+def _weights_by_name(clf, own) -> list:
+    from liverscan.core.model import backbone_of
+
+    theirs = backbone_of(clf)
+    return [w for layer in own.layers if layer.weights for w in theirs.get_layer(layer.name).get_weights()]

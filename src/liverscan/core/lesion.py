@@ -115,9 +115,14 @@ def build_lesion_model(
 
 
 def shared_backbone_model(classifier, head):
-    """One graph giving (probabilities, pooled features, lesion probability map) from one backbone pass, or None
-    when lesion ``head`` does not share ``classifier``'s backbone (a tuned backbone, other weights or layers, a
-    classifier reading other features).  Shares every layer with both models."""
+    """One graph giving (probabilities, pooled features, lesion probability map) with the backbone layers both
+    models share run once, or None when they share none (other weights or layers, a head tuned from the first
+    layer on, a classifier averaging mirror images).
+
+    The shared part is the classifier's backbone up to the first layer whose weights differ in ``head``'s (for a
+    head tuned from ``lesion.fine_tune_from``, that layer): the head's features below it are read from the
+    classifier's pass, and only its tuned rest runs on top of it (all of it shared for a head on the frozen
+    backbone).  Uses the two models' own layers (no copies of weights)."""
     from liverscan.core.model import BACKBONE_NAME, HEAD_NAME, STAGES, feature_options
 
     keras = _keras()
@@ -131,26 +136,73 @@ def shared_backbone_model(classifier, head):
         sigmoid = head.get_layer("lesion_probability")
     except ValueError:
         return None
-    names = [layer.name for layer in backbone.layers]
-    if not names or names[-1] != DEFAULT_LAYERS[-1] or not _outputs_are(multiscale, DEFAULT_LAYERS):
+    if not _outputs_are(multiscale, DEFAULT_LAYERS):
         return None
-    mine, theirs = backbone.get_weights(), multiscale.get_weights()
-    if len(mine) != len(theirs) or any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(mine, theirs)):
+    split = _first_tuned_layer(backbone, multiscale)
+    if split == 0:
+        return None
+    order = {layer.name: i for i, layer in enumerate(multiscale.layers)}
+    shared = [n for n in DEFAULT_LAYERS if split is None or order[n] < split]
+    tuned = [n for n in DEFAULT_LAYERS if n not in shared]
+    needed = list(dict.fromkeys([*(STAGES if options["features"] == "multistage" else (DEFAULT_LAYERS[-1],)), *shared]))
+    outputs = [backbone.get_layer(n).output for n in needed]
+    try:
+        if tuned:
+            cut = multiscale.layers[split]
+            if isinstance(cut.input, (list, tuple)):
+                return None
+            rest = keras.Model(cut.input, [multiscale.get_layer(n).output for n in tuned], name="lesion_tuned_layers")
+            outputs.append(backbone.get_layer(cut.name).input)
+        trunk = keras.Model(backbone.inputs, outputs, name="shared_backbone")
+    except (ValueError, TypeError):  # the tuned layers read more than the one cut tensor
         return None
     inp = keras.Input(tuple(classifier.input_shape[1:]), name="image")
     x = classifier.get_layer("scale_to_unit_range")(inp)
-    outs = list(multiscale(x, training=False))
-    by_layer = dict(zip(DEFAULT_LAYERS, outs))
+    outs = list(trunk(x, training=False))
+    mine = dict(zip(needed, outs))  # the classifier's backbone
+    theirs = {n: mine[n] for n in shared}  # the head's features
+    if tuned:
+        got = rest(outs[-1], training=False)
+        theirs.update(zip(tuned, got if isinstance(got, (list, tuple)) else [got]))
     if options["features"] == "last":
-        pooled = classifier.get_layer("pool")(outs[-1])
+        pooled = classifier.get_layer("pool")(mine[DEFAULT_LAYERS[-1]])
     else:  # the classifier's own per-stage pooling layers, then its concatenation
-        stages = [classifier.get_layer(f"pool_{stage.rsplit('_', 1)[0]}")(by_layer[stage]) for stage in STAGES]
+        stages = [classifier.get_layer(f"pool_{stage.rsplit('_', 1)[0]}")(mine[stage]) for stage in STAGES]
         pooled = classifier.get_layer("pool")(stages)
     probs = classifier.get_layer(HEAD_NAME)(pooled)
-    logits = decoder(outs)
+    logits = decoder([theirs[n] for n in DEFAULT_LAYERS])
     if any(layer.name == "to_input_size" for layer in head.layers):
         logits = head.get_layer("to_input_size")(logits)
     return keras.Model(inp, [probs, pooled, sigmoid(logits)], name="classifier_and_lesion")
+
+
+def first_unshared_layer(joint) -> str | None:
+    """The first backbone layer the lesion head of :func:`shared_backbone_model`'s graph ``joint`` runs on its own
+    (None: it shares the whole backbone)."""
+    try:
+        rest = joint.get_layer("lesion_tuned_layers")
+    except ValueError:
+        return None
+    return next(layer.name for layer in rest.layers if type(layer).__name__ != "InputLayer")
+
+
+def _first_tuned_layer(backbone, multiscale) -> int | None:
+    """Index in ``multiscale.layers`` (an order in which every layer follows the layers it reads) of the first
+    layer whose weights differ from ``backbone``'s layer of that name (None: all equal; 0: nothing to share,
+    including another architecture)."""
+
+    def names(model) -> list[str]:
+        return sorted(layer.name for layer in model.layers if type(layer).__name__ != "InputLayer")
+
+    if names(backbone) != names(multiscale):
+        return 0
+    for i, layer in enumerate(multiscale.layers):
+        if type(layer).__name__ == "InputLayer":
+            continue
+        a, b = backbone.get_layer(layer.name).get_weights(), layer.get_weights()
+        if len(a) != len(b) or any(x.shape != y.shape or not np.array_equal(x, y) for x, y in zip(a, b)):
+            return 0 if i <= 1 else i  # the first layer after the input differs: nothing is shared
+    return None
 
 
 def _outputs_are(model, layers: Sequence[str]) -> bool:

@@ -941,9 +941,19 @@ def export_cmd(
         console.print(
             f"Wrote {escape(str(run / lesion['file']))} ({lesion['bytes'] / 1e6:.1f} MB); lesion maps: max abs "
             f"difference vs Keras {lesion['max_abs_difference_vs_keras']:.1e}, masks differ on "
-            f"{lesion['mask_pixels_differing']:.2%} of pixels (Dice {lesion['mask_dice_vs_keras']:.3f})",
+            f"{lesion['mask_pixels_differing']:.2%} of pixels (Dice {lesion['mask_dice_vs_keras']:.3f})"
+            + _joint_words(lesion),
             highlight=False,
         )
+
+
+def _joint_words(lesion: dict) -> str:
+    """What the export line adds for a lesion file holding the classifier too."""
+    if not lesion.get("shared_backbone_with_classifier"):
+        return ""
+    below = lesion.get("lesion_head_runs_own_layers_from")
+    shared = f"the backbone below {below}" if below else "the whole backbone"
+    return f"; one graph with the classifier, {shared} run once for both (predict uses it when the head is on)"
 
 
 @command("app")

@@ -53,13 +53,14 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     """Convert, check agreement with Keras, write ``model.<fmt>`` into the run directory, record it in the card.
 
     The exported graph gives the probabilities and the pooled features the
-    out-of-distribution guard scores (and, when the run's lesion head reads the classifier's own frozen backbone,
-    the lesion map from the same pass: :func:`liverscan.core.lesion.shared_backbone_model`; the card's entry then
-    says ``shared_backbone_with_lesion_head``); a model whose probabilities or guard scores differ by more
+    out-of-distribution guard scores; a model whose probabilities or guard scores differ by more
     than 1e-4, or whose guard answer differs on a checked image whose score is not within that
     tolerance of the threshold (:func:`guard_agreement`), is not written.
     A run with a lesion head (``lesion.keras``) also gets ``lesion.<fmt>``, checked on the
-    same images (:func:`check_lesion`); both files are written or neither.  Returns the
+    same images (:func:`check_lesion`); when the head shares the classifier's backbone layers (all, or those
+    below its first tuned one: :func:`liverscan.core.lesion.shared_backbone_model`), that file is both in one
+    graph, checked against both (:func:`write_lesion`; the card's entry says ``shared_backbone_with_classifier``).
+    Both files are written or neither.  Returns the
     classifier's figures (as in ``card.exports[fmt]``), with ``lesion``: the head's
     (``card.exports["lesion_<fmt>"]``) when the run has one.
     """
@@ -76,22 +77,17 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     reference = Reference.for_model(run.run_dir / OOD_FILE, required=bool(run.card.ood))
     images = np.asarray(check_images(run) if images is None else images, dtype=np.float32)
     head = run.run_dir / LESION_FILE
-    staged = head_model = None
+    staged = None
     threshold = float((run.card.lesion or {}).get("threshold", 0.5))
+    classifier = load_model(run.model_path)
     try:
         if head.is_file():
             lesion_target = run.run_dir / (LESION_TFLITE_FILE if fmt == "tflite" else LESION_ONNX_FILE)
-            head_model = load_model(head)
-            staged, figures = _staged_lesion(head_model, lesion_target, fmt, images, threshold)
+            staged, figures = _staged_lesion(
+                load_model(head), lesion_target, fmt, images, threshold, classifier, reference
+            )
         write = write_tflite if fmt == "tflite" else write_onnx
-        info = write(
-            load_model(run.model_path),
-            run.run_dir / (TFLITE_FILE if fmt == "tflite" else ONNX_FILE),
-            images,
-            reference,
-            lesion=head_model,
-            threshold=threshold,
-        )
+        info = write(classifier, run.run_dir / (TFLITE_FILE if fmt == "tflite" else ONNX_FILE), images, reference)
         run.card.exports[fmt] = info
         if staged is not None:
             staged.replace(lesion_target)
@@ -105,10 +101,23 @@ def export_model(run_dir: str | Path, fmt: str = "tflite", images: np.ndarray | 
     return info
 
 
-def write_lesion(model, target: Path, fmt: str, images: np.ndarray, threshold: float = 0.5) -> dict:
+def write_lesion(
+    model,
+    target: Path,
+    fmt: str,
+    images: np.ndarray,
+    threshold: float = 0.5,
+    classifier=None,
+    reference: Reference | None = None,
+) -> dict:
     """Convert lesion head ``model`` to ``fmt`` at ``target`` once its maps agree with Keras on ``images``
-    (:func:`check_lesion`); returns the figures recorded in the card."""
-    staged, figures = _staged_lesion(model, target, fmt, images, threshold)
+    (:func:`check_lesion`); returns the figures recorded in the card.
+
+    With the ``classifier`` whose backbone the head shares (all of it, or the layers below its first tuned one:
+    :func:`liverscan.core.lesion.shared_backbone_model`), the file is one graph giving the classifier's
+    probabilities and guard features too (the shared layers run once), checked against both Keras models;
+    ``predict`` then runs it instead of the classifier's own file when the lesion head is on."""
+    staged, figures = _staged_lesion(model, target, fmt, images, threshold, classifier, reference)
     try:
         staged.replace(target)
     finally:
@@ -116,20 +125,33 @@ def write_lesion(model, target: Path, fmt: str, images: np.ndarray, threshold: f
     return {**_file_figures(target), **figures}
 
 
-def _staged_lesion(model, target: Path, fmt: str, images: np.ndarray, threshold: float) -> tuple[Path, dict]:
-    """Convert ``model`` beside ``target`` (a hidden ``.check`` file) and check it: (staged file, figures).
-    Raises :class:`ExportError` naming ``target`` (and leaves no staged file) when either fails."""
+def _staged_lesion(
+    model,
+    target: Path,
+    fmt: str,
+    images: np.ndarray,
+    threshold: float,
+    classifier=None,
+    reference: Reference | None = None,
+) -> tuple[Path, dict]:
+    """Convert ``model`` (with ``classifier`` in one graph when they share backbone layers) beside ``target`` (a
+    hidden ``.check`` file) and check it: (staged file, figures).  Raises :class:`ExportError` naming ``target``
+    (and leaves no staged file) when either fails."""
+    from liverscan.core.lesion import shared_backbone_model
+
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (supported: {', '.join(FORMATS)})")
+    joint = shared_backbone_model(classifier, model) if classifier is not None else None
     staged = target.with_name(f".{target.name}.check")
     try:
         try:
-            if fmt == "tflite":
-                write_bytes_atomic(staged, _tflite_blob(model))
-            else:
-                _onnx_file(model, staged)
+            _convert(model if joint is None else joint, staged, fmt)
         except ExportError as exc:
             raise ExportError(f"{target.name}: {exc}") from None
+        if joint is not None:
+            return staged, _joint_figures(
+                joint, classifier, model, staged, target.name, fmt, images, reference, threshold
+            )
         try:
             figures = check_lesion(model, staged, fmt, images, threshold)
         except ModelError as exc:
@@ -140,6 +162,46 @@ def _staged_lesion(model, target: Path, fmt: str, images: np.ndarray, threshold:
         staged.unlink(missing_ok=True)
         raise
     return staged, figures
+
+
+def _convert(model, staged: Path, fmt: str) -> None:
+    """Write Keras ``model`` converted to ``fmt`` at ``staged``."""
+    if fmt == "tflite":
+        write_bytes_atomic(staged, _tflite_blob(model))
+    else:
+        _onnx_file(model, staged)
+
+
+def _joint_figures(
+    joint, classifier, head, staged: Path, name: str, fmt: str, images: np.ndarray, reference, threshold: float
+) -> dict:
+    """How the converted graph ``joint`` at ``staged`` agrees with the Keras ``head`` (its lesion maps, as
+    :func:`check_lesion` asks) and ``classifier`` (probabilities and guard, as :func:`_agreement` asks)."""
+    from liverscan.core.lesion import first_unshared_layer, predict_maps
+    from liverscan.core.model import with_features
+    from liverscan.serving.runtime import OnnxRunner, TFLiteRunner
+
+    runner_class = TFLiteRunner if fmt == "tflite" else OnnxRunner
+    try:
+        got_p, got_f, got_m = runner_class(staged, batch_size=16).run_all(images)
+    except ModelError as exc:
+        reason = str(exc).removeprefix(f"{staged}: ")
+        raise ExportError(f"{name}: the exported graph does not run ({reason})") from None
+    ref_m = predict_maps(head, images)
+    if got_m is None or got_m.shape != ref_m.shape:
+        raise ExportError(f"{name}: the exported graph gives no lesion map of shape {ref_m.shape[1:]}")
+    figures = map_figures(got_m, ref_m, threshold)
+    _check_map_tolerance(name, figures, "its lesion map disagrees with the lesion head")
+    classifier_figures = _agreement(with_features(classifier), got_p, got_f, images, reference, name)
+    return {
+        "outputs": ["probabilities", "features", "lesion probability"],
+        "shared_backbone_with_classifier": True,
+        "lesion_head_runs_own_layers_from": first_unshared_layer(joint),
+        **figures,
+        "probabilities_max_abs_difference_vs_keras": classifier_figures.pop("max_abs_difference_vs_keras"),
+        **classifier_figures,
+        "checked_images": int(len(images)),
+    }
 
 
 def check_lesion(model, exported: Path, fmt: str, images: np.ndarray, threshold: float = 0.5) -> dict:
@@ -186,30 +248,20 @@ def _file_figures(path: Path) -> dict:
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def _graph(model, lesion):
-    """(graph to export, classifier giving (probabilities, features) to check it against, lesion head its map is
-    checked against or None): the classifier's (probabilities, features), plus the lesion map when ``lesion``
-    shares its backbone (one pass gives all three)."""
-    from liverscan.core.lesion import shared_backbone_model
-    from liverscan.core.model import with_features
-
-    both = with_features(model)
-    joint = shared_backbone_model(model, lesion) if lesion is not None else None
-    return (both, both, None) if joint is None else (joint, both, lesion)
-
-
-def write_tflite(
-    model, target: Path, images: np.ndarray, reference: Reference | None = None, lesion=None, threshold: float = 0.5
-) -> dict:
-    """Convert ``model`` (probabilities + features, and the map of a ``lesion`` head sharing its backbone) to
-    TFLite at ``target`` once it agrees with Keras on ``images``."""
+def write_tflite(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
+    """Convert ``model`` (giving probabilities + features) to TFLite at ``target`` once it agrees with Keras on
+    ``images``."""
     from liverscan.serving.runtime import TFLiteRunner
 
-    graph, both, shared = _graph(model, lesion)
-    blob = _tflite_blob(graph)
     staged = target.with_name(f".{target.name}.check")
-    write_bytes_atomic(staged, blob)
-    return _verified(both, staged, target, TFLiteRunner, images, reference, shared, threshold)
+    write_bytes_atomic(staged, _tflite_blob(_with_features(model)))
+    return _verified(model, staged, target, TFLiteRunner, images, reference)
+
+
+def _with_features(model):
+    from liverscan.core.model import with_features
+
+    return with_features(model)
 
 
 def _tflite_blob(model) -> bytes:
@@ -235,17 +287,14 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def write_onnx(
-    model, target: Path, images: np.ndarray, reference: Reference | None = None, lesion=None, threshold: float = 0.5
-) -> dict:
-    """Convert ``model`` (probabilities + features, and the map of a ``lesion`` head sharing its backbone) to
-    ONNX at ``target`` once it agrees with Keras on ``images``."""
+def write_onnx(model, target: Path, images: np.ndarray, reference: Reference | None = None) -> dict:
+    """Convert ``model`` (giving probabilities + features) to ONNX at ``target`` once it agrees with Keras on
+    ``images``."""
     from liverscan.serving.runtime import OnnxRunner
 
-    graph, both, shared = _graph(model, lesion)
     staged = target.with_name(f".{target.name}.check")
-    _onnx_file(graph, staged)
-    return _verified(both, staged, target, OnnxRunner, images, reference, shared, threshold)
+    _onnx_file(_with_features(model), staged)
+    return _verified(model, staged, target, OnnxRunner, images, reference)
 
 
 def _onnx_file(model, staged: Path) -> None:
@@ -272,57 +321,50 @@ def _onnx_file(model, staged: Path) -> None:
         raise ExportError(f"ONNX conversion failed ({exc.__class__.__name__}: {_first_line(exc)})") from None
 
 
-def _verified(
-    both, staged: Path, target: Path, runner_class, images: np.ndarray, reference, lesion=None, threshold: float = 0.5
-) -> dict:
-    """Move ``staged`` to ``target`` only when its probabilities (<= 1e-4) and guard answers agree with Keras
-    classifier ``both`` (probabilities, features), and the lesion map of a graph sharing the backbone with head
-    ``lesion`` agrees with that head as :func:`check_lesion` asks."""
-    from liverscan.core.lesion import predict_maps
-    from liverscan.core.model import predict_outputs
-
-    maps: dict = {}
+def _verified(model, staged: Path, target: Path, runner_class, images: np.ndarray, reference) -> dict:
+    """Move ``staged`` to ``target`` only when its probabilities and guard answers agree with Keras classifier
+    ``model`` (:func:`_agreement`); returns the figures recorded in the card."""
     try:
         got_p, got_f, got_m = runner_class(staged, batch_size=16).run_all(images)
-        ref_p, ref_f = predict_outputs(both, images, batch_size=16)
-        if got_f is None or ref_f is None:
-            raise ExportError(f"{staged.name}: exported without the pooled features")
-        if lesion is not None:
-            ref_m = predict_maps(lesion, images)
-            if got_m is None or got_m.shape != ref_m.shape:
-                raise ExportError(f"{target.name}: the exported graph gives no lesion map of shape {ref_m.shape[1:]}")
-            figures = map_figures(got_m, ref_m, threshold)
-            _check_map_tolerance(target.name, figures, "its lesion map disagrees with the lesion head")
-            maps = {"shared_backbone_with_lesion_head": True, **{f"lesion_{k}": v for k, v in figures.items()}}
-        elif got_m is not None:
+        if got_m is not None:
             raise ExportError(f"{target.name}: the exported graph gives a lesion map nobody checked")
-        diff = float(np.abs(got_p - ref_p).max())
-        fdiff = float(np.abs(got_f - ref_f).max() / max(float(np.abs(ref_f).max()), 1e-12))
-        guard = guard_agreement(reference, images, ref_f, got_f)
-        same_guard = guard.get("same_in_distribution_as_keras")
-        if diff > TOLERANCE or same_guard is False:
-            scores_line = (
-                f"; guard scores differ by up to {guard['guard_score_max_abs_difference_vs_keras']:.2e}, "
-                f"tolerance {guard['guard_score_tolerance']:.1e}"
-                if reference is not None
-                else ""
-            )
-            raise ExportError(
-                f"exported model disagrees with Keras (max abs difference {diff:.2e}, tolerance {TOLERANCE}; "
-                f"same out-of-distribution answers: {same_guard}{scores_line})"
-            )
+        figures = _agreement(_with_features(model), got_p, got_f, images, reference, staged.name)
         staged.replace(target)
     finally:
         staged.unlink(missing_ok=True)
     return {
         **_file_figures(target),
-        "outputs": ["probabilities", "features"] + (["lesion probability"] if maps else []),
-        "max_abs_difference_vs_keras": diff,
-        "feature_max_relative_difference_vs_keras": fdiff,
-        **guard,
-        **maps,
+        "outputs": ["probabilities", "features"],
+        **figures,
         "checked_images": int(len(images)),
     }
+
+
+def _agreement(both, got_p: np.ndarray, got_f, images: np.ndarray, reference, name: str) -> dict:
+    """How a runtime's probabilities ``got_p`` and features ``got_f`` agree with Keras model ``both``
+    (probabilities, features) on ``images``; raises :class:`ExportError` when probabilities differ by more than
+    1e-4 or a guard answer differs (:func:`guard_agreement`)."""
+    from liverscan.core.model import predict_outputs
+
+    ref_p, ref_f = predict_outputs(both, images, batch_size=16)
+    if got_f is None or ref_f is None:
+        raise ExportError(f"{name}: exported without the pooled features")
+    diff = float(np.abs(got_p - ref_p).max())
+    fdiff = float(np.abs(got_f - ref_f).max() / max(float(np.abs(ref_f).max()), 1e-12))
+    guard = guard_agreement(reference, images, ref_f, got_f)
+    same_guard = guard.get("same_in_distribution_as_keras")
+    if diff > TOLERANCE or same_guard is False:
+        scores_line = (
+            f"; guard scores differ by up to {guard['guard_score_max_abs_difference_vs_keras']:.2e}, "
+            f"tolerance {guard['guard_score_tolerance']:.1e}"
+            if reference is not None
+            else ""
+        )
+        raise ExportError(
+            f"exported model disagrees with Keras (max abs difference {diff:.2e}, tolerance {TOLERANCE}; "
+            f"same out-of-distribution answers: {same_guard}{scores_line})"
+        )
+    return {"max_abs_difference_vs_keras": diff, "feature_max_relative_difference_vs_keras": fdiff, **guard}
 
 
 def guard_agreement(reference: Reference | None, images: np.ndarray, keras_features, runtime_features) -> dict:

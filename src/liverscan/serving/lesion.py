@@ -150,17 +150,21 @@ class LesionHead:
     :class:`~liverscan.serving.runtime.MapRunner` when that runtime was chosen and the file exists.
     """
 
-    def __init__(self, path: Path, size: int, threshold: float, min_area: float, model=None, runner=None):
+    def __init__(self, path: Path, size: int, threshold: float, min_area: float, model=None, runner=None, loader=None):
         self.path, self.size = Path(path), size
         self.threshold, self.min_area = threshold, min_area
         self._model, self._runner = model, runner
+        self._loader = loader  # () -> (path, model, runner), called on first use when neither is given
         self.kind = "keras" if runner is None else str(getattr(runner, "kind", Path(path).suffix.lstrip(".")))
         self.batch_size = 32
 
     @classmethod
-    def load(cls, card, model_path: Path, runtime: str = "keras", batch_size: int = 32) -> LesionHead | None:
+    def load(
+        cls, card, model_path: Path, runtime: str = "keras", batch_size: int = 32, lazy: bool = False
+    ) -> LesionHead | None:
         """The head the card describes (None when the run has none), on ``runtime`` where it was exported
-        (``auto``: an exported file whose runtime is installed; else the Keras model)."""
+        (``auto``: an exported file whose runtime is installed; else the Keras model).  ``lazy``: load (and
+        check) it on the first :meth:`maps` call, for a classifier whose own pass gives the maps."""
         from liverscan.core.artifacts import LESION_FILE, LESION_ONNX_FILE, LESION_TFLITE_FILE
 
         entry = card.lesion
@@ -173,19 +177,31 @@ class LesionHead:
             threshold=float(entry.get("threshold", core.THRESHOLD)),
             min_area=float(entry.get("min_area", core.MIN_AREA)),
         )
-        runner = _exported(folder / LESION_TFLITE_FILE, folder / LESION_ONNX_FILE, runtime, batch_size, card)
-        if runner is not None:
+        keras_path = folder / str(entry.get("file") or LESION_FILE)
+
+        def loaded() -> tuple[Path, Any, Any]:
+            runner = _exported(folder / LESION_TFLITE_FILE, folder / LESION_ONNX_FILE, runtime, batch_size, card)
+            if runner is None:
+                return keras_path, _load_keras_head(keras_path, card.image_size, entry), None
             if tuple(runner.input_shape) != (card.image_size, card.image_size, 3):
                 raise ModelError(f"{runner.path}: input {tuple(runner.input_shape)} does not match the model card")
-            head = cls(runner.path, runner=runner, **keep)
+            return runner.path, None, runner
+
+        if lazy:
+            head = cls(keras_path, loader=loaded, **keep)
         else:
-            path = folder / str(entry.get("file") or LESION_FILE)
-            head = cls(path, model=_load_keras_head(path, card.image_size, entry), **keep)
+            path, model, runner = loaded()
+            head = cls(path, model=model, runner=runner, **keep)
         head.batch_size = batch_size
         return head
 
     def maps(self, images: np.ndarray) -> np.ndarray:
         """Lesion probability maps ``(N, S, S)`` float32 for ``(N, S, S, 3)`` images."""
+        if self._loader is not None:
+            self.path, self._model, self._runner = self._loader()
+            self._loader = None
+            if self._runner is not None:
+                self.kind = str(getattr(self._runner, "kind", self.path.suffix.lstrip(".")))
         x = np.asarray(images, dtype=np.float32)
         if self._runner is not None:
             return np.asarray(self._runner.maps(x), dtype=np.float32).reshape(len(x), self.size, self.size)

@@ -15,7 +15,17 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from liverscan.core.artifacts import ONNX_FILE, OOD_FILE, TFLITE_FILE, LoadedRun, ModelCard, check_file, load_run
+from liverscan.core.artifacts import (
+    LESION_ONNX_FILE,
+    LESION_TFLITE_FILE,
+    ONNX_FILE,
+    OOD_FILE,
+    TFLITE_FILE,
+    LoadedRun,
+    ModelCard,
+    check_file,
+    load_run,
+)
 from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, RunDirError
 from liverscan.core.guard import Reference, assess
 from liverscan.core.images import decode_array
@@ -118,8 +128,17 @@ class Classifier:
         tflite = run.model_path.with_name(TFLITE_FILE)
         onnx = run.model_path.with_name(ONNX_FILE)
         kw: dict[str, Any] = dict(options=options, reference=reference)
-        if options.lesion:
-            kw["lesion"] = LesionHead.load(run.card, run.model_path, runtime, options.batch_size)
+
+        def head(shared: str | None = None) -> LesionHead | None:
+            """The lesion head; loaded on first use when the classifier's graph (on runtime ``shared``) gives the
+            maps itself."""
+            if not options.lesion:
+                return None
+            got = LesionHead.load(run.card, run.model_path, runtime, options.batch_size, lazy=shared is not None)
+            if got is not None and shared is not None:
+                got.kind = shared
+            return got
+
         candidates: list[tuple[Path, Any, str]] = []
         if runtime == "tflite" or (runtime == "auto" and tflite.is_file() and rt.available()):
             candidates.append((tflite, rt.TFLiteRunner, "tflite"))
@@ -130,6 +149,9 @@ class Classifier:
                 raise RunDirError(
                     f"{run.source}: no {file.name}; export it first: liverscan export RUN --runtime {name}"
                 )
+            joint = run.model_path.with_name(LESION_TFLITE_FILE if name == "tflite" else LESION_ONNX_FILE)
+            if options.lesion and _is_joint(run.card, name) and joint.is_file():
+                file = joint  # the classifier and the lesion head in one graph: one pass gives all
             again = f"export it again (liverscan export RUN --format {name}) or predict with --runtime keras"
             runner = runner_class(check_file(run.card, file, again), batch_size=options.batch_size)
             if runner.input_shape != (run.image_size, run.image_size, 3):
@@ -140,12 +162,19 @@ class Classifier:
                     f"{len(run.classes)} classes; {again}"
                 )
             if runner.has_features or reference is None:
-                return cls(run.card, run.source, run.model_path, runner=runner, **kw)
+                return cls(
+                    run.card,
+                    run.source,
+                    run.model_path,
+                    runner=runner,
+                    lesion=head(name if runner.has_maps else None),
+                    **kw,
+                )
             if runtime == name:
                 raise ModelError(
                     f"{file}: exported without the features the out-of-distribution guard needs; export it again"
                 )
-        return cls(run.card, run.source, run.model_path, model=_load_keras(run), **kw)
+        return cls(run.card, run.source, run.model_path, model=_load_keras(run), lesion=head(), **kw)
 
     @property
     def has_lesion(self) -> bool:
@@ -475,6 +504,11 @@ def output_stem(rec: Prediction) -> str:
     stem = Path(rec.path).stem + (f"-frame{rec.frame}" if rec.frame else "")
     digest = hashlib.sha1(f"{Path(rec.path).resolve()}#{rec.frame}".encode()).hexdigest()[:8]
     return f"{stem}-{digest}"
+
+
+def _is_joint(card: ModelCard, fmt: str) -> bool:
+    """Whether the card's ``fmt`` export of the lesion head is the classifier and the head in one graph."""
+    return bool((card.exports or {}).get(f"lesion_{fmt}", {}).get("shared_backbone_with_classifier"))
 
 
 def _needs_head(options: PredictOptions) -> bool:

@@ -112,9 +112,10 @@ class TFLiteRunner:
 
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw outputs (first, second or None) as float32: full batches, then the rest one image at a time."""
-        return self._passes(images)[:2]
+        return self._passes(images, maps=False)[:2]
 
-    def _passes(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _passes(self, images: np.ndarray, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Raw outputs of every pass; ``maps``: also copy out the lesion maps (when the graph gives them)."""
         images = np.asarray(images, dtype=np.float32)
         first, second, third = [], [], []
         start = 0
@@ -130,7 +131,7 @@ class TFLiteRunner:
             first.append(np.array(interp.get_tensor(out_p)[:n], dtype=np.float32))
             if out_f is not None:
                 second.append(np.array(interp.get_tensor(out_f)[:n], dtype=np.float32))
-            if out_m is not None:
+            if out_m is not None and maps:
                 third.append(np.array(interp.get_tensor(out_m)[:n, ..., 0], dtype=np.float32))
             start += n
         return _joined(first), (np.concatenate(second) if second else None), (np.concatenate(third) if third else None)
@@ -203,19 +204,20 @@ class OnnxRunner:
 
     def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw outputs (first, second or None) as float32, in batches of ``batch_size``."""
-        return self._passes(images)[:2]
+        return self._passes(images, maps=False)[:2]
 
-    def _passes(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _passes(self, images: np.ndarray, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Raw outputs of every batch; ``maps``: also fetch the lesion maps (when the graph gives them)."""
         images = np.asarray(images, dtype=np.float32)
-        names = [n for n in (self._probs, self._feats, self._maps) if n]
+        names = [n for n in (self._probs, self._feats, self._maps if maps else None) if n]
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for start in range(0, len(images), self.batch_size):
             out = self.session.run(names, {self._input: images[start : start + self.batch_size]})
             for n, o in zip(names, out):
                 parts[n].append(np.asarray(o, dtype=np.float32))
         second = np.concatenate(parts[self._feats]) if self._feats and parts[self._feats] else None
-        maps = np.concatenate(parts[self._maps])[..., 0] if self._maps and parts[self._maps] else None
-        return _joined(parts[self._probs]), second, maps
+        got = np.concatenate(parts[self._maps])[..., 0] if self._maps in parts and parts[self._maps] else None
+        return _joined(parts[self._probs]), second, got
 
 
 class MapRunner:
@@ -232,9 +234,12 @@ class MapRunner:
         self.kind = kind
         self.runner: TFLiteRunner | OnnxRunner = runners[kind](self.path, batch_size=batch_size, threads=threads)
         self.input_shape: tuple[int, ...] = self.runner.input_shape
+        #: the file is the classifier and lesion head in one graph (``export`` writes it so when they share
+        #: backbone layers); its maps are its rank-4 output
+        self.joint = self.runner.has_maps
         out = self.runner.output_shape
         side = self.input_shape[:2]
-        if (
+        if not self.joint and (
             self.runner.has_features
             or len(out) != 3
             or out[2] != 1
@@ -252,4 +257,8 @@ class MapRunner:
             raise ModelError(f"{self.path}: images of shape {tuple(images.shape)} given, the model takes ({wanted})")
         if not len(images):
             return np.zeros((0, *self.input_shape[:2]), np.float32)
+        if self.joint:
+            maps = self.runner.run_all(images)[2]
+            assert maps is not None  # a joint graph gives maps
+            return maps
         return self.runner.outputs(images)[0][..., 0]

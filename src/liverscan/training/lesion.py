@@ -181,11 +181,13 @@ def multiscale_features(backbone, images: np.ndarray, batch: int = 32) -> list[n
     features = lesion.multiscale_backbone(backbone, lesion.DEFAULT_LAYERS)
     shapes = [tuple(s[1:]) for s in lesion._as_list(features.output_shape)]
     out = [np.zeros((len(images), *shape), np.float16) for shape in shapes]
+    from liverscan.core.model import pad_batch
+
     for start in range(0, len(images), batch):
         x = images[start : start + batch].astype(np.float32) / 127.5 - 1.0
-        got = features.predict_on_batch(x)
+        got = features.predict_on_batch(pad_batch(x, batch))  # one shape: no re-tracing for the last batch
         for array, part in zip(out, got if isinstance(got, (list, tuple)) else [got]):
-            array[start : start + len(x)] = np.asarray(part, dtype=np.float16)
+            array[start : start + len(x)] = np.asarray(part[: len(x)], dtype=np.float16)
     return out
 
 
