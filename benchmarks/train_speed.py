@@ -17,6 +17,7 @@ cross-validation, refit and out-of-fold predictions, features included), wall ti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -117,10 +118,8 @@ def mlp(cfg: Config, prepared: Path, work: Path, fit_epochs: int, views: int, ep
     cfg.model.head = "mlp"
     results = {}
     for name, mode, epochs in (("fit (baseline)", "fit", fit_epochs), ("cached (liverscan)", "cached", epoch_limit)):
-        c = Config(
-            **{k: getattr(cfg, k) for k in ("data", "preprocess", "model", "augment", "eval")},
-            train=type(cfg.train)(**{**vars(cfg.train), "mode": mode, "epochs": epochs, "views": views}),
-        )
+        # every section as given (the lesion head stays off: it would add the same minutes to both sides)
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mode=mode, epochs=epochs, views=views))
         t0 = time.perf_counter()
         res = train_run(c, prepared, work / mode, overwrite=True)
         wall = time.perf_counter() - t0

@@ -178,7 +178,6 @@ def _joint_figures(
     """How the converted graph ``joint`` at ``staged`` agrees with the Keras ``head`` (its lesion maps, as
     :func:`check_lesion` asks) and ``classifier`` (probabilities and guard, as :func:`_agreement` asks)."""
     from liverscan.core.lesion import first_unshared_layer, predict_maps
-    from liverscan.core.model import with_features
     from liverscan.serving.runtime import OnnxRunner, TFLiteRunner
 
     runner_class = TFLiteRunner if fmt == "tflite" else OnnxRunner
@@ -192,7 +191,7 @@ def _joint_figures(
         raise ExportError(f"{name}: the exported graph gives no lesion map of shape {ref_m.shape[1:]}")
     figures = map_figures(got_m, ref_m, threshold)
     _check_map_tolerance(name, figures, "its lesion map disagrees with the lesion head")
-    classifier_figures = _agreement(with_features(classifier), got_p, got_f, images, reference, name)
+    classifier_figures = _agreement(_with_features(classifier), got_p, got_f, images, reference, name)
     return {
         "outputs": ["probabilities", "features", "lesion probability"],
         "shared_backbone_with_classifier": True,
@@ -328,7 +327,7 @@ def _verified(model, staged: Path, target: Path, runner_class, images: np.ndarra
         got_p, got_f, got_m = runner_class(staged, batch_size=16).run_all(images)
         if got_m is not None:
             raise ExportError(f"{target.name}: the exported graph gives a lesion map nobody checked")
-        figures = _agreement(_with_features(model), got_p, got_f, images, reference, staged.name)
+        figures = _agreement(_with_features(model), got_p, got_f, images, reference, target.name)
         staged.replace(target)
     finally:
         staged.unlink(missing_ok=True)
@@ -361,7 +360,7 @@ def _agreement(both, got_p: np.ndarray, got_f, images: np.ndarray, reference, na
             else ""
         )
         raise ExportError(
-            f"exported model disagrees with Keras (max abs difference {diff:.2e}, tolerance {TOLERANCE}; "
+            f"{name}: exported model disagrees with Keras (max abs difference {diff:.2e}, tolerance {TOLERANCE}; "
             f"same out-of-distribution answers: {same_guard}{scores_line})"
         )
     return {"max_abs_difference_vs_keras": diff, "feature_max_relative_difference_vs_keras": fdiff, **guard}
