@@ -153,7 +153,8 @@ def test_upsample_squashes_like_the_images():
     assert up[5, 5] == pytest.approx(1.0) and up[55, 75] == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("features", [pytest.param("last", marks=pytest.mark.slow), "multistage"])
+@pytest.mark.slow  # two MobileNetV2 builds and a joint graph per case: about 5 s each
+@pytest.mark.parametrize("features", ["last", "multistage"])
 def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(features):
     """The joint graph runs the layers below the head's first tuned layer once: its outputs equal the classifier's
     and the head's own, it holds the classifier backbone's layers and only the head's tuned ones, and a head
