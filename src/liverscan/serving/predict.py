@@ -508,7 +508,9 @@ def output_stem(rec: Prediction) -> str:
 
 def _is_joint(card: ModelCard, fmt: str) -> bool:
     """Whether the card's ``fmt`` export of the lesion head is the classifier and the head in one graph."""
-    return bool((card.exports or {}).get(f"lesion_{fmt}", {}).get("shared_backbone_with_classifier"))
+    from liverscan.serving.export import lesion_export_key
+
+    return bool((card.exports or {}).get(lesion_export_key(fmt), {}).get("shared_backbone_with_classifier"))
 
 
 def _needs_head(options: PredictOptions) -> bool:
