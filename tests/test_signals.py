@@ -175,9 +175,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serving(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("when", ["listening", "serving"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_stopping_the_app_stops_its_server(sig):
+def test_stopping_the_app_stops_its_server(sig, when):
+    """Stopped as soon as its port listens (before Streamlit's own handlers are in place) or once it serves."""
     pytest.importorskip("streamlit")
     port = _free_port()
     proc = subprocess.Popen(
@@ -187,9 +199,11 @@ def test_stopping_the_app_stops_its_server(sig):
         text=True,
     )
     try:
-        wait_until(lambda: _listening(port), proc, f"server on port {port}", timeout=180, every=0.2)
+        ready = _listening if when == "listening" else _serving
+        wait_until(lambda: ready(port), proc, f"server on port {port}", timeout=180, every=0.02)
         proc.send_signal(sig)
-        finish(proc, timeout=60)
+        err = finish(proc, timeout=60)
+        assert proc.returncode == 128 + sig, err
         deadline = time.monotonic() + 30  # the server may close its socket a moment after liverscan exits
         while _listening(port) and time.monotonic() < deadline:
             time.sleep(0.1)

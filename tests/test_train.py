@@ -417,3 +417,29 @@ def test_a_run_stopped_after_training_is_finished_by_resume_without_training_aga
     assert r.exit_code == 0, r.output
     assert "Fitted the linear probe" in r.stdout and (run / "model.keras").stat().st_mtime_ns == stamp
     assert read_run_info(run)["status"] == "complete"
+
+
+def test_a_stop_just_as_a_phase_starts_still_marks_the_run_interrupted(probe_run, tmp_path, monkeypatch):
+    """A signal landing right after run.json says "running" (a slow fsync on a busy disk) leaves an interrupted
+    run that --resume picks up, not one that looks as if it were still running."""
+    import shutil
+
+    from liverscan.core import artifacts as art
+    from liverscan.training import finish_run
+
+    run = tmp_path / "run"
+    shutil.copytree(probe_run["run"], run)
+    info = art.read_run_info(run)
+    art.write_run_info(run, {**info, "phases": ["train", "export"], "status": "trained"})
+    real = art.write_run_info
+
+    def stopped_after_writing(where, info):
+        real(where, info)
+        if info.get("status") == "running":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(art, "write_run_info", stopped_after_writing)
+    with pytest.raises(KeyboardInterrupt):
+        finish_run(run, {"export": lambda: pytest.fail("the phase ran after the stop")})
+    after = art.read_run_info(run)
+    assert after["status"] == "interrupted" and after["done"] == ["train"]

@@ -1231,19 +1231,19 @@ def serve_app(args: list[str]) -> int:
     os.set_blocking(received, False)
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    stops = {int(signal.SIGINT)}
-    for name in ("SIGTERM", "SIGHUP"):
+    # until then a stop exits at once: the server listens before Streamlit's handlers are in place, and asyncio's
+    # own Ctrl+C handling in that gap leaves a half-started server (tracebacks, or a process that never exits)
+    stops = set()
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup keeps ignoring SIGHUP
             stops.add(int(sig))
-            signal.signal(sig, _stop_app if name == "SIGHUP" else _raise_stopped)
+            signal.signal(sig, _stop_app if name == "SIGHUP" else _exit_before_serving)
     code: int | str | None = EXIT_OK
     try:
         streamlit_cli.main(args, prog_name="streamlit")
     except SystemExit as exc:
         code = exc.code
-    except KeyboardInterrupt:  # a signal before Streamlit took over
-        pass
     try:
         seen = os.read(received, 1024)
     except BlockingIOError:
@@ -1254,10 +1254,21 @@ def serve_app(args: list[str]) -> int:
     return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_ERROR)
 
 
+def _exit_before_serving(signum, frame) -> NoReturn:
+    """A stop before Streamlit serves: nothing is running yet, so the process ends at once, 128 + the signal."""
+    import os
+    import signal
+
+    os.write(2, f"liverscan app: stopped by {signal.Signals(signum).name} before serving\n".encode())
+    os._exit(128 + signum)
+
+
 def _stop_app(signum, frame) -> None:
     """SIGHUP stops the app as SIGTERM does (Streamlit handles SIGTERM; the exit code still says SIGHUP)."""
     import signal
 
+    if signal.getsignal(signal.SIGTERM) is _exit_before_serving:  # Streamlit is not serving yet
+        _exit_before_serving(signum, frame)
     signal.raise_signal(signal.SIGTERM)
 
 

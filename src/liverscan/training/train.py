@@ -204,9 +204,9 @@ def run_in_directory(
         info = {"data_dir": str(Path(data_dir).resolve()), "created": utc_now(), **(info_extra or {})}
         info.update(phases=[art.TRAIN_PHASE, *then], done=[])
         cfg.save(run / art.CONFIG_FILE)
-    info["status"] = "running"
-    art.write_run_info(run, info)
-    with _recorded(run, info):
+    with _recorded(run, info):  # a stop while "running" is written still leaves the run marked interrupted
+        info["status"] = "running"
+        art.write_run_info(run, info)
         with seeded(cfg.train.seed):
             result = body(cfg, data, run, reporter)
     _phase_done(run, info, art.TRAIN_PHASE)
@@ -227,9 +227,9 @@ def finish_run(run_dir: str | Path, steps: Mapping[str, Callable[[], object]]) -
         raise RunDirError(f"{run}: no way to run the phase(s) {', '.join(missing)} here")
     if not pending:
         return
-    info["status"] = "running"
-    art.write_run_info(run, info)
     with _recorded(run, info):
+        info["status"] = "running"
+        art.write_run_info(run, info)
         for name in pending:
             steps[name]()
             _phase_done(run, info, name)
