@@ -75,13 +75,27 @@ class OsProxy:
         return self._replaced.get(name) or getattr(self._module, name)
 
 
-def start_predict(folder: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
+def as_from_a_terminal(*ignored: int):
+    """A ``preexec_fn`` giving the child Ctrl+C as a terminal does (a test run started in the background, as CI
+    starts its slow tier, passes SIGINT on ignored), and ignoring the signals ``ignored`` (as nohup does)."""
+    import signal
+
+    def reset() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
+
+    return reset
+
+
+def start_predict(folder: Path, out: Path, *extra: str, ignored: tuple[int, ...] = (), **popen) -> subprocess.Popen:
     """``liverscan predict FOLDER -o OUT`` (the default model) in a child process, in batches of 8."""
     return subprocess.Popen(
         [*LIVERSCAN, "predict", str(folder), "-o", str(out), "-q", "--batch-size", "8", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_from_a_terminal(*ignored),
         **popen,
     )
 

@@ -20,6 +20,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from cli_helpers import as_from_a_terminal  # noqa: E402
 from liverscan.faces.cli import app as cli_app  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "src" / "liverscan" / "faces" / "app.py"
@@ -247,6 +248,7 @@ def test_app_stopped_by_a_signal_exits_as_every_command_does(sig, code):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=as_from_a_terminal(),
     )
     try:
         _wait_until_serving(port)

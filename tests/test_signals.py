@@ -18,6 +18,7 @@ import pytest
 
 from cli_helpers import (
     LIVERSCAN,
+    as_from_a_terminal,
     assert_whole_records,
     finish,
     one_line_error,
@@ -86,7 +87,7 @@ def test_nohup_keeps_ignoring_hangups(many_images, tmp_path):
     few.mkdir()
     for p in sorted(many_images.iterdir())[:120]:
         os.symlink(os.readlink(p), few / p.name)
-    proc = start_predict(few, out, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup
+    proc = start_predict(few, out, ignored=(signal.SIGHUP,))  # as nohup
     wait_for_records(partial, proc)
     proc.send_signal(signal.SIGHUP)  # mid-run: wait_for_records saw it running with records still to write
     err = finish(proc)
@@ -197,6 +198,7 @@ def test_stopping_the_app_stops_its_server(sig, when):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_from_a_terminal(),
     )
     try:
         ready = _listening if when == "listening" else _serving

@@ -1232,11 +1232,12 @@ def serve_app(args: list[str]) -> int:
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     # until then a stop exits at once: the server listens before Streamlit's handlers are in place, and asyncio's
-    # own Ctrl+C handling in that gap leaves a half-started server (tracebacks, or a process that never exits)
-    stops = set()
+    # own Ctrl+C handling in that gap leaves a half-started server (tracebacks, or a process that never exits).
+    # A signal ignored on entry stays ignored until Streamlit handles it (nohup: SIGHUP; a background job: Ctrl+C)
+    stops = {int(signal.SIGINT), int(signal.SIGTERM)}
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup keeps ignoring SIGHUP
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
             stops.add(int(sig))
             signal.signal(sig, _stop_app if name == "SIGHUP" else _exit_before_serving)
     code: int | str | None = EXIT_OK

@@ -150,21 +150,20 @@ class LesionHead:
     :class:`~liverscan.serving.runtime.MapRunner` when that runtime was chosen and the file exists.
     """
 
-    def __init__(self, path: Path, size: int, threshold: float, min_area: float, model=None, runner=None, loader=None):
+    def __init__(self, path: Path, size: int, threshold: float, min_area: float, model=None, runner=None):
         self.path, self.size = Path(path), size
         self.threshold, self.min_area = threshold, min_area
         self._model, self._runner = model, runner
-        self._loader = loader  # () -> (path, model, runner), called on first use when neither is given
         self.kind = "keras" if runner is None else str(getattr(runner, "kind", Path(path).suffix.lstrip(".")))
         self.batch_size = 32
 
     @classmethod
     def load(
-        cls, card, model_path: Path, runtime: str = "keras", batch_size: int = 32, lazy: bool = False
+        cls, card, model_path: Path, runtime: str = "keras", batch_size: int = 32, shared: Any = None
     ) -> LesionHead | None:
         """The head the card describes (None when the run has none), on ``runtime`` where it was exported
-        (``auto``: an exported file whose runtime is installed; else the Keras model).  ``lazy``: load (and
-        check) it on the first :meth:`maps` call, for a classifier whose own pass gives the maps."""
+        (``auto``: an exported file whose runtime is installed; else the Keras model).  ``shared``: the
+        classifier's runner on a graph that also gives the maps (the head then runs on it: nothing is loaded)."""
         from liverscan.core.artifacts import LESION_FILE, LESION_ONNX_FILE, LESION_TFLITE_FILE
 
         entry = card.lesion
@@ -177,31 +176,24 @@ class LesionHead:
             threshold=float(entry.get("threshold", core.THRESHOLD)),
             min_area=float(entry.get("min_area", core.MIN_AREA)),
         )
-        keras_path = folder / str(entry.get("file") or LESION_FILE)
+        if shared is not None:
+            from liverscan.serving.runtime import MapRunner
 
-        def loaded() -> tuple[Path, Any, Any]:
+            head = cls(shared.path, runner=MapRunner(shared.path, runner=shared), **keep)
+        else:
             runner = _exported(folder / LESION_TFLITE_FILE, folder / LESION_ONNX_FILE, runtime, batch_size, card)
             if runner is None:
-                return keras_path, _load_keras_head(keras_path, card.image_size, entry), None
-            if tuple(runner.input_shape) != (card.image_size, card.image_size, 3):
+                keras_path = folder / str(entry.get("file") or LESION_FILE)
+                head = cls(keras_path, model=_load_keras_head(keras_path, card.image_size, entry), **keep)
+            elif tuple(runner.input_shape) != (card.image_size, card.image_size, 3):
                 raise ModelError(f"{runner.path}: input {tuple(runner.input_shape)} does not match the model card")
-            return runner.path, None, runner
-
-        if lazy:
-            head = cls(keras_path, loader=loaded, **keep)
-        else:
-            path, model, runner = loaded()
-            head = cls(path, model=model, runner=runner, **keep)
+            else:
+                head = cls(runner.path, runner=runner, **keep)
         head.batch_size = batch_size
         return head
 
     def maps(self, images: np.ndarray) -> np.ndarray:
         """Lesion probability maps ``(N, S, S)`` float32 for ``(N, S, S, 3)`` images."""
-        if self._loader is not None:
-            self.path, self._model, self._runner = self._loader()
-            self._loader = None
-            if self._runner is not None:
-                self.kind = str(getattr(self._runner, "kind", self.path.suffix.lstrip(".")))
         x = np.asarray(images, dtype=np.float32)
         if self._runner is not None:
             return np.asarray(self._runner.maps(x), dtype=np.float32).reshape(len(x), self.size, self.size)

@@ -129,15 +129,11 @@ class Classifier:
         onnx = run.model_path.with_name(ONNX_FILE)
         kw: dict[str, Any] = dict(options=options, reference=reference)
 
-        def head(shared: str | None = None) -> LesionHead | None:
-            """The lesion head; loaded on first use when the classifier's graph (on runtime ``shared``) gives the
-            maps itself."""
+        def head(shared: Any = None) -> LesionHead | None:
+            """The lesion head; on the classifier's runner ``shared`` when that graph gives the maps itself."""
             if not options.lesion:
                 return None
-            got = LesionHead.load(run.card, run.model_path, runtime, options.batch_size, lazy=shared is not None)
-            if got is not None and shared is not None:
-                got.kind = shared
-            return got
+            return LesionHead.load(run.card, run.model_path, runtime, options.batch_size, shared=shared)
 
         candidates: list[tuple[Path, Any, str]] = []
         if runtime == "tflite" or (runtime == "auto" and tflite.is_file() and rt.available()):
@@ -167,7 +163,7 @@ class Classifier:
                     run.source,
                     run.model_path,
                     runner=runner,
-                    lesion=head(name if runner.has_maps else None),
+                    lesion=head(runner if runner.has_maps else None),
                     **kw,
                 )
             if runtime == name:

@@ -225,14 +225,24 @@ class MapRunner:
     -> lesion probability maps ``(N, S, S)`` float32, on the interpreter / session of :class:`TFLiteRunner` /
     :class:`OnnxRunner`.  ``kind`` (tflite | onnx) defaults to the file's suffix."""
 
-    def __init__(self, path: str | Path, batch_size: int = 32, threads: int | None = None, kind: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 32,
+        threads: int | None = None,
+        kind: str | None = None,
+        runner: TFLiteRunner | OnnxRunner | None = None,
+    ):
+        """``runner``: the interpreter / session already loaded on ``path`` (the classifier's, on a joint graph)."""
         self.path = Path(path)
-        kind = kind or self.path.suffix.lstrip(".").lower()
+        kind = kind or (runner.kind if runner is not None else self.path.suffix.lstrip(".").lower())
         runners: dict[str, type[TFLiteRunner] | type[OnnxRunner]] = {"tflite": TFLiteRunner, "onnx": OnnxRunner}
         if kind not in runners:
             raise ModelError(f"{self.path}: not a .tflite or .onnx lesion model")
         self.kind = kind
-        self.runner: TFLiteRunner | OnnxRunner = runners[kind](self.path, batch_size=batch_size, threads=threads)
+        self.runner: TFLiteRunner | OnnxRunner = runner or runners[kind](
+            self.path, batch_size=batch_size, threads=threads
+        )
         self.input_shape: tuple[int, ...] = self.runner.input_shape
         #: the file is the classifier and lesion head in one graph (``export`` writes it so when they share
         #: backbone layers); its maps are its rank-4 output
