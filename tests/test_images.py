@@ -127,6 +127,23 @@ def test_large_jpeg_draft_keeps_quality(tmp_path):
     assert decode(p).width == 1024
 
 
+def test_a_jpeg_decodes_at_the_smallest_dct_scale_that_keeps_twice_the_model_size(tmp_path, monkeypatch):
+    from liverscan.core import images
+
+    p = save(noise_image(3, 1024).resize((1024, 768)), tmp_path / "scan.jpg", quality=90)
+    seen = []
+    real = images._to_uint8_rgb
+    monkeypatch.setattr(images, "_to_uint8_rgb", lambda im: seen.append(im.size) or real(im))
+    decoded = decode(p, size=160)
+    assert seen == [(512, 384)]  # 1/2 scale: 1/4 would leave the short side at 192 < 2 x 160
+    assert (decoded.width, decoded.height) == (1024, 768)
+    full = np.asarray(Image.open(p).convert("RGB").resize((160, 160), Image.Resampling.BILINEAR))
+    assert np.abs(decoded.array.astype(int) - full.astype(int)).mean() < 2
+    seen.clear()
+    decode(p, size=96)
+    assert seen == [(256, 192)]
+
+
 def test_large_images_decode_close_to_the_full_path_one_at_a_time(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -120,6 +120,26 @@ def test_cache_matches_decoding_path(prepared):
         np.testing.assert_array_equal(arr[i], load_image(rows[i]["path"]))
 
 
+def test_a_cache_made_under_other_decoding_rules_is_passed_over(prepared):
+    from liverscan.core.dataset import PreparedData
+    from liverscan.core.images import DECODER
+
+    res, _ = prepared
+    assert res.summary["decoder"] == DECODER
+    cache = np.load(res.out_dir / "images.npy")
+    stale = np.lib.format.open_memmap(res.out_dir / "images.npy", mode="r+")
+    stale[:] = 0  # what an older decoder wrote is not what today's gives
+    stale.flush()
+    del stale
+    assert not PreparedData(res.out_dir).split("all", 160).x.any()  # same rules: the cache is used
+    summary = json.loads((res.out_dir / "summary.json").read_text())
+    summary["decoder"] = DECODER - 1
+    (res.out_dir / "summary.json").write_text(json.dumps(summary))
+    again = PreparedData(res.out_dir)
+    assert again.cache(160) is None
+    np.testing.assert_array_equal(again.split("all", 160).x, cache)  # decoded again from the files
+
+
 def test_outputs_and_overwrite_guard(prepared):
     res, _ = prepared
     out = res.out_dir

@@ -188,9 +188,14 @@ def _serving(port: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["listening", "serving"])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_stopping_the_app_stops_its_server(sig, when):
-    """Stopped as soon as its port listens (before Streamlit's own handlers are in place) or once it serves."""
+@pytest.mark.parametrize(
+    "sig, ignored",
+    [(signal.SIGTERM, ()), (signal.SIGINT, ()), (signal.SIGHUP, (signal.SIGTERM,))],
+    ids=["SIGTERM", "SIGINT", "SIGHUP-with-SIGTERM-ignored"],
+)
+def test_stopping_the_app_stops_its_server(sig, ignored, when):
+    """Stopped as soon as its port listens (before Streamlit's own handlers are in place) or once it serves;
+    SIGHUP (which the app turns into SIGTERM) also where it was started with SIGTERM ignored."""
     pytest.importorskip("streamlit")
     port = _free_port()
     proc = subprocess.Popen(
@@ -198,7 +203,7 @@ def test_stopping_the_app_stops_its_server(sig, when):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=as_from_a_terminal(),
+        preexec_fn=as_from_a_terminal(*ignored),
     )
     try:
         ready = _listening if when == "listening" else _serving

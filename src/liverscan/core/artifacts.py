@@ -100,6 +100,12 @@ RUN_FILES = (
     FEDERATION_PROGRESS_FILE,
 )
 
+
+def lesion_export_key(fmt: str) -> str:
+    """The model card's ``exports`` key of the lesion head's ``fmt`` export (``lesion_tflite``, ``lesion_onnx``)."""
+    return f"lesion_{fmt}"
+
+
 # ---- evaluation directory
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"

@@ -12,7 +12,7 @@ import numpy as np
 from liverscan.core.artifacts import CACHE, MANIFEST, SUMMARY
 from liverscan.core.errors import ImageDecodeError, RunDirError
 from liverscan.core.fileio import read_csv
-from liverscan.core.images import DEFAULT_MAX_PIXELS, load_image
+from liverscan.core.images import DECODER, DEFAULT_MAX_PIXELS, load_image
 
 
 @dataclass
@@ -62,9 +62,10 @@ class PreparedData:
         self._cache: np.ndarray | None = None
 
     def cache(self, size: int) -> np.ndarray | None:
-        """The decoded-array cache, if present and made at ``size``."""
+        """The decoded-array cache, if present, made at ``size`` and by today's decoding rules (a cache written
+        under other rules is passed over: the images are decoded again, so a model sees today's pixels)."""
         path = self.dir / CACHE
-        if self._cache is None and path.is_file():
+        if self._cache is None and path.is_file() and self.summary.get("decoder", 1) == DECODER:
             try:
                 with open(path, "rb") as fh:
                     if fh.read(6) != b"\x93NUMPY":

@@ -11,6 +11,8 @@ Rules:
   32-bit integer and float images are min-max scaled;
 - RGBA / LA drop their alpha channel, palette / CMYK / YCbCr convert to RGB;
 - greyscale is replicated to three channels;
+- a JPEG is decoded by libjpeg at the smallest DCT scale (1/2, 1/4 or 1/8) that keeps both sides at least
+  ``2 x size`` (Pillow's ``draft``), then resized;
 - bilinear resize to ``size x size``; images over 4 megapixels (far above any ultrasound
   frame) are first box-reduced by an integer factor to at least ``4 x size`` on their short
   side, before any mode conversion, so no full-resolution copy is held beyond the decode;
@@ -36,6 +38,7 @@ from liverscan.core.files import file_problem
 SUPPORTED_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "TIFF"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 89_478_485
+DECODER = 1  # version of these rules, recorded where decoded pixels are kept (prepare's cache, cached features)
 REDUCE_ABOVE_PIXELS = 4_000_000  # box-reduce larger images right after decoding (memory)
 _LARGE_DECODES = threading.Semaphore(1)  # one full-resolution large image in memory at a time
 
@@ -157,8 +160,7 @@ def _decoded(im: Image.Image, label: str, size: int, pages: int) -> DecodedImage
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if fmt in ("JPEG", "MPO") and im.mode in ("RGB", "L"):
-                # Let libjpeg decode at reduced scale when the image is much larger
-                # than needed; keeps >= 2x the target resolution for quality.
+                # libjpeg decodes at a reduced DCT scale that keeps both sides >= 2 x size
                 im.draft(im.mode, (size * 2, size * 2))
             large = im.size[0] * im.size[1] > REDUCE_ABOVE_PIXELS
             with _LARGE_DECODES if large else contextlib.nullcontext():

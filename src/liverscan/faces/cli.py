@@ -1234,12 +1234,12 @@ def serve_app(args: list[str]) -> int:
     # until then a stop exits at once: the server listens before Streamlit's handlers are in place, and asyncio's
     # own Ctrl+C handling in that gap leaves a half-started server (tracebacks, or a process that never exits).
     # A signal ignored on entry stays ignored until Streamlit handles it (nohup: SIGHUP; a background job: Ctrl+C)
-    stops = {int(signal.SIGINT), int(signal.SIGTERM)}
+    stops = {int(signal.SIGINT), int(signal.SIGTERM)}  # Streamlit handles both once serving, ignored or not
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
-            stops.add(int(sig))
             signal.signal(sig, _stop_app if name == "SIGHUP" else _exit_before_serving)
+            stops.add(int(sig))  # SIGHUP counts only when it was not ignored on entry
     code: int | str | None = EXIT_OK
     try:
         streamlit_cli.main(args, prog_name="streamlit")
@@ -1268,7 +1268,7 @@ def _stop_app(signum, frame) -> None:
     """SIGHUP stops the app as SIGTERM does (Streamlit handles SIGTERM; the exit code still says SIGHUP)."""
     import signal
 
-    if signal.getsignal(signal.SIGTERM) is _exit_before_serving:  # Streamlit is not serving yet
+    if signal.getsignal(signal.SIGTERM) in (_exit_before_serving, signal.SIG_IGN):  # Streamlit is not serving yet
         _exit_before_serving(signum, frame)
     signal.raise_signal(signal.SIGTERM)
 

@@ -44,7 +44,7 @@ from liverscan.core.dedup import link_groups, near_duplicate_pairs, perceptual_h
 from liverscan.core.errors import DataError, ImageDecodeError, RunDirError
 from liverscan.core.fileio import csv_text, sha256_bytes, write_json_atomic, write_text_atomic
 from liverscan.core.files import UNSUPPORTED
-from liverscan.core.images import decode
+from liverscan.core.images import DECODER, decode
 from liverscan.core.runinfo import utc_now, versions
 from liverscan.core.sources import Candidate, explicit_group, scan_sources
 from liverscan.preparation import audit as audit_mod
@@ -432,6 +432,7 @@ def _summary(
         "sources": source_names,
         "classes": classes,
         "image_size": cfg.preprocess.image_size,
+        "decoder": DECODER,
         "cache": CACHE if cfg.data.cache_arrays else None,
         "n_candidates": len(decoded),
         "n_images": len(rows),

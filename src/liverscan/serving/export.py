@@ -16,6 +16,7 @@ from liverscan.core.artifacts import (
     OOD_FILE,
     TFLITE_FILE,
     LoadedRun,
+    lesion_export_key,
     load_run,
 )
 from liverscan.core.errors import ConfigError, ExportError, LiverscanError, ModelError, RunDirError
@@ -27,11 +28,6 @@ TOLERANCE = 1e-4
 GUARD_SCORE_TOLERANCE = 1e-4  # max abs difference of the guard scores (x the threshold when it is above 1)
 LESION_TOLERANCE = 1e-3  # max abs difference of the lesion probability maps (per pixel; no pooling averages it)
 MASK_TOLERANCE = 1e-3  # share of map pixels whose thresholded mask value may differ
-
-
-def lesion_export_key(fmt: str) -> str:
-    """The model card's ``exports`` key of the lesion head's ``fmt`` export (``lesion_tflite``, ``lesion_onnx``)."""
-    return f"lesion_{fmt}"
 
 
 def check_images(run: LoadedRun, n: int = 32) -> np.ndarray:

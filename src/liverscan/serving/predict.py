@@ -24,6 +24,7 @@ from liverscan.core.artifacts import (
     LoadedRun,
     ModelCard,
     check_file,
+    lesion_export_key,
     load_run,
 )
 from liverscan.core.errors import ConfigError, ImageDecodeError, ModelError, RunDirError
@@ -504,8 +505,6 @@ def output_stem(rec: Prediction) -> str:
 
 def _is_joint(card: ModelCard, fmt: str) -> bool:
     """Whether the card's ``fmt`` export of the lesion head is the classifier and the head in one graph."""
-    from liverscan.serving.export import lesion_export_key
-
     return bool((card.exports or {}).get(lesion_export_key(fmt), {}).get("shared_backbone_with_classifier"))
 
 

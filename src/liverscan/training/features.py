@@ -10,6 +10,7 @@ import numpy as np
 from liverscan.core.config import Config
 from liverscan.core.dataset import Split
 from liverscan.core.fileio import atomic_path, write_json_atomic
+from liverscan.core.images import DECODER
 from liverscan.core.model import pad_batch
 from liverscan.training.loop import Reporter
 
@@ -72,6 +73,7 @@ def cache_key(cfg: Config, views: int, **counts: int) -> dict:
         "seed": cfg.train.seed,
         "weights": cfg.model.weights,
         "size": cfg.preprocess.image_size,
+        "decoder": DECODER,
         "features": cfg.model.feature_set,
         "flip_average": cfg.model.flip_average,
         "augment": vars(cfg.augment),

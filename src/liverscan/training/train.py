@@ -35,6 +35,7 @@ from liverscan.core.config import Config, load_saved_config
 from liverscan.core.dataset import PreparedData, Split, class_weights
 from liverscan.core.errors import DataError, RunDirError
 from liverscan.core.fileio import sha256_file
+from liverscan.core.images import DECODER
 from liverscan.core.keras_env import accelerator, backend_name, import_keras, seeded
 from liverscan.core.runinfo import utc_now, versions
 from liverscan.training.checkpoints import CheckpointStore
@@ -569,6 +570,7 @@ def model_card_fields(cfg: Config, n_classes: int, params: dict) -> dict:
     return {
         "input": {
             "pixels": "RGB 0..255 (greyscale replicated), bilinear resize; decoded by liverscan.core.images",
+            "decoder": DECODER,
             "scaling": "inside the model: x / 127.5 - 1 (MobileNetV2 ImageNet convention)",
         },
         "architecture": {
