@@ -76,12 +76,14 @@ class OsProxy:
 
 
 def as_from_a_terminal(*ignored: int):
-    """A ``preexec_fn`` giving the child Ctrl+C as a terminal does (a test run started in the background, as CI
-    starts its slow tier, passes SIGINT on ignored), and ignoring the signals ``ignored`` (as nohup does)."""
+    """A ``preexec_fn`` giving the child Ctrl+C, SIGTERM and SIGHUP their defaults as a terminal does (a test run
+    started in the background, as CI starts its slow tier, passes SIGINT on ignored; one started under nohup,
+    SIGHUP), and ignoring the signals ``ignored`` (as nohup does)."""
     import signal
 
     def reset() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
         for sig in ignored:
             signal.signal(sig, signal.SIG_IGN)
 

@@ -116,7 +116,9 @@ def test_sigterm_of_train_marks_the_run_interrupted_and_says_how_to_resume(tiny_
     cmd = [*LIVERSCAN, "train", "--data", str(tiny_data["prep"]), "--out", str(run), "--weights", "none"]
     cmd += ["--head", "mlp", "--set", "preprocess.image_size=32", "--set", "train.epochs=100000"]
     cmd += ["--set", "train.early_stopping_patience=100000", "--set", "train.lr_patience=100000", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal()
+    )
     wait_until(lambda: any(run.glob("checkpoint/*/state.json")), proc, "checkpoint", timeout=300, every=0.1)
     proc.send_signal(signal.SIGTERM)
     err = finish(proc)
@@ -134,7 +136,9 @@ def test_sigterm_after_the_refit_leaves_a_run_that_resume_finishes_without_train
     fmt = "onnx" if runtime.onnx_available() else "tflite"
     cmd = [*LIVERSCAN, "train", "--data", str(tiny_data["prep"]), "--out", str(run), "--weights", "none"]
     cmd += ["--folds", "3", "--set", f"train.export_runtime={fmt}", "--set", "eval.bootstrap=100", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal()
+    )
 
     def trained() -> bool:  # the refit model is written: the out-of-fold evaluation and the export follow
         try:
