@@ -25,12 +25,13 @@ def test_help_does_not_import_tensorflow():
 
 
 def test_help_loads_only_what_it_shows():
-    # start-up time (benchmarks/startup.py): --help needs neither the configuration schema, YAML, numpy nor
+    # start-up time (benchmarks/startup.py): --help needs neither the configuration schema, YAML, numpy, Rich nor
     # the run-directory contract; each command loads them when it runs
     code = (
         "import sys; from liverscan.faces.cli import main; sys.argv = ['liverscan', '--help']\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "loaded = [m for m in ('yaml', 'numpy', 'liverscan.core.config', 'liverscan.core.artifacts') if m in sys.modules]\n"
+        "heavy = ('yaml', 'numpy', 'rich', 'typer.rich_utils', 'liverscan.core.config', 'liverscan.core.artifacts')\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
         "print(loaded, file=sys.stderr)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -175,6 +176,39 @@ def test_bad_options_are_one_line_errors(tmp_path):
 def test_error_messages_show_brackets_literally(tmp_path):
     r = runner.invoke(app, ["evaluate", str(tmp_path / "case[i]01" / "[/sub]")])
     _one_line_error(r, "case[i]01/[/sub]")
+
+
+def _all_helps() -> dict[str, str]:
+    """The --help text of the app and of every command and sub-command, at a wide terminal."""
+    import typer
+
+    group = typer.main.get_command(app)
+    texts = {"": runner.invoke(app, ["--help"], terminal_width=200).output}
+
+    def walk(cmd, path: list[str]) -> None:
+        for name, sub in getattr(cmd, "commands", {}).items():
+            texts[" ".join([*path, name])] = runner.invoke(app, [*path, name, "--help"], terminal_width=200).output
+            walk(sub, [*path, name])
+
+    walk(group, [])
+    return texts
+
+
+def test_help_is_plain_text_with_examples_kept_line_by_line():
+    """Help is Click's plain text: no Rich markup or escapes shown literally, and each example on a line of its own."""
+    import re
+
+    texts = _all_helps()
+    assert {"predict", "train", "federate server"} <= set(texts)
+    for name, text in texts.items():
+        assert "Usage: liverscan" in text, name
+        assert not re.search(r"\[/?(bold|dim|yellow|red)[^\]]*\]|\[/\]|\\\[", text), (name, text)
+        assert "<list[" not in text.split("Options:")[-1], (name, text)  # option values are named, not typed lists
+    for name in ("predict", "train", "federate server"):
+        block = texts[name].split("Example")[1].split("\n\n")[1]  # the paragraph after "Example(s) ...:"
+        examples = block.splitlines()
+        assert len(examples) >= 2 and all(line.startswith("    ") and "liverscan " in line for line in examples), block
+    assert "    find /archive -name '*.png' | liverscan predict - --format jsonl\n" in texts["predict"]
 
 
 def test_help_names_the_extras_to_install():

@@ -1,7 +1,8 @@
 """The ``liverscan`` command line: a thin dispatcher over the library.
 
-Only Typer and Rich are imported at start-up (``liverscan --help`` needs no more; benchmarks/startup.py
-measures it); every command imports what it needs (the configuration schema, TensorFlow) when it runs.
+Only Typer is imported at start-up (``liverscan --help`` prints Click's plain help and needs no more;
+benchmarks/startup.py measures it); every command imports what it needs (Rich, the configuration schema,
+TensorFlow) when it runs.
 No ``from __future__ import annotations`` here: Typer would evaluate every option's annotation string
 again on each start.
 """
@@ -12,14 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from liverscan import __version__
 from liverscan.core.defaults import REVIEW_CONFIDENCE
 from liverscan.core.errors import ConfigError, LiverscanError
 from liverscan.faces import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
+from liverscan.faces.consoles import console, err_console, escape
 from liverscan.faces.options import (
     ConfigOpt,
     ModelOpt,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # the schema (and YAML) load when a command builds its config
 
 class _PlainFlags:
     """Help that shows a flag as a plain flag: ``--version``, not ``--version <bool>`` (Typer prints a type beside
-    every option, flags included; a flag takes no value)."""
+    every option, flags included; a flag takes no value), and brackets as brackets."""
 
     def format_help(self, ctx, formatter) -> None:
         params = self.get_params(ctx)  # type: ignore[attr-defined]
@@ -46,10 +46,12 @@ class _PlainFlags:
         for p in flags:
             p.metavar = ""
         try:
-            return super().format_help(ctx, formatter)  # type: ignore[misc]
+            super().format_help(ctx, formatter)  # type: ignore[misc]
         finally:
             for p in flags:
                 p.metavar = None
+        # Typer before 0.21 (the federated extra's) escapes "[default: ...]" for Rich even in plain help
+        formatter.buffer[:] = [part.replace("\\[", "[") for part in formatter.buffer]
 
 
 class _Group(_PlainFlags, TyperGroup):
@@ -60,6 +62,12 @@ class _Command(_PlainFlags, TyperCommand):
     pass
 
 
+# Click's plain help, not Typer's Rich panels: Rich's help renderer alone (typer.rich_utils, which imports
+# rich.markdown, rich.syntax and rich.traceback) took --help past its 0.2 s start-up budget. Help texts are
+# therefore plain text; a paragraph after a \b line (the examples) keeps its line breaks.
+HELP_MARKUP = None
+HELP_WIDTH = {"max_content_width": 120}  # the terminal's width up to this (Click's default stops at 80)
+
 app = typer.Typer(
     name="liverscan",
     help="Classify liver B-mode ultrasound images into normal / fatty liver / tumor.",
@@ -67,15 +75,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=HELP_MARKUP,
+    context_settings=HELP_WIDTH,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """Print a one-line error (markup in it is shown literally) and exit (see the exit codes in liverscan.faces)."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -142,7 +149,7 @@ def command(name: str, group: Optional[typer.Typer] = None):
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"liverscan {__version__}")
+        console().print(f"liverscan {__version__}")
         raise typer.Exit()
 
 
@@ -173,7 +180,10 @@ def config_cmd(
 ) -> None:
     """Print the effective configuration (the defaults unless --config/--set are given) as YAML.
 
-    Example: [bold]liverscan config > my.yaml[/]
+    Example:
+
+    \b
+      liverscan config > my.yaml
     """
     sys.stdout.write(build_config(config, set_).to_yaml())
 
@@ -185,6 +195,7 @@ def prepare_cmd(
         typer.Argument(
             help="Data sources as [NAME=]PATH: a folder with one sub-folder per category, "
             "a glob with a {label} placeholder, or a CSV with path, label and optional group columns.",
+            metavar="[NAME=]PATH",
             show_default=False,
         ),
     ],
@@ -193,7 +204,9 @@ def prepare_cmd(
     set_: SetOpt = None,
     map_: Annotated[
         Optional[list[str]],
-        typer.Option("--map", help="Map a source category onto a class: CATEGORY=CLASS (repeatable)."),
+        typer.Option(
+            "--map", metavar="CATEGORY=CLASS", help="Map a source category onto a class: CATEGORY=CLASS (repeatable)."
+        ),
     ] = None,
     class_map: Annotated[
         Optional[Path],
@@ -233,8 +246,11 @@ def prepare_cmd(
 ) -> None:
     """Validate, de-duplicate, audit and split images into a manifest (written to --out, required).
 
-    Example: [bold]liverscan prepare xu=data/xu-liver --out prepared/xu[/]
-    or [bold]liverscan prepare "data/xu-liver/{label}/image/*.jpg" --map benign=tumor -o prepared/xu[/]
+    Examples:
+
+    \b
+      liverscan prepare xu=data/xu-liver --out prepared/xu
+      liverscan prepare "data/xu-liver/{label}/image/*.jpg" --map benign=tumor -o prepared/xu
     """
     from liverscan.core.classmap import load_class_map, parse_map_options
     from liverscan.core.config import SourceSpec, apply_overrides
@@ -244,7 +260,7 @@ def prepare_cmd(
 
     if out is None:
         usage("give the output directory: --out DIR")
-    split = renamed("--split", "--split-ratios", old_split, split_ratios, err_console)
+    split = renamed("--split", "--split-ratios", old_split, split_ratios, err_console())
     cfg = build_config(
         config,
         set_,
@@ -278,7 +294,7 @@ def prepare_cmd(
         specs.append(spec)
     cfg.data.sources = specs
     result = _with_progress(lambda cb: prepare_dataset(cfg, out, overwrite=overwrite, progress=cb), "Decoding", quiet)
-    print_prepare_summary(result.summary, out, console=console if not quiet else None, err=err_console)
+    print_prepare_summary(result.summary, out, console=console() if not quiet else None, err=err_console())
     _print_outlines(result.summary.get("annotations") or {}, quiet)
 
 
@@ -288,10 +304,10 @@ def _print_outlines(counts: dict, quiet: bool) -> None:
         return
     if not quiet:
         have = ", ".join(f"{kind} {counts.get(kind, 0)}" for kind in ("lesion", "liver", "fan"))
-        console.print(f"Images with outlines: {have}", highlight=False)
+        console().print(f"Images with outlines: {have}", highlight=False)
     bad = counts.get("rejected", 0)
     if bad:
-        err_console.print(
+        err_console().print(
             f"[yellow]note:[/] {bad} annotation file{'s' if bad != 1 else ''} rejected (see rejects.csv); "
             "their images were kept without them",
             highlight=False,
@@ -360,9 +376,14 @@ def train_cmd(
 ) -> None:
     """Train the MobileNetV2 transfer-learning model on a prepared dataset into the run directory --out.
 
-    Example: [bold]liverscan train --data prepared/xu --out runs/xu --folds 5[/] (cross-validated, then
-    refit on all images and evaluated out of fold); [bold]--head mlp[/] for the paper's head; offline: add
-    [bold]--weights path/to/mobilenet_v2_1.0_160_no_top.h5[/]; resume with [bold]liverscan train --resume runs/xu[/]
+    Examples (--folds 5: cross-validated, then refit on all images and evaluated out of fold; --head mlp: the
+    paper's head; --weights: the backbone's ImageNet weights from a file, offline; --resume: go on after a stop):
+
+    \b
+      liverscan train --data prepared/xu --out runs/xu --folds 5
+      liverscan train --data prepared/xu --out runs/xu-paper --head mlp
+      liverscan train --data prepared/xu --out runs/xu --weights path/to/mobilenet_v2_1.0_160_no_top.h5
+      liverscan train --resume runs/xu
     """
     from liverscan.core.artifacts import CONFIG_FILE, EVALUATE_PHASE, EXPORT_PHASE
     from liverscan.core.config import Config
@@ -405,12 +426,12 @@ def train_cmd(
     then = ([EVALUATE_PHASE] if cv else []) + ([EXPORT_PHASE] if cfg.train.export_runtime != "none" else [])
     steps = {EVALUATE_PHASE: lambda: _evaluate_out_of_fold(target), EXPORT_PHASE: lambda: _export_fast_runtime(target)}
     try:
-        if quiet or not console.is_terminal:
+        if quiet or not console().is_terminal:
             result = fit(cfg, data, target, overwrite=overwrite, resume=resume is not None, then=then)
         else:
             from liverscan.faces.progress import RichReporter
 
-            with RichReporter(console) as reporter:
+            with RichReporter(console()) as reporter:
                 result = fit(
                     cfg, data, target, overwrite=overwrite, resume=resume is not None, reporter=reporter, then=then
                 )
@@ -438,17 +459,17 @@ def _print_trained(result) -> None:
     t, v = result.card.training, result.card.validation
     what = f"Trained {t['epochs_run']} epochs" if t.get("epochs_run") else f"Fitted the {t['mode']}"
     shown = f"; val accuracy {v['accuracy']:.4f} (balanced {v['balanced_accuracy']:.4f})" if v else ""
-    console.print(f"{what} in {t['seconds']:.1f} s{shown} -> {escape(str(result.run_dir))}", highlight=False)
+    console().print(f"{what} in {t['seconds']:.1f} s{shown} -> {escape(str(result.run_dir))}", highlight=False)
     if result.card.lesion:
         lt = result.card.lesion["training"]
-        console.print(
+        console().print(
             f"Lesion localisation head: {lt['images_with_lesion']} outlined lesions, {lt['images_without_lesion']} "
             f"lesion-free images, {lt['seconds']:.0f} s",
             highlight=False,
         )
     warning = (result.card.ood or {}).get("warning")
     if warning:
-        err_console.print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False)
+        err_console().print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False)
 
 
 def _evaluate_out_of_fold(run_dir: Path) -> None:
@@ -461,7 +482,7 @@ def _evaluate_out_of_fold(run_dir: Path) -> None:
     m = res.metrics.argmax
     keys = (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro ROC-AUC", "macro_roc_auc"))
     cells = [f"{label} {format_with_ci(m.value(k), m.ci(k))}" for label, k in keys]
-    console.print(
+    console().print(
         f"Out of fold ({res.metrics.rows} predictions; {m.bootstrap.describe(short=True) if m.bootstrap else 'no CIs'}): "
         + ", ".join(cells)
         + f"; details in {escape(str(res.out_dir))}",
@@ -479,7 +500,7 @@ def _export_fast_runtime(run_dir: Path) -> None:
     if fmt == "none":
         return
     if backend_name() != "tensorflow":
-        err_console.print(
+        err_console().print(
             f"[yellow]note:[/] no {fmt} runtime written (export needs KERAS_BACKEND=tensorflow); predict uses Keras",
             highlight=False,
         )
@@ -489,11 +510,11 @@ def _export_fast_runtime(run_dir: Path) -> None:
     try:
         info = export_model(run_dir, fmt)
     except Exception as exc:  # noqa: BLE001 - the model is trained and saved; predict falls back to Keras
-        err_console.print(f"[yellow]warning:[/] no fast runtime written: {escape(str(exc))}", highlight=False)
+        err_console().print(f"[yellow]warning:[/] no fast runtime written: {escape(str(exc))}", highlight=False)
         return
     lesion = info.get("lesion")
     also = f"; lesion head too (masks differ on {lesion['mask_pixels_differing']:.2%} of pixels)" if lesion else ""
-    console.print(
+    console().print(
         f"Wrote the {fmt} runtime (max abs difference vs Keras {info['max_abs_difference_vs_keras']:.1e} on "
         f"{info['checked_images']} images){also}; predict uses it",
         highlight=False,
@@ -542,14 +563,19 @@ def evaluate_cmd(
     """Metrics with 95% CIs, calibration, figures; argmax and tuned operating point side by side, written to
     --out (default RUN/eval-SPLIT, or RUN/eval-cv for a cross-validated run).
 
-    Example: [bold]liverscan evaluate runs/xu --fit-operating-point "tumor>=0.95"[/]
+    Example:
+
+    \b
+      liverscan evaluate runs/xu --fit-operating-point "tumor>=0.95"
     """
     from liverscan.evaluation import evaluate
     from liverscan.faces.terminal import print_evaluation
 
     cfg = build_config(config, set_, eval__split=split, eval__bootstrap=bootstrap)
     retention = cfg.ood.retention if (config or set_) else None  # else the model's own, as predict does
-    spec = renamed("--operating-point", "--fit-operating-point", old_operating_point, fit_operating_point, err_console)
+    spec = renamed(
+        "--operating-point", "--fit-operating-point", old_operating_point, fit_operating_point, err_console()
+    )
     res = evaluate(
         run,
         data,
@@ -562,18 +588,20 @@ def evaluate_cmd(
         group_column=group_column,
     )
     if not quiet:
-        print_evaluation(res.metrics, console)
+        print_evaluation(res.metrics, console())
     for path, reason in res.metrics.skipped:
-        err_console.print(f"[yellow]skipped:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        err_console().print(f"[yellow]skipped:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
     seen = res.metrics.leakage.warning(res.metrics.n) if res.metrics.leakage else None
     if seen:
-        err_console.print(f"[yellow]warning:[/] {escape(seen)}", highlight=False, soft_wrap=True)
-    console.print(f"Wrote predictions, metrics and figures to {escape(str(res.out_dir))}", highlight=False)
+        err_console().print(f"[yellow]warning:[/] {escape(seen)}", highlight=False, soft_wrap=True)
+    console().print(f"Wrote predictions, metrics and figures to {escape(str(res.out_dir))}", highlight=False)
 
 
 @command("report")
 def report_cmd(
-    runs: Annotated[list[Path], typer.Argument(help="Run directory (several with --compare).", show_default=False)],
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directory (several with --compare).", metavar="RUN", show_default=False)
+    ],
     compare: Annotated[bool, typer.Option("--compare", help="Compare the given runs side by side.")] = False,
     eval_dir: Annotated[
         Optional[Path], typer.Option("--eval", help="Evaluation directory to report (default RUN/eval-test).")
@@ -583,7 +611,11 @@ def report_cmd(
     """Render a run into report.html (self-contained) and report.md, or compare runs (--compare writes
     compare.md and compare.csv to --out, default liverscan-compare).
 
-    Example: [bold]liverscan report runs/xu[/]; [bold]liverscan report --compare runs/a runs/b -o comparison[/]
+    Examples:
+
+    \b
+      liverscan report runs/xu
+      liverscan report --compare runs/a runs/b -o comparison
     """
     from rich.table import Table
 
@@ -596,8 +628,8 @@ def report_cmd(
             table.add_column(c)
         for r in rows:
             table.add_row(*[escape(str(x)) for x in r])
-        console.print(table)
-        console.print(
+        console().print(table)
+        console().print(
             f"Wrote compare.md and compare.csv to {escape(str(out or Path('liverscan-compare')))}", highlight=False
         )
         return
@@ -613,8 +645,8 @@ def report_cmd(
                 t.add_column(str(h))
             for r in rows:
                 t.add_row(*[escape(str(c)) for c in r])
-            console.print(t)
-    console.print(f"Wrote {escape(str(html_path))} and {escape(str(md_path))}", highlight=False)
+            console().print(t)
+    console().print(f"Wrote {escape(str(html_path))} and {escape(str(md_path))}", highlight=False)
 
 
 @command("predict")
@@ -623,6 +655,7 @@ def predict_cmd(
         list[str],
         typer.Argument(
             help="Image, DICOM and video files, folders (recursive), globs, or - to read paths from standard input.",
+            metavar="PATH",
             show_default=False,
         ),
     ],
@@ -726,7 +759,7 @@ def predict_cmd(
     engine: Annotated[
         str,
         typer.Option(
-            help='local (this process) or ray (Ray Data actors; needs "liverscan\\[ray]"; --output is a folder).'
+            help='local (this process) or ray (Ray Data actors; needs "liverscan[ray]"; --output is a folder).'
         ),
     ] = "local",
     ray_address: Annotated[
@@ -748,18 +781,21 @@ def predict_cmd(
     """Classify images; exit code 0 = all predicted, 4 = some files failed (see their records), 1 = model/data
     error, 2 = usage error, 130/143/129 = stopped by Ctrl+C/SIGTERM/SIGHUP (records so far kept in FILE.partial).
 
-    Example: [bold]liverscan predict scans/ --model runs/xu --output results.csv --explain overlays/[/]
-    or [bold]find /archive -name '*.png' | liverscan predict - --format jsonl[/]
+    Examples:
+
+    \b
+      liverscan predict scans/ --model runs/xu --output results.csv --explain overlays/
+      find /archive -name '*.png' | liverscan predict - --format jsonl
     """
     from liverscan.faces.progress import RecordProgress
     from liverscan.faces.terminal import print_predict_summary
     from liverscan.serving import PredictJob, PredictOptions, PredictSummary
 
     use_operating_point = renamed(
-        "--operating-point", "--use-operating-point", old_operating_point, use_operating_point, err_console
+        "--operating-point", "--use-operating-point", old_operating_point, use_operating_point, err_console()
     )
-    resume = renamed("--resume", "--resume-shards", old_resume, resume_shards, err_console)
-    address = renamed("--address", "--ray-address", old_address, ray_address, err_console)
+    resume = renamed("--resume", "--resume-shards", old_resume, resume_shards, err_console())
+    address = renamed("--address", "--ray-address", old_address, ray_address, err_console())
     cfg = build_config(
         config,
         set_,
@@ -802,7 +838,7 @@ def predict_cmd(
         usage("--resume-shards and --ray-address work with --engine ray")
     job = PredictJob(paths, options, model=model, output=output, stream_format=format_, study_output=study_output,
                      overwrite=overwrite)  # fmt: skip
-    note = functools.partial(err_console.print, highlight=False, soft_wrap=True)
+    note = functools.partial(err_console().print, highlight=False, soft_wrap=True)
     _print_model(job, note)
     show_table, summary = not quiet and format_ is None, PredictSummary()
     shown: list = []
@@ -815,11 +851,11 @@ def predict_cmd(
         progress.tick()
 
     try:
-        with RecordProgress(err_console, enabled=not quiet and format_ is None) as progress:
+        with RecordProgress(err_console(), enabled=not quiet and format_ is None) as progress:
             job.run(on_record, summary)
     except (KeyboardInterrupt, OSError, LiverscanError) as exc:  # a signal, a full disk, a bad input list
         _fail_stopped(exc, summary, note)
-    print_predict_summary(console, err_console, summary, summary.classes, shown if show_table else None,
+    print_predict_summary(console(), err_console(), summary, summary.classes, shown if show_table else None,
                           job.options.group_by)  # fmt: skip
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -865,14 +901,14 @@ def _predict_on_ray(paths, model, output, options, ray_options: dict, refused: d
     skipped = Skipped()
     listed = list(expand_inputs(paths, skipped=skipped))
     if skipped.total:
-        err_console.print(f"[yellow]note:[/] {escape(skipped.summary())}", highlight=False, soft_wrap=True)
+        err_console().print(f"[yellow]note:[/] {escape(skipped.summary())}", highlight=False, soft_wrap=True)
     if not listed:
         fail("no input images found")
 
     def show(rows: list[dict]) -> None:
         for row in rows:
             if row.get("error"):
-                err_console.print(
+                err_console().print(
                     f"[yellow]skipped:[/] {escape(row['path'])}: {escape(row['error'])}",
                     highlight=False,
                     soft_wrap=True,
@@ -880,7 +916,7 @@ def _predict_on_ray(paths, model, output, options, ray_options: dict, refused: d
 
     workers = min(ray_options["num_workers"], -(-len(listed) // ray_options["shard_size"]))  # one per shard at most
     if not quiet:
-        err_console.print(
+        err_console().print(
             f"Ray engine: {len(listed)} inputs, {workers} workers, model "
             f"{escape(str(model or 'the shipped default model'))}, runtime {options.runtime}; shards in "
             f"{escape(str(output))}",
@@ -895,7 +931,7 @@ def _predict_on_ray(paths, model, output, options, ray_options: dict, refused: d
             _signal_code(exc),
         )
     decisions = ", ".join(f"{c}: {n}" for c, n in sorted(s.decisions.items()))
-    err_console.print(
+    err_console().print(
         escape(
             f"{s.records - s.failed} of {s.records} images predicted ({decisions or 'none'})"
             + (f"; {s.failed} failed" if s.failed else "")
@@ -908,7 +944,7 @@ def _predict_on_ray(paths, model, output, options, ray_options: dict, refused: d
 
     warning = ood_summary(s.outside, s.records - s.failed)
     if warning:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        err_console().print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if s.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -918,27 +954,32 @@ def export_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory from 'liverscan train'.")],
     runtime: Annotated[
         Optional[str],
-        typer.Option("--runtime", "-r", help='Fast runtime to export: tflite, or onnx (needs "liverscan\\[onnx]").'),
+        typer.Option("--runtime", "-r", help='Fast runtime to export: tflite, or onnx (needs "liverscan[onnx]").'),
     ] = None,
     old_format: Annotated[Optional[str], typer.Option("--format", "-f", hidden=True)] = None,
 ) -> None:
     """Export the model for fast inference; written only when it agrees with Keras (max abs difference <= 1e-4).
 
-    Example: [bold]liverscan export runs/xu --runtime tflite[/] or [bold]--runtime onnx[/]
-    (then 'liverscan predict' uses it automatically; --runtime picks one).
-    A run with a lesion head also gets lesion.tflite / lesion.onnx, written only when its maps agree too.
+    'liverscan predict' then uses it automatically (its --runtime picks one). A run with a lesion head also gets
+    lesion.tflite / lesion.onnx, written only when its maps agree too.
+
+    Examples:
+
+    \b
+      liverscan export runs/xu --runtime tflite
+      liverscan export runs/xu --runtime onnx
     """
     from liverscan.serving import export_model
 
-    fmt = renamed("--format", "--runtime", old_format, runtime, err_console) or "tflite"
+    fmt = renamed("--format", "--runtime", old_format, runtime, err_console()) or "tflite"
     info = export_model(run, fmt)
-    console.print(
+    console().print(
         f"Wrote {escape(str(run / info['file']))} ({info['bytes'] / 1e6:.1f} MB); max abs difference vs Keras "
         f"{info['max_abs_difference_vs_keras']:.1e} on {info['checked_images']} images",
         highlight=False,
     )
     if lesion := info.get("lesion"):
-        console.print(
+        console().print(
             f"Wrote {escape(str(run / lesion['file']))} ({lesion['bytes'] / 1e6:.1f} MB); lesion maps: max abs "
             f"difference vs Keras {lesion['max_abs_difference_vs_keras']:.1e}, masks differ on "
             f"{lesion['mask_pixels_differing']:.2%} of pixels (Dice {lesion['mask_dice_vs_keras']:.3f})"
@@ -963,9 +1004,12 @@ def app_cmd(
     address: Annotated[str, typer.Option(help="Address to bind the app's server to.")] = "localhost",
     use_operating_point: UseOperatingPointOpt = False,
 ) -> None:
-    """Start the Streamlit web app (needs the extra: pip install "liverscan\\[app]").
+    """Start the Streamlit web app (needs the extra: pip install "liverscan[app]").
 
-    Example: [bold]liverscan app --model runs/xu --port 8501[/], then open http://localhost:8501
+    Example (then open http://localhost:8501):
+
+    \b
+      liverscan app --model runs/xu --port 8501
     """
     import importlib.util
     import os
@@ -1000,11 +1044,11 @@ def app_cmd(
         "--server.maxUploadSize",
         str(APP_MAX_UPLOAD_MB),
     ]
-    err_console.print(
+    err_console().print(
         f"liverscan app on http://{address}:{port} (model {escape(str(target))}); Ctrl+C to stop", highlight=False
     )
     if address not in ("localhost", "127.0.0.1", "::1"):
-        err_console.print(
+        err_console().print(
             f"[yellow]warning:[/] serving on {escape(address)} without authentication: anyone who can reach "
             "this address can upload images",
             highlight=False,
@@ -1039,17 +1083,21 @@ ProxMuOpt = Annotated[
 federate_app = typer.Typer(
     name="federate",
     help="Federated training: each site keeps its images; only head parameters and aggregates travel "
-    '(needs "liverscan\\[federated]" for a deployment).',
+    '(needs "liverscan[federated]" for a deployment).',
     cls=_Group,
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=HELP_MARKUP,
+    context_settings=HELP_WIDTH,
 )
 app.add_typer(federate_app)
 
 
 @command("simulate", federate_app)
 def federate_simulate(
-    data: Annotated[list[Path], typer.Argument(help="Prepared dataset folders, one per site.", show_default=False)],
+    data: Annotated[
+        list[Path],
+        typer.Argument(help="Prepared dataset folders, one per site.", metavar="PREPARED", show_default=False),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -1064,7 +1112,10 @@ def federate_simulate(
     """Federated training with every site in this process: each computes its own features; only head
     parameters and aggregates go to the coordinator. The result is an ordinary run directory.
 
-    Example: [bold]liverscan federate simulate prepared/site-a prepared/site-b --out runs/federated[/]
+    Example:
+
+    \b
+      liverscan federate simulate prepared/site-a prepared/site-b --out runs/federated
     """
     from liverscan.core.artifacts import CONFIG_FILE, EXPORT_PHASE
     from liverscan.federated.run import mlp_settings, simulate
@@ -1074,7 +1125,7 @@ def federate_simulate(
         usage("--c must be above 0")
     base = config if config is not None else (data[0] / CONFIG_FILE if (data[0] / CONFIG_FILE).is_file() else None)
     cfg = build_config(base, set_)
-    say = (lambda message: None) if quiet else (lambda message: console.print(escape(message), highlight=False))
+    say = (lambda message: None) if quiet else (lambda message: console().print(escape(message), highlight=False))
     settings = mlp_settings(cfg, rounds, local_epochs, prox_mu)
     card = simulate(cfg, data, out, overwrite=overwrite, min_sites=min_sites, c=c, mlp=settings, print_=say)
     _print_federated(card, out)
@@ -1112,7 +1163,10 @@ def federate_server(
     ] = None,
     site_key: Annotated[
         Optional[list[Path]],
-        typer.Option(help="A site's public key (repeatable): only sites holding these keys may connect (needs TLS)."),
+        typer.Option(
+            metavar="<path>",
+            help="A site's public key (repeatable): only sites holding these keys may connect (needs TLS).",
+        ),
     ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback --address without TLS (a trusted network only).")
@@ -1125,9 +1179,12 @@ def federate_server(
 ) -> None:
     """The coordinator of a federated deployment: a Flower SuperLink that sites connect to; writes the run.
 
-    Example: [bold]liverscan federate server --out runs/federated[/], then on each site
-    [bold]liverscan federate site --data prepared/site-a --server 127.0.0.1:8000[/]; a stopped coordinator goes
-    on with [bold]liverscan federate server --resume runs/federated[/]
+    Example (the coordinator, then on each site; a stopped coordinator goes on with --resume):
+
+    \b
+      liverscan federate server --out runs/federated
+      liverscan federate site --data prepared/site-a --server 127.0.0.1:8000
+      liverscan federate server --resume runs/federated
     """
     from liverscan.core.artifacts import CONFIG_FILE, EXPORT_PHASE
     from liverscan.core.config import load_saved_config
@@ -1141,7 +1198,7 @@ def federate_server(
     cfg = load_saved_config(resume / CONFIG_FILE) if resume is not None else build_config(config, set_)
     target = resume if resume is not None else out
     assert target is not None
-    say = (lambda message: None) if quiet else (lambda message: console.print(escape(message), highlight=False))
+    say = (lambda message: None) if quiet else (lambda message: console().print(escape(message), highlight=False))
     try:
         card = start_server(
             cfg,
@@ -1191,14 +1248,17 @@ def federate_site(
     """A site of a federated deployment: computes its features here and answers the coordinator with
     aggregates only (never images, features or per-image scores).
 
-    Example: [bold]liverscan federate site --data prepared/site-a --server 127.0.0.1:8000[/]
+    Example:
+
+    \b
+      liverscan federate site --data prepared/site-a --server 127.0.0.1:8000
     """
     from liverscan.core.artifacts import CONFIG_FILE
     from liverscan.federated.deploy import start_site
 
     base = config if config is not None else (data / CONFIG_FILE if (data / CONFIG_FILE).is_file() else None)
     cfg = build_config(base, set_)
-    say = lambda message: err_console.print(escape(message), highlight=False)  # noqa: E731
+    say = lambda message: err_console().print(escape(message), highlight=False)  # noqa: E731
     start_site(cfg, data, server, name=name, root_certificates=root_certificates, auth_key=auth_key, print_=say)
 
 
@@ -1206,13 +1266,13 @@ def _print_federated(card, out: Path) -> None:
     fed = card.extra["federated"]
     pooled, opt = fed["pooled_test_metrics"], fed["optimiser"]
     head = f"C = {opt['C']:g}" if "C" in opt else f"{opt['strategy']}, best round {opt['best_round']}"
-    console.print(
+    console().print(
         f"Federated over {len(fed['sites'])} sites in {fed['rounds']} rounds "
         f"({(fed['bytes_to_sites'] + fed['bytes_from_sites']) / 1e6:.1f} MB sent), {head} -> {escape(str(out))}",
         highlight=False,
     )
     for label, m in (("federated", pooled["federated"]), ("each site alone", pooled["each_site_alone"])):
-        console.print(
+        console().print(
             f"  pooled test splits, {label}: n={m['n']}, balanced accuracy {m['balanced_accuracy']}, AUC {m['auc']}",
             highlight=False,
         )
@@ -1275,7 +1335,7 @@ def _stop_app(signum, frame) -> None:
 
 def _with_progress(fn, label: str, quiet: bool):
     """Run fn(progress_callback) under a Rich progress bar (none when quiet)."""
-    if quiet or not console.is_terminal:
+    if quiet or not console().is_terminal:
         return fn(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -1284,7 +1344,7 @@ def _with_progress(fn, label: str, quiet: bool):
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=console(),
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=None)

@@ -7,16 +7,21 @@ old spelling as a hidden alias that still works and says what replaced it (see t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+
+from liverscan.faces.consoles import escape
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a configuration value, e.g. --set train.epochs=30 (repeatable)."),
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override a configuration value, e.g. --set train.epochs=30 (repeatable)."
+    ),
 ]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No tables or progress: only warnings, errors and the result line.")
