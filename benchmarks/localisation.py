@@ -4,6 +4,12 @@ Design ``t`` is the head ``liverscan train`` fits (:func:`liverscan.training.les
 default ``lesion`` settings: backbone tuned from ``block_6``, augmentation, 20 epochs), trained on each fold's
 training images and run on its test images at 160 px (``--lesion-epochs`` changes its epochs).
 
+Design ``m`` is the same head (same layers, loss, optimiser, epochs, training cost per step) trained on 160-px
+crops of each image shown at a random size between ``--crop-scales`` x 160 px (1-2 by default; with probability
+``--on-lesion`` a tumour crop keeps the lesion's centre; flip and brightness / contrast as for ``t``) and run fully
+convolutionally on the whole image at every multiple of 160 px up to the largest scale, each size scored on its own
+and their mean (``m-mean``): it asks whether the head's input resolution is what limits it.
+
 For the frozen-feature designs, for every image of the xu layout (``<class>/image/<n>.jpg`` with
 ``<class>/segmentation/{mass,liver,outline}``) the frozen ImageNet MobileNetV2's multi-scale features (``block_3/6/13_expand_relu``, ``out_relu``) are computed
 once - for the image and its horizontal mirror - and cached in memory (float16); only a small decoder
@@ -32,6 +38,7 @@ pooled features: out-of-fold tumour-vs-normal AUC / balanced accuracy with and w
 
     python benchmarks/localisation.py --data ../shared/data/xu-liver            # the full run
     python benchmarks/localisation.py --data ../shared/data/xu-liver --smoke    # a handful of images, for CI
+    python benchmarks/localisation.py --data ../shared/data/xu-liver --designs m,t --save-maps maps.npz
 
 Heavy work runs on one thread (``OMP_NUM_THREADS`` / ``TF_NUM_*_THREADS`` default to 1); pin the process to
 one core with ``taskset -c N`` if the machine is shared, or set them to 2 for design ``t`` (about 45 minutes for
@@ -265,6 +272,131 @@ def product_head_maps(
     return maps
 
 
+def _scale_crop(
+    image: np.ndarray,
+    cover: np.ndarray,
+    rng: np.random.Generator,
+    scales: tuple[float, float],
+    crop: int,
+    on_lesion: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One training view for design m: ``image`` (B, B, 3) (B = 2 x ``crop``) and its lesion coverage (B/4, B/4),
+    resized to a side between ``scales`` x ``crop`` and cut to a ``crop`` square (stride-4 aligned), then flipped and
+    brightness / contrast changed; with probability ``on_lesion`` a crop of a lesion image keeps the lesion's centre."""
+    from PIL import Image
+
+    side = 4 * int(round(rng.uniform(*scales) * crop / 4))
+    img = Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR)
+    cov = Image.fromarray(cover, mode="F").resize((side // 4, side // 4), Image.Resampling.BILINEAR)
+    x, t = np.asarray(img, np.float32), np.clip(np.asarray(cov, np.float32), 0, 1)
+    room = (side - crop) // 4  # crop offsets in target cells
+    ox, oy = rng.integers(0, room + 1, 2) if room > 0 else (0, 0)
+    if room > 0 and t.max() > 0 and rng.random() < on_lesion:
+        rows, cols = np.nonzero(t > 0.5 * t.max())
+        cy, cx = int(np.median(rows)), int(np.median(cols))
+        c4, m = crop // 4, crop // 16  # keep the centre at least m cells inside the crop
+        ox = (
+            int(rng.integers(max(0, cx - c4 + m + 1), min(room, cx - m) + 1))
+            if max(0, cx - c4 + m + 1) <= min(room, cx - m)
+            else ox
+        )
+        oy = (
+            int(rng.integers(max(0, cy - c4 + m + 1), min(room, cy - m) + 1))
+            if max(0, cy - c4 + m + 1) <= min(room, cy - m)
+            else oy
+        )
+    x = x[4 * oy : 4 * oy + crop, 4 * ox : 4 * ox + crop]
+    t = t[oy : oy + crop // 4, ox : ox + crop // 4]
+    if rng.random() < 0.5:
+        x, t = x[:, ::-1], t[:, ::-1]
+    x = np.clip(x * rng.uniform(0.8, 1.25) + rng.uniform(-20, 20), 0, 255)
+    return x.astype(np.float32), np.ascontiguousarray(t, np.float32)
+
+
+def _resized(images: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(a).resize((side, side), Image.Resampling.BILINEAR)) for a in images])
+
+
+def _resized_map(m: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(m, mode="F").resize((side, side), Image.Resampling.BILINEAR), np.float32)
+
+
+def multiscale_head_maps(
+    items: list[Item], images: np.ndarray, big: np.ndarray, cover_big: np.ndarray, tests: list[np.ndarray], args
+) -> dict[str, np.ndarray]:
+    """Design m: train's head (backbone tuned from ``lesion.fine_tune_from``, the same decoder, loss, optimiser and
+    epochs) trained on 160-px crops of each image shown at ``--crop-scales`` x 160 px (``big``: the images at the
+    largest), then run fully convolutionally on whole images at every multiple of 160 px up to the largest.
+    Out-of-fold maps per inference: ``m160``, ``m320``, ... (at their size) and ``m-mean`` (their mean, at the
+    largest size)."""
+    from liverscan.core.config import Config
+    from liverscan.core.model import build_backbone
+    from liverscan.training.lesion import _fit, set_trainable
+
+    keras: Any = import_keras()
+    cfg = Config()
+    cfg.model.weights = args.weights
+    if args.lesion_epochs:
+        cfg.lesion.epochs = args.lesion_epochs
+    lc = cfg.lesion
+    crop, full = images.shape[1], big.shape[1]
+    scales = tuple(float(v) for v in args.crop_scales.split(","))
+    sizes = list(range(crop, full + 1, crop))
+    out = {f"m{n}": np.zeros((len(items), n, n), np.float32) for n in sizes}
+    out["m-mean"] = np.zeros((len(items), full, full), np.float32)
+    t = time.perf_counter()
+    for k, test in enumerate(tests):
+        seed = args.seed + k
+        keras.utils.set_random_seed(seed)
+        train = np.setdiff1d(np.arange(len(items)), test)
+        backbone = build_backbone(crop, cfg.model.weights, cfg.model.alpha)
+        set_trainable(backbone, lc.fine_tune_from)
+        features = lesion.multiscale_backbone(backbone, LAYERS)
+        channels = [int(s[-1]) for s in lesion._as_list(features.output_shape)]
+        decoder = lesion.build_decoder([(None, None, c) for c in channels], lc.width, 1)
+        inp = keras.Input((crop, crop, 3))
+        x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inp)
+        trainer = keras.Model(inp, decoder(list(features(x, training=False))))
+
+        class Views(keras.utils.PyDataset):
+            def __init__(self) -> None:
+                super().__init__()
+                self.rng = np.random.default_rng(seed)
+                self.order = self.rng.permutation(train)
+
+            def __len__(self) -> int:
+                return int(np.ceil(len(train) / lc.batch_size))
+
+            def __getitem__(self, j: int):
+                sel = self.order[j * lc.batch_size : (j + 1) * lc.batch_size]
+                xs, ts = zip(*(_scale_crop(big[i], cover_big[i], self.rng, scales, crop, args.on_lesion) for i in sel))
+                return np.stack(xs), np.stack(ts)[..., None]
+
+            def on_epoch_end(self) -> None:
+                self.order = self.rng.permutation(train)
+
+        _fit(trainer, Views(), cfg, None)
+        runner = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None)
+        runner.set_weights(backbone.get_weights())
+        feats = lesion.multiscale_backbone(runner, LAYERS)
+        rin = keras.Input((None, None, 3))
+        logits = decoder(list(feats(keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(rin), training=False)))
+        up = keras.layers.UpSampling2D(4, interpolation="bilinear")(logits)
+        model = keras.Model(rin, keras.layers.Activation("sigmoid")(up))
+
+        for n in sizes:
+            shown = images[test] if n == crop else big[test] if n == full else _resized(big[test], n)
+            out[f"m{n}"][test] = got = lesion.predict_maps(model, shown)
+            at_full = got if n == full else np.stack([_resized_map(g, full) for g in got])
+            out["m-mean"][test] += at_full / len(sizes)
+        log(f"design m: fold {k + 1}/{len(tests)} done ({time.perf_counter() - t:.0f} s)")
+    return out
+
+
 def probe_cams(
     pooled: np.ndarray, last: np.ndarray, labels: np.ndarray, tests: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -346,11 +478,14 @@ def main() -> int:
     ap.add_argument(
         "--designs",
         default=DEFAULT_DESIGNS,
-        help="t: the head liverscan train fits (default settings); frozen-feature decoders: a: 160 px, b: 224 px, "
-        "c: 160 px + liver target",
+        help="t: the head liverscan train fits (default settings); m: that head trained on crops at 1-2x scale and "
+        "run at 160 and 320 px; frozen-feature decoders: a: 160 px, b: 224 px, c: 160 px + liver target",
     )
     ap.add_argument("--weights", default="imagenet", help="backbone weights for design t (imagenet or a .h5 file)")
     ap.add_argument("--lesion-epochs", type=int, default=0, help="design t: epochs (0: the default lesion.epochs)")
+    ap.add_argument("--crop-scales", default="1,2", help="design m: the image's side, as multiples of the crop's")
+    ap.add_argument("--on-lesion", type=float, default=0.5, help="design m: share of lesion crops kept on the lesion")
+    ap.add_argument("--save-maps", default="", help="write every design's out-of-fold maps to this .npz")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of near-duplicate groups for the CIs")
     ap.add_argument("--smoke", action="store_true", help="a handful of images, one split, 1-2 epochs")
@@ -400,6 +535,27 @@ def main() -> int:
         if d == "c":
             y = np.concatenate([y, targets(items, side, "liver")[..., None]], axis=-1)
         t = time.perf_counter()
+        if d == "m":
+            top = max(float(v) for v in args.crop_scales.split(","))
+            full = 160 * max(1, int(round(top)))
+            big = np.stack([load_image(it.path, full) for it in items])
+            cover_big = targets(items, full // 4, "lesion")[:, 0]
+            for key, maps in multiscale_head_maps(items, images160, big, cover_big, tests, args).items():
+                scales = args.crop_scales.replace(",", "-")
+                names[key] = f"head on {scales}x crops, " + (
+                    "mean of the sizes" if key == "m-mean" else f"run at {key[1:]} px"
+                )
+                oof_maps[key] = maps
+                results[key] = score(
+                    ev_items, maps[evaluated], ev_groups, args, cams[evaluated] if base is None else None
+                )
+                base = base or results[key]
+            timings[f"train+predict ({d}) multi-scale crops"] = time.perf_counter() - t
+            rows = [replace(results[k].head, name=names[k]) for k in results] + base.maps[1:]
+            print_table(rows, base, len(tests), args)
+            if args.save_maps:
+                np.savez_compressed(args.save_maps, **{k: v.astype(np.float16) for k, v in oof_maps.items()})
+            continue
         if d == "t":
             maps = product_head_maps(items, images160, y[:, 0, :, :, 0], tests, args)
         else:
@@ -410,6 +566,8 @@ def main() -> int:
                 log(f"design {d}: fold {k + 1}/{len(tests)} done ({time.perf_counter() - t:.0f} s)")
         timings[f"train+predict ({d}) {names[d]}"] = time.perf_counter() - t
         oof_maps[d] = maps
+        if args.save_maps:
+            np.savez_compressed(args.save_maps, **{k: v.astype(np.float16) for k, v in oof_maps.items()})
         scored_design = score(ev_items, maps[evaluated], ev_groups, args, cams[evaluated] if base is None else None)
         base = base or scored_design  # the first design's scores carry the baselines
         results[d] = scored_design
