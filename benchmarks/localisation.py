@@ -280,8 +280,9 @@ def _scale_crop(
     crop: int,
     on_lesion: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One training view for design m: ``image`` (B, B, 3) (B = 2 x ``crop``) and its lesion coverage (B/4, B/4),
-    resized to a side between ``scales`` x ``crop`` and cut to a ``crop`` square (stride-4 aligned), then flipped and
+    """One training view for design m: ``image`` (B, B, 3) (B: the largest scale x ``crop``) and its lesion coverage
+    (B/4, B/4), resized to a side between ``scales`` x ``crop`` and cut to a ``crop`` square (stride-4 aligned), then
+    flipped and
     brightness / contrast changed; with probability ``on_lesion`` a crop of a lesion image keeps the lesion's centre."""
     from PIL import Image
 
@@ -295,16 +296,13 @@ def _scale_crop(
         rows, cols = np.nonzero(t > 0.5 * t.max())
         cy, cx = int(np.median(rows)), int(np.median(cols))
         c4, m = crop // 4, crop // 16  # keep the centre at least m cells inside the crop
-        ox = (
-            int(rng.integers(max(0, cx - c4 + m + 1), min(room, cx - m) + 1))
-            if max(0, cx - c4 + m + 1) <= min(room, cx - m)
-            else ox
-        )
-        oy = (
-            int(rng.integers(max(0, cy - c4 + m + 1), min(room, cy - m) + 1))
-            if max(0, cy - c4 + m + 1) <= min(room, cy - m)
-            else oy
-        )
+
+        def around(centre: int, offset: int) -> int:
+            low, high = max(0, centre - c4 + m + 1), min(room, centre - m)
+            return int(rng.integers(low, high + 1)) if low <= high else offset
+
+        ox = around(cx, ox)
+        oy = around(cy, oy)
     x = x[4 * oy : 4 * oy + crop, 4 * ox : 4 * ox + crop]
     t = t[oy : oy + crop // 4, ox : ox + crop // 4]
     if rng.random() < 0.5:
