@@ -124,3 +124,23 @@ def test_a_missing_guard_reference_is_refused_unless_the_guard_is_off_and_old_ca
     assert "(ood.enabled: false)" in notes()[0]
     _edit_card(run, lambda c: c["versions"].update(liverscan="0.1.0"))
     assert "(trained before liverscan 0.2)" in notes()[0]
+
+
+def test_a_model_trained_on_pixels_of_other_decoding_rules_is_told(probe_run, tmp_path):
+    from liverscan.core.artifacts import read_card
+    from liverscan.core.images import DECODER
+    from liverscan.serving import Classifier, PredictJob, PredictOptions
+
+    def notes() -> list[str]:
+        clf = Classifier(read_card(run), run, run / "model.keras", options=PredictOptions())
+        return PredictJob([image], PredictOptions(), classifier=clf).notes()
+
+    run = tmp_path / "run"
+    shutil.copytree(probe_run["run"], run)
+    image = str(next((probe_run["data"] / "tumor").glob("*.png")))
+    assert read_card(run).input["decoder"] == DECODER
+    assert not [n for n in notes() if "decoding rules" in n]
+    _edit_card(run, lambda c: c["input"].update(decoder=DECODER + 1))
+    (note,) = [n for n in notes() if "decoding rules" in n]
+    assert f"version {DECODER + 1}; this liverscan decodes by version {DECODER}" in note
+    assert "retrain" in note

@@ -28,6 +28,7 @@ from typing import IO
 from liverscan.core.artifacts import EXPORT_PHASE
 from liverscan.core.errors import ConfigError, DataError
 from liverscan.core.files import Skipped
+from liverscan.core.images import DECODER
 from liverscan.serving.inputs import check_path_lists, expand_inputs
 from liverscan.serving.options import PredictOptions
 from liverscan.serving.outputs import FORMATS, RecordWriter, check_output, format_for, partial_path
@@ -149,6 +150,13 @@ class PredictJob:
         warning = (clf.card.ood or {}).get("warning")
         if clf.reference is not None and warning:
             out.append(str(warning))
+        trained_on = clf.card.input.get("decoder")
+        if trained_on is not None and trained_on != DECODER:
+            out.append(
+                f"this model was trained on images decoded by liverscan's decoding rules version {trained_on}; this "
+                f"liverscan decodes by version {DECODER}, so the model sees slightly different pixels and its answers "
+                "may differ from its card's figures: retrain it, or predict with the liverscan version that trained it"
+            )
         left = _unfinished_phases(Path(clf.source))
         if left:
             out.append(
