@@ -480,7 +480,9 @@ def main() -> int:
         "run at 160 and 320 px; frozen-feature decoders: a: 160 px, b: 224 px, c: 160 px + liver target",
     )
     ap.add_argument("--weights", default="imagenet", help="backbone weights for design t (imagenet or a .h5 file)")
-    ap.add_argument("--lesion-epochs", type=int, default=0, help="design t: epochs (0: the default lesion.epochs)")
+    ap.add_argument(
+        "--lesion-epochs", type=int, default=0, help="designs t and m: epochs (0: the default lesion.epochs)"
+    )
     ap.add_argument("--crop-scales", default="1,2", help="design m: the image's side, as multiples of the crop's")
     ap.add_argument("--on-lesion", type=float, default=0.5, help="design m: share of lesion crops kept on the lesion")
     ap.add_argument("--save-maps", default="", help="write every design's out-of-fold maps to this .npz")
