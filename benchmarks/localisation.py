@@ -1,8 +1,9 @@
 """Where is the lesion?  Out-of-fold localisation designs on the xu-liver outlines, side by side with baselines.
 
 Design ``t`` is the head ``liverscan train`` fits (:func:`liverscan.training.lesion.fit_lesion_model` with the
-default ``lesion`` settings: backbone tuned from ``block_6``, augmentation, 20 epochs), trained on each fold's
-training images and run on its test images at 160 px (``--lesion-epochs`` changes its epochs).
+default ``lesion`` settings: backbone tuned from ``block_6``, augmentation, 40 epochs), trained on each fold's
+training images and run on its test images at 160 px (``--lesion-epochs`` changes its epochs); with ``--flip`` the
+same models are also scored on the mean of the image's map and its mirror's, mirrored back (``t-flip``).
 
 Design ``m`` is the same head (same layers, loss, optimiser, epochs, training cost per step) trained on 160-px
 crops of each image shown at a random size between ``--crop-scales`` x 160 px (1-2 by default; with probability
@@ -251,9 +252,10 @@ def score(
 
 def product_head_maps(
     items: list[Item], images: np.ndarray, coverage: np.ndarray, tests: list[np.ndarray], args
-) -> np.ndarray:
+) -> dict[str, np.ndarray]:
     """Out-of-fold maps ``(N, S, S)`` of the head ``liverscan train`` fits (``training.lesion.fit_lesion_model``
-    with the default ``lesion`` settings, ``--lesion-epochs`` aside), one per test fold."""
+    with the default ``lesion`` settings, ``--lesion-epochs`` aside), one per test fold: ``t``, and with
+    ``--flip`` also ``t-flip`` (the same models' maps of the image and of its mirror, mirrored back, averaged)."""
     from liverscan.core.config import Config
     from liverscan.training.lesion import LesionTargets, fit_lesion_model
 
@@ -261,15 +263,18 @@ def product_head_maps(
     cfg.model.weights = args.weights
     if args.lesion_epochs:
         cfg.lesion.epochs = args.lesion_epochs
-    maps = np.zeros(images.shape[:3], np.float32)
+    out = {key: np.zeros(images.shape[:3], np.float32) for key in (["t", "t-flip"] if args.flip else ["t"])}
     t = time.perf_counter()
     for k, test in enumerate(tests):
         train = np.setdiff1d(np.arange(len(items)), test)
         targets = LesionTargets(coverage[train], np.ones(len(train), bool))
         model = fit_lesion_model(images[train], targets, cfg, seed=args.seed + k)
-        maps[test] = lesion.predict_maps(model, images[test])
+        out["t"][test] = lesion.predict_maps(model, images[test])
+        if args.flip:
+            mirrored = lesion.predict_maps(model, images[test][:, :, ::-1])[:, :, ::-1]
+            out["t-flip"][test] = (out["t"][test] + mirrored) / 2
         log(f"design t: fold {k + 1}/{len(tests)} done ({time.perf_counter() - t:.0f} s)")
-    return maps
+    return out
 
 
 def _scale_crop(
@@ -485,6 +490,9 @@ def main() -> int:
     )
     ap.add_argument("--crop-scales", default="1,2", help="design m: the image's side, as multiples of the crop's")
     ap.add_argument("--on-lesion", type=float, default=0.5, help="design m: share of lesion crops kept on the lesion")
+    ap.add_argument(
+        "--flip", action="store_true", help="design t: also score its maps averaged with its mirrored image's (t-flip)"
+    )
     ap.add_argument("--save-maps", default="", help="write every design's out-of-fold maps to this .npz")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of near-duplicate groups for the CIs")
@@ -540,37 +548,31 @@ def main() -> int:
             full = 160 * max(1, int(round(top)))
             big = np.stack([load_image(it.path, full) for it in items])
             cover_big = targets(items, full // 4, "lesion")[:, 0]
-            for key, maps in multiscale_head_maps(items, images160, big, cover_big, tests, args).items():
-                scales = args.crop_scales.replace(",", "-")
+            got = multiscale_head_maps(items, images160, big, cover_big, tests, args)
+            scales = args.crop_scales.replace(",", "-")
+            for key in got:
                 names[key] = f"head on {scales}x crops, " + (
                     "mean of the sizes" if key == "m-mean" else f"run at {key[1:]} px"
                 )
-                oof_maps[key] = maps
-                results[key] = score(
-                    ev_items, maps[evaluated], ev_groups, args, cams[evaluated] if base is None else None
-                )
-                base = base or results[key]
             timings[f"train+predict ({d}) multi-scale crops"] = time.perf_counter() - t
-            rows = [replace(results[k].head, name=names[k]) for k in results] + base.maps[1:]
-            print_table(rows, base, len(tests), args)
-            if args.save_maps:
-                np.savez_compressed(args.save_maps, **{k: v.astype(np.float16) for k, v in oof_maps.items()})
-            continue
-        if d == "t":
-            maps = product_head_maps(items, images160, y[:, 0, :, :, 0], tests, args)
+        elif d == "t":
+            got = product_head_maps(items, images160, y[:, 0, :, :, 0], tests, args)
+            names.setdefault("t-flip", names["t"] + ", mean with its mirror's map")
+            timings[f"train+predict ({d}) {names[d]}"] = time.perf_counter() - t
         else:
             maps = np.zeros((len(items), side, side), np.float32)
             for k, test in enumerate(tests):
                 train = np.setdiff1d(np.arange(len(items)), test)
                 maps[test] = train_predict(f, y, train, test, args.epochs, args.seed + k, args.width)
                 log(f"design {d}: fold {k + 1}/{len(tests)} done ({time.perf_counter() - t:.0f} s)")
-        timings[f"train+predict ({d}) {names[d]}"] = time.perf_counter() - t
-        oof_maps[d] = maps
+            got = {d: maps}
+            timings[f"train+predict ({d}) {names[d]}"] = time.perf_counter() - t
+        for key, maps in got.items():
+            oof_maps[key] = maps
+            results[key] = score(ev_items, maps[evaluated], ev_groups, args, cams[evaluated] if base is None else None)
+            base = base or results[key]  # the first design's scores carry the baselines
         if args.save_maps:
             np.savez_compressed(args.save_maps, **{k: v.astype(np.float16) for k, v in oof_maps.items()})
-        scored_design = score(ev_items, maps[evaluated], ev_groups, args, cams[evaluated] if base is None else None)
-        base = base or scored_design  # the first design's scores carry the baselines
-        results[d] = scored_design
         rows = [replace(results[k].head, name=names[k]) for k in results] + base.maps[1:]
         print_table(rows, base, len(tests), args)
 
