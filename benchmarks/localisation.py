@@ -1,15 +1,19 @@
 """Where is the lesion?  Out-of-fold localisation designs on the xu-liver outlines, side by side with baselines.
 
 Design ``t`` is the head ``liverscan train`` fits (:func:`liverscan.training.lesion.fit_lesion_model` with the
-default ``lesion`` settings: backbone tuned from ``block_6``, augmentation, 40 epochs), trained on each fold's
-training images and run on its test images at 160 px (``--lesion-epochs`` changes its epochs); with ``--flip`` the
-same models are also scored on the mean of the image's map and its mirror's, mirrored back (``t-flip``).
+default ``lesion`` settings: backbone tuned from ``block_6``, 40 epochs, ``lesion.zoom`` 2: trained on 1-2x upsampled
+crops and run at 160 px and on the image upsampled to 320 px), trained on each fold's training images and run on
+its test images (``--lesion-epochs`` changes its epochs, ``--lesion-zoom 1`` gives the single-pass head at 160 px of
+the tables before the zoom); with ``--flip`` the same models are also scored on the mean of the image's map and its
+mirror's, mirrored back (``t-flip``).
 
 Design ``m`` is the same head (same layers, loss, optimiser, epochs, training cost per step) trained on 160-px
 crops of each image shown at a random size between ``--crop-scales`` x 160 px (1-2 by default; with probability
 ``--on-lesion`` a tumour crop keeps the lesion's centre; flip and brightness / contrast as for ``t``) and run fully
 convolutionally on the whole image at every multiple of 160 px up to the largest scale, each size scored on its own
-and their mean (``m-mean``): it asks whether the head's input resolution is what limits it.
+and their mean (``m-mean``): it asks whether the head's input resolution is what limits it.  Its larger views come
+from the file decoded at that size, or with ``--big-from upsampled`` from the 160-px decode upsampled (what
+``lesion.zoom`` does in ``train`` and ``predict``): whether it is the scale or the extra pixels that help.
 
 For the frozen-feature designs, for every image of the xu layout (``<class>/image/<n>.jpg`` with
 ``<class>/segmentation/{mass,liver,outline}``) the frozen ImageNet MobileNetV2's multi-scale features (``block_3/6/13_expand_relu``, ``out_relu``) are computed
@@ -250,11 +254,9 @@ def score(
     )
 
 
-def product_head_maps(
-    items: list[Item], images: np.ndarray, coverage: np.ndarray, tests: list[np.ndarray], args
-) -> dict[str, np.ndarray]:
+def product_head_maps(items: list[Item], images: np.ndarray, tests: list[np.ndarray], args) -> dict[str, np.ndarray]:
     """Out-of-fold maps ``(N, S, S)`` of the head ``liverscan train`` fits (``training.lesion.fit_lesion_model``
-    with the default ``lesion`` settings, ``--lesion-epochs`` aside), one per test fold: ``t``, and with
+    with the default ``lesion`` settings, ``--lesion-epochs`` and ``--lesion-zoom`` aside), one per test fold: ``t``, and with
     ``--flip`` also ``t-flip`` (the same models' maps of the image and of its mirror, mirrored back, averaged)."""
     from liverscan.core.config import Config
     from liverscan.training.lesion import LesionTargets, fit_lesion_model
@@ -263,12 +265,16 @@ def product_head_maps(
     cfg.model.weights = args.weights
     if args.lesion_epochs:
         cfg.lesion.epochs = args.lesion_epochs
+    if args.lesion_zoom:
+        cfg.lesion.zoom = args.lesion_zoom
+    coverage = targets(items, images.shape[1] // 4 * cfg.lesion.zoom, "lesion")[:, 0]  # a zoom cuts finer targets
     out = {key: np.zeros(images.shape[:3], np.float32) for key in (["t", "t-flip"] if args.flip else ["t"])}
     t = time.perf_counter()
     for k, test in enumerate(tests):
         train = np.setdiff1d(np.arange(len(items)), test)
-        targets = LesionTargets(coverage[train], np.ones(len(train), bool))
-        model = fit_lesion_model(images[train], targets, cfg, seed=args.seed + k)
+        model = fit_lesion_model(
+            images[train], LesionTargets(coverage[train], np.ones(len(train), bool)), cfg, seed=args.seed + k
+        )
         out["t"][test] = lesion.predict_maps(model, images[test])
         if args.flip:
             mirrored = lesion.predict_maps(model, images[test][:, :, ::-1])[:, :, ::-1]
@@ -488,8 +494,18 @@ def main() -> int:
     ap.add_argument(
         "--lesion-epochs", type=int, default=0, help="designs t and m: epochs (0: the default lesion.epochs)"
     )
+    ap.add_argument(
+        "--lesion-zoom", type=int, default=0, help="design t: lesion.zoom (0: the default; 1: one pass at 160 px)"
+    )
     ap.add_argument("--crop-scales", default="1,2", help="design m: the image's side, as multiples of the crop's")
     ap.add_argument("--on-lesion", type=float, default=0.5, help="design m: share of lesion crops kept on the lesion")
+    ap.add_argument(
+        "--big-from",
+        choices=("pixels", "upsampled"),
+        default="pixels",
+        help="design m: its larger views decoded from the file at that size (pixels), or the 160-px decode upsampled "
+        "(upsampled: all a 160-px pipeline has), for training and running alike",
+    )
     ap.add_argument(
         "--flip", action="store_true", help="design t: also score its maps averaged with its mirrored image's (t-flip)"
     )
@@ -546,17 +562,20 @@ def main() -> int:
         if d == "m":
             top = max(float(v) for v in args.crop_scales.split(","))
             full = 160 * max(1, int(round(top)))
-            big = np.stack([load_image(it.path, full) for it in items])
+            if args.big_from == "upsampled":
+                big = _resized(images160, full)
+            else:
+                big = np.stack([load_image(it.path, full) for it in items])
             cover_big = targets(items, full // 4, "lesion")[:, 0]
             got = multiscale_head_maps(items, images160, big, cover_big, tests, args)
-            scales = args.crop_scales.replace(",", "-")
+            scales = args.crop_scales.replace(",", "-") + ("x upsampled" if args.big_from == "upsampled" else "x")
             for key in got:
-                names[key] = f"head on {scales}x crops, " + (
+                names[key] = f"head on {scales} crops, " + (
                     "mean of the sizes" if key == "m-mean" else f"run at {key[1:]} px"
                 )
             timings[f"train+predict ({d}) multi-scale crops"] = time.perf_counter() - t
         elif d == "t":
-            got = product_head_maps(items, images160, y[:, 0, :, :, 0], tests, args)
+            got = product_head_maps(items, images160, tests, args)
             names.setdefault("t-flip", names["t"] + ", mean with its mirror's map")
             timings[f"train+predict ({d}) {names[d]}"] = time.perf_counter() - t
         else:

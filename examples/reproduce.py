@@ -69,9 +69,16 @@ EXPERIMENTS = {
 
 
 def run_experiment(
-    name: str, spec: dict, shared: Path, out: Path, weights: str, bootstrap: int, lesion: bool = False
+    name: str,
+    spec: dict,
+    shared: Path,
+    out: Path,
+    weights: str,
+    bootstrap: int,
+    lesion: bool = False,
+    overrides: list[str] | None = None,
 ) -> dict:
-    from liverscan.core.config import Config, SourceSpec
+    from liverscan.core.config import Config, SourceSpec, apply_overrides
     from liverscan.evaluation import evaluate, write_report
     from liverscan.preparation import prepare_dataset
     from liverscan.training import cross_validate
@@ -87,6 +94,7 @@ def run_experiment(
     cfg.train.folds = FOLDS
     # the lesion head is measured by benchmarks/localisation.py; here it is fitted only when asked (--lesion)
     cfg.lesion.head = "auto" if lesion else "off"
+    cfg = apply_overrides(cfg, overrides or [])
     prepared, run = out / name / "prepared", out / name / "run"
     prep = prepare_dataset(cfg, prepared, overwrite=True)
     if run.exists():
@@ -219,6 +227,13 @@ def main() -> int:
         help="also fit the lesion localisation head (out of fold, then refit) where the data has outlines "
         "(what examples/ship_default_model.py packs; about 30 minutes more on 2 CPU cores)",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a setting of every experiment, as train --set does (e.g. lesion.zoom=2)",
+    )
     args = ap.parse_args()
     weights = args.shared / "weights" / "mobilenet_v2_1.0_160_no_top.h5"
     missing = [
@@ -238,7 +253,7 @@ def main() -> int:
     for name in args.only or list(EXPERIMENTS):
         print(f"== {name}", flush=True)
         results[name] = run_experiment(
-            name, EXPERIMENTS[name], args.shared, args.out, str(weights), args.bootstrap, args.lesion
+            name, EXPERIMENTS[name], args.shared, args.out, str(weights), args.bootstrap, args.lesion, args.set
         )
         r = results[name]
         print(

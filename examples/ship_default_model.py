@@ -102,7 +102,11 @@ def main() -> int:
 
             lesion.save_packed(load_model(lesion_run / card.lesion["file"]), staged / "lesion.weights.npz")
             packed_head = lesion.load_packed(
-                staged / "lesion.weights.npz", card.image_size, card.lesion["layers"], card.lesion["width"]
+                staged / "lesion.weights.npz",
+                card.image_size,
+                card.lesion["layers"],
+                card.lesion["width"],
+                zoom=int(card.lesion.get("zoom") or 1),
             )
         tflite = write_tflite(packed, staged / "model.tflite", images[:64].astype(np.float32), reference)
         # nothing machine-specific ships: replace local paths with descriptions

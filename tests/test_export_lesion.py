@@ -237,10 +237,11 @@ def test_the_real_design_converts_and_agrees(tmp_path, fmt):
 
 
 @pytest.mark.slow
-def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("zoom", [1, 2])
+def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tmp_path, monkeypatch, zoom):
     """A head tuned from ``block_6_expand`` on the classifier's backbone is exported inside ``model.tflite``, the
     layers below it run once: one pass gives the probabilities, the guard's features and the lesion map, and
-    predict takes its maps from that pass."""
+    predict takes its maps from that pass (with ``lesion.zoom`` 2, the pass on the upsampled image included)."""
     from liverscan.core.images import load_image
     from liverscan.core.keras_env import import_keras
     from liverscan.core.lesion import build_lesion_model, shared_backbone_model
@@ -255,7 +256,7 @@ def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tm
     rng = np.random.default_rng(0)
     for layer in own.layers[[layer.name for layer in own.layers].index("block_6_expand") :]:  # "fine-tuned"
         layer.set_weights([w * rng.uniform(0.8, 1.2, w.shape).astype(w.dtype) for w in layer.get_weights()])
-    head = build_lesion_model(own, width=4)
+    head = build_lesion_model(own, width=4, zoom=zoom)
     weights = head.get_weights()
     weights[-1] = weights[-1] + np.float32(3.0)  # a head that finds something: maps well above 0.5 somewhere
     head.set_weights(weights)

@@ -154,8 +154,8 @@ def test_upsample_squashes_like_the_images():
 
 
 @pytest.mark.slow  # two MobileNetV2 builds and a joint graph per case: about 5 s each
-@pytest.mark.parametrize("features", ["last", "multistage"])
-def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(features):
+@pytest.mark.parametrize("features,zoom", [("last", 1), ("multistage", 1), ("last", 2)])
+def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(features, zoom):
     """The joint graph runs the layers below the head's first tuned layer once: its outputs equal the classifier's
     and the head's own, it holds the classifier backbone's layers and only the head's tuned ones, and a head
     tuned from the first layer on (or another architecture) shares nothing."""
@@ -171,7 +171,7 @@ def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(featu
     rng = np.random.default_rng(0)
     for layer in own.layers[tuned_from:]:  # "fine-tuned": every weight from block_6_expand on moves
         layer.set_weights([w * rng.uniform(0.8, 1.2, w.shape).astype(w.dtype) for w in layer.get_weights()])
-    head = lesion.build_lesion_model(own, width=4)
+    head = lesion.build_lesion_model(own, width=4, zoom=zoom)  # zoom 2: its second pass runs on its own
     logits = head.get_layer("lesion_decoder").get_layer("lesion_logits")
     logits.set_weights([logits.get_weights()[0] * np.float32(3000.0), logits.get_weights()[1]])  # maps not all 0.5
 
@@ -190,9 +190,10 @@ def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(featu
     assert lesion.first_unshared_layer(joint) == "block_6_expand"
     assert "block_5_add" not in {layer.name for layer in rest.layers[1:]}  # the shared part runs once
 
+    mine = head.get_layer("multiscale")  # the head's backbone layers (with a zoom: its own copy of them)
     for layer in own.layers[1:tuned_from]:  # tuned from the first layer on: two passes
-        layer.set_weights([w + np.float32(0.01) for w in layer.get_weights()])
-    own.layers[1].set_weights([w + np.float32(0.01) for w in own.layers[1].get_weights()])
+        theirs = mine.get_layer(layer.name)
+        theirs.set_weights([w + np.float32(0.01) for w in theirs.get_weights()])
     assert lesion.shared_backbone_model(clf, head) is None
 
 
@@ -201,3 +202,35 @@ def _weights_by_name(clf, own) -> list:
 
     theirs = backbone_of(clf)
     return [w for layer in own.layers if layer.weights for w in theirs.get_layer(layer.name).get_weights()]
+
+
+def test_a_zoomed_head_averages_its_pass_on_the_image_and_on_it_upsampled():
+    """zoom=2: the map is the mean of the head's probabilities on the image and on it upsampled to twice the size
+    (its logits brought back to S), computed here from the model's own backbone and decoder step by step."""
+    from liverscan.core.keras_env import import_keras
+    from liverscan.core.model import build_backbone
+
+    keras = import_keras()
+    ops = keras.ops
+    keras.utils.set_random_seed(0)
+    plain = lesion.build_lesion_model(build_backbone(SIZE, "none"), width=4)
+    logits = plain.get_layer("lesion_decoder").get_layer("lesion_logits")
+    logits.set_weights([logits.get_weights()[0] * np.float32(3000.0), logits.get_weights()[1]])  # maps not all 0.5
+    zoomed = lesion.build_lesion_model(build_backbone(SIZE, "none"), width=4, zoom=2)
+    zoomed.set_weights(plain.get_weights())
+    assert lesion.zoom_of(zoomed) == 2 and lesion.zoom_of(plain) == 1
+    assert zoomed.get_layer("multiscale").input_shape[1:3] == (None, None)  # one backbone for both sizes
+    images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.float32)
+    features, decoder = zoomed.get_layer("multiscale"), zoomed.get_layer("lesion_decoder")
+
+    def probability(x, factor):
+        out = decoder(list(features(x / 127.5 - 1.0)))
+        return ops.sigmoid(ops.image.resize(out, (SIZE, SIZE), "bilinear")) if factor else ops.sigmoid(out)
+
+    at_1 = ops.convert_to_numpy(probability(images, 1))[..., 0]
+    big = ops.image.resize(images, (2 * SIZE, 2 * SIZE), "bilinear")
+    at_2 = ops.convert_to_numpy(probability(big, 1))[..., 0]
+    np.testing.assert_allclose(lesion.predict_maps(plain, images), at_1, atol=1e-4)
+    got = lesion.predict_maps(zoomed, images)
+    assert got.shape == (2, SIZE, SIZE) and float(np.abs(at_2 - at_1).max()) > 1e-2  # the passes differ
+    np.testing.assert_allclose(got, (at_1 + at_2) / 2, atol=1e-4)

@@ -59,7 +59,7 @@ def test_a_small_real_head_finds_made_up_lesions(discs, tmp_path: Path):
     cfg = Config()
     cfg.model.weights = "none"
     cfg.lesion.epochs, cfg.lesion.width, cfg.lesion.learning_rate = 20, 8, 3e-3
-    cfg.lesion.fine_tune_from = ""
+    cfg.lesion.fine_tune_from, cfg.lesion.zoom = "", 1  # one pass: the decoder trains on cached features
     train = np.r_[0:18, 24:30]
     test = np.r_[18:24, 30:32]
     targets = lesion_training.lesion_targets([rows[i] for i in train], 16, {"normal"})
@@ -174,15 +174,17 @@ def test_cross_validated_run_writes_out_of_fold_maps(xu_prepared, short_c_grid, 
 
 
 @pytest.mark.slow
-def test_packed_float16_head_rebuilds_with_the_same_maps(tmp_path: Path):
+@pytest.mark.parametrize("zoom", [1, 2])
+def test_packed_float16_head_rebuilds_with_the_same_maps(tmp_path: Path, zoom: int):
     from liverscan.core.keras_env import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(3)
     bb = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None)
-    model = lesion.build_lesion_model(bb, width=4)
+    model = lesion.build_lesion_model(bb, width=4, zoom=zoom)
     lesion.save_packed(model, tmp_path / "lesion.weights.npz")
-    again = lesion.load_packed(tmp_path / "lesion.weights.npz", 32, width=4)
+    again = lesion.load_packed(tmp_path / "lesion.weights.npz", 32, width=4, zoom=zoom)
+    assert lesion.zoom_of(again) == zoom
     x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(lesion.predict_maps(again, x), lesion.predict_maps(model, x), atol=2e-2)
     from liverscan.core.errors import ModelError
@@ -204,3 +206,55 @@ def test_cli_train_lesion_head_off(xu_prepared, short_c_grid, tmp_path: Path):
     assert read_card(tmp_path / "run").lesion is None and "Lesion localisation head" not in r.output
     r = CliRunner().invoke(app, [*args[:-2], "--lesion-head", "sometimes", "--overwrite"])
     assert r.exit_code == 2 and "lesion.head must be one of auto, off (got 'sometimes')" in r.output
+
+
+def test_zoomed_crop_views_keep_image_and_target_aligned(discs):
+    """A zoom's training view is an S-px crop of the image shown larger, cut with its target: the disc in the view
+    is where its target says, and the view is 1-2x as large as the image (the disc's size grows with it)."""
+    rows = _rows(discs)
+    t = lesion_training.lesion_targets(rows, 32)  # zoom 2 on 64-px images: targets at 2 x 64 / 4
+    rng = np.random.default_rng(0)
+    radii = []
+    for i in range(24):
+        image = load_image(rows[i]["path"], 64)
+        for _ in range(3):
+            view, target = lesion_training._zoomed_crop(image, t.coverage[i], rng, 2)
+            assert view.shape == (64, 64, 3) and target.shape == (16, 16) and view.dtype == np.float32
+            edge = np.r_[target[0], target[-1], target[:, 0], target[:, -1]]
+            if target.max() < 0.9 or edge.max() > 0:
+                continue  # the crop cut into the disc (it keeps the lesion's centre only half the time)
+            bright = view.mean(axis=-1) > 170  # the disc (brightness changed by at most x1.25 and +-20)
+            cells = bright.reshape(16, 4, 16, 4).mean(axis=(1, 3))
+            assert np.abs(cells - target).mean() < 0.08
+            radii.append(np.sqrt(target.sum() * 16 / np.pi) / discs["discs"][rows[i]["path"]][2])
+    assert len(radii) >= 20 and 0.9 <= min(radii) and max(radii) <= 2.1 and max(radii) > 1.4, radii
+    normal = load_image(rows[-1]["path"], 64)
+    _, empty = lesion_training._zoomed_crop(normal, t.coverage[-1], rng, 2)
+    assert empty.max() == 0.0
+
+
+@pytest.mark.slow
+def test_a_zoomed_head_learns_from_views_and_runs_at_two_sizes(discs):
+    """lesion.zoom=2: trained on zoomed crops (targets at twice the side), the served model takes S-px images,
+    averages its passes at S and 2S, and finds the made-up lesions."""
+    rows = _rows(discs)
+    images = np.stack([load_image(r["path"], 64) for r in rows])
+    cfg = Config()
+    cfg.model.weights = "none"
+    cfg.lesion.epochs, cfg.lesion.width, cfg.lesion.learning_rate, cfg.lesion.zoom = 20, 8, 3e-3, 2
+    cfg.lesion.fine_tune_from = ""
+    train, test = np.r_[0:18, 24:30], np.r_[18:24, 30:32]
+    targets = lesion_training.lesion_targets([rows[i] for i in train], 32, {"normal"})
+    with pytest.raises(ValueError, match="needs targets 32 a side"):
+        lesion_training.fit_lesion_model(images[:4], lesion_training.lesion_targets(rows[:4], 16), cfg)
+    model = lesion_training.fit_lesion_model(images[train], targets, cfg, seed=1)
+    assert lesion.zoom_of(model) == 2 and model.input_shape == (None, 64, 64, 3)
+    maps = lesion.predict_maps(model, images[test])
+    assert maps.shape == (8, 64, 64)
+    hits = []
+    for i, m in zip(test[:6], maps[:6]):
+        cx, cy, r = discs["discs"][rows[i]["path"]]
+        y, x = np.mgrid[0:64, 0:64] + 0.5
+        hits.append(lesion.pointing_hit(m, (x - cx) ** 2 + (y - cy) ** 2 <= r * r))
+    assert np.mean(hits) >= 5 / 6, hits
+    assert sum(bool(lesion.regions(m)) for m in maps[6:]) <= 1, [float(m.max()) for m in maps[6:]]

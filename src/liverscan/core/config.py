@@ -190,6 +190,11 @@ class LesionConfig:
     # first backbone layer tuned with the decoder ("" keeps it frozen); block_6_expand chosen by cross-validation on
     # the shared outlines over block_3_expand (pointing 0.700 vs 0.680, Dice 0.424 vs 0.412, false lesions 1.3 vs 6.6 %)
     fine_tune_from: str = "block_6_expand"
+    # > 1: trained on crops of the image upsampled 1 to zoom times, and run on the image and on it upsampled to every
+    # multiple up to zoom times (maps averaged): small lesions cover more feature cells, at zoom**2 times the head's
+    # compute in each extra pass. 2 chosen by cross-validation on the shared outlines over 1 (the reproduction's
+    # folds: pointing 0.787 vs 0.700, Dice 0.486 vs 0.453, false lesions 1.3 vs 7.9 %)
+    zoom: int = 2
     threshold: float = 0.5  # probability above which a pixel is lesion
     min_area: float = 0.002  # regions smaller than this share of the image are dropped
 
@@ -415,6 +420,7 @@ def validate(cfg: Config) -> Config:
     need(
         finite(les.learning_rate) and 0 < les.learning_rate <= 1, "lesion.learning_rate", "in (0, 1]", les.learning_rate
     )
+    need(les.zoom in (1, 2, 3, 4), "lesion.zoom", "1, 2, 3 or 4", les.zoom)
     need(finite(les.threshold) and 0 < les.threshold < 1, "lesion.threshold", "in (0, 1)", les.threshold)
     need(finite(les.min_area) and 0 <= les.min_area < 1, "lesion.min_area", "in [0, 1)", les.min_area)
     need(

@@ -93,25 +93,66 @@ def build_lesion_model(
     width: int = 32,
     n_outputs: int = 1,
     name: str = "lesion_model",
+    zoom: int = 1,
 ):
     """Pixels ``(N, S, S, 3)`` in 0..255 -> lesion probabilities ``(N, S, S, n_outputs)``.
 
     ``backbone`` takes inputs in -1..1 (MobileNetV2's scaling); ``decoder`` is built here when not given.
+    ``zoom`` > 1: the head also runs on the image upsampled (bilinear) to every multiple of ``S`` up to ``zoom x S``
+    (fully convolutionally: the backbone and decoder take any size), and the map is the mean of the passes'
+    probabilities, each brought back to ``S x S``; small lesions cover more of the backbone's feature cells there.
     """
     keras = _keras()
     size = int(backbone.input_shape[1])
+    stride = size // int(backbone.get_layer(layers[0]).output.shape[1])  # the decoder's output stride
+    if zoom > 1:
+        backbone = any_size_backbone(backbone)
     features = multiscale_backbone(backbone, layers)
     if decoder is None:
-        decoder = build_decoder([tuple(s[1:]) for s in _as_list(features.output_shape)], width, n_outputs)
+        shapes = [tuple(s[1:]) for s in _as_list(features.output_shape)]
+        decoder = build_decoder([(None, None, s[-1]) for s in shapes] if zoom > 1 else shapes, width, n_outputs)
     inp = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(inp)
-    outs = features(x, training=False)
-    logits = decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs])
-    factor = size // int(decoder.output_shape[1])
-    if factor > 1:
-        logits = keras.layers.UpSampling2D(factor, interpolation="bilinear", name="to_input_size")(logits)
-    out = keras.layers.Activation("sigmoid", name="lesion_probability")(logits)
+    scale = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")
+    sigmoid = keras.layers.Activation("sigmoid", name="lesion_probability")
+    maps = []
+    for z in range(1, zoom + 1):
+        view = inp if z == 1 else keras.layers.Resizing(z * size, z * size, "bilinear", name=f"zoom_{z}")(inp)
+        outs = features(scale(view), training=False)
+        logits = decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs])
+        maps.append(sigmoid(_to_input_size(logits, size, z, stride)))
+    out = maps[0] if zoom == 1 else keras.layers.Average(name="lesion_mean")(maps)
     return keras.Model(inp, out, name=name)
+
+
+def _to_input_size(logits, size: int, zoom: int, stride: int):
+    """Logits of the pass at ``zoom x size`` (``zoom x size / stride`` a side) brought to ``size x size``."""
+    keras = _keras()
+    side = zoom * size // stride
+    if zoom == 1:
+        if side == size:
+            return logits
+        return keras.layers.UpSampling2D(size // side, interpolation="bilinear", name="to_input_size")(logits)
+    return keras.layers.Resizing(size, size, "bilinear", name=f"to_input_size_{zoom}")(logits)
+
+
+def any_size_backbone(backbone):
+    """A copy of the functional ``backbone`` (its architecture and weights) that takes images of any size."""
+    keras = _keras()
+    config = backbone.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            shape = layer["config"].get("batch_shape") or layer["config"].get("batch_input_shape")
+            key = "batch_shape" if "batch_shape" in layer["config"] else "batch_input_shape"
+            layer["config"][key] = [shape[0], None, None, *shape[3:]]
+    twin = keras.Model.from_config(config)
+    twin.set_weights(backbone.get_weights())
+    return twin
+
+
+def zoom_of(head) -> int:
+    """The largest zoom of a lesion model built by :func:`build_lesion_model` (1: one pass at the input size)."""
+    names = {layer.name for layer in head.layers}
+    return max([1, *(int(n.split("_")[1]) for n in names if n.startswith("zoom_") and n.split("_")[1].isdigit())])
 
 
 def shared_backbone_model(classifier, head):
@@ -173,7 +214,17 @@ def shared_backbone_model(classifier, head):
     logits = decoder([theirs[n] for n in DEFAULT_LAYERS])
     if any(layer.name == "to_input_size" for layer in head.layers):
         logits = head.get_layer("to_input_size")(logits)
-    return keras.Model(inp, [probs, pooled, sigmoid(logits)], name="classifier_and_lesion")
+    prob = sigmoid(logits)
+    zoom = zoom_of(head)
+    if zoom > 1:  # the zoomed passes run the head's own backbone on the upsampled image
+        maps = [prob]
+        for z in range(2, zoom + 1):
+            view = classifier.get_layer("scale_to_unit_range")(head.get_layer(f"zoom_{z}")(inp))  # the same scaling
+            outs = multiscale(view, training=False)
+            logits = decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs])
+            maps.append(sigmoid(head.get_layer(f"to_input_size_{z}")(logits)))
+        prob = head.get_layer("lesion_mean")(maps)
+    return keras.Model(inp, [probs, pooled, prob], name="classifier_and_lesion")
 
 
 def first_unshared_layer(joint) -> str | None:
@@ -222,14 +273,16 @@ def save_packed(model, path) -> None:
     write_bytes_atomic(path, npz_bytes(*[np.asarray(w).astype(np.float16) for w in model.get_weights()]))
 
 
-def load_packed(path, size: int, layers: Sequence[str] = DEFAULT_LAYERS, width: int = 32, alpha: float = 1.0):
+def load_packed(
+    path, size: int, layers: Sequence[str] = DEFAULT_LAYERS, width: int = 32, alpha: float = 1.0, zoom: int = 1
+):
     """The lesion model of float16 weights ``path`` (:func:`save_packed`): the architecture of
     :func:`build_lesion_model` at ``size`` with a random-initialised MobileNetV2, then the weights (as float32)."""
     from liverscan.core.errors import ModelError
 
     keras = _keras()
     backbone = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None)
-    model = build_lesion_model(backbone, layers=layers, width=width)
+    model = build_lesion_model(backbone, layers=layers, width=width, zoom=zoom)
     try:
         with np.load(path) as z:
             weights = [z[f"arr_{i}"].astype(np.float32) for i in range(len(z.files))]

@@ -150,8 +150,10 @@ class LesionHead:
     :class:`~liverscan.serving.runtime.MapRunner` when that runtime was chosen and the file exists.
     """
 
-    def __init__(self, path: Path, size: int, threshold: float, min_area: float, model=None, runner=None):
-        self.path, self.size = Path(path), size
+    def __init__(
+        self, path: Path, size: int, threshold: float, min_area: float, model=None, runner=None, zoom: int = 1
+    ):
+        self.path, self.size, self.zoom = Path(path), size, zoom
         self.threshold, self.min_area = threshold, min_area
         self._model, self._runner = model, runner
         self.kind = "keras" if runner is None else str(getattr(runner, "kind", Path(path).suffix.lstrip(".")))
@@ -175,6 +177,7 @@ class LesionHead:
             size=card.image_size,
             threshold=float(entry.get("threshold", core.THRESHOLD)),
             min_area=float(entry.get("min_area", core.MIN_AREA)),
+            zoom=int(entry.get("zoom") or 1),
         )
         if shared is not None:
             from liverscan.serving.runtime import MapRunner
@@ -209,8 +212,11 @@ class LesionHead:
     def finding(self, prob_map: np.ndarray, width: int, height: int) -> LesionFinding:
         return find_lesion(prob_map, width, height, self.threshold, self.min_area)
 
-    def describe(self) -> str:
-        return f"{self.kind}, outline p >= {self.threshold:g}"
+    def describe(self, where: str = "", kind: str | None = None) -> str:
+        """One line: runtime (``kind``: another name for it), ``where`` it runs, the zoom of its passes and its
+        outline threshold."""
+        zoom = f", on the image and on it upsampled up to {self.zoom}x" if self.zoom > 1 else ""
+        return f"{kind or self.kind}{where}{zoom}, outline p >= {self.threshold:g}"
 
 
 def _prefetch_post_processing() -> None:
@@ -255,7 +261,7 @@ def _load_keras_head(path: Path, size: int, entry: dict | None = None):
         if path.suffix == ".npz":  # packed float16 weights (the shipped default model): rebuilt from the card
             e = entry or {}
             layers = e.get("layers") or core.DEFAULT_LAYERS
-            model = core.load_packed(path, size, layers, int(e.get("width") or 32))
+            model = core.load_packed(path, size, layers, int(e.get("width") or 32), zoom=int(e.get("zoom") or 1))
         else:
             model = load_model(path)
     except ModelError as exc:

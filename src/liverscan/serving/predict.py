@@ -183,7 +183,7 @@ class Classifier:
         """One line on the lesion head (None when the model has none)."""
         if self.lesion is not None:
             if getattr(self.runner, "has_maps", False):
-                return f"{self.runtime}, in the classifier's own pass, outline p >= {self.lesion.threshold:g}"
+                return self.lesion.describe(", in the classifier's own pass", kind=self.runtime)
             return self.lesion.describe()
         return "off" if self.card.lesion else None
 

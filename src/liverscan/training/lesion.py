@@ -63,8 +63,12 @@ def lesion_targets(rows: Sequence[dict[str, str]], side: int, free: set[str] | N
     return LesionTargets(cov, known)
 
 
-def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, full: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One training view of image ``x`` (S, S, 3) and target ``t`` (side, side)."""
+def _augment(
+    x: np.ndarray, t: np.ndarray, rng: np.random.Generator, full: bool, zoom: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """One training view of image ``x`` (S, S, 3) and target ``t`` (side, side; ``zoom`` x that with a zoom)."""
+    if zoom > 1:
+        return _zoomed_crop(x, t, rng, zoom)
     if rng.random() < 0.5:
         x, t = x[:, ::-1], t[:, ::-1]
     x = x.astype(np.float32)
@@ -72,14 +76,14 @@ def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, full: bool)
         return x, t
     from scipy import ndimage
 
-    zoom = rng.uniform(0.85, 1.15)
+    scale = rng.uniform(0.85, 1.15)
     shift = rng.uniform(-0.08, 0.08, 2)
 
     def warp(a: np.ndarray) -> np.ndarray:
         n = a.shape[0]
         c = (n - 1) / 2
-        mat = np.eye(2) / zoom
-        off = np.array([c, c]) - mat @ np.array([c, c]) - shift * n / zoom
+        mat = np.eye(2) / scale
+        off = np.array([c, c]) - mat @ np.array([c, c]) - shift * n / scale
         if a.ndim == 3:
             return np.stack([ndimage.affine_transform(a[..., k], mat, off, order=1) for k in range(a.shape[2])], -1)
         return ndimage.affine_transform(a, mat, off, order=1)
@@ -89,7 +93,42 @@ def _augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator, full: bool)
     return x.astype(np.float32), t.astype(np.float32)
 
 
-def _dataset(images: np.ndarray, targets: np.ndarray, idx: np.ndarray, batch: int, seed: int, full: bool):
+def _zoomed_crop(
+    x: np.ndarray, t: np.ndarray, rng: np.random.Generator, zoom: int, on_lesion: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """An ``S``-px crop of image ``x`` (S, S, 3) upsampled (bilinear) to a random side between ``S`` and ``zoom x S``,
+    and its target cut from ``t`` (the lesion's coverage at ``zoom x S / 4`` a side); with probability ``on_lesion``
+    a lesion image's crop keeps the lesion's centre.  Then a horizontal flip and a brightness / contrast change."""
+    from PIL import Image
+
+    crop = x.shape[0]
+    cell = STRIDE
+    side = cell * int(round(rng.uniform(1.0, zoom) * crop / cell))
+    img = np.asarray(Image.fromarray(np.asarray(x, np.uint8)).resize((side, side), Image.Resampling.BILINEAR))
+    cov = Image.fromarray(np.asarray(t, np.float32), mode="F").resize((side // cell,) * 2, Image.Resampling.BILINEAR)
+    target = np.clip(np.asarray(cov, np.float32), 0, 1)
+    room = (side - crop) // cell  # crop offsets in target cells
+    ox, oy = (int(v) for v in rng.integers(0, room + 1, 2)) if room > 0 else (0, 0)
+    if room > 0 and target.max() > 0 and rng.random() < on_lesion:
+        rows, cols = np.nonzero(target > 0.5 * target.max())
+        n, margin = crop // cell, crop // (4 * cell)  # the centre stays at least ``margin`` cells inside the crop
+
+        def around(centre: int, offset: int) -> int:
+            low, high = max(0, centre - n + margin + 1), min(room, centre - margin)
+            return int(rng.integers(low, high + 1)) if low <= high else offset
+
+        ox, oy = around(int(np.median(cols)), ox), around(int(np.median(rows)), oy)
+    img = img[cell * oy : cell * oy + crop, cell * ox : cell * ox + crop].astype(np.float32)
+    target = target[oy : oy + crop // cell, ox : ox + crop // cell]
+    if rng.random() < 0.5:
+        img, target = img[:, ::-1], target[:, ::-1]
+    img = np.clip(img * rng.uniform(0.8, 1.25) + rng.uniform(-20, 20), 0, 255)
+    return img.astype(np.float32), np.ascontiguousarray(target, np.float32)
+
+
+def _dataset(
+    images: np.ndarray, targets: np.ndarray, idx: np.ndarray, batch: int, seed: int, full: bool, zoom: int = 1
+):
     from liverscan.core.keras_env import import_keras
 
     keras: Any = import_keras()
@@ -105,7 +144,7 @@ def _dataset(images: np.ndarray, targets: np.ndarray, idx: np.ndarray, batch: in
 
         def __getitem__(self, k: int):
             sel = self.order[k * batch : (k + 1) * batch]
-            xs, ts = zip(*(_augment(images[i], targets[i], self.rng, full) for i in sel))
+            xs, ts = zip(*(_augment(images[i], targets[i], self.rng, full, zoom) for i in sel))
             return np.stack(xs), np.stack(ts)[..., None]
 
         def on_epoch_end(self) -> None:
@@ -160,19 +199,25 @@ def fit_lesion_model(
             sample = np.random.default_rng(seed).permutation(len(images))[:256]
             calibrate_backbone_batchnorm(backbone, images[np.sort(sample)])
     set_trainable(backbone, lc.fine_tune_from)
-    if not lc.fine_tune_from:
+    zoom = lc.zoom
+    if not lc.fine_tune_from and zoom == 1:
         decoder = _fit_decoder_on_cached_features(images, targets, cfg, seed, backbone, log, augment)
         return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS)
     features = lesion.multiscale_backbone(backbone, lesion.DEFAULT_LAYERS)
     shapes = [tuple(s[1:]) for s in lesion._as_list(features.output_shape)]
+    if lc.zoom > 1:  # the serving model also runs it on the upsampled image: any size
+        shapes = [(None, None, s[-1]) for s in shapes]
     decoder = lesion.build_decoder(shapes, lc.width, 1)
     inp = keras.Input((size, size, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(inp)
     outs = features(x, training=False)
     trainer = keras.Model(inp, decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs]))
     idx = np.flatnonzero(targets.known)
-    _fit(trainer, _dataset(images, targets.coverage, idx, lc.batch_size, seed, augment), cfg, log)
-    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS)
+    side = size // STRIDE
+    if zoom > 1 and targets.coverage.shape[1] != zoom * side:
+        raise ValueError(f"a zoom of {zoom} needs targets {zoom * side} a side, not {targets.coverage.shape[1]}")
+    _fit(trainer, _dataset(images, targets.coverage, idx, lc.batch_size, seed, augment, zoom), cfg, log)
+    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, zoom=lc.zoom)
 
 
 def multiscale_features(backbone, images: np.ndarray, batch: int = 32) -> list[np.ndarray]:
@@ -269,7 +314,13 @@ def card_entry(cfg: Config, targets: LesionTargets, seconds: float, file: str | 
         "design": (
             f"decoder (width {lc.width}) on MobileNetV2 features {', '.join(lesion.DEFAULT_LAYERS)}; "
             + (f"backbone tuned from {lc.fine_tune_from}" if lc.fine_tune_from else "backbone frozen")
+            + (
+                f"; run on the image and on it upsampled up to {lc.zoom}x, probabilities averaged"
+                if lc.zoom > 1
+                else ""
+            )
         ),
+        "zoom": lc.zoom,
         "layers": list(lesion.DEFAULT_LAYERS),
         "width": lc.width,
         "output": "lesion probability per input pixel",
@@ -284,7 +335,10 @@ def card_entry(cfg: Config, targets: LesionTargets, seconds: float, file: str | 
             "learning_rate": lc.learning_rate,
             "loss": "soft Dice + binary cross-entropy",
             "augmentation": (
-                "horizontal flip, zoom, shift, brightness / contrast"
+                f"crops of the image upsampled 1-{lc.zoom}x (half the lesion crops kept on the lesion), horizontal "
+                "flip, brightness / contrast"
+                if lc.zoom > 1
+                else "horizontal flip, zoom, shift, brightness / contrast"
                 if lc.fine_tune_from
                 else "horizontal flip (frozen-backbone features of each image and its mirror computed once)"
             ),
@@ -315,7 +369,7 @@ def train_for_run(
     from liverscan.core.model import save_keras_atomic
 
     t0 = time.perf_counter()
-    side = int(images.shape[1]) // STRIDE
+    side = int(images.shape[1]) // STRIDE * cfg.lesion.zoom  # a zoom's views are cut from finer targets
     targets = lesion_targets(rows, side)
     model = fit_lesion_model(images, targets, cfg, log=log, backbone=backbone)
     save_keras_atomic(model, run / LESION_FILE)
@@ -334,7 +388,7 @@ def out_of_fold_maps(
     mask of images that got one.  Each fold's maps are kept in ``folder/f<k>/lesion_maps.npy`` so a resumed run
     skips finished folds."""
     size = int(images.shape[1])
-    side = size // STRIDE
+    side = size // STRIDE * cfg.lesion.zoom  # a zoom's views are cut from finer targets
     free = lesion_free_classes(rows)
     targets = lesion_targets(rows, side, free)
     maps = np.zeros((len(rows), size, size), np.float16)
