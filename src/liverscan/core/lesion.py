@@ -33,6 +33,7 @@ MOBILENET_V2_LAYERS = (
     "block_13_expand_relu",  # stride 16
     "out_relu",  # stride 32
 )
+STRIDES = dict(zip(MOBILENET_V2_LAYERS, (2, 4, 8, 16, 32)))
 DEFAULT_LAYERS = MOBILENET_V2_LAYERS[1:]  # decoder output at stride 4 (40 x 40 at 160 px)
 THRESHOLD = 0.5
 MIN_AREA = 0.002  # regions smaller than this share of the map are dropped (~51 pixels of 160 x 160)
@@ -94,6 +95,7 @@ def build_lesion_model(
     n_outputs: int = 1,
     name: str = "lesion_model",
     zoom: int = 1,
+    size: int | None = None,
 ):
     """Pixels ``(N, S, S, 3)`` in 0..255 -> lesion probabilities ``(N, S, S, n_outputs)``.
 
@@ -101,11 +103,13 @@ def build_lesion_model(
     ``zoom`` > 1: the head also runs on the image upsampled (bilinear) to every multiple of ``S`` up to ``zoom x S``
     (fully convolutionally: the backbone and decoder take any size), and the map is the mean of the passes'
     probabilities, each brought back to ``S x S``; small lesions cover more of the backbone's feature cells there.
+    ``size``: ``S`` for a ``backbone`` that takes any size (else its input's).
     """
     keras = _keras()
-    size = int(backbone.input_shape[1])
-    stride = size // int(backbone.get_layer(layers[0]).output.shape[1])  # the decoder's output stride
-    if zoom > 1:
+    size = int(size or backbone.input_shape[1])
+    fine = backbone.get_layer(layers[0]).output.shape[1]
+    stride = size // int(fine) if fine else STRIDES[layers[0]]  # the decoder's output stride
+    if zoom > 1 and backbone.input_shape[1] is not None:
         backbone = any_size_backbone(backbone)
     features = multiscale_backbone(backbone, layers)
     if decoder is None:
@@ -281,8 +285,9 @@ def load_packed(
     from liverscan.core.errors import ModelError
 
     keras = _keras()
-    backbone = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None)
-    model = build_lesion_model(backbone, layers=layers, width=width, zoom=zoom)
+    shape = (None, None, 3) if zoom > 1 else (size, size, 3)  # a zoom's passes take any size
+    backbone = keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=None)
+    model = build_lesion_model(backbone, layers=layers, width=width, zoom=zoom, size=size)
     try:
         with np.load(path) as z:
             weights = [z[f"arr_{i}"].astype(np.float32) for i in range(len(z.files))]

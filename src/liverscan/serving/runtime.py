@@ -65,7 +65,7 @@ class TFLiteRunner:
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
         self._interps: dict[int, tuple] = {}
-        interp, _, _, feats, maps = self._interpreter(batch_size)
+        interp, _, _, feats, maps = self._interpreter(1)  # the full batch's is allocated when a full batch comes
         self.input_shape = tuple(int(v) for v in interp.get_input_details()[0]["shape"][1:])
         self.has_features = feats is not None
         self.has_maps = maps is not None
@@ -97,7 +97,7 @@ class TFLiteRunner:
     @property
     def output_shape(self) -> tuple[int, ...]:
         """Shape of one image's first (narrowest) output."""
-        interp, _, out, _, _ = self._interpreter(self.batch_size)
+        interp, _, out, _, _ = self._interpreter(1)
         detail = next(d for d in interp.get_output_details() if d["index"] == out)
         return tuple(int(v) for v in detail["shape"][1:])
 
