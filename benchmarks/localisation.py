@@ -283,45 +283,6 @@ def product_head_maps(items: list[Item], images: np.ndarray, tests: list[np.ndar
     return out
 
 
-def _scale_crop(
-    image: np.ndarray,
-    cover: np.ndarray,
-    rng: np.random.Generator,
-    scales: tuple[float, float],
-    crop: int,
-    on_lesion: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One training view for design m: ``image`` (B, B, 3) (B: the largest scale x ``crop``) and its lesion coverage
-    (B/4, B/4), resized to a side between ``scales`` x ``crop`` and cut to a ``crop`` square (stride-4 aligned), then
-    flipped and
-    brightness / contrast changed; with probability ``on_lesion`` a crop of a lesion image keeps the lesion's centre."""
-    from PIL import Image
-
-    side = 4 * int(round(rng.uniform(*scales) * crop / 4))
-    img = Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR)
-    cov = Image.fromarray(cover, mode="F").resize((side // 4, side // 4), Image.Resampling.BILINEAR)
-    x, t = np.asarray(img, np.float32), np.clip(np.asarray(cov, np.float32), 0, 1)
-    room = (side - crop) // 4  # crop offsets in target cells
-    ox, oy = rng.integers(0, room + 1, 2) if room > 0 else (0, 0)
-    if room > 0 and t.max() > 0 and rng.random() < on_lesion:
-        rows, cols = np.nonzero(t > 0.5 * t.max())
-        cy, cx = int(np.median(rows)), int(np.median(cols))
-        c4, m = crop // 4, crop // 16  # keep the centre at least m cells inside the crop
-
-        def around(centre: int, offset: int) -> int:
-            low, high = max(0, centre - c4 + m + 1), min(room, centre - m)
-            return int(rng.integers(low, high + 1)) if low <= high else offset
-
-        ox = around(cx, ox)
-        oy = around(cy, oy)
-    x = x[4 * oy : 4 * oy + crop, 4 * ox : 4 * ox + crop]
-    t = t[oy : oy + crop // 4, ox : ox + crop // 4]
-    if rng.random() < 0.5:
-        x, t = x[:, ::-1], t[:, ::-1]
-    x = np.clip(x * rng.uniform(0.8, 1.25) + rng.uniform(-20, 20), 0, 255)
-    return x.astype(np.float32), np.ascontiguousarray(t, np.float32)
-
-
 def _resized(images: np.ndarray, side: int) -> np.ndarray:
     from PIL import Image
 
@@ -344,7 +305,7 @@ def multiscale_head_maps(
     largest size)."""
     from liverscan.core.config import Config
     from liverscan.core.model import build_backbone
-    from liverscan.training.lesion import _fit, set_trainable
+    from liverscan.training.lesion import _fit, set_trainable, zoomed_crop
 
     keras: Any = import_keras()
     cfg = Config()
@@ -382,7 +343,7 @@ def multiscale_head_maps(
 
             def __getitem__(self, j: int):
                 sel = self.order[j * lc.batch_size : (j + 1) * lc.batch_size]
-                xs, ts = zip(*(_scale_crop(big[i], cover_big[i], self.rng, scales, crop, args.on_lesion) for i in sel))
+                xs, ts = zip(*(zoomed_crop(big[i], cover_big[i], self.rng, scales, crop, args.on_lesion) for i in sel))
                 return np.stack(xs), np.stack(ts)[..., None]
 
             def on_epoch_end(self) -> None:

@@ -218,7 +218,7 @@ def test_zoomed_crop_views_keep_image_and_target_aligned(discs):
     for i in range(24):
         image = load_image(rows[i]["path"], 64)
         for _ in range(3):
-            view, target = lesion_training._zoomed_crop(image, t.coverage[i], rng, 2)
+            view, target = lesion_training.zoomed_crop(image, t.coverage[i], rng, (1.0, 2.0))
             assert view.shape == (64, 64, 3) and target.shape == (16, 16) and view.dtype == np.float32
             edge = np.r_[target[0], target[-1], target[:, 0], target[:, -1]]
             if target.max() < 0.9 or edge.max() > 0:
@@ -229,7 +229,7 @@ def test_zoomed_crop_views_keep_image_and_target_aligned(discs):
             radii.append(np.sqrt(target.sum() * 16 / np.pi) / discs["discs"][rows[i]["path"]][2])
     assert len(radii) >= 20 and 0.9 <= min(radii) and max(radii) <= 2.1 and max(radii) > 1.4, radii
     normal = load_image(rows[-1]["path"], 64)
-    _, empty = lesion_training._zoomed_crop(normal, t.coverage[-1], rng, 2)
+    _, empty = lesion_training.zoomed_crop(normal, t.coverage[-1], rng, (1.0, 2.0))
     assert empty.max() == 0.0
 
 

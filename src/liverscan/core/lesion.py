@@ -145,9 +145,8 @@ def any_size_backbone(backbone):
     config = backbone.get_config()
     for layer in config["layers"]:
         if layer["class_name"] == "InputLayer":
-            shape = layer["config"].get("batch_shape") or layer["config"].get("batch_input_shape")
-            key = "batch_shape" if "batch_shape" in layer["config"] else "batch_input_shape"
-            layer["config"][key] = [shape[0], None, None, *shape[3:]]
+            shape = layer["config"]["batch_shape"]
+            layer["config"]["batch_shape"] = [shape[0], None, None, *shape[3:]]
     twin = keras.Model.from_config(config)
     twin.set_weights(backbone.get_weights())
     return twin

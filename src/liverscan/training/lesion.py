@@ -68,7 +68,7 @@ def _augment(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One training view of image ``x`` (S, S, 3) and target ``t`` (side, side; ``zoom`` x that with a zoom)."""
     if zoom > 1:
-        return _zoomed_crop(x, t, rng, zoom)
+        return zoomed_crop(x, t, rng, (1.0, zoom))
     if rng.random() < 0.5:
         x, t = x[:, ::-1], t[:, ::-1]
     x = x.astype(np.float32)
@@ -93,17 +93,24 @@ def _augment(
     return x.astype(np.float32), t.astype(np.float32)
 
 
-def _zoomed_crop(
-    x: np.ndarray, t: np.ndarray, rng: np.random.Generator, zoom: int, on_lesion: float = 0.5
+def zoomed_crop(
+    x: np.ndarray,
+    t: np.ndarray,
+    rng: np.random.Generator,
+    scales: tuple[float, float],
+    crop: int | None = None,
+    on_lesion: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An ``S``-px crop of image ``x`` (S, S, 3) upsampled (bilinear) to a random side between ``S`` and ``zoom x S``,
-    and its target cut from ``t`` (the lesion's coverage at ``zoom x S / 4`` a side); with probability ``on_lesion``
-    a lesion image's crop keeps the lesion's centre.  Then a horizontal flip and a brightness / contrast change."""
+    """A ``crop``-px view (default: ``x``'s side) of image ``x`` (B, B, 3) resized (bilinear) to a random side between
+    ``scales`` x ``crop``, and its target cut alike from ``t`` (the lesion's coverage at ``B / 4`` a side; crops are
+    stride-4 aligned); with probability ``on_lesion`` a lesion image's crop keeps the lesion's centre.  Then a
+    horizontal flip and a brightness / contrast change.  ``lesion.zoom`` trains on these with ``B`` = ``crop`` and
+    ``scales`` (1, zoom); ``benchmarks/localisation.py``'s design m with ``B`` its largest view."""
     from PIL import Image
 
-    crop = x.shape[0]
     cell = STRIDE
-    side = cell * int(round(rng.uniform(1.0, zoom) * crop / cell))
+    crop = crop or x.shape[0]
+    side = cell * int(round(rng.uniform(*scales) * crop / cell))
     img = np.asarray(Image.fromarray(np.asarray(x, np.uint8)).resize((side, side), Image.Resampling.BILINEAR))
     cov = Image.fromarray(np.asarray(t, np.float32), mode="F").resize((side // cell,) * 2, Image.Resampling.BILINEAR)
     target = np.clip(np.asarray(cov, np.float32), 0, 1)
@@ -205,7 +212,7 @@ def fit_lesion_model(
         return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS)
     features = lesion.multiscale_backbone(backbone, lesion.DEFAULT_LAYERS)
     shapes = [tuple(s[1:]) for s in lesion._as_list(features.output_shape)]
-    if lc.zoom > 1:  # the serving model also runs it on the upsampled image: any size
+    if zoom > 1:  # the serving model also runs it on the upsampled image: any size
         shapes = [(None, None, s[-1]) for s in shapes]
     decoder = lesion.build_decoder(shapes, lc.width, 1)
     inp = keras.Input((size, size, 3), name="image")
@@ -217,7 +224,7 @@ def fit_lesion_model(
     if zoom > 1 and targets.coverage.shape[1] != zoom * side:
         raise ValueError(f"a zoom of {zoom} needs targets {zoom * side} a side, not {targets.coverage.shape[1]}")
     _fit(trainer, _dataset(images, targets.coverage, idx, lc.batch_size, seed, augment, zoom), cfg, log)
-    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, zoom=lc.zoom)
+    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, zoom=zoom)
 
 
 def multiscale_features(backbone, images: np.ndarray, batch: int = 32) -> list[np.ndarray]:
