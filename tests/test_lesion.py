@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,26 @@ def test_dice_bce_loss_prefers_right_maps_and_takes_empty_targets():
     assert 0 <= l_right < 0.05 < 1.0 < l_wrong
     empty = float(keras.ops.convert_to_numpy(loss(np.zeros_like(y), np.full_like(y, -8.0))))
     assert np.isfinite(empty) and empty < 0.05  # the Dice smoothing term: ~0 probabilities still count
+
+
+def test_per_image_dice_weighs_a_small_lesion_like_a_large_one():
+    from liverscan.core.keras_env import import_keras
+
+    keras = import_keras()
+    y = np.zeros((3, 16, 16, 1), np.float32)
+    y[0, 1:15, 1:15] = 1.0  # a large lesion
+    y[1, 7:9, 7:9] = 1.0  # a small one; the third image has none
+    logits = np.where(y > 0, 8.0, -8.0).astype(np.float32)
+    logits[1] = -8.0  # the small lesion missed
+    value = {k: float(keras.ops.convert_to_numpy(lesion.dice_bce_loss(dice=k)(y, logits))) for k in ("batch", "image")}
+    assert value["batch"] < 0.1  # 4 of 200 lesion pixels missed: the batch Dice hardly notices
+    assert 0.4 < value["image"] < 0.6  # one of two lesion images missed
+    right = np.where(y > 0, 8.0, -8.0).astype(np.float32)
+    assert float(keras.ops.convert_to_numpy(lesion.dice_bce_loss(dice="image")(y, right))) < 0.05
+    no_lesion = float(keras.ops.convert_to_numpy(lesion.dice_bce_loss(dice="image")(y[2:], right[2:])))
+    assert np.isfinite(no_lesion) and no_lesion < 0.05  # no lesion in view: BCE only, no 0/0
+    with pytest.raises(ValueError, match="dice must be one of"):
+        lesion.dice_bce_loss(dice="pixel")
 
 
 def _two_blob_map() -> np.ndarray:
@@ -234,3 +256,65 @@ def test_a_zoomed_head_averages_its_pass_on_the_image_and_on_it_upsampled():
     got = lesion.predict_maps(zoomed, images)
     assert got.shape == (2, SIZE, SIZE) and float(np.abs(at_2 - at_1).max()) > 1e-2  # the passes differ
     np.testing.assert_allclose(got, (at_1 + at_2) / 2, atol=1e-4)
+
+
+def _faint_lesion_map() -> np.ndarray:
+    """A faint lesion (peak 0.35, its shoulder 0.2) and a smaller faint spot elsewhere."""
+    p = np.full((40, 40), 0.02, np.float32)
+    p[10:16, 10:16] = 0.2
+    p[12:14, 12:14] = 0.35
+    p[30, 30] = 0.3  # one pixel: under min_area
+    return p
+
+
+def test_the_legacy_rule_is_the_thresholded_mask():
+    p = _two_blob_map()
+    rule = lesion.LesionRule()
+    assert np.array_equal(rule.mask(p), lesion.predicted_mask(p))
+    assert [r.area_fraction for r in rule.regions(p)] == [r.area_fraction for r in lesion.regions(p)]
+    assert rule.mask(p, lesion_probability=1.0).sum() == lesion.predicted_mask(p).sum()  # no gate: ignored
+    assert rule.describe() == "p >= 0.5 over at least 0.002 of the image"
+
+
+def test_the_extent_rule_outlines_a_peak_relative_region():
+    p = _two_blob_map()
+    rule = lesion.LesionRule(extent=0.5, floor=0.2)
+    mask = rule.mask(p)
+    # the peak is 0.99: pixels >= 0.495 - the 0.9 square and the 0.7 strip (96 px, over min_area); the stray 0.8
+    # pixel is under min_area and is not the peak's region
+    assert mask.sum() == 100 + 96 and not mask[38, 38]
+    assert [round(r.area_fraction * 1600) for r in rule.regions(p)] == [100, 96]
+
+
+def test_the_gate_shows_a_faint_lesion_only_when_the_classifier_says_tumour():
+    p = _faint_lesion_map()
+    rule = lesion.LesionRule(extent=0.5, floor=0.1, gate=0.9, gate_classes=("tumor",))
+    assert not rule.mask(p).any() and rule.regions(p) == []  # peak 0.35 < threshold 0.5, no classifier
+    assert not rule.mask(p, lesion_probability=0.6).any()  # the classifier is unsure
+    mask = rule.mask(p, lesion_probability=0.95)
+    # from the peak down to max(0.1, 0.175): the 6 x 6 shoulder; the lone 0.3 pixel elsewhere is under min_area
+    assert mask.sum() == 36 and mask[10:16, 10:16].all() and not mask[30, 30]
+    (only,) = rule.regions(p, 0.95)
+    assert only.peak == (12.5, 12.5) and round(only.area_fraction * 1600) == 36
+    assert rule.lesion_probability({"normal": 0.05, "tumor": 0.95}) == pytest.approx(0.95)
+    assert lesion.LesionRule(extent=0.5, floor=0.4, gate=0.9, gate_classes=("tumor",)).mask(p, 0.95).sum() == 0
+
+
+def test_the_peaks_own_region_is_kept_under_the_minimum_area():
+    p = np.zeros((40, 40), np.float32)
+    p[5, 5] = 0.9  # a one-pixel lesion (1/1600 < 0.002)
+    p[20:30, 20:30] = 0.3
+    assert not lesion.LesionRule().mask(p).any()
+    kept = lesion.LesionRule(extent=0.5, floor=0.2).mask(p)
+    assert kept.sum() == 1 and kept[5, 5]
+
+
+def test_a_rule_goes_through_the_model_card():
+    rule = lesion.LesionRule(0.5, 0.002, 0.5, 0.2, 0.9, ("benign", "malignant"))
+    again = lesion.LesionRule.from_entry(json.loads(json.dumps({"file": "lesion.keras", **rule.to_entry()})))
+    assert again == rule
+    assert again.lesion_probability({"benign": 0.5, "malignant": 0.45, "normal": 0.05}) == pytest.approx(0.95)
+    old = lesion.LesionRule.from_entry({"file": "lesion.keras", "threshold": 0.4, "min_area": 0.001})
+    assert old == lesion.LesionRule(threshold=0.4, min_area=0.001)  # an older card: p >= threshold
+    assert lesion.LesionRule.from_entry({"gate": 0.9, "extent": 0.5}).gate is None  # a gate needs its classes
+    assert "or the classifier gives benign/malignant p >= 0.9" in rule.describe()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from liverscan.core.lesion import LesionRule
 from liverscan.evaluation.localisation import (
     CENTRE,
     HEAD,
@@ -43,6 +44,23 @@ def test_a_perfect_map_scores_one_and_a_shifted_map_misses():
     shifted = [np.roll(m, (30, 30), axis=(0, 1)).astype(np.float32) for m in masks]
     miss = score_localisation(shifted, masks, [None, None], [False, False], bootstrap=0).head
     assert (miss.pointing, miss.dice_mean, miss.iou_mean, miss.heat_in_lesion) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_the_rule_and_the_classifiers_gate_decide_what_is_scored():
+    """A faint map of the right place scores Dice 0 under ``p >= 0.5``; the peak-relative rule outlines it when the
+    classifier says "tumour", and a faint map of a normal then counts as a false lesion."""
+    masks = [disc(64, 20, 24, 8), None]
+    faint = [0.4 * masks[0].astype(np.float32), np.full((64, 64), 0.1, np.float32)]
+    faint[1][50, 50] = 0.3
+    rule = LesionRule(extent=0.5, floor=0.1, gate=0.9, gate_classes=("tumor",))
+    plain = score_localisation(faint, masks, [None, None], [False, True], bootstrap=0)
+    assert plain.head.dice_mean == 0.0 and plain.head.pointing == 1.0 and plain.head.false_lesion_rate == 0.0
+    unsure = score_localisation(faint, masks, [None, None], [False, True], rule=rule, lesion_probability=[0.6, 0.6])
+    assert unsure.head.dice_mean == 0.0 and unsure.head.false_lesion_rate == 0.0
+    said = score_localisation(faint, masks, [None, None], [False, True], rule=rule, lesion_probability=[0.95, 0.95])
+    assert said.head.dice_mean == 1.0 and said.head.false_lesion_rate == 1.0
+    assert said.rule == rule.describe() and "classifier gives tumor p >= 0.9" in said.describe()
+    assert LocalisationMetrics.from_dict(said.to_dict()).rule == said.rule
 
 
 def test_a_coarse_map_is_squashed_onto_the_original_image():
@@ -282,7 +300,7 @@ def test_an_unreadable_outline_leaves_its_image_out(xu_prepared):
     shutil.copy(broken, copy)
     Path(copy).write_text("[[1, 2], [3")
     rows[0]["lesion_annotation"] = str(copy)
-    found = localise(bright_maps(images.x), rows, lesion_free_classes(rows), None, 0.5, 0.002, 0, 0, source="test")
+    found = localise(bright_maps(images.x), rows, lesion_free_classes(rows), None, LesionRule(), 0, 0, source="test")
     assert found.metrics.skipped == [(str(copy), found.metrics.skipped[0][1])]
     assert "JSON" in found.metrics.skipped[0][1]
     assert found.metrics.n_outlined == 11 and found.metrics.n_lesion_free == 8

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from lesion_helpers import DISC_LEVEL, attach_head, disc_image
 from liverscan.core.errors import ConfigError, ModelError, RunDirError
+from liverscan.core.lesion import LesionRule
 from liverscan.faces.cli import app
 from liverscan.serving import Classifier, PredictOptions, predict_files
 from liverscan.serving.lesion import LesionFinding, find_lesion, mask_image
@@ -101,11 +102,11 @@ def test_no_region_means_no_lesion_but_the_peak_is_still_said():
     prob = np.full((32, 32), 0.1, np.float32)
     prob[30, 2] = 0.12
     prob[0, 0] = 0.9  # one pixel over the threshold: smaller than min_area, dropped
-    f = find_lesion(prob, 64, 64, threshold=0.5, min_area=0.002)
+    f = find_lesion(prob, 64, 64, LesionRule(threshold=0.5, min_area=0.002))
     assert not f.found and f.count == 0 and f.bbox is None and f.outline == () and f.area_fraction == 0
     assert f.probability == pytest.approx(0.9) and f.peak == pytest.approx((1.0, 1.0))
     assert f.caption() == "no lesion found (max probability 0.90)"
-    assert find_lesion(prob, 64, 64, min_area=0).found  # kept without a minimum area
+    assert find_lesion(prob, 64, 64, LesionRule(min_area=0)).found  # kept without a minimum area
 
 
 def test_mask_image_is_the_input_size_and_binary():
@@ -195,6 +196,32 @@ def test_lesion_masks_are_written_at_the_image_size(clf, images, tmp_path):
     assert records[2].lesion is not None and not records[2].lesion.found
 
 
+def test_the_classifiers_answer_opens_the_rules_gate(clf, images, tmp_path):
+    """A faint map is a lesion only when the classifier gives the gate's classes enough probability: the record,
+    its mask and its overlay all follow the head's rule."""
+    import copy
+
+    (plain,) = clf.iter_predict([str(images["plain"])])
+    cls = plain.predicted_class
+    p = plain.probabilities[cls]
+
+    def gated_at(gate: float, folder: str):
+        head = copy.copy(clf.lesion)
+        head.rule = LesionRule(threshold=0.999, extent=0.5, floor=0.0, gate=gate, gate_classes=(cls,))
+        options = clf.options.replace(lesion_masks=tmp_path / folder, explain_dir=None)
+        c = Classifier(clf.card, clf.source, clf.model_path, model=clf.model, options=options, lesion=head)
+        (rec,) = c.iter_predict([str(images["plain"])], explain_dir=tmp_path / f"{folder}-cams")
+        return rec, np.asarray(Image.open(rec.lesion_mask)) > 0, Image.open(rec.explanation).text["caption"]
+
+    opened, mask, caption = gated_at(p - 1e-4, "open")
+    assert plain.lesion is not None and not plain.lesion.found  # the default rule: nothing on the plain image
+    assert opened.lesion.found and opened.lesion.probability < 0.999 and opened.lesion.count >= 1
+    assert mask.any() and mask.mean() == pytest.approx(opened.lesion.area_fraction, abs=0.05)
+    assert caption.endswith("lesion probability (outline p >= max(0, 0.5 x peak))")
+    shut, mask, caption = gated_at(min(1.0, p + 1e-3), "shut")
+    assert not shut.lesion.found and not mask.any() and "no lesion found" in caption
+
+
 def test_cli_writes_masks_and_says_which_lesion_head(head_run, images, tmp_path):
     masks = tmp_path / "masks"
     args = ["predict", str(images["wide"]), "--model", str(head_run), "--lesion-masks", str(masks), "-f", "jsonl"]
@@ -210,7 +237,7 @@ def test_overlays_show_the_lesion_map_or_say_nothing_was_found(clf, images, tmp_
     wide, plain = clf.iter_predict([str(images["wide"]), str(images["plain"])], explain_dir=tmp_path / "cams")
     shown = {rec.path: Image.open(rec.explanation) for rec in (wide, plain)}
     caption = shown[wide.path].text["caption"]
-    assert caption == f"{wide.predicted_class} {wide.confidence:.2f} | lesion probability (outline: p >= 0.5)"
+    assert caption == f"{wide.predicted_class} {wide.confidence:.2f} | lesion probability (outline p >= 0.5)"
     assert plain.lesion is not None and shown[plain.path].text["caption"].endswith(
         f"| no lesion found (max probability {plain.lesion.probability:.2f})"
     )

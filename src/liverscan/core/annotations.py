@@ -359,6 +359,11 @@ def lesion_free_classes(rows) -> set[str]:
     return {r["class"] for r in rows} - with_lesion
 
 
+def lesion_classes(rows) -> tuple[str, ...]:
+    """Classes of which some manifest row has a lesion annotation (sorted)."""
+    return tuple(sorted({r["class"] for r in rows if r.get("lesion_annotation")}))
+
+
 def has_lesion_outlines(rows) -> bool:
     """Whether any manifest row has a lesion annotation."""
     return any(r.get("lesion_annotation") for r in rows)

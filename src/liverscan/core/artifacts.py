@@ -299,11 +299,13 @@ class ModelCard:
                 f"checks; threshold {o.get('threshold')} keeps {o.get('retention')} of {o.get('calibrated_on')}"
             )
         if self.lesion:
+            from liverscan.core.lesion import LesionRule
+
             les, lt = self.lesion, self.lesion.get("training") or {}
             lines.append(
                 f"- Lesion localisation: {les.get('design')}; {lt.get('images_with_lesion')} outlined lesion images "
-                f"and {lt.get('images_without_lesion')} lesion-free images, {lt.get('epochs')} epochs; a lesion is "
-                f"probability >= {les.get('threshold')} over at least {les.get('min_area')} of the image"
+                f"and {lt.get('images_without_lesion')} lesion-free images, {lt.get('epochs')} epochs; a lesion: "
+                f"{LesionRule.from_entry(les).describe()}"
             )
             oof = (les.get("out_of_fold") or {}).get("metrics")
             if oof:

@@ -6,8 +6,8 @@ Model side (Keras 3, backend agnostic: ``keras.layers`` / ``keras.ops`` only):
 - :func:`build_decoder` - feature maps -> lesion logits at the finest given scale (an FPN-like top-down path:
   1x1 lateral convolutions, bilinear upsampling, concatenation, one 3x3 convolution per scale);
 - :func:`build_lesion_model` - pixels (0..255) -> lesion probability at input resolution, for serving;
-- :func:`dice_bce_loss` - soft Dice over the whole batch plus binary cross-entropy, from logits; a batch-level
-  Dice lets images without a lesion (all-zero targets, e.g. normals) take part without a 0/0.
+- :func:`dice_bce_loss` - soft Dice plus binary cross-entropy, from logits: one Dice over the whole batch (images
+  without a lesion, e.g. normals, take part without a 0/0) or each lesion image's own Dice, averaged.
 
 Post-processing (NumPy / SciPy; maps are ``(H, W)`` probabilities; coordinates are continuous map pixels - pixel
 ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)`` - so ``annotations.to_original(points, w, h, side)``
@@ -37,6 +37,7 @@ STRIDES = dict(zip(MOBILENET_V2_LAYERS, (2, 4, 8, 16, 32)))
 DEFAULT_LAYERS = MOBILENET_V2_LAYERS[1:]  # decoder output at stride 4 (40 x 40 at 160 px)
 THRESHOLD = 0.5
 MIN_AREA = 0.002  # regions smaller than this share of the map are dropped (~51 pixels of 160 x 160)
+DICE_KINDS = ("batch", "image")  # the soft Dice of dice_bce_loss: over the whole batch, or per lesion image
 
 
 # ---------------------------------------------------------------------------------------------- model side
@@ -301,18 +302,33 @@ def _as_list(shapes) -> list:
     return list(shapes) if shapes and isinstance(shapes[0], (list, tuple)) else [shapes]
 
 
-def dice_bce_loss(bce_weight: float = 1.0, smooth: float = 1.0):
-    """Loss ``(y_true, logits)``: ``1 - soft Dice`` over the batch (channel by channel, averaged) + weighted BCE."""
+def dice_bce_loss(bce_weight: float = 1.0, smooth: float = 1.0, dice: str = "batch"):
+    """Loss ``(y_true, logits)``: ``1 - soft Dice`` + weighted BCE.
+
+    ``dice="batch"``: one Dice over the whole batch (channel by channel, averaged), so large lesions weigh most;
+    ``"image"``: each image's own Dice, averaged over the images with a lesion in view (none: 0), so a small
+    lesion counts as much as a large one - images without one learn "no lesion" from the BCE.
+    """
+    if dice not in DICE_KINDS:
+        raise ValueError(f"dice must be one of {', '.join(DICE_KINDS)}, not {dice!r}")
     keras = _keras()
     ops = keras.ops
 
     def loss(y_true, logits):
         y_true = ops.cast(y_true, logits.dtype)
         prob = ops.sigmoid(logits)
-        axes = (0, 1, 2)
-        inter = ops.sum(y_true * prob, axis=axes)
-        total = ops.sum(y_true, axis=axes) + ops.sum(prob, axis=axes)
-        dice_loss = 1.0 - ops.mean((2.0 * inter + smooth) / (total + smooth))
+        if dice == "batch":
+            axes = (0, 1, 2)
+            inter = ops.sum(y_true * prob, axis=axes)
+            total = ops.sum(y_true, axis=axes) + ops.sum(prob, axis=axes)
+            dice_loss = 1.0 - ops.mean((2.0 * inter + smooth) / (total + smooth))
+        else:
+            axes = (1, 2, 3)
+            inter = ops.sum(y_true * prob, axis=axes)
+            truth = ops.sum(y_true, axis=axes)
+            per_image = 1.0 - (2.0 * inter + smooth) / (truth + ops.sum(prob, axis=axes) + smooth)
+            has = ops.cast(truth > 0, logits.dtype)
+            dice_loss = ops.sum(per_image * has) / ops.maximum(ops.sum(has), 1.0)
         # numerically stable BCE from logits
         bce = ops.mean(ops.relu(logits) - logits * y_true + ops.log1p(ops.exp(-ops.abs(logits))))
         return dice_loss + bce_weight * bce
@@ -439,6 +455,116 @@ def predicted_mask(prob: np.ndarray, threshold: float = THRESHOLD, min_area: flo
     keep = sizes >= min_area * p.size
     keep[0] = False
     return keep[labels]
+
+
+@dataclass(frozen=True)
+class LesionRule:
+    """When a lesion map shows a lesion and which of its pixels are the lesion: the one home of that decision
+    (``predict``, masks, overlays, DICOM SEG, ``evaluate`` and the out-of-fold figures all apply it).
+
+    A lesion is found when the map's peak reaches ``threshold`` or, with a ``gate``, when the classifier gives the
+    lesion classes (``gate_classes``) together at least ``gate`` probability: the classifier has said "tumour", so
+    the head shows where it sees most.  Its pixels: with ``extent`` 0, ``p >= threshold``; else
+    ``p >= max(floor, extent * peak)`` - the map around its peak down to a share of the peak's own height, so a
+    faint small lesion keeps its outline.  Regions under ``min_area`` of the map are dropped, except (with an
+    ``extent``) the peak's own.  A card without ``extent`` (an older run) keeps ``p >= threshold``.
+    """
+
+    threshold: float = THRESHOLD
+    min_area: float = MIN_AREA
+    extent: float = 0.0
+    floor: float = 0.0
+    gate: float | None = None
+    gate_classes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_entry(cls, entry: Any) -> LesionRule:
+        """The rule of a model card's ``lesion`` section (missing keys: the older ``p >= threshold`` rule)."""
+        e = dict(entry or {})
+        gate = e.get("gate")
+        return cls(
+            threshold=float(e.get("threshold", THRESHOLD)),
+            min_area=float(e.get("min_area", MIN_AREA)),
+            extent=float(e.get("extent") or 0.0),
+            floor=float(e.get("floor") or 0.0),
+            gate=None if gate is None or not e.get("gate_classes") else float(gate),
+            gate_classes=tuple(str(c) for c in e.get("gate_classes") or ()),
+        )
+
+    def to_entry(self) -> dict[str, Any]:
+        """The card keys of this rule."""
+        return {
+            "threshold": self.threshold,
+            "min_area": self.min_area,
+            "extent": self.extent,
+            "floor": self.floor,
+            "gate": self.gate,
+            "gate_classes": list(self.gate_classes),
+        }
+
+    def lesion_probability(self, probabilities: Any) -> float | None:
+        """The classifier's probability of the lesion classes from ``{class: p}`` (None: no gate, or none given)."""
+        if self.gate is None or not probabilities:
+            return None
+        return float(sum(float(probabilities.get(c, 0.0)) for c in self.gate_classes))
+
+    def shows(self, peak_value: float, lesion_probability: float | None = None) -> bool:
+        """Whether a map of this peak (and the classifier's lesion probability) shows a lesion."""
+        if peak_value >= self.threshold:
+            return True
+        gated = self.gate is not None and lesion_probability is not None and lesion_probability >= self.gate
+        return bool(gated and self.extent > 0 and peak_value > 0)
+
+    def cut(self, peak_value: float) -> float:
+        """The probability from which a pixel of a map of this peak is lesion."""
+        return self.threshold if self.extent <= 0 else max(self.floor, self.extent * float(peak_value))
+
+    def regions(self, prob: np.ndarray, lesion_probability: float | None = None) -> list[Region]:
+        """The lesion's regions in ``prob``, most probable first (empty: no lesion)."""
+        p = np.asarray(prob, dtype=np.float32)
+        top = float(p.max()) if p.size else 0.0
+        if not p.size or not self.shows(top, lesion_probability):
+            return []
+        if self.extent <= 0:
+            return regions(p, self.threshold, self.min_area)
+        found = regions(p, self.cut(top), 0.0)
+        return [r for k, r in enumerate(found) if k == 0 or r.area_fraction >= self.min_area]
+
+    def mask(self, prob: np.ndarray, lesion_probability: float | None = None) -> np.ndarray:
+        """The lesion's pixels of ``prob`` (any size) as a bool mask."""
+        from scipy import ndimage
+
+        p = np.asarray(prob, dtype=np.float32)
+        top = float(p.max()) if p.size else 0.0
+        if not p.size or not self.shows(top, lesion_probability):
+            return np.zeros(p.shape, bool)
+        if self.extent <= 0:
+            return predicted_mask(p, self.threshold, self.min_area)
+        labels, n = ndimage.label(p >= self.cut(top), structure=np.ones((3, 3), dtype=bool))
+        keep = np.bincount(labels.ravel(), minlength=n + 1) >= self.min_area * p.size
+        keep[labels.flat[int(np.argmax(p))]] = True
+        keep[0] = False
+        return keep[labels]
+
+    def describe(self) -> str:
+        """One line for cards, reports and captions."""
+        if self.extent <= 0:
+            return f"p >= {self.threshold:g} over at least {self.min_area:g} of the image"
+        gate = (
+            f" or the classifier gives {'/'.join(self.gate_classes)} p >= {self.gate:g}"
+            if self.gate is not None
+            else ""
+        )
+        return (
+            f"found when the map's peak is >= {self.threshold:g}{gate}; outline p >= max({self.floor:g}, "
+            f"{self.extent:g} x peak), regions under {self.min_area:g} of the image dropped but the peak's"
+        )
+
+    def caption(self) -> str:
+        """What an overlay's outline is, in a few words."""
+        if self.extent <= 0:
+            return f"outline p >= {self.threshold:g}"
+        return f"outline p >= max({self.floor:g}, {self.extent:g} x peak)"
 
 
 def evidence(prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA) -> dict[str, float]:

@@ -41,6 +41,16 @@ class OutOfFold:
     ood_scores: np.ndarray
 
 
+def oof_probabilities(oof: OutOfFold) -> dict[str, np.ndarray]:
+    """path -> its out-of-fold probabilities (averaged over repeats)."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for path, p in zip(oof.paths, oof.probs):
+        sums[path] = sums.get(path, 0.0) + np.asarray(p, np.float64)
+        counts[path] = counts.get(path, 0) + 1
+    return {path: sums[path] / counts[path] for path in sums}
+
+
 def is_cross_validated(run: LoadedRun) -> bool:
     return run.run_dir is not None and (run.run_dir / OOF_FILE).is_file()
 

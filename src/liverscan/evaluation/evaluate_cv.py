@@ -24,6 +24,7 @@ from liverscan.evaluation.crossval import (
     has_multi_image_groups,
     headline,
     nested,
+    oof_probabilities,
     read_oof,
     temperature_only,
 )
@@ -144,7 +145,7 @@ def evaluate_cv(
                 **headline(gl["tuned"]),
             }
     run.card.extra["cross_validation"] = cv
-    localised = oof_localisation(run, bootstrap, seed)
+    localised = oof_localisation(run, bootstrap, seed, oof_probabilities(oof))
     if localised is not None and run.card.lesion is not None:
         oof_entry = dict(run.card.lesion.get("out_of_fold") or {})
         run.card.lesion["out_of_fold"] = {**oof_entry, "metrics": localised.metrics.headline()}

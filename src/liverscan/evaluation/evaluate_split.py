@@ -191,7 +191,7 @@ def evaluate(
         plots = Figures(ds.y, probs, split, f"operating point {op.spec}" if op else None)
         if op and cal is not None:
             plots.curves[f"temperature {op.temperature:.2f}"] = (cal, result["tuned"]["calibration"]["ece"])
-    localised = head_localisation(run, ds, model, bootstrap, seed)
+    localised = head_localisation(run, ds, model, bootstrap, seed, cal if cal is not None else probs)
     cfg = effective_config(run, settings.split if split == "external" else split, bootstrap, ece_bins)
     write_eval_dir(out_dir, header, rows, result, cfg, classes, plots, ece_bins, localised)
     return EvalResult(out_dir, EvalMetrics.from_dict(result))

@@ -1,8 +1,9 @@
 """Where is the lesion? Scoring lesion probability maps against the outlines, beside baselines.
 
 On images with a lesion outline (original resolution; maps are squashed back bilinearly, as the images were
-squashed to the model input): mean and median Dice and mean IoU of the predicted mask (the map thresholded at the
-card's ``threshold``, regions under ``min_area`` of the image dropped: :func:`liverscan.core.lesion.predicted_mask`),
+squashed to the model input): mean and median Dice and mean IoU of the predicted mask (the card's
+:class:`~liverscan.core.lesion.LesionRule` applied to the map, with the classifier's lesion probability of the image
+for its gate),
 the pointing game (the map's peak inside the lesion) and the share of the map's heat inside the lesion, to read
 beside the lesion's share of the scan fan (the fan outline, else the whole image).  On images of lesion-free classes
 (no image of the class has an outline, or the outline is explicitly empty): the false-lesion rate (any region kept).
@@ -99,6 +100,7 @@ class LocalisationMetrics:
     threshold: float
     min_area: float
     maps: list[MapScores]
+    rule: str = ""  # the mask rule in words (LesionRule.describe)
     lesion_share_of_fan: float | None = None
     lesion_share_of_fan_ci: Interval | None = None
     n_resamples: int = 0
@@ -125,10 +127,10 @@ class LocalisationMetrics:
     def describe(self) -> str:
         """One sentence: what was scored, how, and the CI."""
         fan = f"{self.n_with_fan} with a fan outline" if self.n_with_fan else "no fan outlines: the whole image"
+        rule = self.rule or f"map >= {self.threshold:g} without regions under {self.min_area:g} of the image"
         return (
             f"{self.source}: {self.n_outlined} images with a lesion outline ({fan}), {self.n_lesion_free} of "
-            f"lesion-free classes; mask = map >= {self.threshold:g} without regions under {self.min_area:g} of the "
-            f"image; lesion's share of the fan {_fmt(self.lesion_share_of_fan, self.lesion_share_of_fan_ci)}; "
+            f"lesion-free classes; mask: {rule}; lesion's share of the fan {_fmt(self.lesion_share_of_fan, self.lesion_share_of_fan_ci)}; "
             f"{self.level:.0%} bootstrap CIs over {self.resampled} ({self.n_resamples} resamples)."
         )
 
@@ -160,6 +162,7 @@ class LocalisationMetrics:
             threshold=float(d.get("threshold", lesion.THRESHOLD)),
             min_area=float(d.get("min_area", lesion.MIN_AREA)),
             maps=[MapScores.from_dict(m) for m in d["maps"]],
+            rule=str(d.get("rule") or ""),
             lesion_share_of_fan=d.get("lesion_share_of_fan"),
             lesion_share_of_fan_ci=None if ci is None else (float(ci[0]), float(ci[1])),
             n_resamples=int(d.get("n_resamples", 0)),
@@ -178,6 +181,7 @@ class LocalisationMetrics:
             "n_with_fan": self.n_with_fan,
             "threshold": self.threshold,
             "min_area": self.min_area,
+            "rule": self.rule,
             "lesion_share_of_fan": self.lesion_share_of_fan,
             "lesion_share_of_fan_ci": None if ci is None else [ci[0], ci[1]],
             "maps": [m.to_dict() for m in self.maps],
@@ -208,22 +212,26 @@ def per_image(
     lesion_masks: Iterable[np.ndarray | None],
     fan_masks: Iterable[np.ndarray | None],
     lesion_free: Sequence[bool] | np.ndarray,
-    threshold: float = lesion.THRESHOLD,
-    min_area: float = lesion.MIN_AREA,
+    rule: lesion.LesionRule | None = None,
     saliency: Mapping[str, Sequence[np.ndarray | None]] | None = None,
+    lesion_probability: Sequence[float | None] | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-image figures (NaN where one does not apply), streamed one image at a time.
 
     ``maps``: ``(h, w)`` probabilities (any size: squashed onto the mask); ``lesion_masks``: ``(H, W)`` bool at the
     original size, None without an outline (an empty mask: "nothing there", scored like a lesion-free image);
     ``fan_masks``: the scan fan at the same size, None for the whole image; ``lesion_free``: images of
-    lesion-free classes; ``saliency``: name -> maps of other methods (pointing and heat only; None: not scored).
+    lesion-free classes; ``rule``: what the map shows (default ``p >= 0.5``); ``saliency``: name -> maps of other
+    methods (pointing and heat only; None: not scored); ``lesion_probability``: the classifier's probability of the
+    lesion classes for each image (the rule's gate; None: no gate).
     Columns: ``dice``, ``iou``, ``pointing``, ``heat``, ``share`` (lesion / fan), ``centre``, ``false`` and
     ``<name>:pointing`` / ``<name>:heat`` for each saliency method.
     """
     saliency = dict(saliency or {})
+    rule = rule or lesion.LesionRule()
     free = np.asarray(lesion_free, bool)
     n = len(free)
+    gates = [None] * n if lesion_probability is None else list(lesion_probability)
     keys = ["dice", "iou", "pointing", "heat", "share", "centre", "false", "fan"]
     keys += [f"{s}:{k}" for s in saliency for k in ("pointing", "heat")]
     out = {k: np.full(n, np.nan) for k in keys}
@@ -234,12 +242,12 @@ def per_image(
         p = np.asarray(prob, dtype=np.float32)
         if mask is None or not np.asarray(mask).any():
             if free[i] or mask is not None:
-                out["false"][i] = float(lesion.predicted_mask(p, threshold, min_area).any())
+                out["false"][i] = float(rule.mask(p, gates[i]).any())
             continue
         m = np.asarray(mask, bool)
         h, w = m.shape
         up = lesion.upsample(p, w, h)
-        pred = lesion.predicted_mask(up, threshold, min_area)
+        pred = rule.mask(up, gates[i])
         out["dice"][i], out["iou"][i] = lesion.dice(pred, m), lesion.iou(pred, m)
         out["pointing"][i] = float(lesion.pointing_hit(p, m))
         out["heat"][i] = _heat_share(up, m)
@@ -324,8 +332,7 @@ def _point(v: np.ndarray, median: bool = False) -> float | None:
 def summarise(
     figures: Mapping[str, np.ndarray],
     groups: Sequence[Any] | np.ndarray | None = None,
-    threshold: float = lesion.THRESHOLD,
-    min_area: float = lesion.MIN_AREA,
+    rule: lesion.LesionRule | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
     *,
@@ -334,6 +341,7 @@ def summarise(
     level: float = 0.95,
 ) -> LocalisationMetrics:
     """:class:`LocalisationMetrics` from :func:`per_image` figures, with group-bootstrap CIs."""
+    rule = rule or lesion.LesionRule()
     saliency = [k[: -len(":pointing")] for k in figures if k.endswith(":pointing")]
     # (map name, kind, {figure key: (per-image column, median)})
     spec: list[tuple[str, str, dict[str, tuple[np.ndarray, bool]]]] = [
@@ -377,9 +385,10 @@ def summarise(
         n_outlined=int(outlined.sum()),
         n_lesion_free=int(np.isfinite(figures["false"]).sum()),
         n_with_fan=int(np.nansum(figures["fan"])),
-        threshold=float(threshold),
-        min_area=float(min_area),
+        threshold=float(rule.threshold),
+        min_area=float(rule.min_area),
         maps=maps,
+        rule=rule.describe(),
         lesion_share_of_fan=_point(np.asarray(figures["share"], np.float64)),
         lesion_share_of_fan_ci=intervals["share"],
         n_resamples=int(bootstrap),
@@ -394,19 +403,20 @@ def score_localisation(
     fan_masks: Iterable[np.ndarray | None],
     lesion_free: Sequence[bool] | np.ndarray,
     groups: Sequence[Any] | np.ndarray | None = None,
-    threshold: float = lesion.THRESHOLD,
-    min_area: float = lesion.MIN_AREA,
+    rule: lesion.LesionRule | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
     *,
     saliency: Mapping[str, Sequence[np.ndarray | None]] | None = None,
+    lesion_probability: Sequence[float | None] | np.ndarray | None = None,
     name: str = HEAD,
     source: str = "",
 ) -> LocalisationMetrics:
     """Score lesion probability ``maps`` against the outlines, beside the baselines (see :func:`per_image` for
     the inputs); CIs from ``bootstrap`` resamples of ``groups``."""
-    figures = per_image(maps, lesion_masks, fan_masks, lesion_free, threshold, min_area, saliency)
-    return summarise(figures, groups, threshold, min_area, bootstrap, seed, name=name, source=source)
+    rule = rule or lesion.LesionRule()
+    figures = per_image(maps, lesion_masks, fan_masks, lesion_free, rule, saliency, lesion_probability)
+    return summarise(figures, groups, rule, bootstrap, seed, name=name, source=source)
 
 
 # ---------------------------------------------------------------------------------------------- the cases figure
@@ -420,8 +430,8 @@ class Case:
     path: str  # the image file
     prob: np.ndarray  # (h, w) probability map
     mask: np.ndarray  # (H, W) bool true lesion at the original size
-    threshold: float = lesion.THRESHOLD
-    min_area: float = lesion.MIN_AREA
+    rule: lesion.LesionRule = field(default_factory=lesion.LesionRule)
+    lesion_probability: float | None = None  # the classifier's, for the rule's gate
 
 
 def pick_cases(dice: np.ndarray) -> list[tuple[str, int]]:
@@ -453,7 +463,7 @@ def cases_figure(
         h, w = case.mask.shape
         img = display_image(case.path)
         up = lesion.upsample(case.prob, w, h)
-        pred = lesion.predicted_mask(up, case.threshold, case.min_area)
+        pred = case.rule.mask(up, case.lesion_probability)
         extent = (0, w, h, 0)
         for ax, what in zip(row, ("true outline", "predicted outline", "lesion probability")):
             if what == "lesion probability":
@@ -503,16 +513,17 @@ def localise(
     rows: Sequence[Mapping[str, str]],
     free_classes: set[str],
     groups: Sequence[Any] | np.ndarray | None,
-    threshold: float,
-    min_area: float,
+    rule: lesion.LesionRule,
     bootstrap: int,
     seed: int,
     *,
     source: str,
     saliency: Mapping[str, Sequence[np.ndarray | None]] | None = None,
+    lesion_probability: Sequence[float | None] | np.ndarray | None = None,
 ) -> Localised:
-    """Score ``maps`` (one per manifest row) against the rows' outlines; an annotation that cannot be read leaves
-    its image out (listed in ``skipped``), the rest is scored."""
+    """Score ``maps`` (one per manifest row) by ``rule`` against the rows' outlines (``lesion_probability``: the
+    classifier's per row, for the rule's gate); an annotation that cannot be read leaves its image out (listed in
+    ``skipped``), the rest is scored."""
     from liverscan.core.errors import AnnotationError
 
     skipped: list[tuple[str, str]] = []
@@ -530,8 +541,9 @@ def localise(
         lesion_masks.append(les)
         fans.append(fan)
     free = [bool(scored[i] and r["class"] in free_classes) for i, r in enumerate(rows)]
-    figures = per_image(maps, lesion_masks, fans, free, threshold, min_area, saliency)
-    metrics = summarise(figures, groups, threshold, min_area, bootstrap, seed, source=source)
+    gates = [None] * len(rows) if lesion_probability is None else list(lesion_probability)
+    figures = per_image(maps, lesion_masks, fans, free, rule, saliency, gates)
+    metrics = summarise(figures, groups, rule, bootstrap, seed, source=source)
     metrics = replace(metrics, skipped=skipped)
     names = [k[: -len(":pointing")] for k in figures if k.endswith(":pointing")]
     header = ["path", "class", "role", "dice", "iou", "pointing", "heat_in_lesion", "lesion_share_of_fan"]
@@ -547,7 +559,7 @@ def localise(
         cells += [figures[f"{s}:{k}"][i] for s in names for k in ("pointing", "heat")]
         out_rows.append([r["path"], r["class"], role] + ["" if not np.isfinite(v) else f"{v:.4f}" for v in cells])
     cases = [
-        Case(label, rows[i]["path"], np.asarray(maps[i]), lesion_masks[i], threshold, min_area)  # type: ignore[arg-type]
+        Case(label, rows[i]["path"], np.asarray(maps[i]), lesion_masks[i], rule, gates[i])  # type: ignore[arg-type]
         for label, i in pick_cases(figures["dice"])
     ]
     return Localised(metrics, header, out_rows, cases)
@@ -573,14 +585,18 @@ def write_outputs(found: Localised, out_dir: Path, figures: bool) -> Localisatio
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def _settings(card_lesion: Mapping[str, Any]) -> tuple[float, float]:
-    return float(card_lesion.get("threshold", lesion.THRESHOLD)), float(card_lesion.get("min_area", lesion.MIN_AREA))
+def _gates(rule: lesion.LesionRule, classes: Sequence[str], probs: np.ndarray | None) -> list[float | None] | None:
+    """The classifier's lesion probability of each image (rows of ``probs``) for the rule's gate."""
+    if probs is None or rule.gate is None:
+        return None
+    return [rule.lesion_probability(dict(zip(classes, map(float, p)))) for p in np.asarray(probs)]
 
 
-def head_localisation(run, ds, model, bootstrap: int, seed: int) -> Localised | None:
+def head_localisation(run, ds, model, bootstrap: int, seed: int, probs: np.ndarray | None = None) -> Localised | None:
     """Score the run's lesion head on evaluated images ``ds`` (:class:`~liverscan.evaluation.labelled.
     LabelledImages` of a prepared dataset) beside the classifier ``model``'s Grad-CAM for each outlined image's
-    class; None when the run has no head or the images have no outlines."""
+    class; ``probs``: the classifier's probabilities of ``ds`` as ``predict`` shows them (the rule's gate); None
+    when the run has no head or the images have no outlines."""
     from liverscan.core.artifacts import LESION_FILE
     from liverscan.core.model import load_model
 
@@ -603,17 +619,30 @@ def head_localisation(run, ds, model, bootstrap: int, seed: int) -> Localised | 
         for k, i in enumerate(outlined):
             per[i] = cams[k]
         saliency[f"Grad-CAM ({'/'.join(lesion_classes)})"] = per
-    threshold, min_area = _settings(card_lesion)
+    rule = lesion.LesionRule.from_entry(card_lesion)
     free = lesion_free_classes(ds.manifest or ds.rows)
     source = f"lesion head {path.name} on {ds.source}"
+    gates = _gates(rule, run.classes, probs)
     return localise(
-        maps, ds.rows, free, ds.groups, threshold, min_area, bootstrap, seed, source=source, saliency=saliency
+        maps,
+        ds.rows,
+        free,
+        ds.groups,
+        rule,
+        bootstrap,
+        seed,
+        source=source,
+        saliency=saliency,
+        lesion_probability=gates,
     )
 
 
-def oof_localisation(run, bootstrap: int, seed: int) -> Localised | None:
+def oof_localisation(
+    run, bootstrap: int, seed: int, probabilities: Mapping[str, np.ndarray] | None = None
+) -> Localised | None:
     """Score the out-of-fold lesion maps a cross-validated run wrote (``lesion_oof.npz``: ``paths``, ``maps``)
-    against its prepared dataset's outlines; None without that file, a head, or the prepared dataset."""
+    against its prepared dataset's outlines; ``probabilities``: path -> the classifier's out-of-fold
+    probabilities (the rule's gate); None without that file, a head, or the prepared dataset."""
     from liverscan.core.artifacts import LESION_OOF_FILE
     from liverscan.core.dataset import PreparedData
     from liverscan.core.errors import LiverscanError, RunDirError
@@ -640,15 +669,20 @@ def oof_localisation(run, bootstrap: int, seed: int) -> Localised | None:
     if not has_lesion_outlines(rows):
         return None
     groups = [r.get("group") or r["path"] for r in rows]
-    threshold, min_area = _settings(card_lesion)
+    rule = lesion.LesionRule.from_entry(card_lesion)
+    gates = None
+    if probabilities is not None and rule.gate is not None:
+        known = [paths[i] in probabilities for i in keep]
+        rows_p = np.array([probabilities[paths[i]] if k else np.zeros(len(run.classes)) for i, k in zip(keep, known)])
+        gates = [g if k else None for g, k in zip(_gates(rule, run.classes, rows_p) or [], known)]
     return localise(
         maps[keep],
         rows,
         lesion_free_classes(manifest),
         groups,
-        threshold,
-        min_area,
+        rule,
         bootstrap,
         seed,
         source=f"out-of-fold lesion maps ({LESION_OOF_FILE})",
+        lesion_probability=gates,
     )

@@ -58,8 +58,8 @@ class DicomResultWriter:
     next input, or :meth:`flush`).  A frame whose SEG cannot be made, or an object whose SR cannot be, gets the
     reason as the error of its record(s); the run goes on.
 
-    ``model``: the model's name and version as written into the objects; ``threshold`` / ``min_area``: the
-    lesion head's mask rule.
+    ``model``: the model's name and version as written into the objects; ``rule``: the lesion head's
+    :class:`~liverscan.core.lesion.LesionRule` (default ``p >= 0.5``).
     """
 
     def __init__(
@@ -67,12 +67,13 @@ class DicomResultWriter:
         seg_dir: Path | None,
         sr_dir: Path | None,
         model: tuple[str, str],
-        threshold: float = 0.5,
-        min_area: float = 0.0,
+        rule=None,
     ):
         require_highdicom()
         self.seg_dir, self.sr_dir, self.model = seg_dir, sr_dir, model
-        self.threshold, self.min_area = threshold, min_area
+        from liverscan.core.lesion import LesionRule
+
+        self.rule = rule or LesionRule(min_area=0.0)
         self._current: _Source | None = None
         self._held: list[tuple[Any, Prediction, np.ndarray | None]] = []
         for folder in (seg_dir, sr_dir):
@@ -167,7 +168,8 @@ class DicomResultWriter:
         from liverscan.serving.lesion import mask_image
 
         width, height = int(ds.Columns), int(ds.Rows)
-        mask = np.asarray(mask_image(lesion_map, width, height, self.threshold, self.min_area)) > 0
+        gated = self.rule.lesion_probability(rec.probabilities)
+        mask = np.asarray(mask_image(lesion_map, width, height, self.rule, gated)) > 0
         segment = hd.seg.SegmentDescription(
             segment_number=1,
             segment_label="lesion",

@@ -27,8 +27,8 @@ OUTLINE_COLOUR = (255, 255, 255)
 class LesionFinding:
     """Where the lesion head points in one image (pixels of the image as given; ``[x, y]``, continuous).
 
-    ``probability``: the map's maximum; ``found``: a region of ``p >= threshold`` at least ``min_area`` of the
-    image remains; ``peak``: the most probable pixel's centre (of the strongest region when found);
+    ``probability``: the map's maximum; ``found``: the head's :class:`~liverscan.core.lesion.LesionRule` keeps a
+    region (the map's peak reached its threshold, or the classifier's lesion probability its gate); ``peak``: the most probable pixel's centre (of the strongest region when found);
     ``bbox`` ``[x0, y0, x1, y1]`` and ``outline`` (polygon, the region's largest component): the strongest
     region (None / empty when none); ``area_fraction``: the share of the image all kept regions cover;
     ``count``: regions kept.
@@ -42,10 +42,10 @@ class LesionFinding:
     outline: tuple[tuple[float, float], ...]
     count: int
 
-    def caption(self, threshold: float = core.THRESHOLD) -> str:
+    def caption(self, rule: core.LesionRule | None = None) -> str:
         """One line for an overlay or a table."""
         if self.found:
-            return f"lesion probability (outline: p >= {threshold:g})"
+            return f"lesion probability ({(rule or core.LesionRule()).caption()})"
         return f"no lesion found (max probability {self.probability:.2f})"
 
 
@@ -65,13 +65,14 @@ def find_lesion(
     prob_map: np.ndarray,
     width: int,
     height: int,
-    threshold: float = core.THRESHOLD,
-    min_area: float = core.MIN_AREA,
+    rule: core.LesionRule | None = None,
+    lesion_probability: float | None = None,
 ) -> LesionFinding:
-    """The finding of one ``(S, S)`` probability map, in pixels of a ``width`` x ``height`` image."""
+    """The finding of one ``(S, S)`` probability map, in pixels of a ``width`` x ``height`` image, by ``rule``
+    (default: ``p >= 0.5``); ``lesion_probability``: the classifier's, for the rule's gate."""
     p = _square(prob_map)
     side = p.shape[0]
-    kept = core.regions(p, threshold, min_area)
+    kept = (rule or core.LesionRule()).regions(p, lesion_probability)
     if kept:
         top = kept[0]
         (peak,) = _points([top.peak], width, height, side)
@@ -95,19 +96,21 @@ def mask_image(
     prob_map: np.ndarray,
     width: int,
     height: int,
-    threshold: float = core.THRESHOLD,
-    min_area: float = core.MIN_AREA,
+    rule: core.LesionRule | None = None,
+    lesion_probability: float | None = None,
 ) -> Image.Image:
     """The predicted lesion mask at the image's own size: an 8-bit greyscale image, 255 = lesion, 0 elsewhere."""
     p = core.upsample(_square(prob_map), width, height)
-    mask = core.predicted_mask(p, threshold, min_area)
+    mask = (rule or core.LesionRule()).mask(p, lesion_probability)
     return Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
 
 
-def outlines(prob_map: np.ndarray, width: int, height: int, threshold: float, min_area: float) -> list[np.ndarray]:
+def outlines(
+    prob_map: np.ndarray, width: int, height: int, rule: core.LesionRule, lesion_probability: float | None = None
+) -> list[np.ndarray]:
     """The outline polygons ``(N, 2)`` [x, y] of every kept region, in pixels of a ``width`` x ``height`` image."""
     p = _square(prob_map)
-    return [to_original(r.outline, width, height, p.shape[0]) for r in core.regions(p, threshold, min_area)]
+    return [to_original(r.outline, width, height, p.shape[0]) for r in rule.regions(p, lesion_probability)]
 
 
 def draw_outlines(image: Image.Image, polygons: list[np.ndarray], colour=OUTLINE_COLOUR) -> Image.Image:
@@ -133,14 +136,19 @@ def draw_finding(image: np.ndarray | Image.Image, finding: LesionFinding, source
     return draw_outlines(img, [np.asarray(finding.outline, dtype=np.float64) * scale])
 
 
-def lesion_picture(image: np.ndarray | Image.Image, prob_map: np.ndarray, threshold: float, min_area: float):
+def lesion_picture(
+    image: np.ndarray | Image.Image,
+    prob_map: np.ndarray,
+    rule: core.LesionRule,
+    lesion_probability: float | None = None,
+):
     """The lesion overlay of one image: its probability map in colour and the predicted outline on top."""
     from liverscan.serving.explain import overlay
 
     base = np.asarray(image)
     h, w = base.shape[:2]
     picture = overlay(base, np.clip(np.asarray(prob_map, dtype=np.float32), 0.0, 1.0))
-    return draw_outlines(picture, outlines(prob_map, w, h, threshold, min_area))
+    return draw_outlines(picture, outlines(prob_map, w, h, rule, lesion_probability))
 
 
 class LesionHead:
@@ -151,10 +159,10 @@ class LesionHead:
     """
 
     def __init__(
-        self, path: Path, size: int, threshold: float, min_area: float, model=None, runner=None, zoom: int = 1
+        self, path: Path, size: int, rule: core.LesionRule | None = None, model=None, runner=None, zoom: int = 1
     ):
         self.path, self.size, self.zoom = Path(path), size, zoom
-        self.threshold, self.min_area = threshold, min_area
+        self.rule = rule or core.LesionRule()
         self._model, self._runner = model, runner
         self.kind = "keras" if runner is None else str(getattr(runner, "kind", Path(path).suffix.lstrip(".")))
         self.batch_size = 32
@@ -175,8 +183,7 @@ class LesionHead:
         folder = Path(model_path).parent
         keep = dict(
             size=card.image_size,
-            threshold=float(entry.get("threshold", core.THRESHOLD)),
-            min_area=float(entry.get("min_area", core.MIN_AREA)),
+            rule=core.LesionRule.from_entry(entry),
             zoom=int(entry.get("zoom") or 1),
         )
         if shared is not None:
@@ -209,14 +216,21 @@ class LesionHead:
             out.append(pred[: len(chunk), ..., 0])
         return np.concatenate(out) if out else np.zeros((0, self.size, self.size), np.float32)
 
-    def finding(self, prob_map: np.ndarray, width: int, height: int) -> LesionFinding:
-        return find_lesion(prob_map, width, height, self.threshold, self.min_area)
+    def finding(
+        self, prob_map: np.ndarray, width: int, height: int, probabilities: dict[str, float] | None = None
+    ) -> LesionFinding:
+        """The finding of one map; ``probabilities``: the classifier's ``{class: p}`` of the image (the rule's
+        gate)."""
+        return find_lesion(prob_map, width, height, self.rule, self.rule.lesion_probability(probabilities))
 
     def describe(self, where: str = "", kind: str | None = None) -> str:
         """One line: runtime (``kind``: another name for it), ``where`` it runs, the zoom of its passes and its
-        outline threshold."""
+        outline rule."""
         zoom = f", on the image and on it upsampled up to {self.zoom}x" if self.zoom > 1 else ""
-        return f"{kind or self.kind}{where}{zoom}, outline p >= {self.threshold:g}"
+        r = self.rule
+        gate = f" or {'/'.join(r.gate_classes)} p >= {r.gate:g}" if r.gate is not None else ""
+        found = f"lesion when peak >= {r.threshold:g}{gate}" if r.extent > 0 else ""
+        return f"{kind or self.kind}{where}{zoom}, " + (f"{found}, {r.caption()}" if found else r.caption())
 
 
 def _prefetch_post_processing() -> None:

@@ -279,7 +279,7 @@ class Classifier:
         for rec, m in zip(records, maps):
             if rec.error is None:
                 width, height = rec.source_size or (self.image_size, self.image_size)
-                rec.lesion = self.lesion.finding(m, width, height)
+                rec.lesion = self.lesion.finding(m, width, height, rec.probabilities)
         return maps
 
     def lesion_maps(self, images: np.ndarray) -> np.ndarray:
@@ -375,7 +375,7 @@ class Classifier:
         head = self.lesion
         if head is None:
             return DicomResultWriter(None, o.dicom_sr, (name, version))
-        return DicomResultWriter(o.dicom_seg, o.dicom_sr, (name, version), head.threshold, head.min_area)
+        return DicomResultWriter(o.dicom_seg, o.dicom_sr, (name, version), head.rule)
 
     def predict_bytes(self, name: str, data: bytes) -> list[tuple[Prediction, np.ndarray | None]]:
         """(record, model input or None) for an in-memory file such as an upload (DICOM, video: one per frame)."""
@@ -469,8 +469,9 @@ class Classifier:
             if lesion is not None and maps is not None and rec.lesion is not None:
                 from liverscan.serving.lesion import lesion_picture
 
-                picture = lesion_picture(base, maps[k], lesion.threshold, lesion.min_area)
-                save_image(picture, target, f"{head} | {rec.lesion.caption(lesion.threshold)}")
+                gated = lesion.rule.lesion_probability(rec.probabilities)
+                picture = lesion_picture(base, maps[k], lesion.rule, gated)
+                save_image(picture, target, f"{head} | {rec.lesion.caption(lesion.rule)}")
             else:
                 save_overlay(base, heats[k], target, gradcam_caption(head, rec.predicted_class or "", heats[k]))
             rec.explanation = str(target)
@@ -489,7 +490,8 @@ class Classifier:
                 continue
             width, height = rec.source_size or (self.image_size, self.image_size)
             buf = io.BytesIO()
-            mask_image(prob, width, height, self.lesion.threshold, self.lesion.min_area).save(buf, format="PNG")
+            gated = self.lesion.rule.lesion_probability(rec.probabilities)
+            mask_image(prob, width, height, self.lesion.rule, gated).save(buf, format="PNG")
             target = folder / f"{output_stem(rec)}-mask.png"
             write_bytes_atomic(target, buf.getvalue())
             rec.lesion_mask = str(target)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from liverscan.core import lesion
-from liverscan.core.annotations import has_lesion_outlines, lesion_free_classes
+from liverscan.core.annotations import has_lesion_outlines, lesion_classes, lesion_free_classes
 from liverscan.core.config import Config
 from liverscan.core.fileio import npy_bytes, npz_bytes, write_bytes_atomic
 
@@ -302,7 +302,7 @@ def _fit(model, data, cfg: Config, log: Callable[[str], None] | None) -> None:
     lc = cfg.lesion
     steps = max(1, len(data) * lc.epochs)
     schedule = keras.optimizers.schedules.CosineDecay(lc.learning_rate, steps, alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=lesion.dice_bce_loss())
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=lesion.dice_bce_loss(dice=lc.dice))
     callbacks = []
     if log is not None:
         callbacks.append(
@@ -313,8 +313,21 @@ def _fit(model, data, cfg: Config, log: Callable[[str], None] | None) -> None:
     model.fit(data, epochs=lc.epochs, verbose=0, callbacks=callbacks)
 
 
-def card_entry(cfg: Config, targets: LesionTargets, seconds: float, file: str | Path) -> dict[str, Any]:
-    """The model card's ``lesion`` section for a head trained with ``cfg`` on ``targets``."""
+def rule_of(cfg: Config, classes: Sequence[str]) -> lesion.LesionRule:
+    """The :class:`~liverscan.core.lesion.LesionRule` of ``cfg.lesion`` for a head whose outlined images are of
+    ``classes`` (the classifier's probability of them is the gate's)."""
+    lc = cfg.lesion
+    gate = lc.gate if lc.gate > 0 and lc.extent > 0 and classes else None
+    return lesion.LesionRule(
+        lc.threshold, lc.min_area, lc.extent, lc.floor, gate, tuple(classes) if gate is not None else ()
+    )
+
+
+def card_entry(
+    cfg: Config, targets: LesionTargets, seconds: float, file: str | Path, classes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The model card's ``lesion`` section for a head trained with ``cfg`` on ``targets`` (outlined images of
+    ``classes``)."""
     lc = cfg.lesion
     return {
         "file": Path(file).name,
@@ -331,8 +344,7 @@ def card_entry(cfg: Config, targets: LesionTargets, seconds: float, file: str | 
         "layers": list(lesion.DEFAULT_LAYERS),
         "width": lc.width,
         "output": "lesion probability per input pixel",
-        "threshold": lc.threshold,
-        "min_area": lc.min_area,
+        **rule_of(cfg, classes).to_entry(),
         "training": {
             "images_with_lesion": targets.n_lesion,
             "images_without_lesion": targets.n_free,
@@ -340,7 +352,7 @@ def card_entry(cfg: Config, targets: LesionTargets, seconds: float, file: str | 
             "epochs": lc.epochs,
             "batch_size": lc.batch_size,
             "learning_rate": lc.learning_rate,
-            "loss": "soft Dice + binary cross-entropy",
+            "loss": ("soft Dice per lesion image" if lc.dice == "image" else "soft Dice") + " + binary cross-entropy",
             "augmentation": (
                 f"crops of the image upsampled 1-{lc.zoom}x (half the lesion crops kept on the lesion), horizontal "
                 "flip, brightness / contrast"
@@ -380,7 +392,7 @@ def train_for_run(
     targets = lesion_targets(rows, side)
     model = fit_lesion_model(images, targets, cfg, log=log, backbone=backbone)
     save_keras_atomic(model, run / LESION_FILE)
-    return card_entry(cfg, targets, time.perf_counter() - t0, LESION_FILE)
+    return card_entry(cfg, targets, time.perf_counter() - t0, LESION_FILE, lesion_classes(rows))
 
 
 def out_of_fold_maps(
