@@ -130,7 +130,8 @@ class LocalisationMetrics:
         rule = self.rule or f"map >= {self.threshold:g} without regions under {self.min_area:g} of the image"
         return (
             f"{self.source}: {self.n_outlined} images with a lesion outline ({fan}), {self.n_lesion_free} of "
-            f"lesion-free classes; mask: {rule}; lesion's share of the fan {_fmt(self.lesion_share_of_fan, self.lesion_share_of_fan_ci)}; "
+            f"lesion-free classes; mask: {rule}; lesion's share of the fan "
+            f"{_fmt(self.lesion_share_of_fan, self.lesion_share_of_fan_ci)}; "
             f"{self.level:.0%} bootstrap CIs over {self.resampled} ({self.n_resamples} resamples)."
         )
 

@@ -29,9 +29,9 @@ class LesionFinding:
 
     ``probability``: the map's maximum; ``found``: the head's :class:`~liverscan.core.lesion.LesionRule` keeps a
     region (the map's peak reached its threshold, or the classifier's lesion probability its gate); ``peak``: the
-    most probable pixel's centre (of the strongest region when found); ``bbox`` ``[x0, y0, x1, y1]`` and ``outline`` (polygon, the region's largest component): the strongest
-    region (None / empty when none); ``area_fraction``: the share of the image all kept regions cover;
-    ``count``: regions kept.
+    most probable pixel's centre (of the strongest region when found); ``bbox`` ``[x0, y0, x1, y1]`` and
+    ``outline`` (polygon, the region's largest component): the strongest region (None / empty when none);
+    ``area_fraction``: the share of the image all kept regions cover; ``count``: regions kept.
     """
 
     found: bool
