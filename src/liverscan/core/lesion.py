@@ -557,7 +557,7 @@ class LesionRule:
         )
         return (
             f"found when the map's peak is >= {self.threshold:g}{gate}; outline p >= max({self.floor:g}, "
-            f"{self.extent:g} x peak), regions under {self.min_area:g} of the image dropped but the peak's"
+            f"{self.extent:g} x peak); other regions under {self.min_area:g} of the image dropped"
         )
 
     def caption(self) -> str:
