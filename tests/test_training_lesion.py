@@ -118,14 +118,22 @@ def xu_prepared(discs, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_train_fits_the_head_when_the_data_has_outlines(xu_prepared, short_c_grid, tmp_path: Path):
+    from liverscan.core.annotations import lesion_classes
     from liverscan.core.artifacts import LESION_FILE, read_card
+    from liverscan.core.fileio import read_csv
     from liverscan.core.model import load_model
     from liverscan.training.train import train_run
 
     result = train_run(_xu_config(xu_prepared["root"]), xu_prepared["prep"], tmp_path / "run")
     card = read_card(tmp_path / "run")
     assert card.lesion is not None and card.lesion == result.card.lesion
-    assert card.lesion["file"] == LESION_FILE and card.lesion["threshold"] == 0.5
+    assert card.lesion["file"] == LESION_FILE
+    # the card carries the rule that reads the head's maps: the config's, gated by the outlined classes
+    outlined = lesion_classes(read_csv(xu_prepared["prep"] / "manifest.csv"))
+    assert outlined and card.lesion["gate_classes"] == list(outlined)
+    rule = lesion.LesionRule.from_entry(card.lesion)
+    assert rule == lesion_training.rule_of(_xu_config(xu_prepared["root"]), outlined)
+    assert (rule.threshold, rule.extent, rule.floor, rule.gate) == (0.6, 0.5, 0.2, 0.9)
     t = card.lesion["training"]
     assert t["images_with_lesion"] + t["images_without_lesion"] == 24 + 8 - _n_test(xu_prepared["prep"])
     assert t["images_with_lesion"] > 0 and t["images_without_lesion"] > 0 and t["left_out"] == 0
