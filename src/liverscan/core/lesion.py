@@ -442,8 +442,11 @@ def regions(prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MI
     return sorted(found, key=lambda g: g.score, reverse=True)
 
 
-def predicted_mask(prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA) -> np.ndarray:
-    """``prob >= threshold`` without regions smaller than ``min_area`` of the map."""
+def predicted_mask(
+    prob: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA, keep_peak: bool = False
+) -> np.ndarray:
+    """``prob >= threshold`` without regions smaller than ``min_area`` of the map (``keep_peak``: but the region
+    of the map's maximum)."""
     from scipy import ndimage
 
     p = np.asarray(prob, dtype=np.float32)
@@ -453,6 +456,8 @@ def predicted_mask(prob: np.ndarray, threshold: float = THRESHOLD, min_area: flo
     labels, n = ndimage.label(m, structure=np.ones((3, 3), dtype=bool))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes >= min_area * p.size
+    if keep_peak:
+        keep[labels.flat[int(np.argmax(p))]] = True
     keep[0] = False
     return keep[labels]
 
@@ -532,19 +537,11 @@ class LesionRule:
 
     def mask(self, prob: np.ndarray, lesion_probability: float | None = None) -> np.ndarray:
         """The lesion's pixels of ``prob`` (any size) as a bool mask."""
-        from scipy import ndimage
-
         p = np.asarray(prob, dtype=np.float32)
         top = float(p.max()) if p.size else 0.0
         if not p.size or not self.shows(top, lesion_probability):
             return np.zeros(p.shape, bool)
-        if self.extent <= 0:
-            return predicted_mask(p, self.threshold, self.min_area)
-        labels, n = ndimage.label(p >= self.cut(top), structure=np.ones((3, 3), dtype=bool))
-        keep = np.bincount(labels.ravel(), minlength=n + 1) >= self.min_area * p.size
-        keep[labels.flat[int(np.argmax(p))]] = True
-        keep[0] = False
-        return keep[labels]
+        return predicted_mask(p, self.cut(top), self.min_area, keep_peak=self.extent > 0)
 
     def describe(self) -> str:
         """One line for cards, reports and captions."""

@@ -586,11 +586,12 @@ def write_outputs(found: Localised, out_dir: Path, figures: bool) -> Localisatio
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def _gates(rule: lesion.LesionRule, classes: Sequence[str], probs: np.ndarray | None) -> list[float | None] | None:
-    """The classifier's lesion probability of each image (rows of ``probs``) for the rule's gate."""
+def _gates(rule: lesion.LesionRule, classes: Sequence[str], probs: Iterable[Any] | None) -> list[float | None] | None:
+    """The classifier's lesion probability of each image (``probs``: one row per image, None where unknown) for
+    the rule's gate."""
     if probs is None or rule.gate is None:
         return None
-    return [rule.lesion_probability(dict(zip(classes, map(float, p)))) for p in np.asarray(probs)]
+    return [None if p is None else rule.lesion_probability(dict(zip(classes, map(float, p)))) for p in probs]
 
 
 def head_localisation(run, ds, model, bootstrap: int, seed: int, probs: np.ndarray | None = None) -> Localised | None:
@@ -671,11 +672,8 @@ def oof_localisation(
         return None
     groups = [r.get("group") or r["path"] for r in rows]
     rule = lesion.LesionRule.from_entry(card_lesion)
-    gates = None
-    if probabilities is not None and rule.gate is not None:
-        known = [paths[i] in probabilities for i in keep]
-        rows_p = np.array([probabilities[paths[i]] if k else np.zeros(len(run.classes)) for i, k in zip(keep, known)])
-        gates = [g if k else None for g, k in zip(_gates(rule, run.classes, rows_p) or [], known)]
+    held = None if probabilities is None else [probabilities.get(paths[i]) for i in keep]
+    gates = _gates(rule, run.classes, held)
     return localise(
         maps[keep],
         rows,
