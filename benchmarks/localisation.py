@@ -2,10 +2,10 @@
 
 Design ``t`` is the head ``liverscan train`` fits (:func:`liverscan.training.lesion.fit_lesion_model` with the
 default ``lesion`` settings: backbone tuned from ``block_6``, 40 epochs, ``lesion.zoom`` 2: trained on 1-2x upsampled
-crops and run at 160 px and on the image upsampled to 320 px), trained on each fold's training images and run on
-its test images (``--lesion-epochs`` changes its epochs, ``--lesion-zoom 1`` gives the single-pass head at 160 px of
-the tables before the zoom); with ``--flip`` the same models are also scored on the mean of the image's map and its
-mirror's, mirrored back (``t-flip``).
+crops and run at 160 px and on the image upsampled to 320 px, each also on the mirror image: ``lesion.flip``),
+trained on each fold's training images and run on its test images (``--lesion-epochs`` changes its epochs,
+``--lesion-zoom 1`` gives the single-pass head at 160 px of the tables before the zoom); with ``--flip`` the same
+models are also scored without the passes on the mirror image (``t-single``).
 
 Design ``m`` is the same head (same layers, loss, optimiser, epochs, training cost per step) trained on 160-px
 crops of each image shown at a random size between ``--crop-scales`` x 160 px (1-2 by default; with probability
@@ -256,8 +256,10 @@ def score(
 
 def product_head_maps(items: list[Item], images: np.ndarray, tests: list[np.ndarray], args) -> dict[str, np.ndarray]:
     """Out-of-fold maps ``(N, S, S)`` of the head ``liverscan train`` fits (``training.lesion.fit_lesion_model``
-    with the default ``lesion`` settings, ``--lesion-epochs`` and ``--lesion-zoom`` aside), one per test fold: ``t``, and with
-    ``--flip`` also ``t-flip`` (the same models' maps of the image and of its mirror, mirrored back, averaged)."""
+    with the default ``lesion`` settings, ``--lesion-epochs`` and ``--lesion-zoom`` aside), one per test fold: ``t``
+    (with ``lesion.flip``, the mean of the image's map and its mirror's, mirrored back), and with ``--flip`` the
+    same models the other way too: ``t-single`` without the mirror pass (``t-flip`` with it, when ``lesion.flip``
+    is off).  The mirror pass changes no weight: one training gives both."""
     from liverscan.core.config import Config
     from liverscan.training.lesion import LesionTargets, fit_lesion_model
 
@@ -267,18 +269,24 @@ def product_head_maps(items: list[Item], images: np.ndarray, tests: list[np.ndar
         cfg.lesion.epochs = args.lesion_epochs
     if args.lesion_zoom:
         cfg.lesion.zoom = args.lesion_zoom
+    mirror_on = cfg.lesion.flip
+    cfg.lesion = replace(cfg.lesion, flip=False)  # the passes on the mirror image are averaged in below
+    other = "t-single" if mirror_on else "t-flip"
     coverage = targets(items, images.shape[1] // 4 * cfg.lesion.zoom, "lesion")[:, 0]  # a zoom cuts finer targets
-    out = {key: np.zeros(images.shape[:3], np.float32) for key in (["t", "t-flip"] if args.flip else ["t"])}
+    out = {key: np.zeros(images.shape[:3], np.float32) for key in (["t", other] if args.flip else ["t"])}
     t = time.perf_counter()
     for k, test in enumerate(tests):
         train = np.setdiff1d(np.arange(len(items)), test)
         model = fit_lesion_model(
             images[train], LesionTargets(coverage[train], np.ones(len(train), bool)), cfg, seed=args.seed + k
         )
-        out["t"][test] = lesion.predict_maps(model, images[test])
+        single = lesion.predict_maps(model, images[test])
+        both = single
+        if args.flip or mirror_on:
+            both = (single + lesion.predict_maps(model, images[test][:, :, ::-1])[:, :, ::-1]) / 2
+        out["t"][test] = both if mirror_on else single
         if args.flip:
-            mirrored = lesion.predict_maps(model, images[test][:, :, ::-1])[:, :, ::-1]
-            out["t-flip"][test] = (out["t"][test] + mirrored) / 2
+            out[other][test] = single if mirror_on else both
         log(f"design t: fold {k + 1}/{len(tests)} done ({time.perf_counter() - t:.0f} s)")
     return out
 
@@ -468,7 +476,9 @@ def main() -> int:
         "(upsampled: all a 160-px pipeline has), for training and running alike",
     )
     ap.add_argument(
-        "--flip", action="store_true", help="design t: also score its maps averaged with its mirrored image's (t-flip)"
+        "--flip",
+        action="store_true",
+        help="design t: also score its models without the mirror passes (t-single; t-flip: with them, if lesion.flip is off)",
     )
     ap.add_argument("--save-maps", default="", help="write every design's out-of-fold maps to this .npz")
     ap.add_argument("--seed", type=int, default=0)
@@ -538,6 +548,7 @@ def main() -> int:
         elif d == "t":
             got = product_head_maps(items, images160, tests, args)
             names.setdefault("t-flip", names["t"] + ", mean with its mirror's map")
+            names.setdefault("t-single", names["t"] + ", without the pass on the mirror image")
             timings[f"train+predict ({d}) {names[d]}"] = time.perf_counter() - t
         else:
             maps = np.zeros((len(items), side, side), np.float32)

@@ -107,6 +107,7 @@ def main() -> int:
                 card.lesion["layers"],
                 card.lesion["width"],
                 zoom=int(card.lesion.get("zoom") or 1),
+                flip=bool(card.lesion.get("flip")),
             )
         tflite = write_tflite(packed, staged / "model.tflite", images[:64].astype(np.float32), reference)
         # nothing machine-specific ships: replace local paths with descriptions

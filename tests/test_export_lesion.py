@@ -211,15 +211,17 @@ def test_a_run_without_a_head_exports_as_before(probe_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_the_real_design_converts_and_agrees(tmp_path, fmt):
-    """The decoder on a nested MobileNetV2 (random weights, logits spread so that masks are not a coin toss)."""
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_real_design_converts_and_agrees(tmp_path, fmt, flip):
+    """The decoder on a nested MobileNetV2 (random weights, logits spread so that masks are not a coin toss), with
+    and without the pass on the mirror image."""
     from liverscan.core.keras_env import import_keras
     from liverscan.core.lesion import build_lesion_model
 
     keras = import_keras()
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None)
-    model = build_lesion_model(backbone)
+    model = build_lesion_model(backbone, flip=flip)
     images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
     logits = model.get_layer("lesion_decoder").get_layer("lesion_logits")
     kernel, bias = logits.get_weights()
@@ -237,11 +239,12 @@ def test_the_real_design_converts_and_agrees(tmp_path, fmt):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zoom", [1, 2])
-def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tmp_path, monkeypatch, zoom):
+@pytest.mark.parametrize("zoom,flip", [(1, False), (2, False), (2, True)])
+def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tmp_path, monkeypatch, zoom, flip):
     """A head tuned from ``block_6_expand`` on the classifier's backbone is exported inside ``model.tflite``, the
     layers below it run once: one pass gives the probabilities, the guard's features and the lesion map, and
-    predict takes its maps from that pass (with ``lesion.zoom`` 2, the pass on the upsampled image included)."""
+    predict takes its maps from that pass (with ``lesion.zoom`` 2, the pass on the upsampled image included; with
+    ``lesion.flip``, the passes on the mirror image)."""
     from liverscan.core.images import load_image
     from liverscan.core.keras_env import import_keras
     from liverscan.core.lesion import build_lesion_model, shared_backbone_model
@@ -256,7 +259,7 @@ def test_a_head_sharing_the_backbone_rides_in_the_classifier_graph(probe_run, tm
     rng = np.random.default_rng(0)
     for layer in own.layers[[layer.name for layer in own.layers].index("block_6_expand") :]:  # "fine-tuned"
         layer.set_weights([w * rng.uniform(0.8, 1.2, w.shape).astype(w.dtype) for w in layer.get_weights()])
-    head = build_lesion_model(own, width=4, zoom=zoom)
+    head = build_lesion_model(own, width=4, zoom=zoom, flip=flip)
     weights = head.get_weights()
     weights[-1] = weights[-1] + np.float32(3.0)  # a head that finds something: maps well above 0.5 somewhere
     head.set_weights(weights)

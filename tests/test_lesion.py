@@ -176,8 +176,8 @@ def test_upsample_squashes_like_the_images():
 
 
 @pytest.mark.slow  # two MobileNetV2 builds and a joint graph per case: about 5 s each
-@pytest.mark.parametrize("features,zoom", [("last", 1), ("multistage", 1), ("last", 2)])
-def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(features, zoom):
+@pytest.mark.parametrize("features,zoom,flip", [("last", 1, False), ("multistage", 1, False), ("last", 2, True)])
+def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(features, zoom, flip):
     """The joint graph runs the layers below the head's first tuned layer once: its outputs equal the classifier's
     and the head's own, it holds the classifier backbone's layers and only the head's tuned ones, and a head
     tuned from the first layer on (or another architecture) shares nothing."""
@@ -193,7 +193,7 @@ def test_a_head_tuned_from_block_6_shares_the_classifier_backbone_below_it(featu
     rng = np.random.default_rng(0)
     for layer in own.layers[tuned_from:]:  # "fine-tuned": every weight from block_6_expand on moves
         layer.set_weights([w * rng.uniform(0.8, 1.2, w.shape).astype(w.dtype) for w in layer.get_weights()])
-    head = lesion.build_lesion_model(own, width=4, zoom=zoom)  # zoom 2: its second pass runs on its own
+    head = lesion.build_lesion_model(own, width=4, zoom=zoom, flip=flip)  # its other passes run on its own
     logits = head.get_layer("lesion_decoder").get_layer("lesion_logits")
     logits.set_weights([logits.get_weights()[0] * np.float32(3000.0), logits.get_weights()[1]])  # maps not all 0.5
 
@@ -256,6 +256,16 @@ def test_a_zoomed_head_averages_its_pass_on_the_image_and_on_it_upsampled():
     got = lesion.predict_maps(zoomed, images)
     assert got.shape == (2, SIZE, SIZE) and float(np.abs(at_2 - at_1).max()) > 1e-2  # the passes differ
     np.testing.assert_allclose(got, (at_1 + at_2) / 2, atol=1e-4)
+
+    mirrored = lesion.build_lesion_model(build_backbone(SIZE, "none"), width=4, zoom=2, flip=True)
+    mirrored.set_weights(plain.get_weights())  # the mirror layer has no weights
+    assert lesion.flip_of(mirrored) and not lesion.flip_of(zoomed) and lesion.zoom_of(mirrored) == 2
+    back = images[:, :, ::-1]
+    at_1m = ops.convert_to_numpy(probability(back, 1))[..., 0][:, :, ::-1]
+    big_m = ops.image.resize(back, (2 * SIZE, 2 * SIZE), "bilinear")
+    at_2m = ops.convert_to_numpy(probability(big_m, 1))[..., 0][:, :, ::-1]
+    assert float(np.abs(at_1m - at_1).max()) > 1e-2  # the mirror's map, mirrored back, differs
+    np.testing.assert_allclose(lesion.predict_maps(mirrored, images), (at_1 + at_2 + at_1m + at_2m) / 4, atol=1e-4)
 
 
 def _faint_lesion_map() -> np.ndarray:

@@ -182,17 +182,17 @@ def test_cross_validated_run_writes_out_of_fold_maps(xu_prepared, short_c_grid, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zoom", [1, 2])
-def test_packed_float16_head_rebuilds_with_the_same_maps(tmp_path: Path, zoom: int):
+@pytest.mark.parametrize("zoom,flip", [(1, False), (2, True)])
+def test_packed_float16_head_rebuilds_with_the_same_maps(tmp_path: Path, zoom: int, flip: bool):
     from liverscan.core.keras_env import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(3)
     bb = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None)
-    model = lesion.build_lesion_model(bb, width=4, zoom=zoom)
+    model = lesion.build_lesion_model(bb, width=4, zoom=zoom, flip=flip)
     lesion.save_packed(model, tmp_path / "lesion.weights.npz")
-    again = lesion.load_packed(tmp_path / "lesion.weights.npz", 32, width=4, zoom=zoom)
-    assert lesion.zoom_of(again) == zoom
+    again = lesion.load_packed(tmp_path / "lesion.weights.npz", 32, width=4, zoom=zoom, flip=flip)
+    assert lesion.zoom_of(again) == zoom and lesion.flip_of(again) == flip
     x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(lesion.predict_maps(again, x), lesion.predict_maps(model, x), atol=2e-2)
     from liverscan.core.errors import ModelError

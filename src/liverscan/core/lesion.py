@@ -38,6 +38,7 @@ DEFAULT_LAYERS = MOBILENET_V2_LAYERS[1:]  # decoder output at stride 4 (40 x 40 
 THRESHOLD = 0.5
 MIN_AREA = 0.002  # regions smaller than this share of the map are dropped (~51 pixels of 160 x 160)
 DICE_KINDS = ("batch", "image")  # the soft Dice of dice_bce_loss: over the whole batch, or per lesion image
+MIRROR = "lesion_mirror"  # the mirror layer of a head run on the image and its mirror (build_lesion_model's flip)
 
 
 # ---------------------------------------------------------------------------------------------- model side
@@ -97,6 +98,7 @@ def build_lesion_model(
     name: str = "lesion_model",
     zoom: int = 1,
     size: int | None = None,
+    flip: bool = False,
 ):
     """Pixels ``(N, S, S, 3)`` in 0..255 -> lesion probabilities ``(N, S, S, n_outputs)``.
 
@@ -104,6 +106,7 @@ def build_lesion_model(
     ``zoom`` > 1: the head also runs on the image upsampled (bilinear) to every multiple of ``S`` up to ``zoom x S``
     (fully convolutionally: the backbone and decoder take any size), and the map is the mean of the passes'
     probabilities, each brought back to ``S x S``; small lesions cover more of the backbone's feature cells there.
+    ``flip``: every pass also runs on the mirror image (layer ``lesion_mirror``), its map mirrored back into the mean.
     ``size``: ``S`` for a ``backbone`` that takes any size (else its input's).
     """
     keras = _keras()
@@ -119,25 +122,37 @@ def build_lesion_model(
     inp = keras.Input((size, size, 3), name="image")
     scale = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")
     sigmoid = keras.layers.Activation("sigmoid", name="lesion_probability")
+    mirror: Any = _mirror() if flip else None
     maps = []
     for z in range(1, zoom + 1):
         view = inp if z == 1 else keras.layers.Resizing(z * size, z * size, "bilinear", name=f"zoom_{z}")(inp)
-        outs = features(scale(view), training=False)
-        logits = decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs])
-        maps.append(sigmoid(_to_input_size(logits, size, z, stride)))
-    out = maps[0] if zoom == 1 else keras.layers.Average(name="lesion_mean")(maps)
+        back = _to_input_size(size, z, stride)
+        for mirrored in (False, True) if mirror is not None else (False,):
+            outs = features(scale(mirror(view) if mirrored else view), training=False)
+            logits = decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs])
+            prob = sigmoid(logits if back is None else back(logits))
+            maps.append(mirror(prob) if mirrored else prob)
+    out = maps[0] if len(maps) == 1 else keras.layers.Average(name="lesion_mean")(maps)
     return keras.Model(inp, out, name=name)
 
 
-def _to_input_size(logits, size: int, zoom: int, stride: int):
-    """Logits of the pass at ``zoom x size`` (``zoom x size / stride`` a side) brought to ``size x size``."""
+def _mirror():
+    """The horizontal-mirror layer of a flipped head (one, shared by its passes: it has no weights)."""
+    from liverscan.core.model import _flip_layer
+
+    return _flip_layer()(name=MIRROR)
+
+
+def _to_input_size(size: int, zoom: int, stride: int):
+    """The layer bringing the logits of the pass at ``zoom x size`` (``zoom x size / stride`` a side) to
+    ``size x size`` (None: they are already)."""
     keras = _keras()
     side = zoom * size // stride
     if zoom == 1:
         if side == size:
-            return logits
-        return keras.layers.UpSampling2D(size // side, interpolation="bilinear", name="to_input_size")(logits)
-    return keras.layers.Resizing(size, size, "bilinear", name=f"to_input_size_{zoom}")(logits)
+            return None
+        return keras.layers.UpSampling2D(size // side, interpolation="bilinear", name="to_input_size")
+    return keras.layers.Resizing(size, size, "bilinear", name=f"to_input_size_{zoom}")
 
 
 def any_size_backbone(backbone):
@@ -157,6 +172,11 @@ def zoom_of(head) -> int:
     """The largest zoom of a lesion model built by :func:`build_lesion_model` (1: one pass at the input size)."""
     names = {layer.name for layer in head.layers}
     return max([1, *(int(n.split("_")[1]) for n in names if n.startswith("zoom_") and n.split("_")[1].isdigit())])
+
+
+def flip_of(head) -> bool:
+    """Whether a lesion model built by :func:`build_lesion_model` also runs each pass on the mirror image."""
+    return any(layer.name == MIRROR for layer in head.layers)
 
 
 def shared_backbone_model(classifier, head):
@@ -215,19 +235,25 @@ def shared_backbone_model(classifier, head):
         stages = [classifier.get_layer(f"pool_{stage.rsplit('_', 1)[0]}")(mine[stage]) for stage in STAGES]
         pooled = classifier.get_layer("pool")(stages)
     probs = classifier.get_layer(HEAD_NAME)(pooled)
-    logits = decoder([theirs[n] for n in DEFAULT_LAYERS])
-    if any(layer.name == "to_input_size" for layer in head.layers):
-        logits = head.get_layer("to_input_size")(logits)
-    prob = sigmoid(logits)
-    zoom = zoom_of(head)
-    if zoom > 1:  # the zoomed passes run the head's own backbone on the upsampled image
-        maps = [prob]
-        for z in range(2, zoom + 1):
-            view = classifier.get_layer("scale_to_unit_range")(head.get_layer(f"zoom_{z}")(inp))  # the same scaling
-            outs = multiscale(view, training=False)
-            logits = decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs])
-            maps.append(sigmoid(head.get_layer(f"to_input_size_{z}")(logits)))
-        prob = head.get_layer("lesion_mean")(maps)
+    names = {layer.name for layer in head.layers}
+
+    def probability(logits, z: int):
+        back = "to_input_size" if z == 1 else f"to_input_size_{z}"
+        return sigmoid(head.get_layer(back)(logits) if back in names else logits)
+
+    maps = [probability(decoder([theirs[n] for n in DEFAULT_LAYERS]), 1)]
+    mirror = head.get_layer(MIRROR) if MIRROR in names else None
+    # the zoomed and mirrored passes run the head's own backbone on the upsampled / mirrored image
+    for z in range(1, zoom_of(head) + 1):
+        view = inp if z == 1 else head.get_layer(f"zoom_{z}")(inp)
+        for mirrored in (False, True) if mirror is not None else (False,):
+            if z == 1 and not mirrored:  # the pass on the classifier's backbone, above
+                continue
+            x = classifier.get_layer("scale_to_unit_range")(mirror(view) if mirrored else view)  # the same scaling
+            outs = multiscale(x, training=False)
+            prob = probability(decoder(list(outs) if isinstance(outs, (list, tuple)) else [outs]), z)
+            maps.append(mirror(prob) if mirrored else prob)
+    prob = maps[0] if len(maps) == 1 else head.get_layer("lesion_mean")(maps)
     return keras.Model(inp, [probs, pooled, prob], name="classifier_and_lesion")
 
 
@@ -278,7 +304,13 @@ def save_packed(model, path) -> None:
 
 
 def load_packed(
-    path, size: int, layers: Sequence[str] = DEFAULT_LAYERS, width: int = 32, alpha: float = 1.0, zoom: int = 1
+    path,
+    size: int,
+    layers: Sequence[str] = DEFAULT_LAYERS,
+    width: int = 32,
+    alpha: float = 1.0,
+    zoom: int = 1,
+    flip: bool = False,
 ):
     """The lesion model of float16 weights ``path`` (:func:`save_packed`): the architecture of
     :func:`build_lesion_model` at ``size`` with a random-initialised MobileNetV2, then the weights (as float32)."""
@@ -287,7 +319,7 @@ def load_packed(
     keras = _keras()
     shape = (None, None, 3) if zoom > 1 else (size, size, 3)  # a zoom's passes take any size
     backbone = keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=None)
-    model = build_lesion_model(backbone, layers=layers, width=width, zoom=zoom, size=size)
+    model = build_lesion_model(backbone, layers=layers, width=width, zoom=zoom, size=size, flip=flip)
     try:
         with np.load(path) as z:
             weights = [z[f"arr_{i}"].astype(np.float32) for i in range(len(z.files))]

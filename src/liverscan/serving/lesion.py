@@ -159,9 +159,16 @@ class LesionHead:
     """
 
     def __init__(
-        self, path: Path, size: int, rule: core.LesionRule | None = None, model=None, runner=None, zoom: int = 1
+        self,
+        path: Path,
+        size: int,
+        rule: core.LesionRule | None = None,
+        model=None,
+        runner=None,
+        zoom: int = 1,
+        flip: bool = False,
     ):
-        self.path, self.size, self.zoom = Path(path), size, zoom
+        self.path, self.size, self.zoom, self.flip = Path(path), size, zoom, flip
         self.rule = rule or core.LesionRule()
         self._model, self._runner = model, runner
         self.kind = "keras" if runner is None else str(getattr(runner, "kind", Path(path).suffix.lstrip(".")))
@@ -185,6 +192,7 @@ class LesionHead:
             size=card.image_size,
             rule=core.LesionRule.from_entry(entry),
             zoom=int(entry.get("zoom") or 1),
+            flip=bool(entry.get("flip")),
         )
         if shared is not None:
             from liverscan.serving.runtime import MapRunner
@@ -224,9 +232,10 @@ class LesionHead:
         return find_lesion(prob_map, width, height, self.rule, self.rule.lesion_probability(probabilities))
 
     def describe(self, where: str = "", kind: str | None = None) -> str:
-        """One line: runtime (``kind``: another name for it), ``where`` it runs, the zoom of its passes and its
+        """One line: runtime (``kind``: another name for it), ``where`` it runs, its passes (zoom, mirror) and its
         outline rule."""
         zoom = f", on the image and on it upsampled up to {self.zoom}x" if self.zoom > 1 else ""
+        zoom += (", and on its mirror" if self.zoom == 1 else ", each also mirrored") if self.flip else ""
         r = self.rule
         gate = f" or {'/'.join(r.gate_classes)} p >= {r.gate:g}" if r.gate is not None else ""
         found = f"lesion when peak >= {r.threshold:g}{gate}" if r.extent > 0 else ""
@@ -275,7 +284,9 @@ def _load_keras_head(path: Path, size: int, entry: dict | None = None):
         if path.suffix == ".npz":  # packed float16 weights (the shipped default model): rebuilt from the card
             e = entry or {}
             layers = e.get("layers") or core.DEFAULT_LAYERS
-            model = core.load_packed(path, size, layers, int(e.get("width") or 32), zoom=int(e.get("zoom") or 1))
+            model = core.load_packed(
+                path, size, layers, int(e.get("width") or 32), zoom=int(e.get("zoom") or 1), flip=bool(e.get("flip"))
+            )
         else:
             model = load_model(path)
     except ModelError as exc:

@@ -209,7 +209,7 @@ def fit_lesion_model(
     zoom = lc.zoom
     if not lc.fine_tune_from and zoom == 1:
         decoder = _fit_decoder_on_cached_features(images, targets, cfg, seed, backbone, log, augment)
-        return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS)
+        return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, flip=lc.flip)
     features = lesion.multiscale_backbone(backbone, lesion.DEFAULT_LAYERS)
     shapes = [tuple(s[1:]) for s in lesion._as_list(features.output_shape)]
     if zoom > 1:  # the serving model also runs it on the upsampled image: any size
@@ -224,7 +224,7 @@ def fit_lesion_model(
     if zoom > 1 and targets.coverage.shape[1] != zoom * side:
         raise ValueError(f"a zoom of {zoom} needs targets {zoom * side} a side, not {targets.coverage.shape[1]}")
     _fit(trainer, _dataset(images, targets.coverage, idx, lc.batch_size, seed, augment, zoom), cfg, log)
-    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, zoom=zoom)
+    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, zoom=zoom, flip=lc.flip)
 
 
 def multiscale_features(backbone, images: np.ndarray, batch: int = 32) -> list[np.ndarray]:
@@ -334,13 +334,10 @@ def card_entry(
         "design": (
             f"decoder (width {lc.width}) on MobileNetV2 features {', '.join(lesion.DEFAULT_LAYERS)}; "
             + (f"backbone tuned from {lc.fine_tune_from}" if lc.fine_tune_from else "backbone frozen")
-            + (
-                f"; run on the image and on it upsampled up to {lc.zoom}x, probabilities averaged"
-                if lc.zoom > 1
-                else ""
-            )
+            + passes_text(lc.zoom, lc.flip)
         ),
         "zoom": lc.zoom,
+        "flip": lc.flip,
         "layers": list(lesion.DEFAULT_LAYERS),
         "width": lc.width,
         "output": "lesion probability per input pixel",
@@ -364,6 +361,13 @@ def card_entry(
             "seconds": round(seconds, 1),
         },
     }
+
+
+def passes_text(zoom: int, flip: bool) -> str:
+    """How a head with ``zoom`` and ``flip`` runs, for its card ("" for one pass on the image)."""
+    where = f"the image and on it upsampled up to {zoom}x" if zoom > 1 else "the image"
+    mirror = ", each pass also on its mirror image" if flip else ""
+    return f"; run on {where}{mirror}, probabilities averaged" if zoom > 1 or flip else ""
 
 
 def wanted(cfg: Config, rows: Sequence[dict[str, str]]) -> bool:
