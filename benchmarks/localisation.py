@@ -2,7 +2,8 @@
 
 Design ``t`` is the head ``liverscan train`` fits (:func:`liverscan.training.lesion.fit_lesion_model` with the
 default ``lesion`` settings: backbone tuned from ``block_6``, 40 epochs, ``lesion.zoom`` 2: trained on 1-2x upsampled
-crops and run at 160 px and on the image upsampled to 320 px, each also on the mirror image: ``lesion.flip``),
+crops and run at 160 px and on the image upsampled to 320 and 480 px, ``lesion.run_zoom`` 3, each pass also on the
+mirror image, ``lesion.flip``),
 trained on each fold's training images and run on its test images (``--lesion-epochs`` changes its epochs,
 ``--lesion-zoom 1`` gives the single-pass head at 160 px of the tables before the zoom); with ``--flip`` the same
 models are also scored without the passes on the mirror image (``t-single``).

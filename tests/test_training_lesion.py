@@ -133,7 +133,7 @@ def test_train_fits_the_head_when_the_data_has_outlines(xu_prepared, short_c_gri
     assert outlined and card.lesion["gate_classes"] == list(outlined)
     rule = lesion.LesionRule.from_entry(card.lesion)
     assert rule == lesion_training.rule_of(_xu_config(xu_prepared["root"]), outlined)
-    assert (rule.threshold, rule.extent, rule.floor, rule.gate) == (0.6, 0.5, 0.2, 0.9)
+    assert (rule.threshold, rule.extent, rule.floor, rule.gate) == (0.7, 0.5, 0.2, 0.9)
     t = card.lesion["training"]
     assert t["images_with_lesion"] + t["images_without_lesion"] == 24 + 8 - _n_test(xu_prepared["prep"])
     assert t["images_with_lesion"] > 0 and t["images_without_lesion"] > 0 and t["left_out"] == 0
@@ -244,19 +244,20 @@ def test_zoomed_crop_views_keep_image_and_target_aligned(discs):
 @pytest.mark.slow
 def test_a_zoomed_head_learns_from_views_and_runs_at_two_sizes(discs):
     """lesion.zoom=2: trained on zoomed crops (targets at twice the side), the served model takes S-px images,
-    averages its passes at S and 2S, and finds the made-up lesions."""
+    averages its passes at S, 2S and (lesion.run_zoom 3) 3S, and finds the made-up lesions."""
     rows = _rows(discs)
     images = np.stack([load_image(r["path"], 64) for r in rows])
     cfg = Config()
     cfg.model.weights = "none"
     cfg.lesion.epochs, cfg.lesion.width, cfg.lesion.learning_rate, cfg.lesion.zoom = 20, 8, 3e-3, 2
-    cfg.lesion.fine_tune_from = ""
+    cfg.lesion.fine_tune_from, cfg.lesion.run_zoom, cfg.lesion.flip = "", 3, False
     train, test = np.r_[0:18, 24:30], np.r_[18:24, 30:32]
     targets = lesion_training.lesion_targets([rows[i] for i in train], 32, {"normal"})
     with pytest.raises(ValueError, match="needs targets 32 a side"):
         lesion_training.fit_lesion_model(images[:4], lesion_training.lesion_targets(rows[:4], 16), cfg)
     model = lesion_training.fit_lesion_model(images[train], targets, cfg, seed=1)
-    assert lesion.zoom_of(model) == 2 and model.input_shape == (None, 64, 64, 3)
+    assert lesion.zoom_of(model) == 3 and model.input_shape == (None, 64, 64, 3)
+    assert lesion_training.card_entry(cfg, targets, 1.0, "lesion.keras")["zoom"] == 3
     maps = lesion.predict_maps(model, images[test])
     assert maps.shape == (8, 64, 64)
     hits = []

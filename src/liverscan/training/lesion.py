@@ -207,6 +207,7 @@ def fit_lesion_model(
             calibrate_backbone_batchnorm(backbone, images[np.sort(sample)])
     set_trainable(backbone, lc.fine_tune_from)
     zoom = lc.zoom
+    run = run_zoom(cfg)
     if not lc.fine_tune_from and zoom == 1:
         decoder = _fit_decoder_on_cached_features(images, targets, cfg, seed, backbone, log, augment)
         return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, flip=lc.flip)
@@ -224,7 +225,7 @@ def fit_lesion_model(
     if zoom > 1 and targets.coverage.shape[1] != zoom * side:
         raise ValueError(f"a zoom of {zoom} needs targets {zoom * side} a side, not {targets.coverage.shape[1]}")
     _fit(trainer, _dataset(images, targets.coverage, idx, lc.batch_size, seed, augment, zoom), cfg, log)
-    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, zoom=zoom, flip=lc.flip)
+    return lesion.build_lesion_model(backbone, decoder, lesion.DEFAULT_LAYERS, zoom=run, flip=lc.flip)
 
 
 def multiscale_features(backbone, images: np.ndarray, batch: int = 32) -> list[np.ndarray]:
@@ -313,6 +314,12 @@ def _fit(model, data, cfg: Config, log: Callable[[str], None] | None) -> None:
     model.fit(data, epochs=lc.epochs, verbose=0, callbacks=callbacks)
 
 
+def run_zoom(cfg: Config) -> int:
+    """The largest upsampling the head runs at: ``max(zoom, run_zoom)`` for a head trained on zoomed crops, else 1."""
+    lc = cfg.lesion
+    return max(lc.zoom, lc.run_zoom) if lc.zoom > 1 else 1
+
+
 def rule_of(cfg: Config, classes: Sequence[str]) -> lesion.LesionRule:
     """The :class:`~liverscan.core.lesion.LesionRule` of ``cfg.lesion`` for a head whose outlined images are of
     ``classes`` (the classifier's probability of them is the gate's)."""
@@ -334,9 +341,9 @@ def card_entry(
         "design": (
             f"decoder (width {lc.width}) on MobileNetV2 features {', '.join(lesion.DEFAULT_LAYERS)}; "
             + (f"backbone tuned from {lc.fine_tune_from}" if lc.fine_tune_from else "backbone frozen")
-            + passes_text(lc.zoom, lc.flip)
+            + passes_text(run_zoom(cfg), lc.flip)
         ),
-        "zoom": lc.zoom,
+        "zoom": run_zoom(cfg),
         "flip": lc.flip,
         "layers": list(lesion.DEFAULT_LAYERS),
         "width": lc.width,
