@@ -50,7 +50,7 @@ def many_images(tmp_path_factory) -> Path:
 def test_signal_keeps_whole_records_in_partial_and_says_so(many_images, tmp_path, sig, code):
     out = tmp_path / "out.csv"
     partial = out.with_name("out.csv.partial")
-    proc = start_predict(many_images, out)
+    proc = start_predict(many_images, out, "--no-lesion")  # the classifier alone: the signal is the point
     wait_for_records(partial, proc)
     proc.send_signal(sig)
     err = finish(proc)
@@ -65,7 +65,7 @@ def test_signal_keeps_whole_records_in_partial_and_says_so(many_images, tmp_path
 def test_sigkill_leaves_whole_records_and_a_rerun_never_clobbers_them(many_images, tmp_path):
     out = tmp_path / "out.csv"
     partial = out.with_name("out.csv.partial")
-    proc = start_predict(many_images, out)
+    proc = start_predict(many_images, out, "--no-lesion")  # the classifier alone: the signal is the point
     wait_for_records(partial, proc, n=50)
     proc.kill()
     proc.wait(timeout=60)
