@@ -138,3 +138,17 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
         _, err = proc.communicate()
         pytest.fail(f"the process did not exit within {timeout:g} s:\n{err}")
     return err or ""
+
+
+def edit_card(folder: Path, change) -> None:
+    """Change a run's model card JSON with ``change(card_dict)`` and write it back as liverscan writes a card (its
+    decision rules sealed anew: what evaluate does when it fits an operating point)."""
+    import json
+
+    from liverscan.core.artifacts import read_card, write_card
+
+    path = Path(folder) / "model_card.json"
+    card = json.loads(path.read_text())
+    change(card)
+    path.write_text(json.dumps(card))
+    write_card(folder, read_card(folder))

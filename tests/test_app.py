@@ -20,7 +20,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from cli_helpers import as_from_a_terminal  # noqa: E402
+from cli_helpers import as_from_a_terminal, edit_card  # noqa: E402
 from liverscan.faces.cli import app as cli_app  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "src" / "liverscan" / "faces" / "app.py"
@@ -133,8 +133,7 @@ def test_app_and_cli_give_the_same_study_answer_under_a_patient_level_operating_
 
     model = tmp_path / "model"
     shutil.copytree(default_model_dir(), model)
-    card = json.loads((model / "model_card.json").read_text())
-    card["operating_point"] = {
+    point = {
         "spec": "tumor>=0.99",
         "level": "group",
         "group_rule": "max",  # not the default mean: the app must adopt it as predict does
@@ -142,7 +141,7 @@ def test_app_and_cli_give_the_same_study_answer_under_a_patient_level_operating_
         "rule": {"type": "threshold", "class_index": 1, "class": "tumor", "threshold": 0.35},
         "description": "tumor when the most suspicious image's calibrated p(tumor) >= 0.35 (test rule)",
     }
-    (model / "model_card.json").write_text(json.dumps(card))
+    edit_card(model, lambda card: card.update(operating_point=point))
     paths = [EXAMPLES / "Normal" / "xu-92.jpg", EXAMPLES / "Benign" / "xu-40.jpg"]
     scans = tmp_path / "scans"
     scans.mkdir()

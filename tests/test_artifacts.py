@@ -123,3 +123,77 @@ def test_card_markdown_leaves_out_training_fields_that_do_not_apply():
     assert line == "- Training: paper mode, loss weighted cross-entropy, adam, batch 32, 12 epochs (limit 50), " + (
         "best epoch 9 (head), seed 1"
     )
+
+
+POINT = {
+    "spec": "tumor>=0.9",
+    "temperature": 1.3,
+    "rule": {"type": "threshold", "class_index": 1, "class": "tumor", "threshold": 0.3},
+}
+
+
+def _shipped_copy(tmp_path):
+    import shutil
+
+    from liverscan.serving import default_model_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    return model
+
+
+@pytest.mark.parametrize(
+    "edit, part",
+    [
+        (lambda card: card["lesion"].update(threshold=0.01), "lesion rule"),
+        (lambda card: card["ood"].update(threshold=5.0), "out-of-distribution guard"),
+        (lambda card: card.update(operating_point={**POINT, "temperature": 1.0}), "operating point"),
+    ],
+)
+def test_an_edited_decision_rule_is_refused(tmp_path, edit, part):
+    """What decides an answer (lesion rule, guard threshold, operating point) is sealed: edited by hand, the model
+    does not load, with one line naming what was edited."""
+    from typer.testing import CliRunner
+
+    from cli_helpers import one_line_error
+    from liverscan.faces.cli import app
+
+    model = _shipped_copy(tmp_path)
+    card = json.loads((model / CARD_FILE).read_text())
+    edit(card)
+    (model / CARD_FILE).write_text(json.dumps(card))
+    r = CliRunner().invoke(app, ["predict", "examples/images/Normal/xu-92.jpg", "--model", str(model), "-f", "csv"])
+    one_line_error(r, f"its {part}")
+    with pytest.raises(RunDirError, match=part):
+        load_run(model)
+
+
+def test_a_card_without_a_seal_gets_a_notice(tmp_path):
+    """Deleting the seal (and swapping the classes) is not silent: predict says the card cannot be checked."""
+    from typer.testing import CliRunner
+
+    from liverscan.faces.cli import app
+
+    model = _shipped_copy(tmp_path)
+    card = json.loads((model / CARD_FILE).read_text())
+    del card["integrity"]
+    card["classes"] = card["classes"][::-1]
+    (model / CARD_FILE).write_text(json.dumps(card))
+    r = CliRunner().invoke(app, ["predict", "examples/images/Normal/xu-92.jpg", "--model", str(model), "-f", "csv"])
+    assert r.exit_code == 0, r.output
+    assert "note: the model card carries no integrity seal" in " ".join(r.stderr.split())
+
+
+def test_liverscan_reseals_the_rules_it_writes(tmp_path):
+    """A card written by liverscan (evaluate fitting an operating point, export) seals its rules anew; the shipped
+    model's card is sealed."""
+    from liverscan.core.artifacts import read_card, seal_notices
+    from liverscan.core.operating_point import OperatingPoint
+    from liverscan.serving import default_model_dir
+
+    assert seal_notices(read_card(default_model_dir())) == []
+    model = _shipped_copy(tmp_path)
+    run = load_run(model)
+    run.card.operating_point = OperatingPoint.from_card(POINT)
+    write_card(model, run.card)
+    assert load_run(model).card.operating_point is not None

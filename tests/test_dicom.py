@@ -139,7 +139,7 @@ def test_a_damaged_frame_time_is_an_error_record_and_the_batch_goes_on(clf, tmp_
     noise = np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "after.png")
     cine, png = clf.predict([str(tmp_path / "cine.dcm"), str(tmp_path / "after.png")], batch_size=8)
-    assert cine.error == "unexpected error: ValueError: could not convert string to float: 'abcd'"
+    assert cine.error == "FrameTime 'abcd' is not a number"
     assert png.path.endswith("after.png") and png.ok and png.predicted_class in clf.classes
 
 
@@ -269,3 +269,54 @@ def test_a_single_frame_object_is_read_whatever_the_loop_sampling(tmp_path):
     write_dicom(tmp_path / "untimed.dcm", np.zeros((3, 8, 8), np.uint8), "MONOCHROME2", frames=3)
     with pytest.raises(ImageDecodeError, match="--fps needs a frame time"):
         read_dicom(tmp_path / "untimed.dcm", 8, sampling=Sampling(fps=2.0))
+
+
+def test_a_file_without_file_meta_information_is_a_clear_error_record(tmp_path):
+    """A 128-byte preamble and 'DICM', then a data set with no file meta group: no Transfer Syntax UID to decode
+    its pixel data by."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from liverscan.serving.inputs import load_input
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns, ds.PhotometricInterpretation, ds.SamplesPerPixel = 8, 8, "MONOCHROME2", 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.zeros((8, 8), np.uint8).tobytes()
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    (tmp_path / "nometa.dcm").write_bytes(b"\0" * 128 + b"DICM" + fp.getvalue())
+    reason = "DICOM file without file meta information (no Transfer Syntax UID)"
+    with pytest.raises(ImageDecodeError, match=re.escape(reason)):
+        read_dicom(tmp_path / "nometa.dcm", 8)
+    [(rec, arr)] = list(load_input(str(tmp_path / "nometa.dcm"), 8))
+    assert arr is None and rec.error == reason
+
+
+@pytest.mark.parametrize(
+    ("tag", "number", "stored", "damaged", "reason"),
+    [
+        ("FrameTime", 125.5, b"125.5 ", b"abc   ", "FrameTime 'abc' is not a number"),
+        (
+            "FrameTimeVector",
+            [0.0, 40.0, 40.0],
+            b"0.0\\40.0\\40.0",
+            b"0.0\\abcd\\40.0",
+            "FrameTimeVector 'abcd' is not a number",
+        ),
+    ],
+)
+def test_a_frame_time_that_is_not_a_number_is_a_clear_error_record(tmp_path, tag, number, stored, damaged, reason):
+    from liverscan.serving.inputs import load_input
+
+    path = tmp_path / "cine.dcm"
+    write_dicom(path, np.zeros((3, 8, 8), np.uint8), "MONOCHROME2", frames=3, **{tag: number})
+    data = path.read_bytes()
+    assert data.count(stored) == 1 and len(damaged) == len(stored)  # the same length: no offset moves
+    path.write_bytes(data.replace(stored, damaged))
+    [(rec, arr)] = list(load_input(str(path), 8))
+    assert arr is None and rec.error == reason

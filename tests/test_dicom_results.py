@@ -62,7 +62,7 @@ def test_an_sr_waits_for_the_last_frame_of_a_cine_whose_frames_span_batches(tmp_
     split = DicomResultWriter(None, tmp_path / "split", MODEL)
     assert split.batch(items[:2], None, keep_arrays=False) == []
     assert split.batch(items[2:4], None, keep_arrays=False) == []
-    assert not list((tmp_path / "split").iterdir())  # held: the SR is not written before the last frame
+    assert not list((tmp_path / "split").glob("*"))  # held: the SR is not written before the last frame
     out = split.batch(items[4:] + [after], None)
     assert [k for k, _, _ in out] == [0] * 6 + [1] and [r for _, r, _ in out[:6]] == [r for _, r, _ in items]
     assert [a is None for _, _, a in out] == [True] * 4 + [False] * 3  # kept without arrays when asked
@@ -90,7 +90,7 @@ def test_an_sr_that_cannot_be_made_marks_every_record_of_its_object_across_batch
     assert writer.batch([(0, r, arr) for r in recs[1:]], None) == []
     assert [r for _, r, _ in writer.close()] == recs
     assert all((r.error or "").startswith("no DICOM result written (") for r in recs)
-    assert not list((tmp_path / "sr").iterdir())
+    assert not list((tmp_path / "sr").glob("*"))  # nothing written (the folder is made for the first object)
 
 
 def test_a_frame_whose_seg_cannot_be_made_gets_the_error_and_is_left_out_of_the_sr(tmp_path):
@@ -214,3 +214,48 @@ def test_a_cine_split_across_batches_gives_the_same_records_seg_and_sr(tmp_path)
     assert sorted(one_segs) == sorted(split_segs) == list(range(1, 9))
     assert all(np.array_equal(one_segs[k], split_segs[k]) for k in one_segs)
     assert [f[:2] for f in one_sr] == [f[:2] for f in split_sr] and len(split_sr) == 8
+
+
+def test_dicom_results_asked_for_without_dicom_input_are_said_and_make_no_folder(tmp_path):
+    """--dicom-seg / --dicom-sr with only JPEG input: nothing to write, and the run says so; no folder is made."""
+    from typer.testing import CliRunner
+
+    from liverscan.faces.cli import app
+
+    seg, sr = tmp_path / "seg", tmp_path / "sr"
+    args = ["predict", str(EXAMPLES / "Normal" / "xu-92.jpg"), "--dicom-seg", str(seg), "--dicom-sr", str(sr)]
+    r = CliRunner().invoke(app, [*args, "-f", "csv"])
+    assert r.exit_code == 0, r.output
+    assert "note: no input was a DICOM object, so --dicom-seg and --dicom-sr wrote nothing" in " ".join(
+        r.stderr.split()
+    )
+    assert not seg.exists() and not sr.exists()
+
+
+def test_an_out_of_distribution_frame_gets_no_seg_and_no_lesion_area_in_its_sr(tmp_path):
+    """The lesion map of a frame the guard found out of distribution is no finding: no SEG for it, and its SR
+    measurement group carries no lesion area."""
+    from liverscan.core.lesion import LesionRule
+    from liverscan.serving.dicom_results import DicomResultWriter
+    from liverscan.serving.lesion import find_lesion
+
+    uid = write_cine(tmp_path / "cine.dcm", n=2, hold=1)
+    recs = _records(tmp_path / "cine.dcm", uid, (1, 2))
+    lesion = np.zeros((8, 8), np.float32)
+    lesion[2:6, 2:6] = 0.9
+    for rec in recs:
+        rec.lesion = find_lesion(lesion, 120, 100, LesionRule())
+    recs[1].decision, recs[1].in_distribution = "out_of_distribution", False
+    recs[1].lesion = recs[1].lesion.withhold("out of distribution")
+    writer = DicomResultWriter(tmp_path / "seg", tmp_path / "sr", MODEL)
+    for rec in recs:
+        writer.add(rec, lesion)
+    writer.flush()
+    assert recs[0].error is None and recs[1].error is None
+    assert [int(p.name.split("-frame")[1].split("-")[0]) for p in (tmp_path / "seg").iterdir()] == [1]
+    (sr_path,) = (tmp_path / "sr").iterdir()
+    areas = []
+    for container in (item for item in hd.sr.srread(sr_path).ContentSequence if item.ValueType == "CONTAINER"):
+        for group in container.ContentSequence:
+            areas.append(any(c.ConceptNameCodeSequence[0].CodeMeaning == "Area" for c in group.ContentSequence))
+    assert areas == [True, False]

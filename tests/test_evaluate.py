@@ -238,3 +238,53 @@ def test_out_folder_of_an_earlier_evaluation_is_written_over_and_then_guarded(ru
     (out / "notes.txt").write_text("mine")
     one_line_error(runner.invoke(app, args), "notes.txt: not written by liverscan evaluate")
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_operating_point_fitted_on_too_few_images_of_its_class_is_warned_and_recorded(run_copy):
+    """The shared run's validation split holds 3 tumour images: far too few to show a sensitivity of 0.95."""
+    args = ["evaluate", str(run_copy), "--fit-operating-point", "tumor>=0.95", "--bootstrap", "0", "-q"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    err = " ".join(r.stderr.split())
+    [line] = [w for w in r.stderr.splitlines() if w.startswith("warning:") and "tumor>=0.95" in w]
+    card = json.loads((run_copy / "model_card.json").read_text())["operating_point"]
+    fitted = card["fitted_on"]
+    assert fitted["positives"] == 3 and fitted["sensitivity"]["method"] == "wilson"
+    lo, hi = fitted["sensitivity"]["ci95"]
+    assert lo < 0.9 and hi == pytest.approx(1.0)
+    warning = fitted["warning"]
+    assert warning.startswith("operating point 'tumor>=0.95' was fitted on only 3 images of tumor")
+    assert f"95% CI {lo:.3f}–{hi:.3f}" in warning and "liverscan train --folds K" in warning
+    assert f"warning: {warning}" in err
+    m = json.loads((run_copy / "eval-test" / "metrics.json").read_text())
+    assert m["warnings"] == [warning] and m["operating_point"]["warning"] == warning
+    # the decision rule is kept: the point is stored and applied as before
+    assert card["rule"]["type"] == "threshold" and m["tuned"] is not None
+
+
+def test_classes_absent_from_the_data_are_not_available_not_zero(run_copy, tmp_path):
+    folder = tmp_path / "normals"
+    (folder / "normal").mkdir(parents=True)
+    for k in range(4):  # new images: copies of the run's own would be left out as seen
+        class_image(0, seed=7000 + k).save(folder / "normal" / f"n{k}.png")
+    args = ["evaluate", str(run_copy), "--data", str(folder), "--out", str(tmp_path / "ev"), "--bootstrap", "20"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    am = m["argmax"]
+    assert am["absent_classes"] == ["fatty", "tumor"]
+    for c in ("fatty", "tumor"):
+        pc = am["per_class"][c]
+        assert pc["support"] == 0 and pc["precision"] is pc["recall"] is pc["f1"] is pc["roc_auc"] is None
+        assert pc["specificity"] is not None  # every image is a negative of it: defined
+        assert am["bootstrap"]["intervals"][f"{c}.recall"] is am["bootstrap"]["intervals"][f"{c}.precision"] is None
+    normal = am["per_class"]["normal"]
+    assert am["macro"]["recall"] == pytest.approx(normal["recall"]) == pytest.approx(am["balanced_accuracy"])
+    assert am["macro"]["classes"] == ["normal"] and "over the classes present" in am["macro"]["note"]
+    assert am["macro"]["roc_auc"] is None and "at least two classes" in am["macro"]["roc_auc_note"]
+    warnings = [w for w in r.stderr.splitlines() if w.startswith("warning:")]
+    assert len(warnings) == 1 and m["warnings"] == [warnings[0].removeprefix("warning: ")]
+    assert "no images of fatty, tumor in the evaluated data" in warnings[0]
+    table = r.stdout[r.stdout.index("Per class (argmax)") : r.stdout.index("Confusion matrix (argmax)")]
+    rows = [line for line in table.splitlines() if line.split()[1:2] in (["fatty"], ["tumor"])]
+    assert len(rows) == 2 and all(line.count("n/a") == 4 for line in rows), r.stdout  # all but specificity

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+from cli_helpers import edit_card
 from conftest import class_image
 from liverscan.core import guard
 from liverscan.core.guard import GuardError, Reference
@@ -164,9 +165,7 @@ def test_model_without_reference_still_predicts(tmp_path):
     model = tmp_path / "old"
     shutil.copytree(default_model_dir(), model)
     (model / "ood_reference.npz").unlink()
-    card = json.loads((model / "model_card.json").read_text())
-    card.update(ood=None, versions={**card["versions"], "liverscan": "0.1.0"})  # a card from before the guard
-    (model / "model_card.json").write_text(json.dumps(card))
+    edit_card(model, lambda card: card.update(ood=None, versions={**card["versions"], "liverscan": "0.1.0"}))
     r = CliRunner().invoke(app, ["predict", str(EXAMPLES / "Normal"), "--model", str(model), "-f", "csv"])
     assert r.exit_code == 0, r.output
     notices = [line for line in r.stderr.splitlines() if "no out-of-distribution reference" in line]
@@ -202,3 +201,18 @@ def test_a_guard_calibrated_on_few_images_says_so_in_the_card_and_when_predictin
     image = str(next((probe_run["data"] / "tumor").glob("*.png")))
     r = CliRunner().invoke(app, ["predict", image, "--model", str(probe_run["run"])])
     assert r.exit_code == 0 and "calibrated on only" in " ".join(r.stderr.split()), r.output
+
+
+def test_the_guards_reason_shows_the_score_and_threshold_apart():
+    """A score just over the threshold is printed with enough digits to tell them apart (never "0.624 > 0.624")."""
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(20, 8))
+    reference = guard.fit(bank, method="knn", k=3)
+    features = rng.normal(size=(1, 8))
+    (score,) = guard.scores(reference, features)
+    reference.threshold = float(score) - 3e-5  # just under: the image is out, by a hair
+    (verdict,) = guard.assess(reference, np.full((1, 16, 16, 3), 90, np.uint8), features, [None])
+    assert verdict.in_distribution is False
+    shown = verdict.reason.split("score ")[1].rstrip(")").split(" > threshold ")
+    assert shown[0] != shown[1] and float(shown[0]) > float(shown[1]) and len(shown[0].split(".")[1]) >= 3
+    assert guard.distinct(0.9, 0.5) == ("0.900", "0.500")

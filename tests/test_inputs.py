@@ -39,8 +39,7 @@ def test_fifo_named_or_in_a_folder_never_blocks(tmp_path):
     assert r.returncode == 0, r.stderr
     note = " ".join(r.stderr.split())
     assert (
-        "2 files in the given folders left out" in note
-        and "not a regular file (a FIFO (named pipe)) (pipe.png)" in note
+        "2 files in the given inputs left out" in note and "not a regular file (a FIFO (named pipe)) (pipe.png)" in note
     )
     assert "a character device) (random.png)" in note and len(r.stdout.strip().splitlines()) == 2
 
@@ -56,7 +55,7 @@ def test_left_out_files_are_counted_with_their_reason(tmp_path):
     r = runner.invoke(app, ["predict", str(folder), "--format", "csv"])
     assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 2, r.output
     note = " ".join(r.stderr.split())
-    assert "4 files in the given folders left out" in note
+    assert "4 files in the given inputs left out" in note
     assert "2 not a supported file type (cine.gif, frame.webp)" in note
     assert "1 hidden (.hidden.png)" in note and "1 broken symbolic link (dangling.png)" in note
     r = runner.invoke(app, ["predict", str(folder / "dangling.png"), "--format", "jsonl"])
@@ -121,7 +120,7 @@ def test_glob_through_link_loops_predicts_each_image_once(tmp_path):
     paths = [line.split(",")[0] for line in r.stdout.splitlines()[1:]]
     assert paths == [f"{lab}/normal/normal.jpg", f"{lab}/tumor/tumor.jpg"]
     note = " ".join(r.stderr.split())
-    assert "2 files in the given folders left out: 2 link to a folder containing it (a loop, not followed) (a, b)" in (
+    assert "2 files in the given inputs left out: 2 link to a folder containing it (a loop, not followed) (a, b)" in (
         note
     )
 
@@ -166,3 +165,29 @@ def test_multi_page_tiff_pages_are_frames(tmp_path):
     r = runner.invoke(app, ["predict", str(tmp_path / "cine.tif"), "--format", "csv"])
     assert r.exit_code == 0, r.output
     assert [line.split(",")[1] for line in r.stdout.splitlines()[1:]] == ["1", "2", "3"]
+
+
+def test_a_file_given_twice_is_predicted_once_and_said(tmp_path):
+    """``predict a.png a.png folder/`` (the folder holding a.png): one record for a.png, in its study once, and a
+    note saying it was listed more than once."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    class_image(0, 1).save(folder / "a.png")
+    class_image(1, 2).save(folder / "b.png")
+    a = str(folder / "a.png")
+    r = runner.invoke(
+        app, ["predict", a, a, str(folder), "./" + os.path.relpath(a), "-f", "jsonl", "--group-by", "folder"]
+    )
+    assert r.exit_code == 0, r.output
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert sorted(Path(rec["path"]).name for rec in records) == ["a.png", "b.png"]
+    note = " ".join(r.stderr.split())
+    assert "3 listed more than once (predicted once) (a.png, a.png, ...)" in note
+    assert "1 study by folder" in note  # one study of two frames, and "1 study", not "1 studies"
+
+
+def test_a_malformed_path_list_says_where_and_what(tmp_path):
+    listing = tmp_path / "list.csv"
+    listing.write_text('path,patient\n"a.png,p1\n')
+    r = runner.invoke(app, ["predict", str(listing), "-f", "csv", "--no-lesion"])
+    one_line_error(r, "list.csv: not a readable CSV path list (line 2: unterminated quote)")

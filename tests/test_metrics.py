@@ -198,3 +198,26 @@ def test_group_bootstrap_falls_back_to_wilson_over_groups_at_the_boundary():
     # groups of one image each are independent images: Wilson
     single = bootstrap_intervals(y, probs, ["normal", "tumor"], n_resamples=20, seed=0, groups=np.arange(36))
     assert single["resampled"] == "images" and single["methods"]["accuracy"] == "wilson"
+
+
+def test_a_class_without_images_is_not_available_and_left_out_of_the_macro_averages():
+    y = np.array([0, 0, 0, 1])  # no tumour images; one normal image predicted tumour
+    p = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.1, 0.7], [0.1, 0.8, 0.1]])
+    m = classification_metrics(y, p, CLASSES)
+    assert m["absent_classes"] == ["tumor"]
+    tumor = m["per_class"]["tumor"]
+    assert tumor["precision"] is tumor["recall"] is tumor["f1"] is tumor["roc_auc"] is None
+    assert tumor["support"] == 0 and tumor["specificity"] == pytest.approx(3 / 4)
+    assert "no images of tumor" in tumor["note"]
+    assert m["macro"]["recall"] == pytest.approx((2 / 3 + 1) / 2) == pytest.approx(m["balanced_accuracy"])
+    assert m["macro"]["precision"] == pytest.approx(1.0) and m["macro"]["classes"] == ["normal", "fatty"]
+    assert "over the classes present" in m["macro"]["note"] and "tumor" in m["macro"]["note"]
+    assert m["macro"]["roc_auc"] == pytest.approx(1.0)  # normal vs fatty: both present
+    one = classification_metrics(np.array([0, 0]), p[:2], CLASSES)
+    assert one["absent_classes"] == ["fatty", "tumor"] and one["macro"]["roc_auc"] is None
+    assert "at least two classes" in one["macro"]["roc_auc_note"]
+    assert one["per_class"]["normal"]["roc_auc"] is None and "other classes" in one["per_class"]["normal"]["note"]
+    full = classification_metrics(Y, P, CLASSES)
+    assert full["absent_classes"] == [] and "note" not in full["macro"] and "classes" not in full["macro"]
+    boot = bootstrap_intervals(y, p, CLASSES, n_resamples=0)
+    assert boot["intervals"]["tumor.recall"] is boot["intervals"]["tumor.precision"] is None

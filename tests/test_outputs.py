@@ -99,7 +99,8 @@ def test_existing_output_needs_overwrite_and_concurrent_writers_are_refused(tmp_
     try:
         assert holder.stdout.readline().strip() == "locked"  # its readiness line (EOF, not a hang, if it died)
         r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-o", str(out), "--overwrite"])
-        one_line_error(r, "another liverscan process is writing")
+        said = one_line_error(r, "another liverscan process is writing")
+        assert "kept in" not in said  # the .partial is the other run's: this one kept nothing there
     finally:
         holder.kill()
         holder.wait()
@@ -157,3 +158,96 @@ def test_full_disk_while_preparing_is_one_line_naming_the_file(tmp_path, monkeyp
     text = one_line_error(r, "No space left on device")
     assert f"{out}/" in text and ": No space left on device" in text  # e.g. "prep/manifest.csv: No space ..."
     assert not list(out.glob(".*tmp*"))
+
+
+# ------------------------------------------------------------------ inputs are never outputs, nor overwritten
+
+
+def test_a_file_name_at_the_file_systems_limit_keeps_its_record_and_overlay(tmp_path):
+    """A legal 250-byte file name: its overlay's generated name still fits the file system, and the record is kept
+    (the default batch: a failure would have lost every record)."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    long_name = scans / ("x" * 246 + ".jpg")
+    long_name.write_bytes(Path(EXAMPLE).read_bytes())
+    out, cams = tmp_path / "r.csv", tmp_path / "cams"
+    r = runner.invoke(app, ["predict", str(scans), "-o", str(out), "--explain", str(cams), "--no-lesion", "-q"])
+    assert r.exit_code == 0, r.output
+    (row,) = [dict(zip(csv_rows(out)[0], row)) for row in csv_rows(out)[1:]]
+    assert row["path"] == str(long_name) and row["predicted_class"] and not row["error"]
+    overlay = Path(row["explanation"])
+    assert overlay.is_file() and overlay.parent == cams and len(overlay.name.encode()) <= 255
+
+
+def test_an_overlay_that_cannot_be_written_is_that_records_error_not_the_runs(tmp_path, monkeypatch):
+    """One overlay fails to write (a real OSError from the writer): that record says so and keeps its answer; the
+    other images' records and overlays are written and the run ends with exit 4."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (scans / name).write_bytes(Path(EXAMPLE).read_bytes())
+    import liverscan.core.fileio as fileio
+
+    original = fileio.write_bytes_atomic
+
+    def refuse_a(path, data):
+        if Path(path).name.startswith("a-"):
+            raise OSError(errno.EACCES, "Permission denied", str(path))
+        original(path, data)
+
+    monkeypatch.setattr(fileio, "write_bytes_atomic", refuse_a)
+    out = tmp_path / "r.csv"
+    r = runner.invoke(app, ["predict", str(scans), "-o", str(out), "--explain", str(tmp_path / "cams"), "--no-lesion"])
+    assert r.exit_code == 4, r.output
+    rows = {Path(row[0]).name: dict(zip(csv_rows(out)[0], row)) for row in csv_rows(out)[1:]}
+    assert "overlay" in rows["a.jpg"]["error"] and "Permission denied" in rows["a.jpg"]["error"]
+    assert rows["a.jpg"]["predicted_class"] and rows["a.jpg"]["needs_review"] == "true"
+    assert not rows["b.jpg"]["error"] and Path(rows["b.jpg"]["explanation"]).is_file()
+
+
+def test_an_input_is_never_an_output(tmp_path):
+    class_image(0, 1).save(tmp_path / "a.png")
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\na.png\n")
+    before = listing.read_bytes()
+    for flag in ("-o", "--study-output"):
+        r = runner.invoke(app, ["predict", str(listing), flag, str(listing), "--overwrite", "--no-lesion"])
+        one_line_error(r, "is an input of this run", code=2)
+        assert listing.read_bytes() == before
+
+
+def test_overlay_and_mask_folders_of_an_earlier_run_are_not_replaced_unasked(tmp_path):
+    """A second run into the same --explain / --lesion-masks folder is refused (the first run's records point at
+    those pictures); with --overwrite it goes ahead."""
+    (tmp_path / "a.jpg").write_bytes(Path(EXAMPLE).read_bytes())  # a real scan: in distribution, so it has a mask
+    cams, masks = tmp_path / "cams", tmp_path / "masks"
+    first = ["predict", str(tmp_path / "a.jpg"), "--explain", str(cams), "--lesion-masks", str(masks), "-q"]
+    assert runner.invoke(app, first).exit_code == 0
+    written = {p: p.stat().st_mtime_ns for p in [*cams.iterdir(), *masks.iterdir()]}
+    assert written
+    for flag, folder in (("--explain", cams), ("--lesion-masks", masks)):
+        r = runner.invoke(app, ["predict", str(tmp_path / "a.jpg"), flag, str(folder), "-q"])
+        one_line_error(r, f"choose an empty folder for {flag} or pass --overwrite")
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert runner.invoke(app, [*first, "--overwrite"]).exit_code == 0
+
+
+def test_output_folders_inside_an_input_folder_are_refused(tmp_path):
+    """Overlays or masks written into the folder being predicted would be read as scans by the next run."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    class_image(0, 1).save(scans / "a.png")
+    for flag in ("--explain", "--lesion-masks"):
+        r = runner.invoke(app, ["predict", str(scans), flag, str(scans / "out"), "-q"])
+        one_line_error(r, "is inside the input folder", code=2)
+        assert not (scans / "out").exists() and [p.name for p in scans.iterdir()] == ["a.png"]
+
+
+def test_an_existing_file_given_as_a_folder_is_one_clear_line(tmp_path):
+    class_image(0, 1).save(tmp_path / "a.png")
+    existing = tmp_path / "existing.csv"
+    existing.write_text("keep me\n")
+    for flag in ("--lesion-masks", "--explain", "--dicom-seg"):
+        r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), flag, str(existing)])
+        one_line_error(r, f"existing.csv: exists and is not a folder; {flag} needs a folder", code=2)
+    assert existing.read_text() == "keep me\n"

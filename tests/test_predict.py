@@ -195,3 +195,29 @@ def test_cli_reads_paths_from_stdin(tiny_run):
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert [row["path"] for row in rows] == good + ["/no/such/file.png"]
     assert rows[-1]["error"] == "file not found" and all(not row["error"] for row in rows[:4])
+
+
+def test_error_records_need_review(tmp_path):
+    """A file that gave no answer (0 bytes, truncated) always needs a person to look at it."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes(open("examples/images/Normal/xu-92.jpg", "rb").read()[:300])
+    r = CliRunner().invoke(app, ["predict", str(tmp_path), "-f", "csv", "--no-lesion"])
+    assert r.exit_code == 4, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 2 and all(row["error"] and row["needs_review"] == "true" for row in rows)
+    assert Prediction("x.png", error="unreadable").needs_review
+
+
+@pytest.mark.slow
+def test_a_missing_exported_lesion_head_is_said(tmp_path):
+    """The card records lesion.tflite; without the file the head falls back to Keras (many times slower): said."""
+    from liverscan.serving import default_model_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model)
+    (model / "lesion.tflite").unlink()
+    r = CliRunner().invoke(app, ["predict", "examples/images/Normal/xu-92.jpg", "--model", str(model), "-f", "csv"])
+    assert r.exit_code == 0, r.output
+    note = " ".join(r.stderr.split())
+    assert "note: lesion.tflite recorded in the model card but missing beside the model" in note
+    assert "the lesion head runs on Keras" in note

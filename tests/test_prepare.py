@@ -341,3 +341,44 @@ def test_videos_as_sources_give_frames_grouped_by_video(tmp_path):
             f.unlink()
     with pytest.raises(RunDirError, match="frames: exists and was not written"):
         prepare_dataset(_cfg(SourceSpec(str(root))), tmp_path / "out")
+
+
+def test_empty_splits_and_classes_missing_from_val_or_test_are_warned_and_recorded(tmp_path):
+    from cli_helpers import runner
+    from conftest import class_image
+    from liverscan.faces.cli import app
+
+    three = tmp_path / "three"
+    for ci, cls in enumerate(("normal", "fatty", "tumor")):  # one image per class: all of them go to train
+        (three / cls).mkdir(parents=True)
+        class_image(ci, ci).save(three / cls / "a.png")
+    r = runner.invoke(app, ["prepare", str(three), "--out", str(tmp_path / "p3")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "p3" / "summary.json").read_text())
+    assert summary["audit"]["splits"] == {
+        "ratios": "70/15/15",
+        "n_images": 3,
+        "empty": ["val", "test"],
+        "classes_missing": {},
+    }
+    [warning] = [w for w in summary["warnings"] if "empty" in w]
+    assert warning.startswith("the val and test splits are empty (3 images, ratios 70/15/15)")
+    assert "liverscan train --folds" in warning
+    assert f"warning: {warning}" in " ".join(r.stderr.split())
+
+    few = tmp_path / "few"  # 10 normal and 10 tumour images, 2 fatty: both fatty images go to train
+    for ci, (cls, n) in enumerate((("normal", 10), ("fatty", 2), ("tumor", 10))):
+        (few / cls).mkdir(parents=True)
+        for k in range(n):
+            class_image(ci, 100 * ci + k).save(few / cls / f"{k}.png")
+    res = prepare_dataset(_cfg(SourceSpec(str(few)), near_duplicate_distance=-1), tmp_path / "pf")
+    gaps = res.summary["audit"]["splits"]
+    assert gaps["empty"] == [] and gaps["classes_missing"] == {"fatty": ["val", "test"]}
+    assert any(w.startswith("class 'fatty' has no images in the val and test splits") for w in res.warnings)
+
+    no_val = prepare_dataset(  # a split the ratios leave empty on purpose (cross-validation) is not a problem
+        _cfg(SourceSpec(str(few)), near_duplicate_distance=-1, train_ratio=1.0, val_ratio=0.0, test_ratio=0.0),
+        tmp_path / "pcv",
+    )
+    gaps = no_val.summary["audit"]["splits"]
+    assert gaps["ratios"] == "100/0/0" and gaps["empty"] == [] and gaps["classes_missing"] == {}

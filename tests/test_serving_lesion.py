@@ -217,7 +217,9 @@ def test_the_classifiers_answer_opens_the_rules_gate(clf, images, tmp_path):
     assert plain.lesion is not None and not plain.lesion.found  # the default rule: nothing on the plain image
     assert opened.lesion.found and opened.lesion.probability < 0.999 and opened.lesion.count >= 1
     assert mask.any() and mask.mean() == pytest.approx(opened.lesion.area_fraction, abs=0.05)
-    assert caption.endswith("lesion probability (outline p >= max(0, 0.5 x peak))")
+    # the caption says the outline is the classifier's doing on a faint map (the record says so too: gated)
+    assert opened.lesion.gated and f"faint lesion map (peak {opened.lesion.probability:.2f} < 0.999)" in caption
+    assert caption.endswith(f"outlined because the classifier gives {cls} p >= {p - 1e-4:g}")
     shut, mask, caption = gated_at(min(1.0, p + 1e-3), "shut")
     assert not shut.lesion.found and not mask.any() and "no lesion found" in caption
 
@@ -237,7 +239,9 @@ def test_overlays_show_the_lesion_map_or_say_nothing_was_found(clf, images, tmp_
     wide, plain = clf.iter_predict([str(images["wide"]), str(images["plain"])], explain_dir=tmp_path / "cams")
     shown = {rec.path: Image.open(rec.explanation) for rec in (wide, plain)}
     caption = shown[wide.path].text["caption"]
-    assert caption == f"{wide.predicted_class} {wide.confidence:.2f} | lesion probability (outline p >= 0.5)"
+    assert caption == (
+        f"{wide.predicted_class} {wide.confidence:.2f} | lesion, peak {wide.lesion.probability:.2f} (outline p >= 0.5)"
+    )
     assert plain.lesion is not None and shown[plain.path].text["caption"].endswith(
         f"| no lesion found (max probability {plain.lesion.probability:.2f})"
     )
@@ -252,9 +256,9 @@ def test_gradcam_stays_available_and_an_all_zero_map_is_said(clf, images, tmp_pa
     from liverscan.serving.explain import gradcam_caption
 
     assert gradcam_caption("tumor 0.90", "normal", np.zeros((4, 4))) == (
-        "Grad-CAM: nothing to show for 'normal' (all-zero map)"
+        "tumor 0.90 | Grad-CAM: nothing to show for 'normal' (all-zero map)"
     )
-    assert gradcam_caption("tumor 0.90", "tumor", np.eye(4)) == "tumor 0.90 (Grad-CAM)"
+    assert gradcam_caption("tumor 0.90", "tumor", np.eye(4)) == "tumor 0.90 | Grad-CAM of 'tumor'"
     cam = _sharing(clf, explain_method="gradcam")
     logits = clf.model.get_layer("head").get_layer("logits")
     weights = logits.get_weights()
@@ -264,7 +268,8 @@ def test_gradcam_stays_available_and_an_all_zero_map_is_said(clf, images, tmp_pa
     finally:
         logits.set_weights(weights)
     caption = Image.open(rec.explanation).text["caption"]
-    assert caption == f"Grad-CAM: nothing to show for '{rec.predicted_class}' (all-zero map)"
+    said = f"{rec.predicted_class} {rec.confidence:.2f}"  # the caption says the record's answer too
+    assert caption == f"{said} | Grad-CAM: nothing to show for '{rec.predicted_class}' (all-zero map)"
     assert rec.lesion is not None and rec.lesion.found  # the finding is still in the record
 
 
@@ -319,7 +324,9 @@ def _finding(p: float) -> LesionFinding:
     return LesionFinding(p >= 0.5, p, (1.0, 2.0), (0.0, 0.0, 2.0, 4.0) if p >= 0.5 else None, 0.1, (), int(p >= 0.5))
 
 
-def test_study_carries_the_lesion_of_its_most_probable_frame():
+def test_study_carries_the_lesion_of_its_most_suspicious_frame():
+    """The study's lesion is that of the frame its answer points to (most suspicious), not of the frame whose
+    lesion map peaks highest: a faint map there is still the study's lesion, and says so."""
     classes = ["normal", "tumor"]
     agg = StudyAggregator(classes, lambda rec: "s1")
     for frame, (p_tumor, p_lesion) in enumerate([(0.9, 0.3), (0.6, 0.95), (0.7, 0.8)], start=1):
@@ -329,9 +336,23 @@ def test_study_carries_the_lesion_of_its_most_probable_frame():
     agg.add(Prediction("cine.dcm", frame=4, error="unreadable"))
     (study,) = agg.studies()
     assert study.most_suspicious_frame == 1  # by the class probabilities
-    assert study.lesion == _finding(0.95) and study.lesion_frame == 2 and study.lesion_mask == "m2.png"
+    assert study.lesion == _finding(0.3) and study.lesion_frame == 1 and study.lesion_mask == "m1.png"
     d = study.to_dict()
-    assert d["lesion"]["probability"] == 0.95 and d["lesion_path"] == "cine.dcm"
+    assert d["lesion"]["probability"] == 0.3 and not d["lesion"]["found"] and d["lesion_path"] == "cine.dcm"
+
+
+def test_an_out_of_distribution_study_or_frame_carries_no_lesion():
+    """A study decided out of distribution, or whose most suspicious frame's map was withheld, carries no lesion."""
+    classes = ["normal", "tumor"]
+    agg = StudyAggregator(classes, lambda rec: rec.path)
+    for path, outside, p_tumor in [("a", True, 0.99), ("a", True, 0.98), ("a", False, 0.2), ("b", False, 0.9)]:
+        rec = Prediction(path, probabilities={"normal": 1 - p_tumor, "tumor": p_tumor}, in_distribution=not outside)
+        rec.lesion = _finding(0.97).withhold("out of distribution") if outside else _finding(0.97)
+        agg.add(rec)
+    a, b = agg.studies()
+    assert a.decision == "out_of_distribution" and a.lesion is None and a.lesion_path is None
+    assert "lesion_path" not in a.to_dict() and "lesion" not in a.to_dict()
+    assert b.lesion is not None and b.lesion.found and b.lesion_path == "b"
 
 
 def test_study_output_names_the_frame_with_the_lesion(clf, images, tmp_path):
@@ -396,7 +417,7 @@ def test_terminal_table_says_where(clf, images):
     text = console.export_text()
     x, y = records[0].lesion.peak
     assert "lesion" in text.split("\n", 3)[2]  # the header row
-    assert f"at ({x:.0f}, {y:.0f})" in text and lesion_cell(records[1].lesion) in text
+    assert f"@ {x:.0f},{y:.0f}" in text and lesion_cell(records[1].lesion) in text
     assert lesion_cell(records[1].lesion).startswith("none (max 0.") and lesion_cell(None) == ""
 
 
@@ -436,3 +457,43 @@ def test_a_dicom_frame_finding_is_in_the_frame_pixels(clf, tmp_path):
     assert (first.frame, first.source_size) == (1, (96, 64))
     assert first.lesion is not None and first.lesion.found and second.lesion is not None and not second.lesion.found
     assert np.hypot(first.lesion.peak[0] - DISC[0], first.lesion.peak[1] - DISC[1]) < DISC[2]
+
+
+# ------------------------------------------------------------------ out of distribution: the map is no finding
+
+EXAMPLE_TUMOUR = Path("examples/images/Malignant/xu-347.jpg")
+
+
+def test_an_out_of_distribution_image_has_no_lesion_finding_anywhere(tmp_path):
+    """A scan the guard finds out of distribution (here tinted, like a colour export of another scanner): the
+    classifier's tumour probability is no evidence, so the record's lesion is no finding (found null, the reason
+    given, no outline), no mask is written, the overlay's caption says what the record says, and its study carries
+    no lesion."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    arr = np.asarray(Image.open(EXAMPLE_TUMOUR).convert("RGB")).astype(np.float32)
+    Image.fromarray(np.clip(arr * [1.0, 0.55, 0.35], 0, 255).astype(np.uint8)).save(scans / "tinted.png")
+    out, cams, masks, studies = tmp_path / "r.json", tmp_path / "cams", tmp_path / "masks", tmp_path / "s.json"
+    args = ["predict", str(scans), "-o", str(out), "--explain", str(cams), "--lesion-masks", str(masks), "-q"]
+    r = runner.invoke(app, args + ["--group-by", "folder", "--study-output", str(studies)])
+    assert r.exit_code == 0, r.output
+    (rec,) = json.loads(out.read_text())
+    assert rec["decision"] == "out_of_distribution" and rec["in_distribution"] is False
+    lesion = rec["lesion"]
+    assert lesion["found"] is None and "out of distribution" in lesion["withheld"]
+    assert lesion["outline"] == [] and lesion["bbox"] is None and lesion["count"] == 0
+    assert rec["lesion_mask"] is None and not list(masks.glob("*.png"))
+    caption = Image.open(rec["explanation"]).text["caption"]
+    assert caption.startswith(f"out of distribution (model output {rec['predicted_class']} ")
+    assert "lesion map not a finding (out of distribution" in caption
+    (study,) = json.loads(studies.read_text())
+    assert study["decision"] == "out_of_distribution" and "lesion" not in study
+
+
+def test_the_app_says_a_withheld_map_is_no_finding():
+    pytest.importorskip("streamlit")
+    from liverscan.faces.app import lesion_text
+
+    withheld = _finding(0.97).withhold("out of distribution: the image is unlike the training images")
+    assert lesion_text(withheld).startswith("Lesion map not a finding (out of distribution")
+    assert withheld.found is None and withheld.outline == () and withheld.probability == 0.97

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cli_helpers import edit_card, one_line_error
 from conftest import class_image
 from liverscan.core.errors import ConfigError
 from liverscan.core.operating_point import OperatingPoint
 from liverscan.faces.cli import app
 from liverscan.serving import Classifier, Prediction
+from liverscan.serving.records import study_columns
 from liverscan.serving.studies import StudyAggregator, group_key
 
 runner = CliRunner()
@@ -167,14 +169,13 @@ def test_vote_counts_the_frames_decisions_under_the_models_rule():
 def test_operating_point_and_explanations_reach_the_study(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run["run"], run)
-    card = json.loads((run / "model_card.json").read_text())
-    card["operating_point"] = {
+    point = {
         "spec": "tumor>=0.99",
         "temperature": 1.0,
         "rule": {"type": "threshold", "class_index": 2, "class": "tumor", "threshold": 0.0},
         "description": "tumor whenever its probability >= 0 (test rule)",
     }
-    (run / "model_card.json").write_text(json.dumps(card))
+    edit_card(run, lambda card: card.update(operating_point=point))
     scans = tmp_path / "scans" / "p1"
     scans.mkdir(parents=True)
     for k, src in enumerate(sorted((tiny_run["data"] / "normal").glob("*.png"))[:3]):
@@ -197,3 +198,22 @@ def test_vote_is_the_majority_of_the_frames_decisions_not_the_rule_applied_again
         agg.add(rec(f"/a/{k}.png", p))
     (study,) = agg.studies()
     assert study.predicted_class == "normal" and study.probabilities["tumor"] == pytest.approx(0.2)
+
+
+def test_grouping_by_a_column_needs_a_csv_path_list(tmp_path):
+    """--group-by column:NAME with no CSV path list among the inputs would make one-image studies: a usage error."""
+    class_image(0, 1).save(tmp_path / "a.png")
+    r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--group-by", "column:patient", "--no-lesion"])
+    one_line_error(r, "reads a column of a CSV path list, and no input is one", code=2)
+
+
+def test_the_share_of_out_of_distribution_frames_is_not_rounded():
+    """2 of 52 frames out of distribution: ood_share is 2/52 (0.038462 in the CSV), not 0.0385 (0.038500)."""
+    classes = ["normal", "tumor"]
+    agg = StudyAggregator(classes, lambda rec: "s")
+    for k in range(52):
+        agg.add(Prediction(f"f{k}.png", probabilities={"normal": 0.9, "tumor": 0.1}, in_distribution=k >= 2))
+    (study,) = agg.studies()
+    assert study.ood_share == 2 / 52
+    (cell,) = [c.cell(study) for c in study_columns(classes) if c.name == "ood_share"]
+    assert cell == "0.038462"

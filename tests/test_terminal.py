@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from cli_helpers import csv_rows, run_cli, runner
@@ -85,3 +86,35 @@ def test_fit_path_keeps_the_name_and_the_nearest_folders():
     assert fit_path(path, 3, folders=1) == "…/image/12.jpg"
     assert fit_path("12.jpg", 2) == "12.jpg"
     assert fit_path("C:\\scans\\image\\12.jpg", 16) == "…\\image\\12.jpg"
+
+
+def test_an_80_column_table_cuts_no_header_and_keeps_each_lesion_cell_whole():
+    """At 80 columns no header is cut ("decis…", "confiden…") and a lesion cell never wraps over lines; the
+    per-class probabilities give way to the confidence beside the decision (the output files keep them)."""
+    from rich.console import Console
+
+    from liverscan.core.lesion import LesionRule
+    from liverscan.faces.terminal import lesion_cell, predictions_table
+    from liverscan.serving import Prediction
+    from liverscan.serving.lesion import find_lesion
+
+    prob = np.zeros((32, 32), np.float32)
+    prob[5:12, 20:28] = 0.97
+    found = find_lesion(prob, 640, 480, LesionRule())
+    records = []
+    for k in range(3):
+        rec = Prediction(f"/archive/2024/export/patient-{k:04d}/frame-{k:03d}.jpg", "tumor", 0.92)
+        rec.probabilities, rec.decision, rec.lesion = {"normal": 0.08, "tumor": 0.92}, "tumor", found
+        records.append(rec)
+    console = Console(width=80, record=True)
+    console.print(predictions_table(records, ["normal", "tumor"], 3, width=80))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "file" in line)
+    assert "…" not in header and "decision" in header and "lesion" in header and "review" in header
+    rows = [line for line in lines if "frame-" in line]
+    assert len(rows) == 3 and all(lesion_cell(found) in row and "tumor 0.920" in row for row in rows)
+    assert max(len(line) for line in lines) <= 80
+    wide = Console(width=200, record=True)
+    wide.print(predictions_table(records, ["normal", "tumor"], 3, width=200))
+    text = wide.export_text()
+    assert "p(normal)" in text and "confidence" in text

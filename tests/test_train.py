@@ -443,3 +443,39 @@ def test_a_stop_just_as_a_phase_starts_still_marks_the_run_interrupted(probe_run
         finish_run(run, {"export": lambda: pytest.fail("the phase ran after the stop")})
     after = art.read_run_info(run)
     assert after["status"] == "interrupted" and after["done"] == ["train"]
+
+
+def test_single_split_training_refuses_an_empty_or_incomplete_validation_split(tiny_data, tmp_path):
+    """Before the run directory is made: a model fitted without validation images of every class would be
+    reported as trained, and evaluate would fail later on an empty test split."""
+    import shutil
+
+    from cli_helpers import one_line_error
+    from conftest import class_image, tiny_config
+
+    three = tmp_path / "three"
+    for ci, cls in enumerate(("normal", "fatty", "tumor")):  # one image per class: all of them go to train
+        (three / cls).mkdir(parents=True)
+        class_image(ci, ci).save(three / cls / "a.png")
+    prepare_dataset(tiny_config(three), tmp_path / "p3")
+    args = ["train", "--data", str(tmp_path / "p3"), "--out", str(tmp_path / "run"), "--head", "linear", "-q"]
+    text = one_line_error(CliRunner().invoke(app, args), "p3: the validation split is empty (3 training images)")
+    assert "liverscan train --folds K" in text and not (tmp_path / "run").exists()
+
+    prep = tmp_path / "prep"  # the tiny dataset with its validation tumour images moved to train
+    shutil.copytree(tiny_data["prep"], prep)
+    manifest = (prep / "manifest.csv").read_text().splitlines()
+    header = manifest[0].split(",")
+    split, cls = header.index("split"), header.index("class")
+    lines = [manifest[0]]
+    for line in manifest[1:]:
+        cells = line.split(",")
+        if cells[split] == "val" and cells[cls] == "tumor":
+            cells[split] = "train"
+        lines.append(",".join(cells))
+    (prep / "manifest.csv").write_text("\n".join(lines) + "\n")
+    args = ["train", "--data", str(prep), "--out", str(tmp_path / "run"), "-q"]
+    one_line_error(
+        CliRunner().invoke(app, args), "prep: the validation split has no images of tumor (6 validation images)"
+    )
+    assert not (tmp_path / "run").exists()

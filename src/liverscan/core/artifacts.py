@@ -365,7 +365,10 @@ def read_card(run_dir: str | Path) -> ModelCard:
 
 
 def write_card(run_dir: str | Path, card: ModelCard) -> None:
-    """Write ``model_card.json`` and its Markdown rendering (both atomically)."""
+    """Write ``model_card.json`` and its Markdown rendering (both atomically); a sealed card (see :func:`seal`)
+    has its decision rules sealed anew, as liverscan writes them."""
+    if card.integrity:
+        card.integrity["rules"] = rules_digest(card)
     run = Path(run_dir)
     write_json_atomic(run / CARD_FILE, card.to_dict())
     write_text_atomic(run / CARD_MD_FILE, card.to_markdown())
@@ -467,9 +470,69 @@ def check_file(card: ModelCard, path: str | Path, remedy: str) -> Path:
     return path
 
 
+#: the model card's entries that decide an answer, by part, as :func:`rules_digest` seals them (descriptive keys -
+#: training records, figures - are left out: evaluate and export add to those)
+RULE_KEYS: dict[str, tuple[str, ...]] = {
+    "ood": ("method", "k", "l2_normalised", "threshold", "retention", "file"),
+    "lesion": (
+        "file",
+        "zoom",
+        "flip",
+        "layers",
+        "width",
+        "threshold",
+        "min_area",
+        "extent",
+        "floor",
+        "gate",
+        "gate_classes",
+    ),  # fmt: skip
+}
+#: how an error names each sealed part
+RULE_PARTS = {
+    "input": "input (image size, decoding rules)",
+    "operating_point": "operating point (the decision rule)",
+    "ood": "out-of-distribution guard (method, k, threshold)",
+    "lesion": "lesion rule (threshold, gate, outline, passes)",
+}
+
+
+def decision_rules(card: ModelCard) -> dict[str, Any]:
+    """What in the card decides an answer, by part (see :data:`RULE_PARTS`); the classes are sealed on their own."""
+    return {
+        "input": {"size": card.image_size, "decoder": card.input.get("decoder")},
+        "operating_point": card.operating_point.to_card() if card.operating_point else None,
+        "ood": {k: card.ood.get(k) for k in RULE_KEYS["ood"]} if card.ood else None,
+        "lesion": {k: card.lesion.get(k) for k in RULE_KEYS["lesion"]} if card.lesion else None,
+    }
+
+
+def rules_digest(card: ModelCard) -> dict[str, str]:
+    """sha256 of each part of the card's decision rules (:func:`decision_rules`)."""
+    return {
+        part: sha256_bytes(json.dumps(value, sort_keys=True, default=str).encode("utf-8"))
+        for part, value in decision_rules(card).items()
+    }
+
+
+def seal_notices(card: ModelCard) -> list[str]:
+    """What to tell a user about a card whose decision rules no seal vouches for (empty when sealed)."""
+    if not card.integrity:
+        return [
+            "the model card carries no integrity seal (written by an older liverscan, or by hand): its classes, "
+            "model files and decision rules cannot be checked against what training wrote; retrain to seal them"
+        ]
+    if "rules" not in card.integrity:
+        return [
+            "the model card's decision rules (thresholds, operating point, lesion rule) are not sealed (written by "
+            "an older liverscan): an edit to them cannot be detected; retrain, or evaluate the run again, to seal them"
+        ]
+    return []
+
+
 def check_integrity(card: ModelCard, folder: str | Path) -> None:
-    """The card's classes and every model file it vouches for, as training wrote them (cards without an
-    ``integrity`` record, written before it existed, are taken as they are)."""
+    """The card's classes, decision rules and every model file it vouches for, as liverscan wrote them (cards
+    without an ``integrity`` record, written before it existed, are taken as they are: see :func:`seal_notices`)."""
     if not card.integrity:
         return
     folder = Path(folder)
@@ -479,6 +542,13 @@ def check_integrity(card: ModelCard, folder: str | Path) -> None:
             f"{folder / CARD_FILE}: classes {', '.join(card.classes)} are not the ones the model was trained "
             "with (edited, reordered or renamed in the card?); restore the model card"
         )
+    sealed = card.integrity.get("rules") or {}
+    for part, value in rules_digest(card).items():
+        if part in sealed and sealed[part] != value:
+            raise RunDirError(
+                f"{folder / CARD_FILE}: its {RULE_PARTS[part]} is not what liverscan wrote (edited in the card?); "
+                "restore the model card, or train (or evaluate) again to set it"
+            )
     for name in card.integrity.get("files") or {}:
         check_file(card, folder / name, "restore it from the run it belongs to, or train again")
 

@@ -121,10 +121,36 @@ def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable[Seq
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a CSV file (a ``.tsv`` file: tab-separated) as dicts by header."""
+    """The rows of a CSV file (a ``.tsv`` file: tab-separated) as dicts by header; blank lines are skipped.
+
+    A malformed file raises ``csv.Error`` saying where and what (``line 2: unterminated quote``, ``line 3: 1
+    field, the header has 2``): Python's reader would take an unterminated quote as the rest of the file in one
+    field, and give a short row's missing cells as None, so a broken file would be read as other data.
+    """
     delimiter = "\t" if Path(path).suffix.lower() == ".tsv" else ","
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        return list(csv.DictReader(fh, delimiter=delimiter))
+        reader = csv.reader(fh, delimiter=delimiter, strict=True)
+        header: list[str] | None = None
+        rows: list[dict[str, str]] = []
+        while True:
+            start = reader.line_num + 1  # the line the next record begins on
+            try:
+                row = next(reader)
+            except StopIteration:
+                return rows
+            except csv.Error as exc:
+                what = "unterminated quote" if "unexpected end of data" in str(exc) else str(exc)
+                raise csv.Error(f"line {start}: {what}") from None
+            if not row:
+                continue
+            if header is None:
+                header = row
+            elif len(row) != len(header):
+                raise csv.Error(
+                    f"line {start}: {len(row)} field{'s' if len(row) != 1 else ''}, the header has {len(header)}"
+                )
+            else:
+                rows.append(dict(zip(header, row)))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -63,13 +63,13 @@ class Skipped:
         return {reason: len(paths) for reason, paths in sorted(self.by_reason.items())}
 
     def summary(self, examples: int = 2) -> str:
-        """'3 files left out: 2 not a supported file type (a.gif, b.webp), 1 hidden (.DS_Store)'."""
+        """'3 files in the given inputs left out: 2 not a supported file type (a.gif, b.webp), 1 hidden (.DS_Store)'."""
         parts = []
         for reason, paths in sorted(self.by_reason.items()):
             names = ", ".join(Path(p).name for p in paths[:examples]) + (", ..." if len(paths) > examples else "")
             parts.append(f"{len(paths)} {reason} ({names})")
         noun = "file" if self.total == 1 else "files"
-        return f"{self.total} {noun} in the given folders left out: " + "; ".join(parts)
+        return f"{self.total} {noun} in the given inputs left out: " + "; ".join(parts)
 
 
 def walk_files(root: str | Path, suffixes: Iterable[str], skipped: Skipped | None = None) -> Iterator[Path]:

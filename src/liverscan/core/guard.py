@@ -481,6 +481,16 @@ class Verdict:
     reason: str | None  # why it is out of distribution
 
 
+def distinct(a: float, b: float, digits: int = 3, most: int = 9) -> tuple[str, str]:
+    """``a`` and ``b`` with as few decimals (``digits`` at least, ``most`` at most) as show them apart:
+    ``0.6243 > 0.6241``, never ``0.624 > 0.624``."""
+    for k in range(digits, most + 1):
+        left, right = f"{a:.{k}f}", f"{b:.{k}f}"
+        if left != right:
+            return left, right
+    return f"{a:.{most}f}", f"{b:.{most}f}"
+
+
 def assess(
     reference: Reference | None,
     images: np.ndarray,
@@ -501,7 +511,8 @@ def assess(
         if r is None and score is not None and not np.isfinite(score):
             r = "features are not finite"
         if r is None and score is not None and reference is not None and score > reference.threshold:
-            r = f"unlike the training images (score {score:.3f} > threshold {reference.threshold:.3f})"
+            shown, limit = distinct(score, reference.threshold)
+            r = f"unlike the training images (score {shown} > threshold {limit})"
         inside = False if r is not None else (None if score is None else True)
         out.append(Verdict(score, inside, r))
     return out

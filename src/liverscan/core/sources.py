@@ -185,9 +185,12 @@ def scan_csv(spec: SourceSpec, name: str) -> ScanResult:
         raise DataError(f"source {path}: CSV file not found")
     try:
         rows = read_csv(path)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
-        raise DataError(f"source {path}: not a readable {path.suffix.lstrip('.').upper()} file ({what})") from None
+    except UnicodeDecodeError:
+        raise DataError(
+            f"source {path}: not a readable {path.suffix.lstrip('.').upper()} file (not UTF-8 text)"
+        ) from None
+    except csv.Error as exc:
+        raise DataError(f"source {path}: malformed {path.suffix.lstrip('.').upper()} file ({exc})") from None
     except OSError as exc:
         raise DataError(f"source {path}: cannot read ({exc.strerror or exc})") from None
     if not rows:

@@ -150,7 +150,7 @@ def headline(m: dict) -> dict:
         "accuracy": pair("accuracy", m["accuracy"]),
         "balanced_accuracy": pair("balanced_accuracy", m["balanced_accuracy"]),
         "macro_roc_auc": pair("macro_roc_auc", m["macro"]["roc_auc"]),
-        "recall": {c: round(v["recall"], 4) for c, v in m["per_class"].items()},
+        "recall": {c: None if v["recall"] is None else round(v["recall"], 4) for c, v in m["per_class"].items()},
         "ece": round(m["calibration"]["ece"], 4),
         "ci": _ci_words(m["bootstrap"]),
     }

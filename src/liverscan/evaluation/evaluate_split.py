@@ -117,6 +117,7 @@ def evaluate(
             ),
         )
     op = run.card.operating_point
+    warnings = [str(op.fitted_on["warning"])] if op and op.fitted_on and op.fitted_on.get("warning") else []
     reference = (
         Reference.for_model(run.model_path.with_name(OOD_FILE), ood_retention, required=bool(run.card.ood))
         if config.ood.enabled
@@ -140,6 +141,9 @@ def evaluate(
     }
     if leakage is not None:
         result["leakage"] = leakage
+    absent = result["argmax"]["absent_classes"]
+    if absent:
+        warnings.append(absent_warning(absent, result["argmax"]["macro"].get("classes") or []))
     result["argmax"]["bootstrap"] = bootstrap_intervals(
         ds.y, probs, classes, n_resamples=bootstrap, seed=seed, groups=ds.groups
     )
@@ -171,6 +175,8 @@ def evaluate(
         result["tuned"] = tuned
         result["operating_point"] = point_summary(op)
 
+    result["warnings"] = warnings
+
     header = ["path", "true_class", "predicted_class"] + (["tuned_class"] if op else []) + [f"p_{c}" for c in classes]
     header += ["in_distribution", "ood_score", "ood_reason"]
     rows = []
@@ -195,6 +201,14 @@ def evaluate(
     cfg = effective_config(run, settings.split if split == "external" else split, bootstrap, ece_bins)
     write_eval_dir(out_dir, header, rows, result, cfg, classes, plots, ece_bins, localised)
     return EvalResult(out_dir, EvalMetrics.from_dict(result))
+
+
+def absent_warning(absent: list[str], present: list[str]) -> str:
+    """The one line saying which classes the evaluated data has no images of, and what that leaves out."""
+    return (
+        f"no images of {', '.join(absent)} in the evaluated data: their precision, recall, F1 and ROC-AUC are "
+        f"not available (n/a), and the macro averages are over the classes present ({', '.join(present)})"
+    )
 
 
 def _group_level(ds, probs, op: OperatingPoint | None, classes, rule, bootstrap, seed, ece_bins) -> dict:

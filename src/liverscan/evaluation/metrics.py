@@ -70,7 +70,11 @@ def _macro_auc(y: np.ndarray, probs: np.ndarray, k: int) -> float | None:
 
 
 def classification_metrics(y_true, probs, classes: list[str], y_pred=None, ece_bins: int = 15) -> dict:
-    """All point metrics for one set of predictions (``y_pred`` defaults to argmax)."""
+    """All point metrics for one set of predictions (``y_pred`` defaults to argmax).
+
+    A class without images in ``y_true`` (``absent_classes``) has no precision, recall, F1 or ROC-AUC: they are
+    None (not 0), with a ``note``; the macro averages are over the classes present (``macro.classes``, with a
+    ``note``), and a ROC-AUC that needs images of two classes is None with its reason (``roc_auc_note``)."""
     y = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     k = len(classes)
@@ -84,28 +88,49 @@ def classification_metrics(y_true, probs, classes: list[str], y_pred=None, ece_b
         mcm = multilabel_confusion_matrix(y, pred, labels=labels)
         cm = confusion_matrix(y, pred, labels=labels)
         aucs = _auc_per_class(y, probs, k)
-        per_class = {}
+        present = [i for i in labels if s[i] > 0] or labels  # the classes with images (all of them: no images)
+        absent = [classes[i] for i in labels if i not in present]
+        per_class: dict[str, dict[str, Any]] = {}
         for i, c in enumerate(classes):
             tn, fp = mcm[i][0, 0], mcm[i][0, 1]
+            here = i in present
             per_class[c] = {
-                "precision": float(p[i]),
-                "recall": float(r[i]),
+                "precision": float(p[i]) if here else None,
+                "recall": float(r[i]) if here else None,
                 "specificity": float(tn / (tn + fp)) if (tn + fp) else None,
-                "f1": float(f[i]),
+                "f1": float(f[i]) if here else None,
                 "support": int(s[i]),
                 "roc_auc": aucs[i],
             }
+            if not here:
+                per_class[c]["note"] = f"no images of {c} in the data: precision, recall, F1 and ROC-AUC undefined"
+            elif aucs[i] is None and len(present) == 1:
+                per_class[c]["note"] = "no images of the other classes in the data: ROC-AUC undefined"
         row_sums = cm.sum(1, keepdims=True)
+        macro: dict[str, Any] = {
+            "precision": float(precision_score(y, pred, labels=present, average="macro", zero_division=0)),
+            "recall": float(recall_score(y, pred, labels=present, average="macro", zero_division=0)),
+            "f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+            "roc_auc": _macro_auc(y, probs, k),
+        }
+        if absent:
+            names = [classes[i] for i in present]
+            macro["classes"] = names
+            macro["note"] = (
+                f"averaged over the classes present in the data ({', '.join(names)}); no images of {', '.join(absent)}"
+            )
+        if macro["roc_auc"] is None:
+            macro["roc_auc_note"] = (
+                f"ROC-AUC needs images of at least two classes; the data has {classes[present[0]]} only"
+                if len(present) == 1
+                else "ROC-AUC is undefined here"
+            )
         out = {
             "n": int(len(y)),
             "accuracy": float(accuracy_score(y, pred)),
             "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-            "macro": {
-                "precision": float(precision_score(y, pred, labels=labels, average="macro", zero_division=0)),
-                "recall": float(recall_score(y, pred, labels=labels, average="macro", zero_division=0)),
-                "f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-                "roc_auc": _macro_auc(y, probs, k),
-            },
+            "absent_classes": absent,
+            "macro": macro,
             "weighted": {
                 "precision": float(precision_score(y, pred, labels=labels, average="weighted", zero_division=0)),
                 "recall": float(recall_score(y, pred, labels=labels, average="weighted", zero_division=0)),
@@ -294,7 +319,8 @@ def _proportions(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[st
     out = {"accuracy": (pred == y, np.ones(len(y), bool))}
     for i, c in enumerate(classes):
         out[f"{c}.recall"] = ((y == i) & (pred == i), y == i)
-        out[f"{c}.precision"] = ((y == i) & (pred == i), pred == i)
+        # a class without images has no precision (None, as in classification_metrics), however often predicted
+        out[f"{c}.precision"] = ((y == i) & (pred == i), (pred == i) & (y == i).any())
         out[f"{c}.specificity"] = ((y != i) & (pred != i), y != i)
     return out
 

@@ -31,20 +31,30 @@ def _build(cls: type[_T], d: dict[str, Any]) -> _T:
 
 @dataclass(frozen=True)
 class ClassScores:
-    precision: float
-    recall: float
+    """One class's metrics; precision, recall, F1 and ROC-AUC are None (not available) for a class without
+    images in the evaluated data (``note`` says why)."""
+
+    precision: float | None
+    recall: float | None
     specificity: float | None
-    f1: float
+    f1: float | None
     support: int
     roc_auc: float | None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
 class Averages:
+    """Macro (or weighted) averages; the macro ones are over the classes present in the data (``classes``, given
+    when some are absent, with a ``note``)."""
+
     precision: float
     recall: float
     f1: float
     roc_auc: float | None = None
+    classes: list[str] | None = None
+    note: str | None = None
+    roc_auc_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,7 @@ class Scores:
     bootstrap: Bootstrap | None = None
     per_fold: dict[str, dict[str, float]] | None = None  # mean, sd, n_folds by metric (cross-validated)
     name: str | None = None  # what made these decisions, for a baseline
+    absent_classes: list[str] = field(default_factory=list)  # classes without images in the data: metrics n/a
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Scores | None:
@@ -152,6 +163,7 @@ class Scores:
             bootstrap=Bootstrap.from_dict(d.get("bootstrap")),
             per_fold=d.get("per_fold"),
             name=d.get("name"),
+            absent_classes=list(d.get("absent_classes") or []),
         )
 
     @property
@@ -302,6 +314,7 @@ class PointApplied:
     fitted: str | None = None  # how it was fitted: nested (cross-validated), or on what data
     level: str = "image"
     note: str | None = None
+    warning: str | None = None  # fitted on too few images of its goal's class to show the goal is met
 
 
 @dataclass(frozen=True)
@@ -325,6 +338,7 @@ class EvalMetrics:
     localisation: LocalisationMetrics | None = None  # lesion maps vs outlines (a run with a lesion head)
     leakage: Leakage | None = None  # evaluated images the run had seen, left out (evaluate --data)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
+    warnings: list[str] = field(default_factory=list)  # what a person must know about these results
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the JSON as written
 
     @property
@@ -359,6 +373,7 @@ class EvalMetrics:
             localisation=LocalisationMetrics.from_dict(d.get("localisation")),
             leakage=Leakage.from_dict(d.get("leakage")),
             skipped=[(s["path"], s["reason"]) for s in d.get("skipped") or []],
+            warnings=[str(w) for w in d.get("warnings") or []],
             raw=d,
         )
 

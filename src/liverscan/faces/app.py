@@ -101,12 +101,15 @@ def results_csv(clf, records) -> str:
 
 def lesion_text(finding) -> str:
     """One line on where the lesion head points (coordinates in pixels of the uploaded image)."""
+    if finding.withheld is not None:
+        return f"Lesion map not a finding ({finding.withheld}): no outline drawn"
     if not finding.found:
         return f"No lesion found (max probability {finding.probability:.2f})"
     x, y = finding.peak
     regions = f", {finding.count} regions" if finding.count > 1 else ""
+    faint = " (a faint map, outlined because of the classifier's lesion probability)" if finding.gated else ""
     return (
-        f"Lesion: probability {finding.probability:.2f} at ({x:.0f}, {y:.0f}), "
+        f"Lesion: probability {finding.probability:.2f}{faint} at ({x:.0f}, {y:.0f}), "
         f"{finding.area_fraction:.1%} of the image{regions}"
     )
 
@@ -143,13 +146,13 @@ def show_record(clf, rec, arr, show_cam: bool, data: bytes) -> None:
                 image = arr
         caption = lesion_text(rec.lesion) if rec.lesion is not None else None
         if show_cam:
-            from liverscan.serving import gradcam_caption, overlay
+            from liverscan.serving import gradcam_caption, headline, overlay
 
             heat = clf.heatmaps(arr[None], [clf.classes.index(rec.predicted_class)])[0]
             import numpy as np
 
             picture = with_outline(rec, overlay(np.asarray(image), heat))
-            cam = gradcam_caption("Grad-CAM of the predicted class", rec.predicted_class, heat)
+            cam = gradcam_caption(headline(rec), rec.predicted_class, heat)
             st.image(picture, caption=cam + (f" · {caption}" if caption else ""), width="stretch")
         else:
             st.image(with_outline(rec, image), caption=caption, width="stretch")

@@ -594,6 +594,8 @@ def evaluate_cmd(
     seen = res.metrics.leakage.warning(res.metrics.n) if res.metrics.leakage else None
     if seen:
         err_console().print(f"[yellow]warning:[/] {escape(seen)}", highlight=False, soft_wrap=True)
+    for warning in res.metrics.warnings:  # an operating point fitted on too few images, classes without images
+        err_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     console().print(f"Wrote predictions, metrics and figures to {escape(str(res.out_dir))}", highlight=False)
 
 

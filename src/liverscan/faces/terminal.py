@@ -246,30 +246,73 @@ def fit_path(path: str, width: int, folders: int = 0) -> str:
     return "…" + path[cuts[-1 - folders] :] if len(cuts) > folders else path
 
 
+#: columns whose cells wrap onto two lines at most, at their best split (a lesion cell once took four lines)
+TWO_LINES = ("lesion",)
+
+
+def _two_lines(text: str) -> int:
+    """The narrowest width at which ``text`` wraps onto two lines at most (at a space)."""
+    cuts = [i for i, ch in enumerate(text) if ch == " "]
+    return min([cell_len(text)] + [max(cell_len(text[:i]), cell_len(text[i + 1 :])) for i in cuts])
+
+
+def _least(headers: list[str], plain: list[list[str]]) -> list[int]:
+    """Each column's narrowest width: its header whole, its longest word (two lines for :data:`TWO_LINES`)."""
+    out = []
+    for k, h in enumerate(headers):
+        cells = [_two_lines(r[k]) if h in TWO_LINES else max([0] + [cell_len(w) for w in r[k].split()]) for r in plain]
+        out.append(max([cell_len(h)] + cells))
+    return out
+
+
 def _results_table(
-    title: str, first: str, names: list[tuple[str, str]], headers: list[str], rows: list[list[str]], width: int | None
+    title: str,
+    first: str,
+    names: list[tuple[str, str]],
+    layouts: list[tuple[list[str], list[list[str]]]],
+    width: int | None,
 ) -> Table:
-    """The prediction and study tables: a name column (``names``: a path and a literal suffix each), then
-    ``headers`` (decision, confidence, p(class)..., extra, review) over ``rows``.  In a ``width``-cell terminal the
-    paths get what the other columns leave, and at least their file name and its folder ("…/image/12.jpg"):
-    :func:`fit_path` shortens the folders, never a file name."""
+    """The prediction and study tables: a name column (``names``: a path and a literal suffix each), then columns
+    ``headers`` over ``rows`` of the first of ``layouts`` (``(headers, rows)``, widest first) that fits a
+    ``width``-cell terminal with the names' file names and folders, else the last.  The paths get what the other
+    columns leave, and at least their file name and its folder ("…/image/12.jpg"): :func:`fit_path` shortens the
+    folders, never a file name; no header is ever cut."""
     table = Table(title=title)
     shown = [path + suffix for path, suffix in names]
+    headers, rows = layouts[0]
+    fits = False
     if width is not None and names:
-        plain = [[Text.from_markup(c).plain for c in r] for r in rows]
-        natural = [max([cell_len(h)] + [cell_len(r[k]) for r in plain]) for k, h in enumerate(headers)]
-        least = [max([1] + [cell_len(w) for r in plain for w in r[k].split()]) for k in range(len(headers))]
-        borders = 3 * len(headers) + 4
         wanted = max(cell_len(fit_path(p, 0, folders=1) + x) for p, x in names)  # a name and its folder
-        room = min(max(width - borders - sum(natural), wanted), width - borders - sum(least))
+        for headers, rows in layouts:
+            plain = [[Text.from_markup(c).plain for c in r] for r in rows]
+            lowest = _least(headers, plain)
+            borders = 3 * len(headers) + 4
+            if sum(lowest) + borders + wanted <= width:
+                break
+        natural = [max([cell_len(h)] + [cell_len(r[k]) for r in plain]) for k, h in enumerate(headers)]
+        room = min(max(width - borders - sum(natural), wanted), width - borders - sum(lowest))
         shown = [fit_path(p, room - cell_len(x), folders=0) + x for p, x in names]
-    fits = width is not None and all(cell_len(t) <= room for t in shown)
+        fits = all(cell_len(t) <= room for t in shown)
     table.add_column(first, overflow="fold", no_wrap=fits)  # a fitted column stays whole; the others wrap
     for name in headers:
-        table.add_column(name, justify="left" if name in ("decision", "review") else "right")
+        table.add_column(name, justify="left" if name in ("decision", "review") else "right", min_width=cell_len(name))
     for text, cells in zip(shown, rows):
         table.add_row(Text(text), *cells)
     return table
+
+
+def _narrow(headers: list[str], rows: list[list[str]], classes: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The layout for a narrow terminal: the confidence beside the decision, without the per-class probability
+    columns (the output files keep them)."""
+    drop = {headers.index(h) for h in ("confidence", *[f"p({c})" for c in classes])}
+    k = headers.index("confidence")
+    narrow = []
+    for r in rows:
+        cells = list(r)
+        if cells[k]:
+            cells[0] = f"{cells[0]} {cells[k]}"
+        narrow.append([c for i, c in enumerate(cells) if i not in drop])
+    return [h for i, h in enumerate(headers) if i not in drop], narrow
 
 
 def predictions_table(records: list, classes: list[str], total: int, width: int | None = None) -> Table:
@@ -296,17 +339,23 @@ def predictions_table(records: list, classes: list[str], total: int, width: int 
                 else "",
             ]
         )
-    return _results_table(title, "file", names, headers, rows, width)
+    return _results_table(title, "file", names, [(headers, rows), _narrow(headers, rows, classes)], width)
 
 
 def lesion_cell(finding) -> str:
-    """Where the lesion head points, in a table cell: probability and peak (image pixels), or none."""
+    """Where the lesion head points, in a short table cell: the map's peak probability and where (image pixels;
+    "faint" when only the classifier's gate made it a finding), none, or "not a finding" (out of distribution)."""
     if finding is None:
         return ""
+    if finding.withheld is not None:
+        return "not a finding"
     if not finding.found:
         return f"none (max {finding.probability:.2f})"
     x, y = finding.peak
-    return f"{finding.probability:.2f} at ({x:.0f}, {y:.0f})" + (f" +{finding.count - 1}" if finding.count > 1 else "")
+    faint = " faint" if finding.gated else ""
+    return f"{finding.probability:.2f}{faint} @ {x:.0f},{y:.0f}" + (
+        f" +{finding.count - 1}" if finding.count > 1 else ""
+    )
 
 
 def ood_summary(n_outside: int, n_predicted: int) -> str | None:
@@ -342,7 +391,7 @@ def studies_table(studies: list, classes: list[str], limit: int = 200, width: in
                 "[yellow]yes[/]" if s.needs_review else "",
             ]
         )
-    return _results_table(title, "group", names, headers, rows, width)
+    return _results_table(title, "group", names, [(headers, rows), _narrow(headers, rows, classes)], width)
 
 
 def print_predict_summary(
@@ -362,6 +411,8 @@ def print_predict_summary(
         + (f"; wrote {escape(str(summary.output))}" if summary.output else ""),
         highlight=False,
     )
+    for text in summary.notes:
+        say(f"[yellow]note:[/] {escape(text)}")
     warning = ood_summary(summary.outside, summary.predicted)
     if warning:
         say(f"[bold yellow]warning:[/] {escape(warning)}")
@@ -371,7 +422,8 @@ def print_predict_summary(
         console.print(studies_table(summary.studies, classes, width=console.width))
     review = sum(s.needs_review for s in summary.studies)
     err_console.print(
-        f"{len(summary.studies)} studies by {escape(str(group_by))} ({summary.group_rule} of their frames); "
+        f"{len(summary.studies)} {'study' if len(summary.studies) == 1 else 'studies'} by {escape(str(group_by))} "
+        f"({summary.group_rule} of their frames); "
         f"{review} need review" + (f"; wrote {escape(str(summary.study_output))}" if summary.study_output else ""),
         highlight=False,
     )

@@ -109,6 +109,7 @@ def build_warnings(audit: dict) -> list[str]:
         out.append(f"label conflicts: {len(audit['label_conflicts'])} image(s) carry different labels")
     for cls, src in audit.get("single_source_classes", {}).items():
         out.append(f"class {cls!r} comes only from source {src!r}: a model may learn the source (shortcut risk)")
+    out.extend(split_warnings(audit.get("splits") or {}))
     sc = audit.get("shortcut")
     if sc and sc.get("warning"):
         out.append(
@@ -116,5 +117,43 @@ def build_warnings(audit: dict) -> list[str]:
             f"(balanced accuracy {sc['balanced_accuracy']:.2f} vs {sc['baseline_balanced_accuracy']:.2f} "
             "for the majority baseline); check whether this reflects acquisition (scanner, source, "
             "export size) rather than disease"
+        )
+    return out
+
+
+#: how to train without a validation split: cross-validation uses every image of the prepared dataset
+CROSS_VALIDATE = "or cross-validate on all images instead (liverscan train --folds K)"
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def split_warnings(gaps: dict) -> list[str]:
+    """Warnings for the splits the ratios ask for that are empty, and for classes missing from some of them
+    (``audit.splits`` of summary.json)."""
+    out = []
+    empty = list(gaps.get("empty") or [])
+    needs = {
+        "train": "training needs training images",
+        "val": "training on one split needs validation images",
+        "test": "evaluate needs test images",
+    }
+    if empty:
+        out.append(
+            f"the {_and(empty)} split{'s are' if len(empty) > 1 else ' is'} empty ({gaps.get('n_images')} images, "
+            f"ratios {gaps.get('ratios')}): {'; '.join(needs[s] for s in empty)}; add images, {CROSS_VALIDATE}"
+        )
+    for cls, splits in (gaps.get("classes_missing") or {}).items():
+        why = []
+        if "val" in splits:
+            why.append("training on one split needs validation images of every class")
+        if "test" in splits:
+            why.append("its test metrics will not be available")
+        if "train" in splits:
+            why.append("the model will not learn it")
+        out.append(
+            f"class {cls!r} has no images in the {_and(splits)} split{'s' if len(splits) > 1 else ''}: "
+            f"{'; '.join(why)}; add images of it, {CROSS_VALIDATE}"
         )
     return out

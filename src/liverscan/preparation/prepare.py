@@ -374,6 +374,28 @@ def _write_cache(path: Path, buffer: np.ndarray, indices: list[int]) -> None:
     os.replace(tmp, path)
 
 
+def _split_gaps(counts: dict[str, dict[str, int]], data, n_images: int) -> dict:
+    """The splits the ratios ask for that hold no image (``empty``), and per class the non-empty splits asked
+    for that hold none of it (``classes_missing``): training on one split needs validation images of every class,
+    evaluating needs test images.  A split whose ratio is 0 (cross-validation needs none) is never a gap."""
+    ratios = {"train": data.train_ratio, "val": data.val_ratio, "test": data.test_ratio}
+    total = sum(ratios.values()) or 1.0
+    wanted = [s for s in SPLITS if ratios[s] > 0]
+    per_split = {s: sum(row[s] for row in counts.values()) for s in SPLITS}
+    empty = [s for s in wanted if per_split[s] == 0]
+    missing = {}
+    for cls, row in counts.items():
+        lacking = [s for s in wanted if s not in empty and row[s] == 0]
+        if lacking:
+            missing[cls] = lacking
+    return {
+        "ratios": "/".join(f"{round(100 * ratios[s] / total, 1):g}" for s in SPLITS),
+        "n_images": n_images,
+        "empty": empty,
+        "classes_missing": missing,
+    }
+
+
 def _summary(
     cfg, rows, rejects, n_annotation_rejects, duplicates, conflicts, pairs, classes, source_names, ignored, decoded
 ) -> dict:
@@ -411,6 +433,7 @@ def _summary(
             [r["source"] for r in rows], [r["class"] for r in rows]
         ),
         "groups_split_across": len(leaks),
+        "splits": _split_gaps(counts, cfg.data, len(rows)),
     }
     shortcut = audit_mod.shortcut_check(
         [r["width"] for r in rows],

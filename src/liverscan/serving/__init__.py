@@ -14,7 +14,7 @@ from liverscan.serving.distributed import (
     run_ray_predict,
     shard_files,
 )
-from liverscan.serving.explain import gradcam_caption, overlay
+from liverscan.serving.explain import gradcam_caption, headline, overlay
 from liverscan.serving.export import export_model
 from liverscan.serving.inputs import check_path_lists, default_model_dir, expand_inputs, resolve_model
 from liverscan.serving.lesion import LesionFinding, draw_finding
@@ -41,6 +41,7 @@ __all__ = [
     "expand_inputs",
     "export_model",
     "gradcam_caption",
+    "headline",
     "overlay",
     "predict_dataset",
     "predict_files",

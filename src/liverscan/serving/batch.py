@@ -31,7 +31,15 @@ from liverscan.core.files import Skipped
 from liverscan.core.images import DECODER
 from liverscan.serving.inputs import check_path_lists, expand_inputs
 from liverscan.serving.options import PredictOptions
-from liverscan.serving.outputs import FORMATS, RecordWriter, check_output, format_for, partial_path
+from liverscan.serving.outputs import (
+    FORMATS,
+    RecordWriter,
+    check_not_an_input,
+    check_output,
+    check_output_folder,
+    format_for,
+    partial_path,
+)
 from liverscan.serving.predict import Classifier
 from liverscan.serving.records import Prediction
 from liverscan.serving.studies import Study, StudyAggregator, group_key, write_studies
@@ -49,6 +57,23 @@ def _unfinished_phases(source: Path) -> list[str]:
     except (OSError, ValueError, AttributeError):  # an unreadable run.json says nothing about the model
         return []
     return [] if TRAIN_PHASE in left else left
+
+
+def _missing_lesion_exports(clf: Classifier) -> list[str]:
+    """The exported lesion-head files the model card records that are missing, when the head falls back to Keras
+    for want of them (not when Keras was asked for)."""
+    from liverscan.core.artifacts import lesion_export_key
+
+    if clf.lesion is None or clf.lesion.kind != "keras" or clf.options.runtime == "keras":
+        return []
+    folder = Path(clf.model_path).parent
+    names = [str((clf.card.exports.get(lesion_export_key(fmt)) or {}).get("file") or "") for fmt in ("tflite", "onnx")]
+    return [name for name in names if name and not (folder / name).is_file()]
+
+
+def _has_path_list(inputs: list[str]) -> bool:
+    """Whether an input is (or, read from standard input, may be) a CSV path list."""
+    return any(item == "-" or (item.lower().endswith(".csv") and Path(item).is_file()) for item in inputs)
 
 
 def _trained_before(versions: dict[str, str], release: tuple[int, ...]) -> bool:
@@ -76,6 +101,9 @@ class PredictSummary:
     output: Path | None = None
     study_output: Path | None = None
     written: int = 0  # records in the output file (or its .partial)
+    writing: bool = False  # this run holds the output's .partial (another run's is never this run's to report)
+    dicom_objects: int = 0  # records read from DICOM objects (a DICOM SEG / SR is written for those only)
+    notes: list[str] = field(default_factory=list)  # what a user should know after the run
 
     @property
     def predicted(self) -> int:
@@ -83,8 +111,9 @@ class PredictSummary:
 
     @property
     def kept(self) -> Path | None:
-        """Where the records of a stopped run are (``FILE.partial``), or None."""
-        if self.output is None:
+        """Where the records of this run, stopped, are (``FILE.partial``), or None (none kept, or it never wrote
+        one: refused because another run holds the output, say)."""
+        if self.output is None or not self.writing:
             return None
         partial = partial_path(self.output)
         return partial if partial.exists() else None
@@ -119,14 +148,27 @@ class PredictJob:
         self.stream, self.stream_format, self.overwrite = stream, stream_format, overwrite
         if self.stream_format is not None and self.stream is None:
             self.stream = sys.stdout
-        if self.output:
-            check_output(self.output, overwrite)  # before the model loads: never clobber results, fail fast
-        if self.study_output:
-            check_output(self.study_output, overwrite)
-            if self.output and self.study_output.resolve() == self.output.resolve():
-                raise ConfigError("--output and --study-output must be different files")
+        for out in (self.output, self.study_output):
+            if out:
+                check_output(out, overwrite)  # before the model loads: never clobber results, fail fast
+                check_not_an_input(out, self.inputs)
+        if self.output and self.study_output and self.study_output.resolve() == self.output.resolve():
+            raise ConfigError("--output and --study-output must be different files")
+        for folder, flag in (
+            (options.explain_dir, "--explain"),
+            (options.lesion_masks, "--lesion-masks"),
+            (options.dicom_seg, "--dicom-seg"),
+            (options.dicom_sr, "--dicom-sr"),
+        ):
+            if folder is not None:
+                check_output_folder(folder, flag, self.inputs, overwrite)
         if (self.study_output or options.group_rule) and options.group_by is None:
             options = options.replace(group_by="object")
+        if options.group_by and options.group_by.startswith("column:") and not _has_path_list(self.inputs):
+            raise ConfigError(
+                f"--group-by {options.group_by} reads a column of a CSV path list, and no input is one; "
+                "list the files in a CSV with that column, or group by object, study, series, folder or regex:PATTERN"
+            )
         self.options = options
         self.columns: dict[str, dict] = {}  # CSV path lists' rows, for group_by column:NAME
         self.key = group_key(options.group_by, self.columns) if options.group_by else None
@@ -157,6 +199,13 @@ class PredictJob:
                 f"liverscan decodes by version {DECODER}, so the model sees slightly different pixels and its answers "
                 "may differ from its card's figures: retrain it, or predict with the liverscan version that trained it"
             )
+        missing = _missing_lesion_exports(clf)
+        if missing:
+            out.append(
+                f"{', '.join(missing)} recorded in the model card but missing beside the model: the lesion head runs "
+                "on Keras, many times slower; export it again with liverscan export RUN (or predict with --no-lesion)"
+            )
+        out.extend(clf.notices)
         left = _unfinished_phases(Path(clf.source))
         if left:
             out.append(
@@ -196,6 +245,7 @@ class PredictJob:
                     fmt, clf.classes, path=self.output, dicom_tags=tags, overwrite=self.overwrite,
                     group_column=group_column, lesion=clf.has_lesion,
                 )  # fmt: skip
+                s.writing = True
                 writers.append(stack.enter_context(file_writer))
             if self.stream_format:
                 writers.append(
@@ -213,6 +263,7 @@ class PredictJob:
             records = clf.iter_predict(expand_inputs(self.inputs, skipped=s.skipped, columns=self.columns))
             for rec in records:
                 s.records += 1
+                s.dicom_objects += rec.sop_instance_uid is not None
                 if studies is not None:
                     studies.add(rec)
                 if rec.error:
@@ -229,6 +280,9 @@ class PredictJob:
                     on_record(rec)
             if s.records == 0:  # inside the writers: no empty output file is left behind
                 raise DataError("no input images found")
+        dicom = [f for f, v in (("--dicom-seg", self.options.dicom_seg), ("--dicom-sr", self.options.dicom_sr)) if v]
+        if dicom and not s.dicom_objects:
+            s.notes.append(f"no input was a DICOM object, so {' and '.join(dicom)} wrote nothing")
         if studies is not None:
             s.studies = studies.studies()
             if self.study_output:

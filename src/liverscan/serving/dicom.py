@@ -116,21 +116,35 @@ def _to_8bit(frame: np.ndarray, ds, photometric: str) -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8) if frame.dtype != np.uint8 else frame
 
 
-def frame_times(ds, n_frames: int) -> Callable[[int], float] | None:
+def _number(value, keyword: str, label: str) -> float:
+    """A header value as a number, or :class:`ImageDecodeError` naming the tag and the value that is not one."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ImageDecodeError(label, f"{keyword} {str(value).strip()!r} is not a number") from None
+
+
+def frame_times(ds, n_frames: int, label: str = "<dicom>") -> Callable[[int], float] | None:
     """A frame's time in seconds from the first, by its 0-based index, from the header (None: the object says
-    no frame time); computed per frame, so a huge declared frame count costs nothing here."""
+    no frame time); computed per frame, so a huge declared frame count costs nothing here.
+
+    Raises :class:`ImageDecodeError` when the frame time it uses is not a number (``FrameTime 'abc'``)."""
     if n_frames < 2:
         return None
     vector = getattr(ds, "FrameTimeVector", None)
-    if vector is not None and len(vector) == n_frames:  # the vector is in the header, as long as it is
-        times = np.cumsum([0.0] + [float(v) for v in list(vector)[1:]]) / 1000.0
+    values = [] if vector is None else [vector] if isinstance(vector, str) or not hasattr(vector, "__len__") else vector
+    if len(values) == n_frames:  # the vector is in the header, as long as it is
+        values = list(values)
+        times = np.cumsum([0.0] + [_number(v, "FrameTimeVector", label) for v in values[1:]]) / 1000.0
         return lambda i: float(times[i])
     ms = None
     if getattr(ds, "FrameTime", None) not in (None, ""):
-        ms = float(ds.FrameTime)
+        ms = _number(ds.FrameTime, "FrameTime", label)
     else:
-        rate = getattr(ds, "CineRate", None) or getattr(ds, "RecommendedDisplayFrameRate", None)
-        ms = 1000.0 / float(rate) if rate not in (None, "") and float(rate) > 0 else None
+        keyword = "CineRate" if getattr(ds, "CineRate", None) else "RecommendedDisplayFrameRate"
+        rate = getattr(ds, keyword, None)
+        fps = _number(rate, keyword, label) if rate not in (None, "") else None
+        ms = 1000.0 / fps if fps is not None and fps > 0 else None
     if ms is None or not ms > 0:
         return None
     return lambda i: i * ms / 1000.0
@@ -147,6 +161,17 @@ def read_header(source: str | Path | BinaryIO, label: str):
         raise ImageDecodeError(label, f"not a readable DICOM file ({exc.__class__.__name__})") from None
 
 
+def _transfer_syntax_problem(ds) -> str | None:
+    """Why the pixel data cannot be decoded for want of a Transfer Syntax UID (it says how the pixel data is
+    encoded, and lives in the file meta information), or None."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or len(meta) == 0:
+        return "DICOM file without file meta information (no Transfer Syntax UID)"
+    if not str(meta.get("TransferSyntaxUID") or "").strip():
+        return "DICOM file meta information without a Transfer Syntax UID"
+    return None
+
+
 def frame_count(ds) -> int:
     """The number of frames the header declares (1 for a single-frame object; 0 or empty counts as 1, as
     pydicom reads it)."""
@@ -161,7 +186,7 @@ def sampled_indices(ds, sampling: Sampling, label: str) -> tuple[Iterator[int], 
     n_frames = frame_count(ds)
     if n_frames < 1:
         raise ImageDecodeError(label, f"NumberOfFrames {n_frames} is not a frame count")
-    time_of = frame_times(ds, n_frames)
+    time_of = frame_times(ds, n_frames, label)
     if n_frames == 1:
         return iter([0]), None
     if time_of is None and sampling.fps is not None:
@@ -182,12 +207,16 @@ def iter_dicom(
     when it is reached: only the sampled frames are decoded, one at a time, so a long cine never sits in memory.
 
     Raises :class:`ImageDecodeError` before any frame when the object cannot be read (or pydicom is missing),
-    and after the frames it has when its pixel data stops early (cut off, damaged).  A damaged header value
-    (a frame time that is not a number) or a failing conversion raises what pydicom or numpy raise: a
-    :class:`~liverscan.serving.streams.FrameStream` turns either into one error record.
+    has no Transfer Syntax UID (no file meta information) or a frame time that is not a number, and after the
+    frames it has when its pixel data stops early (cut off, damaged).  Any other failure (a failing conversion)
+    raises what pydicom or numpy raise: a :class:`~liverscan.serving.streams.FrameStream` turns either into
+    one error record.
     """
     label = label or str(source)
     ds = read_header(source, label)  # first: without pydicom, it raises the install hint
+    problem = _transfer_syntax_problem(ds)
+    if problem:
+        raise ImageDecodeError(label, problem)
     from pydicom.pixels import iter_pixels
 
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()

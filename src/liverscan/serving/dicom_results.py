@@ -76,9 +76,7 @@ class DicomResultWriter:
         self.rule = rule or LesionRule(min_area=0.0)
         self._current: _Source | None = None
         self._held: list[tuple[Any, Prediction, np.ndarray | None]] = []
-        for folder in (seg_dir, sr_dir):
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
+        self.objects = 0  # DICOM objects seen (their folders are made for the first)
 
     def add(self, rec: Prediction, lesion_map: np.ndarray | None, key: object = None) -> None:
         """One record of input ``key`` (default: its path) and its lesion map; a DICOM frame's SEG is written
@@ -94,6 +92,7 @@ class DicomResultWriter:
             return
         if self._current is None:
             self._current = _Source(key, rec.path)
+            self.objects += 1
         source = self._current
         if source.header is None and source.failure is None:
             try:
@@ -101,14 +100,14 @@ class DicomResultWriter:
             except LiverscanError as exc:
                 source.failure = _failure(exc)
         if source.failure is not None:
-            rec.error = source.failure
+            rec.fail(source.failure)
             return
-        if self.seg_dir is not None and lesion_map is not None:
+        if self.seg_dir is not None and lesion_map is not None and _is_finding(rec):
             try:
                 seg = self._segmentation(source.header, rec, lesion_map)
                 _save(seg, self.seg_dir / f"{output_stem(rec)}-seg.dcm")
             except Exception as exc:  # noqa: BLE001 - a frame that cannot be described never stops the run
-                rec.error = _failure(exc)
+                rec.fail(_failure(exc))
                 return
         if self.sr_dir is not None:
             source.records.append(rec)
@@ -125,7 +124,7 @@ class DicomResultWriter:
             _save(report, self.sr_dir / f"{output_stem(Prediction(source.path))}-sr.dcm")
         except Exception as exc:  # noqa: BLE001 - one object that cannot be described never stops the run
             for rec in source.records:
-                rec.error = _failure(exc)
+                rec.fail(_failure(exc))
 
     def batch(self, items: list, maps: np.ndarray | None, keep_arrays: bool = True) -> list:
         """Take one predicted batch of (input, record, model input or None) items and their lesion maps (one
@@ -253,7 +252,7 @@ class DicomResultWriter:
                     name=_local("ood_score", "Out-of-distribution score"), value=rec.ood_score, unit=no_units
                 )
             )
-        if rec.lesion is not None:
+        if rec.lesion is not None and _is_finding(rec):
             area = 100.0 * float(rec.lesion.area_fraction or 0.0)
             measurements.append(sr.Measurement(name=codes.SCT.Area, value=area, unit=codes.UCUM.Percent))
         outside = rec.in_distribution is False
@@ -280,6 +279,11 @@ class DicomResultWriter:
             qualitative_evaluations=evaluations,
             finding_sites=[sr.FindingSite(anatomic_location=codes.SCT.Liver)],
         )
+
+
+def _is_finding(rec: Prediction) -> bool:
+    """Whether the record's lesion map is a finding (not withheld, e.g. for an out-of-distribution image)."""
+    return rec.lesion is None or rec.lesion.withheld is None
 
 
 def _local(value: str, meaning: str):

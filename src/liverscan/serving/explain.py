@@ -19,6 +19,7 @@ __all__ = [
     "gradcam_caption",
     "gradcam_from_maps",
     "head_weights",
+    "headline",
     "overlay",
     "save_image",
     "save_overlay",
@@ -26,24 +27,35 @@ __all__ = [
 ]
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """The image with a 'jet' coloured heatmap blended on top (RGB, image resolution)."""
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colours: str = "jet") -> Image.Image:
+    """The image with a coloured heatmap blended on top (RGB, image resolution); ``colours``: a Matplotlib colour
+    map (``jet``; ``Greys_r`` for a map shown only for what it is, no finding)."""
     from matplotlib import colormaps
 
     base = np.asarray(image, dtype=np.float32)
     h, w = base.shape[:2]
     heat = upsample(heatmap, w, h) if heatmap.shape != (h, w) else heatmap
-    colour = colormaps["jet"](heat)[..., :3] * 255.0
+    colour = colormaps[colours](heat)[..., :3] * 255.0
     weight = alpha * heat[..., None] ** 0.5  # cold regions stay mostly visible
     out = base * (1 - weight) + colour * weight
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
+def headline(rec) -> str:
+    """What a prediction record answers, in a few words for a caption: ``tumor 0.92``, or, when the guard found
+    the image out of distribution, ``out of distribution (model output tumor 0.57, not an answer)``."""
+    said = f"{rec.predicted_class} {rec.confidence:.2f}" if rec.confidence is not None else str(rec.predicted_class)
+    if rec.decision == "out_of_distribution":
+        return f"out of distribution (model output {said}, not an answer)"
+    return said
+
+
 def gradcam_caption(head: str, class_name: str, heatmap: np.ndarray) -> str:
-    """The caption of a Grad-CAM overlay; an all-zero map is said to show nothing, never shown silently."""
+    """The caption of a Grad-CAM overlay: ``head`` (what the record says, see :func:`headline`) and the class the
+    map explains; an all-zero map is said to show nothing, never shown silently."""
     if not np.any(np.asarray(heatmap) > 0):
-        return f"Grad-CAM: nothing to show for {class_name!r} (all-zero map)"
-    return f"{head} (Grad-CAM)"
+        return f"{head} | Grad-CAM: nothing to show for {class_name!r} (all-zero map)"
+    return f"{head} | Grad-CAM of {class_name!r}"
 
 
 def captioned(img: Image.Image, caption: str) -> Image.Image:

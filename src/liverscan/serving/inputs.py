@@ -36,7 +36,30 @@ def resolve_model(model: str | Path | None) -> Path:
     raise RunDirError("no model given and no default model is installed; train one and pass its run directory")
 
 
+#: why an input is left out when it was already given (it is predicted once)
+LISTED_AGAIN = "listed more than once (predicted once)"
+
+
 def expand_inputs(
+    items: Iterable[str], stdin=None, skipped: Skipped | None = None, columns: dict[str, dict] | None = None
+) -> Iterator[str]:
+    """Files, folders (recursive), globs, CSV path lists, or '-' for newline-separated paths on standard input,
+    each file once: a file given again (``a.jpg a.jpg``, or named and in a given folder) is left out and counted
+    in ``skipped`` (see :func:`_expand`)."""
+    import os
+
+    seen: set[str] = set()
+    for path in _expand(items, stdin, skipped, columns):
+        key = os.path.normpath(os.path.abspath(path))
+        if key in seen:
+            if skipped is not None:
+                skipped.add(LISTED_AGAIN, path)
+            continue
+        seen.add(key)
+        yield path
+
+
+def _expand(
     items: Iterable[str], stdin=None, skipped: Skipped | None = None, columns: dict[str, dict] | None = None
 ) -> Iterator[str]:
     """Files, folders (recursive), globs, CSV path lists, or '-' for newline-separated paths on standard input.
@@ -60,7 +83,7 @@ def expand_inputs(
             for line in stdin or sys.stdin:
                 line = line.strip()
                 if line:
-                    yield from expand_inputs([line], skipped=skipped, columns=columns)
+                    yield from _expand([line], skipped=skipped, columns=columns)
             continue
         p = Path(item)
         if p.suffix.lower() == ".csv" and p.is_file():
@@ -90,8 +113,10 @@ def read_path_list(csv_path: Path) -> list[tuple[str, dict]]:
 
     try:
         rows = read_csv(csv_path)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{csv_path}: not a readable CSV path list ({exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path}: not a readable CSV path list (not UTF-8 text)") from None
+    except csv.Error as exc:
+        raise DataError(f"{csv_path}: not a readable CSV path list ({exc})") from None
     if not rows:
         return []
     lower = {c.lower(): c for c in rows[0]}

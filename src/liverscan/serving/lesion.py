@@ -21,6 +21,10 @@ from liverscan.core.errors import ModelError
 
 #: the colour of the predicted outline drawn over an image
 OUTLINE_COLOUR = (255, 255, 255)
+#: the colour of an outline the classifier's gate opened on a faint map (its peak under the rule's threshold)
+GATED_COLOUR = (255, 200, 0)
+#: why an out-of-distribution image's lesion map is no finding
+WITHHELD_OUT_OF_DISTRIBUTION = "out of distribution: the image is unlike the training images"
 
 
 @dataclass(frozen=True)
@@ -31,21 +35,38 @@ class LesionFinding:
     region (the map's peak reached its threshold, or the classifier's lesion probability its gate); ``peak``: the
     most probable pixel's centre (of the strongest region when found); ``bbox`` ``[x0, y0, x1, y1]`` and
     ``outline`` (polygon, the region's largest component): the strongest region (None / empty when none);
-    ``area_fraction``: the share of the image all kept regions cover; ``count``: regions kept.
+    ``area_fraction``: the share of the image all kept regions cover; ``count``: regions kept.  ``gated``: found
+    only because the classifier's lesion probability opened the rule's gate (the map's peak stayed under the
+    threshold: a faint map).  ``withheld``: why the map is no finding at all (``found`` is then None, and there is
+    no outline), e.g. the image is out of distribution.
     """
 
-    found: bool
+    found: bool | None
     probability: float
     peak: tuple[float, float]
     bbox: tuple[float, float, float, float] | None
     area_fraction: float
     outline: tuple[tuple[float, float], ...]
     count: int
+    gated: bool = False
+    withheld: str | None = None
+
+    def withhold(self, reason: str) -> LesionFinding:
+        """This finding as no finding: ``found`` None, no outline, the map's peak and ``reason`` kept."""
+        return LesionFinding(None, self.probability, self.peak, None, 0.0, (), 0, withheld=reason)
 
     def caption(self, rule: core.LesionRule | None = None) -> str:
-        """One line for an overlay or a table."""
+        """One line for an overlay or a table: what the record says of the lesion."""
+        if self.withheld is not None:
+            return f"lesion map not a finding ({self.withheld})"
         if self.found:
-            return f"lesion probability ({(rule or core.LesionRule()).caption()})"
+            r = rule or core.LesionRule()
+            if self.gated:
+                return (
+                    f"faint lesion map (peak {self.probability:.2f} < {r.threshold:g}), outlined because the "
+                    f"classifier gives {'/'.join(r.gate_classes)} p >= {r.gate:g}"
+                )
+            return f"lesion, peak {self.probability:.2f} ({r.caption()})"
         return f"no lesion found (max probability {self.probability:.2f})"
 
 
@@ -78,14 +99,16 @@ def find_lesion(
         (peak,) = _points([top.peak], width, height, side)
         corners = _points([top.bbox[:2], top.bbox[2:]], width, height, side)
         outline = tuple(_points(top.outline, width, height, side))
+        top_value = float(p.max())
         return LesionFinding(
             found=True,
-            probability=round(float(p.max()), 6),
+            probability=round(top_value, 6),
             peak=peak,
             bbox=(*corners[0], *corners[1]),
             area_fraction=round(float(sum(r.area_fraction for r in kept)), 6),
             outline=outline,
             count=len(kept),
+            gated=top_value < (rule or core.LesionRule()).threshold,
         )
     x, y, value = core.peak(p)
     (peak,) = _points([(x, y)], width, height, side)
@@ -133,7 +156,8 @@ def draw_finding(image: np.ndarray | Image.Image, finding: LesionFinding, source
     if not finding.outline:
         return img.convert("RGB")
     scale = np.array([img.width / source_size[0], img.height / source_size[1]])
-    return draw_outlines(img, [np.asarray(finding.outline, dtype=np.float64) * scale])
+    colour = GATED_COLOUR if finding.gated else OUTLINE_COLOUR
+    return draw_outlines(img, [np.asarray(finding.outline, dtype=np.float64) * scale], colour)
 
 
 def lesion_picture(
@@ -141,14 +165,21 @@ def lesion_picture(
     prob_map: np.ndarray,
     rule: core.LesionRule,
     lesion_probability: float | None = None,
+    grey: bool = False,
 ):
-    """The lesion overlay of one image: its probability map in colour and the predicted outline on top."""
+    """The lesion overlay of one image: its probability map in colour and the predicted outline on top (in
+    :data:`GATED_COLOUR` when only the classifier's gate opened it on a faint map).  ``grey``: the map is no
+    finding (out of distribution): drawn in grey, with no outline."""
     from liverscan.serving.explain import overlay
 
     base = np.asarray(image)
     h, w = base.shape[:2]
-    picture = overlay(base, np.clip(np.asarray(prob_map, dtype=np.float32), 0.0, 1.0))
-    return draw_outlines(picture, outlines(prob_map, w, h, rule, lesion_probability))
+    p = np.clip(np.asarray(prob_map, dtype=np.float32), 0.0, 1.0)
+    if grey:
+        return overlay(base, p, colours="Greys_r")
+    picture = overlay(base, p)
+    colour = OUTLINE_COLOUR if float(p.max(initial=0.0)) >= rule.threshold else GATED_COLOUR
+    return draw_outlines(picture, outlines(prob_map, w, h, rule, lesion_probability), colour)
 
 
 class LesionHead:

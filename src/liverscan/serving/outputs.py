@@ -153,6 +153,42 @@ def check_output(path: str | Path, overwrite: bool = False) -> None:
         )
 
 
+def check_not_an_input(path: str | Path, inputs: list[str]) -> None:
+    """Refuse an output file that is one of the run's inputs (a CSV path list, an image named on the command
+    line): an input is never an output."""
+    target = Path(path).resolve()
+    for item in inputs:
+        if item != "-" and Path(item).resolve() == target:
+            raise ConfigError(f"{path}: is an input of this run; an input is never an output, choose another file")
+
+
+def check_output_folder(folder: str | Path, flag: str, inputs: list[str], overwrite: bool = False) -> None:
+    """Refuse, before any work, a folder for the pictures or objects a run writes (``flag`` names it) that is a
+    file, that holds files already (an earlier run's, whose records point at them; replaced only with
+    ``overwrite``), or that lies inside an input folder (the next run over that folder would read them)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: exists and is not a folder; {flag} needs a folder")
+    where = folder.resolve()
+    for item in inputs:
+        given = Path(item)
+        if item != "-" and given.is_dir() and where.is_relative_to(given.resolve()):
+            raise ConfigError(
+                f"{folder}: is inside the input folder {item}, where a later run would read what {flag} writes "
+                "as scans; choose a folder outside the inputs"
+            )
+    if folder.is_dir() and not overwrite:
+        try:
+            taken = next((entry.name for entry in os.scandir(folder) if not entry.name.startswith(".")), None)
+        except OSError as exc:
+            raise ConfigError(f"{folder}: cannot be listed ({exc.strerror or exc}); {flag} needs a folder") from None
+        if taken is not None:
+            raise OutputBusyError(
+                f"{folder}: already holds files ({taken}, ...), perhaps an earlier run's whose records point at them; "
+                f"choose an empty folder for {flag} or pass --overwrite to write over them"
+            )
+
+
 def _open_locked(path: Path, partial: Path, overwrite: bool) -> int:
     """Open ``partial`` for writing under an exclusive lock, refusing to clobber results."""
     check_output(path, overwrite)

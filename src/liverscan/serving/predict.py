@@ -32,7 +32,7 @@ from liverscan.core.guard import Reference, assess
 from liverscan.core.images import decode_array
 from liverscan.core.operating_point import ARGMAX
 from liverscan.serving.inputs import load_bytes, load_checked, resolve_model
-from liverscan.serving.lesion import LesionHead
+from liverscan.serving.lesion import WITHHELD_OUT_OF_DISTRIBUTION, LesionHead
 from liverscan.serving.options import DECODERS, PredictOptions
 from liverscan.serving.pipeline import decoded_batches
 from liverscan.serving.records import OUT_OF_DISTRIBUTION, Prediction
@@ -174,6 +174,13 @@ class Classifier:
         return cls(run.card, run.source, run.model_path, model=_load_keras(run), lesion=head(), **kw)
 
     @property
+    def notices(self) -> list[str]:
+        """What to know about the model itself before reading its answers (e.g. a card no seal vouches for)."""
+        from liverscan.core.artifacts import seal_notices
+
+        return seal_notices(self.card)
+
+    @property
     def has_lesion(self) -> bool:
         """Whether records say where (the model's lesion head is in use)."""
         return self.lesion is not None
@@ -262,7 +269,7 @@ class Classifier:
         verdicts = assess(self.reference, images, feats, reasons) if self.ood else [None] * len(records)
         for rec, k, p, v in zip(records, idx, shown, verdicts):
             if not np.all(np.isfinite(p)):
-                rec.error = "the model gave non-finite probabilities (a damaged model?)"
+                rec.fail("the model gave non-finite probabilities (a damaged model?)")
                 continue
             rec.predicted_class = self.classes[int(k)]
             rec.confidence = float(p[int(k)])
@@ -280,6 +287,8 @@ class Classifier:
             if rec.error is None:
                 width, height = rec.source_size or (self.image_size, self.image_size)
                 rec.lesion = self.lesion.finding(m, width, height, rec.probabilities)
+                if rec.decision == OUT_OF_DISTRIBUTION:  # the classifier's answer is no evidence: nor is the map
+                    rec.lesion = rec.lesion.withhold(WITHHELD_OUT_OF_DISTRIBUTION)
         return maps
 
     def lesion_maps(self, images: np.ndarray) -> np.ndarray:
@@ -408,7 +417,7 @@ class Classifier:
                 good.append((rec, arr))
                 slots[i].append((rec, arr))
             except ImageDecodeError as exc:
-                rec.error = exc.reason
+                rec.fail(exc.reason)
                 slots[i].append((rec, None))
         if good:
             self.fill_records([r for r, _ in good], np.stack([a for _, a in good]), batch_size)
@@ -450,8 +459,10 @@ class Classifier:
         return method
 
     def _write_explanations(self, good, images: np.ndarray, folder: Path, maps: np.ndarray | None = None) -> None:
+        """Each record's overlay PNG, captioned with what its record says; a file that cannot be written is that
+        record's error (its answer stays), never the run's."""
         from liverscan.core.images import display_image
-        from liverscan.serving.explain import gradcam_caption, save_image, save_overlay
+        from liverscan.serving.explain import gradcam_caption, headline, save_image, save_overlay
 
         folder.mkdir(parents=True, exist_ok=True)
         lesion = self.lesion if self.explain_method() == "lesion" else None
@@ -465,19 +476,26 @@ class Classifier:
             except ImageDecodeError:
                 base = arr
             target = folder / f"{output_stem(rec)}.png"
-            head = f"{rec.predicted_class} {rec.confidence:.2f}"
-            if lesion is not None and maps is not None and rec.lesion is not None:
-                from liverscan.serving.lesion import lesion_picture
+            head = headline(rec)
+            try:
+                if lesion is not None and maps is not None and rec.lesion is not None:
+                    from liverscan.serving.lesion import lesion_picture
 
-                gated = lesion.rule.lesion_probability(rec.probabilities)
-                picture = lesion_picture(base, maps[k], lesion.rule, gated)
-                save_image(picture, target, f"{head} | {rec.lesion.caption(lesion.rule)}")
-            else:
-                save_overlay(base, heats[k], target, gradcam_caption(head, rec.predicted_class or "", heats[k]))
+                    gated = lesion.rule.lesion_probability(rec.probabilities)
+                    picture = lesion_picture(base, maps[k], lesion.rule, gated, grey=rec.lesion.withheld is not None)
+                    save_image(picture, target, f"{head} | {rec.lesion.caption(lesion.rule)}")
+                else:
+                    cam = gradcam_caption(head, rec.predicted_class or "", heats[k])
+                    save_overlay(base, heats[k], target, cam)
+            except OSError as exc:
+                rec.fail(f"its overlay {target.name} could not be written ({exc.strerror or exc})")
+                continue
             rec.explanation = str(target)
 
     def _write_masks(self, good, maps: np.ndarray, folder: Path) -> None:
-        """Each image's predicted lesion mask as an 8-bit PNG at its own size (255 = lesion), written atomically."""
+        """Each image's predicted lesion mask as an 8-bit PNG at its own size (255 = lesion), written atomically;
+        none for a map that is no finding (out of distribution).  A mask that cannot be written is that record's
+        error (its answer stays), never the run's."""
         import io
 
         from liverscan.core.fileio import write_bytes_atomic
@@ -486,23 +504,34 @@ class Classifier:
         assert self.lesion is not None  # masks come from the lesion head's maps
         folder.mkdir(parents=True, exist_ok=True)
         for (rec, _), prob in zip(good, maps):
-            if rec.error:
+            if rec.error or (rec.lesion is not None and rec.lesion.withheld is not None):
                 continue
             width, height = rec.source_size or (self.image_size, self.image_size)
             buf = io.BytesIO()
             gated = self.lesion.rule.lesion_probability(rec.probabilities)
             mask_image(prob, width, height, self.lesion.rule, gated).save(buf, format="PNG")
             target = folder / f"{output_stem(rec)}-mask.png"
-            write_bytes_atomic(target, buf.getvalue())
+            try:
+                write_bytes_atomic(target, buf.getvalue())
+            except OSError as exc:
+                rec.fail(f"its lesion mask {target.name} could not be written ({exc.strerror or exc})")
+                continue
             rec.lesion_mask = str(target)
 
 
+#: the most UTF-8 bytes of an input's own stem in the names of what is written about it (the rest of a name -
+#: frame, digest, suffix - takes under 40 more), so every name fits a file system's 255-byte limit
+STEM_BYTES = 160
+
+
 def output_stem(rec: Prediction) -> str:
-    """A file name stem for what is written about one record: the image's stem (and frame), and a digest of its
-    full path and frame, so two images of the same name in different folders never collide."""
-    stem = Path(rec.path).stem + (f"-frame{rec.frame}" if rec.frame else "")
-    digest = hashlib.sha1(f"{Path(rec.path).resolve()}#{rec.frame}".encode()).hexdigest()[:8]
-    return f"{stem}-{digest}"
+    """A file name stem for what is written about one record: the image's stem (cut to :data:`STEM_BYTES`; and
+    frame), and a digest of its full path and frame, so two images of the same name in different folders never
+    collide, and a long name still fits the file system."""
+    stem = Path(rec.path).stem.encode("utf-8", "surrogateescape")[:STEM_BYTES].decode("utf-8", "ignore")
+    stem += f"-frame{rec.frame}" if rec.frame else ""
+    digest = hashlib.sha1(f"{Path(rec.path).resolve()}#{rec.frame}".encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{stem}-{digest[:8]}"
 
 
 def _is_joint(card: ModelCard, fmt: str) -> bool:

@@ -60,6 +60,14 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
+    def __post_init__(self) -> None:
+        if self.error is not None:  # a file that gave no answer always needs a person to look at it
+            self.needs_review = True
+
+    def fail(self, reason: str) -> None:
+        """Mark this record as failed: ``error`` set, review needed (whatever else it says stays)."""
+        self.error, self.needs_review = reason, True
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON record."""
         d = asdict(self)
@@ -76,7 +84,7 @@ class Prediction:
 
 def without_empty_lesion(d: dict[str, Any]) -> dict[str, Any]:
     """A JSON record without its lesion fields when it has none (a model without a lesion head writes what it
-    always wrote); tuples as lists."""
+    always wrote); tuples as lists.  A lesion map that is no finding says why (``found`` null, ``withheld``)."""
     if d.get("lesion") is None and d.get("lesion_mask") is None:
         d.pop("lesion", None)
         d.pop("lesion_mask", None)

@@ -17,8 +17,9 @@ no frame votes, every usable frame does (``n_voting`` says how many voted).  A v
 is one ``object``. A study whose frames are mostly
 (more than half) out of distribution gets the decision ``out_of_distribution``; a study needs review
 when that happens, when a frame failed, or when its confidence is below the review threshold.  With a
-lesion head, a study carries the lesion of its frame with the highest lesion probability (``lesion_path``,
-``lesion_frame`` say which).
+lesion head, a study carries the lesion of its most suspicious frame (``lesion_path``, ``lesion_frame`` say
+which) — the frame its answer points to — unless the study is out of distribution, or that frame's map is no
+finding (it is out of distribution itself): then the study carries no lesion.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Study:
     most_suspicious_frame: int | None = None
     explanation: str | None = None
     error: str | None = None
-    lesion: LesionFinding | None = None  # the lesion of the frame with the highest lesion probability
+    lesion: LesionFinding | None = None  # the lesion of the most suspicious frame (None: none, or no finding)
     lesion_path: str | None = None
     lesion_frame: int | None = None
     lesion_mask: str | None = None
@@ -176,7 +177,7 @@ class StudyAggregator:
             n_used=len(used),
             n_failed=len(frames) - len(used),
             n_out_of_distribution=outside,
-            ood_share=round(outside / len(used), 4) if used else None,
+            ood_share=outside / len(used) if used else None,
             rule=self.rule,
             decision_rule=self.decision_rule,
         )
@@ -195,10 +196,13 @@ class StudyAggregator:
         s.decision = OUT_OF_DISTRIBUTION if mostly_outside else s.predicted_class
         s.needs_review = bool(mostly_outside or s.n_failed or s.confidence < self.review_confidence)
         s.most_suspicious_path, s.most_suspicious_frame, s.explanation = worst.path, worst.frame, worst.explanation
-        seen = [f for f in voters if f.lesion is not None]
-        if seen:
-            top = max(seen, key=lambda f: f.lesion.probability if f.lesion is not None else -1.0)
-            s.lesion, s.lesion_path, s.lesion_frame, s.lesion_mask = top.lesion, top.path, top.frame, top.lesion_mask
+        if worst.lesion is not None and worst.lesion.withheld is None and not mostly_outside:
+            s.lesion, s.lesion_path, s.lesion_frame, s.lesion_mask = (
+                worst.lesion,
+                worst.path,
+                worst.frame,
+                worst.lesion_mask,
+            )
         return s
 
 

@@ -161,10 +161,39 @@ def train_run(
     then: Sequence[str] = (),
 ) -> TrainResult:
     """Train a model on a prepared dataset into ``run_dir`` (or resume the interrupted run there); ``then``:
-    the phases that follow (see :func:`run_in_directory`)."""
+    the phases that follow (see :func:`run_in_directory`).  A dataset whose validation split is empty or lacks a
+    class is refused before the run directory is touched (:func:`check_validation_split`)."""
+    if not resume and data_dir is not None:
+        check_validation_split(PreparedData(data_dir))
     return run_in_directory(
         _train, cfg, data_dir, run_dir, overwrite=overwrite, resume=resume, reporter=reporter, then=then
     )
+
+
+def check_validation_split(data: PreparedData) -> None:
+    """Refuse single-split training without validation images of every class it trains on: early stopping,
+    the validation metrics, the out-of-distribution threshold and operating points are all chosen on them
+    (cross-validation, ``train --folds K``, uses every image instead and needs no validation split)."""
+    from collections import Counter
+
+    counts = Counter((r["split"], r["class"]) for r in data.rows)
+    n_train = sum(n for (s, _), n in counts.items() if s == "train")
+    n_val = sum(n for (s, _), n in counts.items() if s == "val")
+    how = (
+        "prepare it again with more images or a larger validation ratio (--split-ratios), "
+        "or cross-validate on all images instead (liverscan train --folds K)"
+    )
+    if n_train and not n_val:
+        raise DataError(
+            f"{data.dir}: the validation split is empty ({n_train} training images): training on one split "
+            f"needs validation images of every class; {how}"
+        )
+    lacking = [c for c in data.classes if counts[("train", c)] and not counts[("val", c)]]
+    if n_train and lacking:
+        raise DataError(
+            f"{data.dir}: the validation split has no images of {', '.join(lacking)} ({n_val} validation images): "
+            f"training on one split needs validation images of every class; {how}"
+        )
 
 
 def run_in_directory(
