@@ -22,8 +22,9 @@ once - for the image and its horizontal mirror - and cached in memory (float16);
 (:func:`liverscan.core.lesion.build_decoder`) is trained, out of fold:
 
 - folds: 5-fold ``StratifiedGroupKFold`` stratified by source class (Benign / Malignant / Normal); groups are
-  near-duplicate frames linked by single linkage over the 64-bit perceptual hash (Hamming distance <= 6, as
-  ``prepare`` does) plus exact size + class + consecutive file numbers (neighbouring frames of one scan);
+  what ``prepare`` links: near-duplicate frames (64-bit perceptual hash within 6 bits) and frames of one sweep
+  (16 x 16 thumbnails of one class and size correlating at ``data.sweep_correlation``, see
+  ``benchmarks/grouping.py``), by single linkage;
 - training: soft Dice (over the batch) + BCE from logits, targets the lesion's area coverage at the decoder's
   resolution (stride 4), normals as all-zero targets, augmentation = horizontal flip (each sample uses the cached
   features of the mirrored image with a mirrored target, with probability 0.5), Adam 1e-3, batch 16;
@@ -37,7 +38,7 @@ Scores (:func:`liverscan.evaluation.localisation.score_localisation`, the functi
 its table): on tumour images at the original resolution (maps are squashed back bilinearly) the pointing game (peak
 inside the lesion), Dice / IoU of the map thresholded at 0.5 (regions under 0.2 % of the image dropped), the share of
 the map's total heat inside the lesion vs the lesion's share of the fan; on normals the share with any predicted
-lesion; 95 % CIs from a bootstrap over the near-duplicate groups (``--bootstrap``).
+lesion; 95 % CIs from a bootstrap over the groups (``--bootstrap``).
 
 Finally the best design's lesion evidence (max probability, area fraction, top-1 % mean) is appended to the probe's
 pooled features: out-of-fold tumour-vs-normal AUC / balanced accuracy with and without it.
@@ -74,6 +75,7 @@ from liverscan.core.annotations import image_size, load_annotation, mask_coverag
 from liverscan.core.dedup import link_groups, near_duplicate_pairs, perceptual_hash  # noqa: E402
 from liverscan.core.images import load_image  # noqa: E402
 from liverscan.core.keras_env import import_keras  # noqa: E402
+from liverscan.core.sweeps import SWEEP_CORRELATION, sweep_pairs, thumbnail  # noqa: E402
 from liverscan.evaluation.localisation import LocalisationMetrics, MapScores, score_localisation  # noqa: E402
 from liverscan.evaluation.results import format_with_ci  # noqa: E402
 
@@ -131,16 +133,12 @@ def load_items(root: Path, smoke: bool, rng: np.random.Generator) -> list[Item]:
 
 
 def groups_of(items: list[Item], images160: np.ndarray, distance: int = 6) -> np.ndarray:
-    """Near-duplicate groups: pHash single linkage, plus same class + size + consecutive numbers."""
+    """The groups ``prepare`` makes: near-duplicates (pHash single linkage) and frames of one sweep (look-alike
+    thumbnails of one class and size, :func:`liverscan.core.sweeps.sweep_pairs`)."""
     hashes = [perceptual_hash(a) for a in images160]
     pairs = [(i, j) for i, j, _ in near_duplicate_pairs(hashes, distance)]
-    order = sorted(range(len(items)), key=lambda i: (items[i].source, number(items[i].path) or -1))
-    for a, b in zip(order, order[1:]):
-        ia, ib = items[a], items[b]
-        na, nb = number(ia.path), number(ib.path)
-        if ia.source == ib.source and (ia.width, ia.height) == (ib.width, ib.height) and na is not None:
-            if nb is not None and nb - na == 1:
-                pairs.append((a, b))
+    thumbs = [thumbnail(a) for a in images160]
+    pairs += sweep_pairs(thumbs, [(it.source, it.width, it.height) for it in items], SWEEP_CORRELATION)
     return np.asarray(link_groups(len(items), pairs, [""] * len(items)))
 
 
@@ -483,7 +481,7 @@ def main() -> int:
     )
     ap.add_argument("--save-maps", default="", help="write every design's out-of-fold maps to this .npz")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of near-duplicate groups for the CIs")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of the groups for the CIs")
     ap.add_argument("--smoke", action="store_true", help="a handful of images, one split, 1-2 epochs")
     args = ap.parse_args()
     if args.smoke:
@@ -498,7 +496,9 @@ def main() -> int:
     groups = groups_of(items, images160)
     tests = folds_of(items, groups, args.folds, args.seed)
     evaluated = np.sort(np.concatenate(tests))
-    log(f"{len(np.unique(groups))} near-duplicate groups; {len(tests)} test folds of {[len(t) for t in tests]}")
+    log(
+        f"{len(np.unique(groups))} groups (near-duplicates and sweeps); {len(tests)} test folds of {[len(t) for t in tests]}"
+    )
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -567,6 +567,13 @@ def main() -> int:
             np.savez_compressed(args.save_maps, **{k: v.astype(np.float16) for k, v in oof_maps.items()})
         rows = [replace(results[k].head, name=names[k]) for k in results] + base.maps[1:]
         print_table(rows, base, len(tests), args)
+        for k in results:  # the smallest quarter of lesions is where heads fail
+            sizes = "; ".join(
+                f"Q{q['quartile']} ({q['size_from']:.2%}–{q['size_to']:.2%}) {q['pointing'] or 0:.3f} / "
+                f"{q['dice_mean'] or 0:.3f}"
+                for q in results[k].by_size
+            )
+            print(f"{names[k]}: pointing / mean Dice by lesion-size quartile: {sizes}", flush=True)
 
     if results:
 

@@ -178,6 +178,7 @@ def tiny_config(data: Path):
     cfg = Config()
     cfg.data.sources = [SourceSpec(str(data))]
     cfg.data.near_duplicate_distance = -1
+    cfg.data.sweep_correlation = 2.0  # the synthetic images of a class look alike by design: no sweep linking
     cfg.preprocess.image_size = 32
     cfg.model.weights = "none"
     cfg.model.head = "mlp"

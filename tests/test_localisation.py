@@ -368,3 +368,26 @@ def test_evaluate_of_a_cross_validated_run_quotes_the_figures_in_the_card(xu_pre
     assert loc is not None and loc.head.pointing == 1.0 and (res.out_dir / "localisation.png").is_file()
     quoted = read_card(run).lesion["out_of_fold"]
     assert quoted["folds"] == 3 and quoted["metrics"]["pointing"]["value"] == 1.0
+
+
+def test_figures_by_lesion_size_quartile_show_where_small_lesions_fail():
+    """A head that finds only large lesions: by size quartile, pointing and Dice are 0 in the small quarters and
+    1 in the large ones, and the quartiles round-trip through metrics.json."""
+    import json
+
+    from liverscan.evaluation.localisation import LocalisationMetrics, score_localisation
+
+    masks, maps = [], []
+    for r in range(2, 18):  # 16 discs of growing radius; the map sees only those of radius >= 10
+        y, x = np.mgrid[0:64, 0:64]
+        m = (x - 32) ** 2 + (y - 32) ** 2 <= r * r
+        masks.append(m)
+        maps.append(m.astype(np.float32) if r >= 10 else np.zeros((64, 64), np.float32))
+    loc = score_localisation(maps, masks, [None] * 16, [False] * 16, bootstrap=10)
+    q = loc.by_size
+    assert [b["n"] for b in q] == [4, 4, 4, 4] and q[0]["size_from"] < q[0]["size_to"] <= q[1]["size_from"]
+    assert (q[0]["pointing"], q[0]["dice_mean"]) == (0.0, 0.0) and (q[3]["pointing"], q[3]["dice_mean"]) == (1.0, 1.0)
+    header, rows = loc.size_table()
+    assert header[2:] == ["pointing", "Dice (mean)"] and rows[3][2:] == ["1.000", "1.000"]
+    back = LocalisationMetrics.from_dict(json.loads(json.dumps(loc.to_dict())))
+    assert back is not None and back.by_size == q

@@ -371,13 +371,22 @@ def test_empty_splits_and_classes_missing_from_val_or_test_are_warned_and_record
         (few / cls).mkdir(parents=True)
         for k in range(n):
             class_image(ci, 100 * ci + k).save(few / cls / f"{k}.png")
-    res = prepare_dataset(_cfg(SourceSpec(str(few)), near_duplicate_distance=-1), tmp_path / "pf")
+    res = prepare_dataset(
+        _cfg(SourceSpec(str(few)), near_duplicate_distance=-1, sweep_correlation=2.0), tmp_path / "pf"
+    )
     gaps = res.summary["audit"]["splits"]
     assert gaps["empty"] == [] and gaps["classes_missing"] == {"fatty": ["val", "test"]}
     assert any(w.startswith("class 'fatty' has no images in the val and test splits") for w in res.warnings)
 
     no_val = prepare_dataset(  # a split the ratios leave empty on purpose (cross-validation) is not a problem
-        _cfg(SourceSpec(str(few)), near_duplicate_distance=-1, train_ratio=1.0, val_ratio=0.0, test_ratio=0.0),
+        _cfg(
+            SourceSpec(str(few)),
+            near_duplicate_distance=-1,
+            sweep_correlation=2.0,
+            train_ratio=1.0,
+            val_ratio=0.0,
+            test_ratio=0.0,
+        ),
         tmp_path / "pcv",
     )
     gaps = no_val.summary["audit"]["splits"]

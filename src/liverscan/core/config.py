@@ -20,6 +20,7 @@ import yaml
 
 from liverscan.core.defaults import REVIEW_CONFIDENCE as REVIEW_CONFIDENCE  # defined there: cheap for --help
 from liverscan.core.errors import ConfigError
+from liverscan.core.sweeps import SWEEP_CORRELATION
 
 #: Source category -> final class, matched case-insensitively.  Consolidates the
 #: usual dataset category names into the three-class scheme of the paper.
@@ -67,6 +68,9 @@ class DataConfig:
     test_ratio: float = 0.15
     seed: int = 42
     near_duplicate_distance: int = 6  # perceptual-hash Hamming distance (of 64 bits)
+    # frames of one sweep share a group: images of one label and size whose 16 x 16 thumbnails correlate at least
+    # this much (above 1: off); chosen by benchmarks/grouping.py (see liverscan.core.sweeps)
+    sweep_correlation: float = SWEEP_CORRELATION
     group_regex: str = ""  # regex on the path; first capture group (or whole match) = group
     keep_conflicts: bool = False
     cache_arrays: bool = True
@@ -364,6 +368,12 @@ def validate(cfg: Config) -> Config:
     if all(finite(v) and v >= 0 for v in ratios):
         need(d.train_ratio > 0, "data.train_ratio", "> 0 (training needs images)", d.train_ratio)
     need(-1 <= d.near_duplicate_distance <= 64, "data.near_duplicate_distance", "in -1..64", d.near_duplicate_distance)
+    need(
+        finite(d.sweep_correlation) and d.sweep_correlation > 0,
+        "data.sweep_correlation",
+        "a number > 0 (above 1: off)",
+        d.sweep_correlation,
+    )
     need(d.workers >= 0, "data.workers", ">= 0 (0 = one per CPU)", d.workers)
     need(
         len(d.classes) >= 2 and len(set(d.classes)) == len(d.classes),

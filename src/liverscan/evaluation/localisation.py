@@ -108,6 +108,8 @@ class LocalisationMetrics:
     resampled: str = "images"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): annotations not read
     figure: str | None = None  # the cases figure's file name in the evaluation directory
+    #: the head's pointing and mean Dice by lesion-size quartile (the outline's share of the image), smallest first
+    by_size: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def head(self) -> MapScores:
@@ -121,6 +123,20 @@ class LocalisationMetrics:
         rows = [
             [m.name] + ["-" if m.value(k) is None else format_with_ci(m.value(k), m.ci(k), digits) for k, _ in FIGURES]
             for m in self.maps
+        ]
+        return header, rows
+
+    def size_table(self, digits: int = 3) -> tuple[list[str], list[list[str]]]:
+        """Header and rows of the head's figures by lesion-size quartile (none when too few outlines)."""
+        header = ["lesion size (share of the image)", "images", "pointing", "Dice (mean)"]
+        rows = [
+            [
+                f"Q{q['quartile']}: {q['size_from']:.2%}–{q['size_to']:.2%}",
+                str(q["n"]),
+                "-" if q["pointing"] is None else f"{q['pointing']:.{digits}f}",
+                "-" if q["dice_mean"] is None else f"{q['dice_mean']:.{digits}f}",
+            ]
+            for q in self.by_size
         ]
         return header, rows
 
@@ -171,6 +187,7 @@ class LocalisationMetrics:
             resampled=str(d.get("resampled", "images")),
             skipped=[(str(s["path"]), str(s["reason"])) for s in d.get("skipped") or []],
             figure=d.get("figure"),
+            by_size=[dict(q) for q in d.get("by_size") or []],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +208,7 @@ class LocalisationMetrics:
             "resampled": self.resampled,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "figure": self.figure,
+            "by_size": self.by_size,
         }
 
 
@@ -225,7 +243,8 @@ def per_image(
     lesion-free classes; ``rule``: what the map shows (default ``p >= 0.5``); ``saliency``: name -> maps of other
     methods (pointing and heat only; None: not scored); ``lesion_probability``: the classifier's probability of the
     lesion classes for each image (the rule's gate; None: no gate).
-    Columns: ``dice``, ``iou``, ``pointing``, ``heat``, ``share`` (lesion / fan), ``centre``, ``false`` and
+    Columns: ``dice``, ``iou``, ``pointing``, ``heat``, ``share`` (lesion / fan), ``centre``, ``false``, ``size``
+    (the outline's share of the image) and
     ``<name>:pointing`` / ``<name>:heat`` for each saliency method.
     """
     saliency = dict(saliency or {})
@@ -233,7 +252,7 @@ def per_image(
     free = np.asarray(lesion_free, bool)
     n = len(free)
     gates = [None] * n if lesion_probability is None else list(lesion_probability)
-    keys = ["dice", "iou", "pointing", "heat", "share", "centre", "false", "fan"]
+    keys = ["dice", "iou", "pointing", "heat", "share", "centre", "false", "fan", "size"]
     keys += [f"{s}:{k}" for s in saliency for k in ("pointing", "heat")]
     out = {k: np.full(n, np.nan) for k in keys}
     i = -1
@@ -251,6 +270,7 @@ def per_image(
         pred = rule.mask(up, gates[i])
         out["dice"][i], out["iou"][i] = lesion.dice(pred, m), lesion.iou(pred, m)
         out["pointing"][i] = float(lesion.pointing_hit(p, m))
+        out["size"][i] = float(m.mean())
         out["heat"][i] = _heat_share(up, m)
         has_fan = fan is not None and np.asarray(fan).any()
         f = np.asarray(fan, bool) if has_fan else np.ones_like(m)
@@ -330,6 +350,31 @@ def _point(v: np.ndarray, median: bool = False) -> float | None:
     return float(np.median(v) if median else v.mean())
 
 
+def size_quartiles(figures: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The head's pointing and mean Dice in each quartile of lesion size (the outline's share of the image; the
+    smallest quarter is where heads fail), smallest first; empty with fewer than 8 outlined images."""
+    size = np.asarray(figures.get("size", []), np.float64)
+    outlined = np.isfinite(size)
+    if outlined.sum() < 8:
+        return []
+    edges = np.quantile(size[outlined], [0.0, 0.25, 0.5, 0.75, 1.0])
+    quarter = np.clip(np.searchsorted(edges[1:-1], size, side="right"), 0, 3)
+    out = []
+    for k in range(4):
+        sel = outlined & (quarter == k)
+        out.append(
+            {
+                "quartile": k + 1,
+                "size_from": float(edges[k]),
+                "size_to": float(edges[k + 1]),
+                "n": int(sel.sum()),
+                "pointing": _point(np.asarray(figures["pointing"], np.float64)[sel]),
+                "dice_mean": _point(np.asarray(figures["dice"], np.float64)[sel]),
+            }
+        )
+    return out
+
+
 def summarise(
     figures: Mapping[str, np.ndarray],
     groups: Sequence[Any] | np.ndarray | None = None,
@@ -395,6 +440,7 @@ def summarise(
         n_resamples=int(bootstrap),
         level=level,
         resampled=resampled,
+        by_size=size_quartiles(figures),
     )
 
 

@@ -154,6 +154,10 @@ def localisation_section(loc: LocalisationMetrics, eval_dir: Path) -> Section:
         "lesion-free classes with any region kept. Saliency maps (Grad-CAM) have no probability scale: pointing "
         "and heat only."
     )
+    header, rows = loc.size_table()
+    if rows:
+        sec.p("By lesion size - the outline's share of the image, in quartiles (small lesions are where heads fail):")
+        sec.table(header, rows)
     if loc.skipped:
         sec.p(
             f"{len(loc.skipped)} image(s) left out, their annotation unreadable: "

@@ -53,6 +53,12 @@ def print_prepare_summary(summary: dict, out: Path, console: Console | None, err
             f"({', '.join(f'{k}: {v}' for k, v in summary['reject_reasons'].items()) or 'none'}), "
             f"{len(summary['exact_duplicates_removed'])} exact duplicates removed"
         )
+        grouping = summary["audit"].get("grouping")
+        if grouping:
+            console.print(
+                f"{grouping['groups']} groups (images that always share a split or fold): {escape(grouping['rule'])}",
+                highlight=False,
+            )
         sc = summary["audit"].get("shortcut")
         if sc:
             console.print(
@@ -179,6 +185,14 @@ def print_localisation(metrics: EvalMetrics, console: Console) -> None:
     for row in rows:
         table.add_row(*(escape(c) for c in row))
     console.print(table)
+    header, rows = loc.size_table()
+    if rows:
+        sizes = Table(title="Lesion localisation by lesion size (quartiles)")
+        for i, col in enumerate(header):
+            sizes.add_column(col, justify="left" if i == 0 else "right")
+        for row in rows:
+            sizes.add_row(*row)
+        console.print(sizes)
     console.print(escape(loc.describe()), highlight=False, soft_wrap=True)
     if loc.skipped:
         console.print(

@@ -47,6 +47,7 @@ from liverscan.core.files import UNSUPPORTED
 from liverscan.core.images import DECODER, decode
 from liverscan.core.runinfo import utc_now, versions
 from liverscan.core.sources import Candidate, explicit_group, scan_sources
+from liverscan.core.sweeps import sweep_pairs, thumbnail
 from liverscan.preparation import audit as audit_mod
 from liverscan.preparation.annotate import Annotations, check, locate_all, reject_reason
 from liverscan.preparation.split import assign_splits
@@ -61,6 +62,7 @@ class _Decoded:
     height: int = 0
     mean: float = 0.0
     phash: int = 0
+    thumb: np.ndarray | None = None  # the 16 x 16 thumbnail frames of one sweep are compared by (liverscan.core.sweeps)
     error: str = ""
     pages: int = 1  # a multi-page TIFF: its page count (the first page is used)
     annotations: Annotations = field(default_factory=Annotations)
@@ -144,7 +146,7 @@ def prepare_dataset(
     try:
         decoded = _decode_all(candidates, located, buffer, size, cfg.preprocess.max_pixels, data.workers, progress)
         result = _consolidate(cfg, candidates, decoded, label_to_class, group_re)
-        rows, rejects, ann_rejects, dup_info, conflicts, pairs = result
+        rows, rejects, ann_rejects, dup_info, conflicts, pairs, sweeps = result
         rejects = sorted(rejects + scan_rejects, key=lambda r: (r[0], r[1]))
         classes = ordered_classes({r["class"] for r in rows}, data.classes)
         if not rows:
@@ -169,8 +171,9 @@ def prepare_dataset(
         tmp_cache.unlink(missing_ok=True)
 
     summary = _summary(
-        cfg, rows, rejects, len(ann_rejects), dup_info, conflicts, pairs, classes, source_names, ignored, decoded
-    )
+        cfg, rows, rejects, len(ann_rejects), dup_info, conflicts, pairs, classes, source_names, ignored, decoded,
+        sweeps,
+    )  # fmt: skip
     multi_page = {candidates[d.index].path: d.pages for d in decoded if d.pages > 1 and not d.error}
     if multi_page:
         summary["multi_page_files"] = multi_page
@@ -217,6 +220,7 @@ def _decode_one(
     rec.width, rec.height, rec.pages = img.width, img.height, img.pages
     rec.mean = float(img.array.mean())
     rec.phash = perceptual_hash(img.array)
+    rec.thumb = thumbnail(img.array)
     rec.annotations = check(annotations, img.width, img.height)
     return rec
 
@@ -292,8 +296,13 @@ def _consolidate(cfg: Config, candidates, decoded, label_to_class, group_re):
     # groups: near-duplicates + explicit keys + identical content (kept conflicts)
     pairs = near_duplicate_pairs([d.phash for _, d in kept], data.near_duplicate_distance)
     keys = [explicit_group(c, group_re) for c, _ in kept]
+    # frames of one sweep; files with an explicit group (a patient column, --group-regex) are left to it
+    loose = [i for i, key in enumerate(keys) if not key and kept[i][1].thumb is not None]
+    same = [(kept[i][0].source, kept[i][0].source_label, kept[i][1].width, kept[i][1].height) for i in loose]
+    thumbs = [np.asarray(kept[i][1].thumb) for i in loose]
+    sweeps = [(loose[a], loose[b]) for a, b in sweep_pairs(thumbs, same, data.sweep_correlation)]
     hash_keys = [d.content_hash for _, d in kept]
-    roots = link_groups(len(kept), [(i, j) for i, j, _ in pairs], keys)
+    roots = link_groups(len(kept), [(i, j) for i, j, _ in pairs] + sweeps, keys)
     roots = _merge_same_hash(roots, hash_keys)
     members: dict[int, list[int]] = defaultdict(list)
     for i, r in enumerate(roots):
@@ -324,7 +333,7 @@ def _consolidate(cfg: Config, candidates, decoded, label_to_class, group_re):
             }
         )
     rejects.sort(key=lambda r: (r[0], r[1]))
-    return rows, rejects, annotation_rejects, duplicates, conflicts, pairs
+    return rows, rejects, annotation_rejects, duplicates, conflicts, pairs, sweeps
 
 
 def _annotation_rejects(c: Candidate, d: _Decoded) -> list[list[str]]:
@@ -396,9 +405,23 @@ def _split_gaps(counts: dict[str, dict[str, int]], data, n_images: int) -> dict:
     }
 
 
+def grouping_rule(data) -> str:
+    """How ``prepare`` decides which images share a fold, in words (recorded in ``summary.json``)."""
+    parts = ["explicit groups (a group column, --group-regex)"]
+    if data.near_duplicate_distance >= 0:
+        parts.append(f"near-duplicates (perceptual hash within {data.near_duplicate_distance} bits)")
+    if data.sweep_correlation <= 1:
+        parts.append(
+            f"frames of one sweep (one source, label and size, 16 x 16 thumbnails correlating at least "
+            f"{data.sweep_correlation:g}; files without an explicit group)"
+        )
+    return ", linked with ".join(parts[:1] + [" and ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+
+
 def _summary(
-    cfg, rows, rejects, n_annotation_rejects, duplicates, conflicts, pairs, classes, source_names, ignored, decoded
-) -> dict:
+    cfg, rows, rejects, n_annotation_rejects, duplicates, conflicts, pairs, classes, source_names, ignored, decoded,
+    sweeps=(),
+) -> dict:  # fmt: skip
     counts = {c: {s: 0 for s in SPLITS} for c in classes}
     for r in rows:
         counts[r["class"]][r["split"]] += 1
@@ -427,7 +450,9 @@ def _summary(
             "sizes": dict(sorted(Counter(nd_sizes).items())),
             "cross_class_groups": sum(1 for g, cl in group_classes.items() if len(cl) > 1),
         },
+        "sweeps": {"min_correlation": cfg.data.sweep_correlation, "links": len(sweeps)},
         "explicit_groups": {"groups": len(explicit), "images": int(sum(explicit.values()))},
+        "grouping": {"rule": grouping_rule(cfg.data), "groups": len(group_sizes)},
         "label_conflicts": conflicts,
         "single_source_classes": audit_mod.single_source_classes(
             [r["source"] for r in rows], [r["class"] for r in rows]
