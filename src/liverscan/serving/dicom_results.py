@@ -102,7 +102,7 @@ class DicomResultWriter:
         if source.failure is not None:
             rec.fail(source.failure)
             return
-        if self.seg_dir is not None and lesion_map is not None and _is_finding(rec):
+        if self.seg_dir is not None and lesion_map is not None and not rec.lesion_withheld:
             try:
                 seg = self._segmentation(source.header, rec, lesion_map)
                 _save(seg, self.seg_dir / f"{output_stem(rec)}-seg.dcm")
@@ -252,7 +252,7 @@ class DicomResultWriter:
                     name=_local("ood_score", "Out-of-distribution score"), value=rec.ood_score, unit=no_units
                 )
             )
-        if rec.lesion is not None and _is_finding(rec):
+        if rec.lesion is not None and not rec.lesion_withheld:
             area = 100.0 * float(rec.lesion.area_fraction or 0.0)
             measurements.append(sr.Measurement(name=codes.SCT.Area, value=area, unit=codes.UCUM.Percent))
         outside = rec.in_distribution is False
@@ -279,11 +279,6 @@ class DicomResultWriter:
             qualitative_evaluations=evaluations,
             finding_sites=[sr.FindingSite(anatomic_location=codes.SCT.Liver)],
         )
-
-
-def _is_finding(rec: Prediction) -> bool:
-    """Whether the record's lesion map is a finding (not withheld, e.g. for an out-of-distribution image)."""
-    return rec.lesion is None or rec.lesion.withheld is None
 
 
 def _local(value: str, meaning: str):

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from liverscan.core.gradcam import GradCam, feature_map_model, gradcam_from_maps, head_weights, upsample
+from liverscan.serving.records import OUT_OF_DISTRIBUTION
 
 __all__ = [
     "GradCam",
@@ -45,7 +46,7 @@ def headline(rec) -> str:
     """What a prediction record answers, in a few words for a caption: ``tumor 0.92``, or, when the guard found
     the image out of distribution, ``out of distribution (model output tumor 0.57, not an answer)``."""
     said = f"{rec.predicted_class} {rec.confidence:.2f}" if rec.confidence is not None else str(rec.predicted_class)
-    if rec.decision == "out_of_distribution":
+    if rec.decision == OUT_OF_DISTRIBUTION:
         return f"out of distribution (model output {said}, not an answer)"
     return said
 

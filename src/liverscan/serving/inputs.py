@@ -45,9 +45,14 @@ def expand_inputs(
 ) -> Iterator[str]:
     """Files, folders (recursive), globs, CSV path lists, or '-' for newline-separated paths on standard input,
     each file once: a file given again (``a.jpg a.jpg``, or named and in a given folder) is left out and counted
-    in ``skipped`` (see :func:`_expand`)."""
+    in ``skipped`` (see :func:`_expand`).  One folder or glob lists each file once by itself: its paths are not
+    remembered (an archive of millions streams through in bounded memory)."""
     import os
 
+    items = list(items)
+    if len(items) == 1 and (Path(items[0]).is_dir() or (items[0] != "-" and any(ch in items[0] for ch in "*?["))):
+        yield from _expand(items, stdin, skipped, columns)
+        return
     seen: set[str] = set()
     for path in _expand(items, stdin, skipped, columns):
         key = os.path.normpath(os.path.abspath(path))

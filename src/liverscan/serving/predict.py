@@ -482,7 +482,7 @@ class Classifier:
                     from liverscan.serving.lesion import lesion_picture
 
                     gated = lesion.rule.lesion_probability(rec.probabilities)
-                    picture = lesion_picture(base, maps[k], lesion.rule, gated, grey=rec.lesion.withheld is not None)
+                    picture = lesion_picture(base, maps[k], lesion.rule, gated, grey=rec.lesion_withheld)
                     save_image(picture, target, f"{head} | {rec.lesion.caption(lesion.rule)}")
                 else:
                     cam = gradcam_caption(head, rec.predicted_class or "", heats[k])
@@ -504,7 +504,7 @@ class Classifier:
         assert self.lesion is not None  # masks come from the lesion head's maps
         folder.mkdir(parents=True, exist_ok=True)
         for (rec, _), prob in zip(good, maps):
-            if rec.error or (rec.lesion is not None and rec.lesion.withheld is not None):
+            if rec.error or rec.lesion_withheld:
                 continue
             width, height = rec.source_size or (self.image_size, self.image_size)
             buf = io.BytesIO()

@@ -60,6 +60,12 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def lesion_withheld(self) -> bool:
+        """Whether the record's lesion map is no finding (``lesion.withheld``: out of distribution): no mask, no
+        outline, no DICOM SEG or SR area, and no study lesion come from it."""
+        return self.lesion is not None and self.lesion.withheld is not None
+
     def __post_init__(self) -> None:
         if self.error is not None:  # a file that gave no answer always needs a person to look at it
             self.needs_review = True
